@@ -1,0 +1,149 @@
+/* comm.h — the world of a Dive job: MPI start-up, who this rank is, the
+ * collectives on flat buffers that data parallelism needs, and how a job
+ * stops when something goes wrong.
+ *
+ * Works on plain pointers and byte/element counts: comm never sees a tensor.
+ * Buffers are host memory on the MPI path. The asynchronous all-reduce
+ * takes an opaque `stream` (a cudaStream_t on the NCCL path, NULL on the
+ * MPI path) so the GPU backend can start one bucket per group of layers
+ * while backward goes on.
+ *
+ * Errors: every function returns dv_status; on failure a message that
+ * already names the rank, host and call is in `err` (DV_ERR_LEN bytes).
+ * The world communicator uses MPI_ERRORS_RETURN, so MPI failures come
+ * back as statuses instead of killing the job silently.
+ */
+#ifndef DV_COMM_H
+#define DV_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef DV_STATUS_DEFINED
+#define DV_STATUS_DEFINED
+typedef enum dv_status { DV_OK = 0, DV_ERR = -1 } dv_status;
+#define DV_ERR_LEN 1024
+#endif
+
+typedef struct dv_comm dv_comm;
+typedef struct dv_comm_request dv_comm_request;
+
+typedef enum dv_reduce { DV_REDUCE_SUM = 0, DV_REDUCE_MIN, DV_REDUCE_MAX } dv_reduce;
+
+/* MPI_Init (once per process), world rank/size, and the node-local rank
+ * from MPI_Comm_split_type(SHARED). Owned by the caller: dv_comm_free
+ * finalizes MPI when this call initialized it (a host program that already
+ * called MPI_Init keeps MPI). */
+dv_status dv_comm_init(dv_comm **out, int *argc, char ***argv, char *err);
+void dv_comm_free(dv_comm *c);
+
+int dv_comm_rank(const dv_comm *c);
+int dv_comm_size(const dv_comm *c);
+int dv_comm_local_rank(const dv_comm *c);
+int dv_comm_local_size(const dv_comm *c);
+const char *dv_comm_host(const dv_comm *c); /* borrowed */
+
+/* The device this rank should use given `ndevices` on its node: the local
+ * rank modulo ndevices (ranks beyond the device count share, which only the
+ * MPI path can serve). -1 when ndevices is 0. */
+int dv_comm_select_device(const dv_comm *c, int ndevices);
+
+/* Blocking in-place average of x (n floats) over all ranks. */
+dv_status dv_comm_allreduce_avg(dv_comm *c, float *x, size_t n, char *err);
+
+/* Start an in-place average of x (n floats); it completes in
+ * dv_comm_wait. `stream` is NULL on the MPI path. The buffer must not be
+ * touched until the wait returns. Requests are owned by comm and released by
+ * the wait. */
+dv_status dv_comm_allreduce_start(dv_comm *c, float *x, size_t n, void *stream,
+                                  dv_comm_request **req, char *err);
+/* Lets MPI progress outstanding requests (call between layers). */
+void dv_comm_progress(dv_comm *c);
+dv_status dv_comm_wait(dv_comm *c, dv_comm_request *req, char *err);
+
+/* Broadcast `bytes` bytes from `root` to every rank. */
+dv_status dv_comm_bcast(dv_comm *c, void *buf, size_t bytes, int root, char *err);
+
+/* Reduce n doubles in place over all ranks. */
+dv_status dv_comm_allreduce_double(dv_comm *c, double *x, int n, dv_reduce op, char *err);
+
+/* Collective error agreement: every rank passes whether it is fine; returns
+ * the lowest rank that is not, or -1 when all are. Each rank must call it
+ * the same number of times. */
+int dv_comm_first_failed(dv_comm *c, int ok);
+
+/* 1 when every rank holds the same `bytes` bytes in buf (checked by a
+ * checksum reduction). */
+int dv_comm_all_equal(dv_comm *c, const void *buf, size_t bytes);
+
+void dv_comm_barrier(dv_comm *c);
+
+/* Ends the whole job now: prints `[rank r/n host] msg` to stderr and
+ * calls MPI_Abort. Use for an error that only this rank sees mid-run;
+ * errors all ranks see go through dv_comm_first_failed and a clean exit. */
+void dv_comm_abort(dv_comm *c, int code, const char *msg);
+
+/* Writes "[rank r/n host] file:line: call: message" into err. The rank
+ * prefix is filled from the last dv_comm_init in this process, or
+ * "[rank ?]" before it. `file` is shortened to its last path component and
+ * `call` is cut at its first '(', so the check macros below can pass
+ * __FILE__ and a stringified call expression. err may be NULL (no-op). */
+void dv_comm_format_error(char *err, const char *file, int line, const char *call, const char *fmt,
+                          ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 5, 6)))
+#endif
+    ;
+
+/* The rank prefix "[rank r/n host]" of this process (borrowed). */
+const char *dv_comm_prefix(void);
+
+/* ---- check macros (for any module that may include comm.h) -------------
+ * All of them are for functions that return dv_status and have a
+ * `char *err` (DV_ERR_LEN bytes) to fill; all are built on DV_FAIL, which
+ * formats through dv_comm_format_error and returns DV_ERR.
+ *
+ *   DV_FAIL(err, call, fmt, ...)        fail now
+ *   DV_CHECK(cond, err, call, fmt, ...) fail unless cond
+ *   DV_TRY(expr)                        pass a failed dv_status up; expr has
+ *                                       already written its message to err
+ *   DV_MPI_CHECK(err, mpi_call(...))    fail when the call does not return
+ *                                       MPI_SUCCESS, with MPI_Error_string's
+ *                                       text; expand only where <mpi.h> is
+ *                                       included
+ */
+#define DV_FAIL(err, call, ...)                                                                    \
+    do {                                                                                           \
+        dv_comm_format_error((err), __FILE__, __LINE__, (call), __VA_ARGS__);                      \
+        return DV_ERR;                                                                             \
+    } while (0)
+
+#define DV_CHECK(cond, err, call, ...)                                                             \
+    do {                                                                                           \
+        if (!(cond)) DV_FAIL((err), (call), __VA_ARGS__);                                          \
+    } while (0)
+
+#define DV_TRY(expr)                                                                               \
+    do {                                                                                           \
+        if ((expr) != DV_OK) return DV_ERR;                                                        \
+    } while (0)
+
+#define DV_MPI_CHECK(err, expr)                                                                    \
+    do {                                                                                           \
+        int dv_mpi_rc_ = (expr);                                                                   \
+        if (dv_mpi_rc_ != MPI_SUCCESS) {                                                           \
+            char dv_mpi_msg_[MPI_MAX_ERROR_STRING] = "unknown MPI error";                          \
+            int dv_mpi_len_ = 0;                                                                   \
+            MPI_Error_string(dv_mpi_rc_, dv_mpi_msg_, &dv_mpi_len_);                               \
+            DV_FAIL((err), #expr, "%s (MPI error %d)", dv_mpi_msg_, dv_mpi_rc_);                   \
+        }                                                                                          \
+    } while (0)
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,183 @@
+/* data.h — datasets for Dive: opening and validating HDF5 files, the
+ * sampler (one shuffle per epoch, sharded across ranks), the batch loader
+ * with its prefetch thread, and importers that turn IDX and CSV files into
+ * Dive's HDF5 layout.
+ *
+ * data never sees a tensor or MPI: it is told this rank's index and the
+ * world size, and fills plain host buffers. Errors come back as dv_status
+ * with a message in `err` (DV_ERR_LEN bytes) that names the file and the
+ * dataset.
+ *
+ * Layout (see docs/data.md): a split is a group holding `x` (N, ...) of
+ * uint8 / int / float32 / float64 and `y`, either int labels (N) or floats
+ * (N, K); any dataset paths may be given instead of the group defaults.
+ * Token streams are 1-D integer datasets.
+ */
+#ifndef DV_DATA_H
+#define DV_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef DV_STATUS_DEFINED
+#define DV_STATUS_DEFINED
+typedef enum dv_status { DV_OK = 0, DV_ERR = -1 } dv_status;
+#define DV_ERR_LEN 1024
+#endif
+
+/* ---- the HDF5 lock ------------------------------------------------------ */
+
+/* The HDF5 library (the MPI build) is not thread-safe, and a streaming
+ * loader with prefetch reads HDF5 on its own thread. Every HDF5 call in
+ * data/ holds this lock; code elsewhere that calls HDF5 while a loader may
+ * be prefetching (checkpoint writes, `dive info`) must hold it too. The
+ * lock is recursive, so data/ functions may be called while holding it. */
+void dv_hdf5_lock(void);
+void dv_hdf5_unlock(void);
+
+/* ---- splits: an x dataset and a y dataset of the same N ---------------- */
+
+typedef enum dv_target_kind {
+    DV_TARGET_LABELS = 0, /* integer class ids (N) or (N, 1), read as int32 */
+    DV_TARGET_FLOATS,     /* float targets (N, K), read as float32 */
+} dv_target_kind;
+
+typedef struct dv_split dv_split;
+
+/* Information about an opened split (all fields plain values). */
+typedef struct dv_split_info {
+    int64_t n;                /* samples */
+    int x_rank;               /* rank of the x dataset, >= 1 */
+    int64_t x_dims[8];        /* x's shape, x_dims[0] == n */
+    size_t x_elems;           /* elements per sample: product of x_dims[1..] */
+    dv_target_kind y_kind;
+    size_t y_elems;           /* 1 for labels, K for float targets */
+    int64_t label_min;        /* labels only: smallest and largest label */
+    int64_t label_max;
+} dv_split_info;
+
+/* Opens `file` and the datasets `x_path` and `y_path` (absolute paths in
+ * the file), validates them (exist, are datasets, numeric type, rank >= 1,
+ * same N, y of rank 1 or 2) and, for labels, scans their range. Works for
+ * contiguous, chunked and gzip-compressed datasets. The split is owned by
+ * the caller (dv_split_free). The HDF5 file stays open until then. */
+dv_status dv_split_open(dv_split **out, const char *file, const char *x_path, const char *y_path,
+                        char *err);
+void dv_split_free(dv_split *s);
+const dv_split_info *dv_split_info_get(const dv_split *s);
+
+/* Checks the split feeds a model with `in_elems` elements per sample and
+ * `classes` outputs: x_elems == in_elems; labels in [0, classes) (or
+ * {0,1} when classes == 1); float targets with y_elems == classes. The
+ * message names the file, the dataset and the offending value. */
+dv_status dv_split_check(const dv_split *s, size_t in_elems, int classes, char *err);
+
+/* Reads the samples idx[0..count) (any order, any repeats) into
+ * x (count, x_elems) as float32 times x_scale, and into either
+ * labels (count) or targets (count, y_elems) — whichever matches y_kind;
+ * the other may be NULL. */
+dv_status dv_split_read(dv_split *s, const int64_t *idx, int count, float x_scale, float *x,
+                        int32_t *labels, float *targets, char *err);
+
+
+/* ---- the sampler ------------------------------------------------------- */
+
+/* DESIGN.md's sampling contract. Training: one permutation of [0, n) per
+ * epoch from (seed + epoch), identical on every rank; global batch b of
+ * the epoch is perm[b*G .. (b+1)*G); rank r takes its elements
+ * r, r + W, r + 2W, ... (G/W of them). The last partial global batch is
+ * dropped, so every rank runs n / G steps. */
+typedef struct dv_sampler {
+    int64_t n;
+    int global_batch; /* G, divisible by world */
+    int world, rank;  /* W, r */
+    uint64_t seed;
+    int shuffle; /* 0: identity order (evaluation, tests) */
+} dv_sampler;
+
+int64_t dv_sampler_steps(const dv_sampler *s);
+/* Writes this rank's G/W indices for `step` of `epoch` into idx. When
+ * global_pos is not NULL it receives each sample's position in the
+ * global batch (epoch-wide: step*G + position), used to seed per-sample
+ * randomness identically on any world size. Works in O(G) after the
+ * first call of an epoch (the permutation is cached in `cache`, n entries,
+ * owned by the caller; pass NULL to compute each time). */
+void dv_sampler_indices(const dv_sampler *s, int64_t epoch, int64_t step, int64_t *cache,
+                        int64_t *cache_epoch, int64_t *idx, int64_t *global_pos);
+
+/* The permutation of [0, n) for (seed, epoch) — Fisher-Yates driven by a
+ * counter-based generator, so it is the same on every machine. */
+void dv_sampler_permutation(int64_t n, uint64_t seed, int64_t epoch, int64_t *perm);
+
+/* Evaluation shard: rank r of W gets the contiguous range
+ * [*begin, *end) of [0, n); ranges are disjoint and cover every sample
+ * exactly once (sizes differ by at most one). */
+void dv_eval_shard(int64_t n, int world, int rank, int64_t *begin, int64_t *end);
+
+/* ---- the loader ------------------------------------------------------- */
+
+typedef struct dv_loader dv_loader;
+
+typedef struct dv_loader_config {
+    dv_sampler sampler;      /* for training order; ignored in eval mode */
+    int eval;                /* 1: read this rank's dv_eval_shard in order */
+    int batch;               /* eval: rows per batch; training: G/W */
+    float x_scale;           /* multiply inputs by this */
+    size_t memory_budget;    /* bytes: cache the rank's share in memory if it fits */
+    int prefetch;            /* 1: read the next batch on a background thread */
+} dv_loader_config;
+
+/* One batch in host memory, owned by the loader; valid until the next
+ * dv_loader_next. */
+typedef struct dv_batch {
+    int count;                /* rows in this batch (eval's last may be short) */
+    const float *x;           /* (count, x_elems) */
+    const int32_t *labels;    /* (count) or NULL */
+    const float *targets;     /* (count, y_elems) or NULL */
+    const int64_t *index;     /* (count) sample indices in the dataset */
+    const int64_t *global_pos;/* (count) position in the epoch's global order */
+} dv_batch;
+
+/* The loader borrows `split` (keep it open while the loader lives). In
+ * memory mode it reads this rank's share once: for training that is the
+ * whole dataset (every rank sees every sample over epochs), for eval its
+ * shard. Streaming mode reads each batch from HDF5. */
+dv_status dv_loader_create(dv_loader **out, dv_split *split, const dv_loader_config *cfg,
+                           char *err);
+void dv_loader_free(dv_loader *l);
+/* 1 when the loader keeps the data in memory. */
+int dv_loader_in_memory(const dv_loader *l);
+/* Steps in one pass: training: sampler steps; eval: batches of the shard. */
+int64_t dv_loader_steps(const dv_loader *l);
+/* Positions the loader at `step` of `epoch` (eval: epoch ignored) and,
+ * with prefetch, starts reading that batch. */
+dv_status dv_loader_start(dv_loader *l, int64_t epoch, int64_t step, char *err);
+/* The batch at the current position, then advances (and prefetches the
+ * next one within the same pass). Returns DV_ERR with a message on an I/O
+ * error; past the end of the pass returns DV_OK with batch->count == 0. */
+dv_status dv_loader_next(dv_loader *l, dv_batch *batch, char *err);
+
+/* ---- importers -------------------------------------------------------- */
+
+/* IDX (MNIST / Fashion-MNIST; raw or gzip): images (N, rows, cols) uint8 and
+ * labels (N) uint8 into `out_file` as /<split>/x and /<split>/y (chunked,
+ * gzip). The file is created if missing; an existing split is replaced;
+ * other splits are kept. */
+dv_status dv_import_idx(const char *images, const char *labels, const char *out_file,
+                        const char *split, char *err);
+
+/* Numeric CSV: one sample per line, `label_col` (0-based; negative counts
+ * from the end, -1 = last) holds an integer label, the other columns are
+ * float32 features. `header` 1 skips the first line. Writes /<split>/x
+ * (N, F) float32 and /<split>/y (N) int32. */
+dv_status dv_import_csv(const char *csv, int label_col, int header, const char *out_file,
+                        const char *split, char *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

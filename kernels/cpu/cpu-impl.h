@@ -1,0 +1,80 @@
+/* cpu-impl.h — private to kernels/cpu/: the CPU backend's context and the
+ * ops that backend_cpu.c puts in its table (defined in ops_cpu.c).
+ *
+ * Hot loops carry DV_HOT: with GCC on x86-64 each is compiled three times
+ * (baseline, AVX2+FMA, AVX-512) and picked at load time, so one binary runs
+ * anywhere and still uses the wide vectors where they exist.
+ */
+#ifndef DV_CPU_IMPL_H
+#define DV_CPU_IMPL_H
+
+#include "kernels.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define DV_HOT                                                                                 \
+    __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4"),               \
+                   optimize("no-math-errno")))
+#endif
+#endif
+#ifndef DV_HOT
+#define DV_HOT
+#endif
+
+typedef struct dv_cpu_ctx {
+    int threads; /* OpenBLAS threads asked for (0: its default) */
+} dv_cpu_ctx;
+
+void *dv_cpu_alloc(void *ctx, size_t bytes);
+void dv_cpu_free(void *ctx, void *p);
+void dv_cpu_memcpy(void *ctx, void *dst, const void *src, size_t bytes);
+void dv_cpu_fill(void *ctx, float *x, float value, size_t n);
+void dv_cpu_sync(void *ctx);
+
+void dv_cpu_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 const float *A, const float *B, float beta, float *C);
+void dv_cpu_bias_forward(void *ctx, float *y, const float *bias, int B, int C, int S);
+void dv_cpu_bias_backward(void *ctx, const float *dy, float *dbias, int B, int C, int S);
+void dv_cpu_act_forward(void *ctx, dv_act act, float alpha, const float *x, float *y, size_t n,
+                        int cols);
+void dv_cpu_act_backward(void *ctx, dv_act act, float alpha, const float *y, const float *dy,
+                         float *dx, size_t n, int cols);
+
+size_t dv_cpu_conv2d_workspace(void *ctx, const dv_conv2d_geom *g);
+void dv_cpu_conv2d_forward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
+                           const float *b, float *y, float *work);
+void dv_cpu_conv2d_backward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
+                            const float *dy, float *dx, float *dw, float *db, float *work);
+void dv_cpu_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *x,
+                           float *y, int32_t *arg);
+void dv_cpu_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
+                            float *dx, const int32_t *arg);
+
+void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t *row_id, int rows,
+                            int cols, const float *x, float *y, float *mask);
+void dv_cpu_dropout_backward(void *ctx, const float *mask, const float *dy, float *dx, size_t n);
+
+void dv_cpu_batchnorm_forward(void *ctx, int training, int B, int C, int S, float eps,
+                              float momentum, const float *x, const float *gamma,
+                              const float *beta, float *running_mean, float *running_var,
+                              float *save_mean, float *save_invstd, float *y);
+void dv_cpu_batchnorm_backward(void *ctx, int B, int C, int S, const float *x, const float *gamma,
+                               const float *save_mean, const float *save_invstd, const float *dy,
+                               float *dx, float *dgamma, float *dbeta);
+
+void dv_cpu_xent_loss(void *ctx, const float *logits, const int32_t *labels, int B, int K,
+                      float grad_scale, float *dlogits, float *stats);
+void dv_cpu_bce_loss(void *ctx, const float *logits, const float *targets, int B, int K,
+                     float grad_scale, float *dlogits, float *stats);
+void dv_cpu_mse_loss(void *ctx, const float *pred, const float *targets, int B, int K,
+                     float grad_scale, float *dpred, float *stats);
+void dv_cpu_perceptron_loss(void *ctx, const float *scores, const int32_t *labels, int B, int K,
+                            float grad_scale, float *dscores, float *stats);
+
+void dv_cpu_opt_step(void *ctx, const dv_opt_params *p, float *params, const float *grads,
+                     float *state1, float *state2, size_t n);
+double dv_cpu_sumsq(void *ctx, const float *x, size_t n);
+void dv_cpu_scale(void *ctx, float *x, float s, size_t n);
+void dv_cpu_axpy(void *ctx, float a, const float *x, float *y, size_t n);
+
+#endif

@@ -1,0 +1,841 @@
+/* ops_cpu.c — every op of the CPU backend, forward and backward. These loops
+ * are also the reference the CUDA ops are tested against, so they favour
+ * plain, obviously-correct code; the hot ones are written so GCC vectorizes
+ * them (restrict pointers, no branches in inner loops, several partial sums
+ * in reductions) and carry DV_HOT (see cpu-impl.h).
+ *
+ * Assumptions: every pointer is host memory; sizes fit in int where the
+ * interface says int; ops never allocate (conv2d gets its column buffer from
+ * the caller) and are single-threaded apart from OpenBLAS.
+ */
+#include "cpu-impl.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* ---- small helpers ------------------------------------------------------ */
+
+/* Sum with 16 partial sums: vectorizes without -ffast-math, and is more
+ * accurate than one running float sum. */
+static inline float sum_f(const float *restrict x, size_t n)
+{
+    float acc[16] = {0};
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++)
+            acc[j] += x[i + j];
+    float s = 0.0f;
+    for (; i < n; i++)
+        s += x[i];
+    for (int j = 0; j < 16; j++)
+        s += acc[j];
+    return s;
+}
+
+static inline float dot_f(const float *restrict x, const float *restrict y, size_t n)
+{
+    float acc[16] = {0};
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++)
+            acc[j] += x[i + j] * y[i + j];
+    float s = 0.0f;
+    for (; i < n; i++)
+        s += x[i] * y[i];
+    for (int j = 0; j < 16; j++)
+        s += acc[j];
+    return s;
+}
+
+/* First index of the largest value (NaN never wins). */
+static int argmax_f(const float *x, int n)
+{
+    int best = 0;
+    for (int k = 1; k < n; k++)
+        if (x[k] > x[best])
+            best = k;
+    return best;
+}
+
+DV_HOT void dv_cpu_fill(void *ctx, float *x, float value, size_t n)
+{
+    (void)ctx;
+    for (size_t i = 0; i < n; i++)
+        x[i] = value;
+}
+
+DV_HOT void dv_cpu_scale(void *ctx, float *x, float s, size_t n)
+{
+    (void)ctx;
+    for (size_t i = 0; i < n; i++)
+        x[i] *= s;
+}
+
+DV_HOT void dv_cpu_axpy(void *ctx, float a, const float *restrict x, float *restrict y, size_t n)
+{
+    (void)ctx;
+    for (size_t i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+/* Double partial sums of float squares: a 3M-parameter gradient keeps its
+ * norm to ~1e-12 relative, and the conversion still vectorizes. */
+DV_HOT double dv_cpu_sumsq(void *ctx, const float *restrict x, size_t n)
+{
+    (void)ctx;
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += (double)x[i + j] * (double)x[i + j];
+    double s = 0.0;
+    for (; i < n; i++)
+        s += (double)x[i] * (double)x[i];
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+/* ---- bias ------------------------------------------------------------- */
+
+DV_HOT void dv_cpu_bias_forward(void *ctx, float *restrict y, const float *restrict bias, int B,
+                                int C, int S)
+{
+    (void)ctx;
+    for (int b = 0; b < B; b++) {
+        float *yb = y + (size_t)b * C * S;
+        if (S == 1) {
+            for (int c = 0; c < C; c++)
+                yb[c] += bias[c];
+        } else {
+            for (int c = 0; c < C; c++) {
+                float v = bias[c];
+                float *r = yb + (size_t)c * S;
+                for (int s = 0; s < S; s++)
+                    r[s] += v;
+            }
+        }
+    }
+}
+
+DV_HOT void dv_cpu_bias_backward(void *ctx, const float *restrict dy, float *restrict dbias, int B,
+                                 int C, int S)
+{
+    (void)ctx;
+    for (int b = 0; b < B; b++) {
+        const float *d = dy + (size_t)b * C * S;
+        if (S == 1) {
+            for (int c = 0; c < C; c++)
+                dbias[c] += d[c];
+        } else {
+            for (int c = 0; c < C; c++)
+                dbias[c] += sum_f(d + (size_t)c * S, (size_t)S);
+        }
+    }
+}
+
+/* ---- activations ------------------------------------------------------ */
+
+/* y may alias x, so no restrict here; the loops are still simple enough. */
+static void softmax_rows(const float *x, float *y, size_t rows, int cols)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols;
+        float *yr = y + r * cols;
+        float m = xr[0];
+        for (int k = 1; k < cols; k++)
+            m = xr[k] > m ? xr[k] : m;
+        float s = 0.0f;
+        for (int k = 0; k < cols; k++) {
+            yr[k] = expf(xr[k] - m);
+            s += yr[k];
+        }
+        float inv = 1.0f / s;
+        for (int k = 0; k < cols; k++)
+            yr[k] *= inv;
+    }
+}
+
+DV_HOT void dv_cpu_act_forward(void *ctx, dv_act act, float alpha, const float *x, float *y,
+                               size_t n, int cols)
+{
+    (void)ctx;
+    switch (act) {
+    case DV_ACT_LINEAR:
+        if (x != y)
+            memmove(y, x, n * sizeof *y);
+        break;
+    case DV_ACT_RELU:
+        for (size_t i = 0; i < n; i++)
+            y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        break;
+    case DV_ACT_LEAKY_RELU:
+        for (size_t i = 0; i < n; i++)
+            y[i] = x[i] > 0.0f ? x[i] : alpha * x[i];
+        break;
+    case DV_ACT_SIGMOID:
+        for (size_t i = 0; i < n; i++)
+            y[i] = 1.0f / (1.0f + expf(-x[i]));
+        break;
+    case DV_ACT_TANH:
+        for (size_t i = 0; i < n; i++)
+            y[i] = tanhf(x[i]);
+        break;
+    case DV_ACT_SOFTMAX:
+        if (cols > 0)
+            softmax_rows(x, y, n / (size_t)cols, cols);
+        break;
+    }
+}
+
+DV_HOT void dv_cpu_act_backward(void *ctx, dv_act act, float alpha, const float *y,
+                                const float *dy, float *dx, size_t n, int cols)
+{
+    (void)ctx;
+    switch (act) {
+    case DV_ACT_LINEAR:
+        if (dx != dy)
+            memmove(dx, dy, n * sizeof *dx);
+        break;
+    case DV_ACT_RELU:
+        for (size_t i = 0; i < n; i++)
+            dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+        break;
+    case DV_ACT_LEAKY_RELU: /* y > 0 exactly where x > 0, for alpha >= 0 */
+        for (size_t i = 0; i < n; i++)
+            dx[i] = y[i] > 0.0f ? dy[i] : alpha * dy[i];
+        break;
+    case DV_ACT_SIGMOID:
+        for (size_t i = 0; i < n; i++)
+            dx[i] = dy[i] * y[i] * (1.0f - y[i]);
+        break;
+    case DV_ACT_TANH:
+        for (size_t i = 0; i < n; i++)
+            dx[i] = dy[i] * (1.0f - y[i] * y[i]);
+        break;
+    case DV_ACT_SOFTMAX:
+        if (cols <= 0)
+            break;
+        for (size_t r = 0; r < n / (size_t)cols; r++) {
+            const float *yr = y + r * cols, *dr = dy + r * cols;
+            float *xr = dx + r * cols;
+            float s = dot_f(dr, yr, (size_t)cols); /* read before dx overwrites dy */
+            for (int k = 0; k < cols; k++)
+                xr[k] = yr[k] * (dr[k] - s);
+        }
+        break;
+    }
+}
+
+/* ---- convolution ------------------------------------------------------ */
+
+/* The outputs ow whose input column ow*stride - pad + k lies in [0, W):
+ * [*lo, *hi). */
+static void valid_range(int W, int OW, int stride, int pad, int k, int *lo, int *hi)
+{
+    int first = pad - k; /* smallest ow*stride that lands inside */
+    int l = first <= 0 ? 0 : (first + stride - 1) / stride;
+    int last = W - 1 + pad - k; /* largest ow*stride that lands inside */
+    int h = last < 0 ? 0 : last / stride + 1;
+    if (h > OW)
+        h = OW;
+    if (l > h)
+        l = h;
+    *lo = l;
+    *hi = h;
+}
+
+/* x (C, H, W) of one sample -> col (C*KH*KW, OH*OW). */
+DV_HOT static void im2col(const dv_conv2d_geom *g, const float *restrict x, float *restrict col)
+{
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
+    for (int c = 0; c < g->C; c++) {
+        for (int kh = 0; kh < g->KH; kh++) {
+            for (int kw = 0; kw < g->KW; kw++) {
+                float *row = col + ((size_t)(c * g->KH + kh) * g->KW + kw) * OH * OW;
+                int lo, hi;
+                valid_range(W, OW, s, p, kw, &lo, &hi);
+                for (int oh = 0; oh < OH; oh++) {
+                    float *r = row + (size_t)oh * OW;
+                    int ih = oh * s - p + kh;
+                    if (ih < 0 || ih >= H || lo >= hi) {
+                        memset(r, 0, (size_t)OW * sizeof *r);
+                        continue;
+                    }
+                    const float *src = x + ((size_t)c * H + ih) * W - p + kw;
+                    for (int ow = 0; ow < lo; ow++)
+                        r[ow] = 0.0f;
+                    if (s == 1) {
+                        memcpy(r + lo, src + lo, (size_t)(hi - lo) * sizeof *r);
+                    } else {
+                        for (int ow = lo; ow < hi; ow++)
+                            r[ow] = src[ow * s];
+                    }
+                    for (int ow = hi; ow < OW; ow++)
+                        r[ow] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* col (C*KH*KW, OH*OW) -> dx (C, H, W) of one sample, adding; the caller
+ * zeroes dx. */
+DV_HOT static void col2im(const dv_conv2d_geom *g, const float *restrict col, float *restrict dx)
+{
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
+    for (int c = 0; c < g->C; c++) {
+        for (int kh = 0; kh < g->KH; kh++) {
+            for (int kw = 0; kw < g->KW; kw++) {
+                const float *row = col + ((size_t)(c * g->KH + kh) * g->KW + kw) * OH * OW;
+                int lo, hi;
+                valid_range(W, OW, s, p, kw, &lo, &hi);
+                for (int oh = 0; oh < OH; oh++) {
+                    int ih = oh * s - p + kh;
+                    if (ih < 0 || ih >= H)
+                        continue;
+                    const float *r = row + (size_t)oh * OW;
+                    float *dst = dx + ((size_t)c * H + ih) * W - p + kw;
+                    if (s == 1) {
+                        for (int ow = lo; ow < hi; ow++)
+                            dst[ow] += r[ow];
+                    } else {
+                        for (int ow = lo; ow < hi; ow++)
+                            dst[ow * s] += r[ow];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* A 1x1, stride-1, unpadded convolution is a plain GEMM on x itself. */
+static int conv_is_pointwise(const dv_conv2d_geom *g)
+{
+    return g->KH == 1 && g->KW == 1 && g->stride == 1 && g->pad == 0;
+}
+
+/* One sample's column buffer: (C*KH*KW, OH*OW) floats. The backward reuses
+ * it for the gradient of the columns once dw has consumed it. */
+size_t dv_cpu_conv2d_workspace(void *ctx, const dv_conv2d_geom *g)
+{
+    (void)ctx;
+    if (conv_is_pointwise(g))
+        return 0;
+    return (size_t)g->C * g->KH * g->KW * g->OH * g->OW;
+}
+
+void dv_cpu_conv2d_forward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
+                           const float *b, float *y, float *work)
+{
+    (void)ctx;
+    const int CK = g->C * g->KH * g->KW, S = g->OH * g->OW;
+    const size_t xs = (size_t)g->C * g->H * g->W, ys = (size_t)g->F * S;
+    const int pointwise = conv_is_pointwise(g);
+    for (int n = 0; n < g->B; n++) {
+        const float *col = x + n * xs;
+        if (!pointwise) {
+            im2col(g, x + n * xs, work);
+            col = work;
+        }
+        /* y_n (F, S) = w (F, CK) col (CK, S) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->F, S, CK, 1.0f, w, CK, col, S,
+                    0.0f, y + n * ys, S);
+    }
+    if (b)
+        dv_cpu_bias_forward(ctx, y, b, g->B, g->F, S);
+}
+
+void dv_cpu_conv2d_backward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
+                            const float *dy, float *dx, float *dw, float *db, float *work)
+{
+    const int CK = g->C * g->KH * g->KW, S = g->OH * g->OW;
+    const size_t xs = (size_t)g->C * g->H * g->W, ys = (size_t)g->F * S;
+    const int pointwise = conv_is_pointwise(g);
+    if (db)
+        dv_cpu_bias_backward(ctx, dy, db, g->B, g->F, S);
+    for (int n = 0; n < g->B; n++) {
+        const float *dyn = dy + n * ys;
+        if (dw) {
+            const float *col = x + n * xs;
+            if (!pointwise) {
+                im2col(g, x + n * xs, work);
+                col = work;
+            }
+            /* dw (F, CK) += dy_n (F, S) col^T (S, CK) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->F, CK, S, 1.0f, dyn, S, col,
+                        S, 1.0f, dw, CK);
+        }
+        if (dx) {
+            float *dxn = dx + n * xs;
+            /* dcol (CK, S) = w^T (CK, F) dy_n (F, S) */
+            if (pointwise) {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CK, S, g->F, 1.0f, w, CK,
+                            dyn, S, 0.0f, dxn, S);
+            } else {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CK, S, g->F, 1.0f, w, CK,
+                            dyn, S, 0.0f, work, S);
+                memset(dxn, 0, xs * sizeof *dxn);
+                col2im(g, work, dxn);
+            }
+        }
+    }
+}
+
+/* ---- pooling ---------------------------------------------------------- */
+
+/* arg holds the flat offset of the winner in the whole input x (B, C, H, W),
+ * i.e. ((b*C + c)*H + ih)*W + iw, or -1 when the window covers padding only.
+ * Padding never wins: a window is judged over its real elements alone, and
+ * the first of equal values wins. */
+DV_HOT static void pool_extreme(int is_max, const dv_conv2d_geom *g, const float *restrict x,
+                                float *restrict y, int32_t *restrict arg)
+{
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
+    const size_t planes = (size_t)g->B * g->C;
+    if (g->KH == 2 && g->KW == 2 && s == 2 && p == 0) {
+        /* The common 2x2/2 case: four candidates, no bounds to check. */
+        for (size_t pl = 0; pl < planes; pl++) {
+            const float *xp = x + pl * H * W;
+            float *yp = y + pl * OH * OW;
+            int32_t *ap = arg + pl * OH * OW;
+            const int32_t base = (int32_t)(pl * H * W);
+            for (int oh = 0; oh < OH; oh++) {
+                const float *r0 = xp + (size_t)(2 * oh) * W, *r1 = r0 + W;
+                for (int ow = 0; ow < OW; ow++) {
+                    float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+                    int32_t o = base + 2 * oh * W + 2 * ow;
+                    float v = a;
+                    int32_t i = o;
+                    if (is_max ? b > v : b < v) {
+                        v = b;
+                        i = o + 1;
+                    }
+                    if (is_max ? c > v : c < v) {
+                        v = c;
+                        i = o + W;
+                    }
+                    if (is_max ? d > v : d < v) {
+                        v = d;
+                        i = o + W + 1;
+                    }
+                    yp[oh * OW + ow] = v;
+                    ap[oh * OW + ow] = i;
+                }
+            }
+        }
+        return;
+    }
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * H * W;
+        for (int oh = 0; oh < OH; oh++) {
+            int h0 = oh * s - p, h1 = h0 + g->KH;
+            h0 = h0 < 0 ? 0 : h0;
+            h1 = h1 > H ? H : h1;
+            for (int ow = 0; ow < OW; ow++) {
+                int w0 = ow * s - p, w1 = w0 + g->KW;
+                w0 = w0 < 0 ? 0 : w0;
+                w1 = w1 > W ? W : w1;
+                float best = 0.0f;
+                int32_t bi = -1;
+                for (int ih = h0; ih < h1; ih++) {
+                    for (int iw = w0; iw < w1; iw++) {
+                        float v = xp[ih * W + iw];
+                        if (bi < 0 || (is_max ? v > best : v < best)) {
+                            best = v;
+                            bi = (int32_t)(pl * H * W) + ih * W + iw;
+                        }
+                    }
+                }
+                size_t o = (pl * OH + oh) * OW + ow;
+                y[o] = best;
+                arg[o] = bi;
+            }
+        }
+    }
+}
+
+DV_HOT static void pool_avg_forward(const dv_conv2d_geom *g, const float *restrict x,
+                                    float *restrict y)
+{
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
+    const float inv = 1.0f / (float)(g->KH * g->KW);
+    const size_t planes = (size_t)g->B * g->C;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * H * W;
+        for (int oh = 0; oh < OH; oh++) {
+            int h0 = oh * s - p, h1 = h0 + g->KH;
+            h0 = h0 < 0 ? 0 : h0;
+            h1 = h1 > H ? H : h1;
+            for (int ow = 0; ow < OW; ow++) {
+                int w0 = ow * s - p, w1 = w0 + g->KW;
+                w0 = w0 < 0 ? 0 : w0;
+                w1 = w1 > W ? W : w1;
+                float sum = 0.0f;
+                for (int ih = h0; ih < h1; ih++)
+                    for (int iw = w0; iw < w1; iw++)
+                        sum += xp[ih * W + iw];
+                y[(pl * OH + oh) * OW + ow] = sum * inv;
+            }
+        }
+    }
+}
+
+void dv_cpu_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *x,
+                           float *y, int32_t *arg)
+{
+    (void)ctx;
+    if (mode == DV_POOL_AVG)
+        pool_avg_forward(g, x, y);
+    else
+        pool_extreme(mode == DV_POOL_MAX, g, x, y, arg);
+}
+
+void dv_cpu_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
+                            float *dx, const int32_t *arg)
+{
+    (void)ctx;
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
+    const size_t planes = (size_t)g->B * g->C, ny = planes * OH * OW;
+    memset(dx, 0, planes * H * W * sizeof *dx);
+    if (mode != DV_POOL_AVG) {
+        /* += because windows that overlap may pick the same input. */
+        for (size_t i = 0; i < ny; i++)
+            if (arg[i] >= 0)
+                dx[arg[i]] += dy[i];
+        return;
+    }
+    const float inv = 1.0f / (float)(g->KH * g->KW);
+    for (size_t pl = 0; pl < planes; pl++) {
+        float *dp = dx + pl * H * W;
+        for (int oh = 0; oh < OH; oh++) {
+            int h0 = oh * s - p, h1 = h0 + g->KH;
+            h0 = h0 < 0 ? 0 : h0;
+            h1 = h1 > H ? H : h1;
+            for (int ow = 0; ow < OW; ow++) {
+                int w0 = ow * s - p, w1 = w0 + g->KW;
+                w0 = w0 < 0 ? 0 : w0;
+                w1 = w1 > W ? W : w1;
+                float v = dy[(pl * OH + oh) * OW + ow] * inv;
+                for (int ih = h0; ih < h1; ih++)
+                    for (int iw = w0; iw < w1; iw++)
+                        dp[ih * W + iw] += v;
+            }
+        }
+    }
+}
+
+/* ---- dropout ---------------------------------------------------------- */
+
+void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t *row_id, int rows,
+                            int cols, const float *x, float *y, float *mask)
+{
+    (void)ctx;
+    /* rate >= 1 drops everything (and must not divide by zero). */
+    const float keep = rate < 1.0f ? 1.0f / (1.0f - rate) : 0.0f;
+    for (int i = 0; i < rows; i++) {
+        uint64_t base = (uint64_t)(row_id ? row_id[i] : i) * (uint64_t)cols;
+        float *m = mask + (size_t)i * cols;
+        for (int j = 0; j < cols; j++)
+            m[j] = dv_rand_uniform(seed, base + (uint64_t)j) < rate ? 0.0f : keep;
+        const float *xi = x + (size_t)i * cols;
+        float *yi = y + (size_t)i * cols;
+        for (int j = 0; j < cols; j++)
+            yi[j] = xi[j] * m[j];
+    }
+}
+
+DV_HOT void dv_cpu_dropout_backward(void *ctx, const float *restrict mask, const float *dy,
+                                    float *dx, size_t n)
+{
+    (void)ctx;
+    for (size_t i = 0; i < n; i++)
+        dx[i] = dy[i] * mask[i];
+}
+
+/* ---- batch norm ------------------------------------------------------- */
+
+void dv_cpu_batchnorm_forward(void *ctx, int training, int B, int C, int S, float eps,
+                              float momentum, const float *x, const float *gamma,
+                              const float *beta, float *running_mean, float *running_var,
+                              float *save_mean, float *save_invstd, float *y)
+{
+    (void)ctx;
+    const size_t cs = (size_t)C * S, N = (size_t)B * S;
+    for (int c = 0; c < C; c++) {
+        float mean, invstd;
+        if (training) {
+            /* Two passes in double: the mean first, then the centred sum of
+             * squares, so a large mean costs no precision. */
+            double sum = 0.0, ss = 0.0;
+            for (int b = 0; b < B; b++)
+                sum += sum_f(x + b * cs + (size_t)c * S, (size_t)S);
+            double m = N ? sum / (double)N : 0.0;
+            for (int b = 0; b < B; b++) {
+                const float *xr = x + b * cs + (size_t)c * S;
+                for (int s = 0; s < S; s++) {
+                    double d = xr[s] - m;
+                    ss += d * d;
+                }
+            }
+            double var = N ? ss / (double)N : 0.0;
+            mean = (float)m;
+            invstd = (float)(1.0 / sqrt(var + eps));
+            if (save_mean)
+                save_mean[c] = mean;
+            if (save_invstd)
+                save_invstd[c] = invstd;
+            if (running_mean)
+                running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean;
+            if (running_var) {
+                double unbiased = N > 1 ? ss / (double)(N - 1) : var;
+                running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)unbiased;
+            }
+        } else {
+            mean = running_mean[c];
+            invstd = 1.0f / sqrtf(running_var[c] + eps);
+        }
+        const float a = (gamma ? gamma[c] : 1.0f) * invstd;
+        const float k = (beta ? beta[c] : 0.0f) - a * mean;
+        for (int b = 0; b < B; b++) {
+            const float *xr = x + b * cs + (size_t)c * S;
+            float *yr = y + b * cs + (size_t)c * S;
+            for (int s = 0; s < S; s++)
+                yr[s] = a * xr[s] + k;
+        }
+    }
+}
+
+void dv_cpu_batchnorm_backward(void *ctx, int B, int C, int S, const float *x, const float *gamma,
+                               const float *save_mean, const float *save_invstd, const float *dy,
+                               float *dx, float *dgamma, float *dbeta)
+{
+    (void)ctx;
+    const size_t cs = (size_t)C * S, N = (size_t)B * S;
+    for (int c = 0; c < C; c++) {
+        const float mean = save_mean[c], invstd = save_invstd[c];
+        double sdy = 0.0, sdyx = 0.0; /* sum dy, sum dy * xhat */
+        for (int b = 0; b < B; b++) {
+            const float *xr = x + b * cs + (size_t)c * S, *dr = dy + b * cs + (size_t)c * S;
+            float a = 0.0f, t = 0.0f;
+            for (int s = 0; s < S; s++) {
+                a += dr[s];
+                t += dr[s] * (xr[s] - mean);
+            }
+            sdy += a;
+            sdyx += t;
+        }
+        sdyx *= invstd;
+        if (dbeta)
+            dbeta[c] += (float)sdy;
+        if (dgamma)
+            dgamma[c] += (float)sdyx;
+        if (!dx)
+            continue;
+        /* dx = gamma*invstd/N * (N*dy - sum(dy) - xhat * sum(dy*xhat)) */
+        const float g = (gamma ? gamma[c] : 1.0f) * invstd;
+        const float mdy = N ? (float)(sdy / (double)N) : 0.0f;
+        const float mdyx = N ? (float)(sdyx / (double)N) : 0.0f;
+        for (int b = 0; b < B; b++) {
+            const float *xr = x + b * cs + (size_t)c * S, *dr = dy + b * cs + (size_t)c * S;
+            float *out = dx + b * cs + (size_t)c * S;
+            for (int s = 0; s < S; s++)
+                out[s] = g * (dr[s] - mdy - (xr[s] - mean) * invstd * mdyx);
+        }
+    }
+}
+
+/* ---- losses ----------------------------------------------------------- */
+
+/* A label outside [0, K) marks the row as ignored: no loss, no gradient,
+ * never counted correct (e.g. padding positions in a token stream). */
+void dv_cpu_xent_loss(void *ctx, const float *logits, const int32_t *labels, int B, int K,
+                      float grad_scale, float *dlogits, float *stats)
+{
+    (void)ctx;
+    double loss = 0.0, correct = 0.0;
+    for (int i = 0; i < B; i++) {
+        const float *z = logits + (size_t)i * K;
+        float *d = dlogits + (size_t)i * K;
+        int y = labels[i];
+        if (y < 0 || y >= K) {
+            memset(d, 0, (size_t)K * sizeof *d);
+            continue;
+        }
+        int am = argmax_f(z, K);
+        float m = z[am], s = 0.0f;
+        for (int k = 0; k < K; k++) {
+            d[k] = expf(z[k] - m);
+            s += d[k];
+        }
+        /* loss = logsumexp(z) - z[y] = log(s) + m - z[y] */
+        loss += (double)logf(s) + (double)m - (double)z[y];
+        correct += am == y;
+        float inv = grad_scale / s;
+        for (int k = 0; k < K; k++)
+            d[k] *= inv;
+        d[y] -= grad_scale;
+    }
+    stats[0] += (float)loss;
+    stats[1] += (float)correct;
+}
+
+/* Per-sample loss is the mean over the K outputs (as for mse), so
+ * grad_scale = 1/B gives PyTorch's BCEWithLogitsLoss(reduction='mean'). */
+void dv_cpu_bce_loss(void *ctx, const float *logits, const float *targets, int B, int K,
+                     float grad_scale, float *dlogits, float *stats)
+{
+    (void)ctx;
+    double loss = 0.0, correct = 0.0;
+    const float gs = K > 0 ? grad_scale / (float)K : 0.0f;
+    for (int i = 0; i < B; i++) {
+        const float *z = logits + (size_t)i * K, *t = targets + (size_t)i * K;
+        float *d = dlogits + (size_t)i * K;
+        double l = 0.0;
+        int agree = 1;
+        for (int k = 0; k < K; k++) {
+            float zk = z[k], e = expf(-fabsf(zk));
+            /* max(z,0) - z t + log(1 + exp(-|z|)): no overflow for any z */
+            l += (double)(fmaxf(zk, 0.0f) - zk * t[k] + log1pf(e));
+            /* sigmoid from e = exp(-|z|), stable on both sides */
+            float sig = zk >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+            d[k] = (sig - t[k]) * gs;
+            agree &= (zk > 0.0f) == (t[k] >= 0.5f);
+        }
+        loss += K > 0 ? l / K : 0.0;
+        correct += agree;
+    }
+    stats[0] += (float)loss;
+    stats[1] += (float)correct;
+}
+
+void dv_cpu_mse_loss(void *ctx, const float *pred, const float *targets, int B, int K,
+                     float grad_scale, float *dpred, float *stats)
+{
+    (void)ctx;
+    double loss = 0.0, correct = 0.0;
+    const float gs = K > 0 ? 2.0f * grad_scale / (float)K : 0.0f;
+    for (int i = 0; i < B; i++) {
+        const float *p = pred + (size_t)i * K, *t = targets + (size_t)i * K;
+        float *d = dpred + (size_t)i * K;
+        double l = 0.0;
+        for (int k = 0; k < K; k++) {
+            float e = p[k] - t[k];
+            l += (double)e * e;
+            d[k] = e * gs;
+        }
+        loss += K > 0 ? l / K : 0.0;
+        if (K == 1)
+            correct += fabsf(p[0] - t[0]) < 0.5f;
+        else if (K > 1)
+            correct += argmax_f(p, K) == argmax_f(t, K);
+    }
+    stats[0] += (float)loss;
+    stats[1] += (float)correct;
+}
+
+void dv_cpu_perceptron_loss(void *ctx, const float *scores, const int32_t *labels, int B, int K,
+                            float grad_scale, float *dscores, float *stats)
+{
+    (void)ctx;
+    double mistakes = 0.0, correct = 0.0;
+    memset(dscores, 0, (size_t)B * K * sizeof *dscores);
+    for (int i = 0; i < B; i++) {
+        const float *z = scores + (size_t)i * K;
+        float *d = dscores + (size_t)i * K;
+        int y = labels[i];
+        if (K == 1) {
+            int pred = z[0] > 0.0f, target = y != 0;
+            d[0] = (float)(pred - target) * grad_scale;
+            mistakes += pred != target;
+            correct += pred == target;
+        } else {
+            int pred = argmax_f(z, K);
+            if (pred == y) {
+                correct += 1;
+            } else {
+                mistakes += 1;
+                d[pred] = grad_scale;
+                if (y >= 0 && y < K)
+                    d[y] = -grad_scale;
+            }
+        }
+    }
+    stats[0] += (float)mistakes;
+    stats[1] += (float)correct;
+}
+
+/* ---- optimizers ------------------------------------------------------- */
+
+DV_HOT static void sgd_step(float lr, float wd, float *restrict p, const float *restrict g,
+                            size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] -= lr * (g[i] + wd * p[i]);
+}
+
+DV_HOT static void momentum_step(float lr, float wd, float mu, int nesterov, float *restrict p,
+                                 const float *restrict g, float *restrict v, size_t n)
+{
+    if (nesterov) {
+        for (size_t i = 0; i < n; i++) {
+            float gi = g[i] + wd * p[i];
+            float vi = mu * v[i] + gi;
+            v[i] = vi;
+            p[i] -= lr * (gi + mu * vi);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            float vi = mu * v[i] + g[i] + wd * p[i];
+            v[i] = vi;
+            p[i] -= lr * vi;
+        }
+    }
+}
+
+/* One pass: p, m, v are read and written once each. decay is the
+ * multiplier applied to p first (AdamW), wd the L2 term folded into g (Adam). */
+DV_HOT static void adam_step(float step_size, float inv_sqrt_bc2, float b1, float b2, float eps,
+                             float wd, float decay, float *restrict p, const float *restrict g,
+                             float *restrict m, float *restrict v, size_t n)
+{
+    const float c1 = 1.0f - b1, c2 = 1.0f - b2;
+    for (size_t i = 0; i < n; i++) {
+        float pi = p[i] * decay;
+        float gi = g[i] + wd * pi;
+        float mi = b1 * m[i] + c1 * gi;
+        float vi = b2 * v[i] + c2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi - step_size * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+    }
+}
+
+void dv_cpu_opt_step(void *ctx, const dv_opt_params *o, float *params, const float *grads,
+                     float *state1, float *state2, size_t n)
+{
+    (void)ctx;
+    switch (o->kind) {
+    case DV_OPT_SGD:
+        sgd_step(o->lr, o->weight_decay, params, grads, n);
+        break;
+    case DV_OPT_MOMENTUM:
+    case DV_OPT_NESTEROV:
+        momentum_step(o->lr, o->weight_decay, o->momentum, o->kind == DV_OPT_NESTEROV, params,
+                      grads, state1, n);
+        break;
+    case DV_OPT_ADAM:
+    case DV_OPT_ADAMW: {
+        double t = o->step > 0 ? (double)o->step : 1.0;
+        double bc1 = 1.0 - pow(o->beta1, t), bc2 = 1.0 - pow(o->beta2, t);
+        float step_size = (float)(o->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+        int decoupled = o->kind == DV_OPT_ADAMW;
+        adam_step(step_size, inv_sqrt_bc2, o->beta1, o->beta2, o->eps,
+                  decoupled ? 0.0f : o->weight_decay,
+                  decoupled ? 1.0f - o->lr * o->weight_decay : 1.0f, params, grads, state1,
+                  state2, n);
+        break;
+    }
+    }
+}

@@ -1,0 +1,236 @@
+/* kernels.h — the math of Dive: the tensor type, the backend interface and
+ * every op, forward and backward.
+ *
+ * A backend is a table of function pointers with a context pointer
+ * (dv_backend). The CPU backend (kernels/cpu/) fills it with OpenBLAS GEMM and
+ * plain C loops; the CUDA backend (kernels/cuda/) fills the same table with
+ * cuBLAS and its own kernels. Every pointer an op receives is a *device*
+ * pointer of that backend (host memory for the CPU backend), laid out in C
+ * order with the shape written next to it. Ops never allocate: callers pass
+ * workspaces sized by the matching *_workspace helper.
+ *
+ * Conventions:
+ *  - activations are NCHW: (B, C, H, W); dense inputs are (B, K).
+ *  - backward ops ACCUMULATE into parameter gradients (dw += ...), so a
+ *    trainer zeroes the flat gradient buffer once per step; input gradients
+ *    (dx) are OVERWRITTEN. A NULL dx means "not needed" (first layer).
+ *  - nothing here includes another Dive module.
+ */
+#ifndef DV_KERNELS_H
+#define DV_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- tensors ---------------------------------------------------------- */
+
+#define DV_TENSOR_MAX_DIMS 4
+
+/* A float32 tensor of up to 4 dims. `data` is borrowed (a view into a flat
+ * buffer) unless the function that returned it says otherwise. */
+typedef struct dv_tensor {
+    float *data;
+    int ndim;
+    int shape[DV_TENSOR_MAX_DIMS];
+} dv_tensor;
+
+/* Number of elements: the product of shape[0..ndim). */
+size_t dv_tensor_numel(const dv_tensor *t);
+/* A view of `data` with the given shape (ndim 1..4). */
+dv_tensor dv_tensor_view(float *data, int ndim, const int *shape);
+
+/* ---- enums ------------------------------------------------------------ */
+
+typedef enum dv_act {
+    DV_ACT_LINEAR = 0,
+    DV_ACT_RELU,
+    DV_ACT_LEAKY_RELU, /* slope given by `alpha` */
+    DV_ACT_SIGMOID,
+    DV_ACT_TANH,
+    DV_ACT_SOFTMAX, /* over the last dim of (rows, cols) */
+} dv_act;
+
+typedef enum dv_pool { DV_POOL_MAX = 0, DV_POOL_MIN, DV_POOL_AVG } dv_pool;
+
+typedef enum dv_opt {
+    DV_OPT_SGD = 0,
+    DV_OPT_MOMENTUM,
+    DV_OPT_NESTEROV,
+    DV_OPT_ADAM,
+    DV_OPT_ADAMW,
+} dv_opt;
+
+/* Geometry of a 2-D convolution or pooling window. */
+typedef struct dv_conv2d_geom {
+    int B, C, H, W; /* input (B, C, H, W) */
+    int F;          /* output channels (conv only; pooling keeps C) */
+    int KH, KW;     /* window */
+    int stride, pad;
+    int OH, OW; /* output spatial size, from dv_conv2d_geom_init */
+} dv_conv2d_geom;
+
+/* Fills OH/OW: (H + 2*pad - KH) / stride + 1. Returns 0, or -1 when the
+ * window does not fit (OH or OW < 1). */
+int dv_conv2d_geom_init(dv_conv2d_geom *g);
+
+/* Optimizer hyper-parameters for one step over a flat buffer. */
+typedef struct dv_opt_params {
+    dv_opt kind;
+    float lr;
+    float momentum;     /* momentum / nesterov */
+    float beta1, beta2; /* adam / adamw */
+    float eps;
+    float weight_decay; /* L2 added to the gradient for sgd/momentum/nesterov/adam,
+                           decoupled (p -= lr*wd*p) for adamw */
+    long step;          /* 1-based step count, for Adam's bias correction */
+} dv_opt_params;
+
+/* Counter-based random numbers: the same (seed, counter) gives the same
+ * value on every backend, every rank and every thread count. */
+uint64_t dv_rand_hash(uint64_t seed, uint64_t counter);
+/* Uniform in [0, 1) from the hash. */
+float dv_rand_uniform(uint64_t seed, uint64_t counter);
+
+/* ---- the backend table ------------------------------------------------ */
+
+typedef struct dv_backend dv_backend;
+
+struct dv_backend {
+    const char *name; /* "cpu" or "cuda" */
+    void *ctx;        /* backend's own state, passed first to every op */
+
+    /* memory (device pointers for that backend; host memory for cpu) */
+    void *(*alloc)(void *ctx, size_t bytes); /* zeroed; NULL on failure */
+    void (*free)(void *ctx, void *p);        /* accepts NULL */
+    void (*to_device)(void *ctx, void *dst, const void *src, size_t bytes);
+    void (*to_host)(void *ctx, void *dst, const void *src, size_t bytes);
+    void (*copy)(void *ctx, void *dst, const void *src, size_t bytes); /* device→device */
+    void (*fill)(void *ctx, float *x, float value, size_t n);
+    void (*sync)(void *ctx); /* wait for all queued work */
+
+    /* C (M, N) = alpha * op(A) * op(B) + beta * C, row-major.
+     * op(A) is (M, K): A is (M, K), or (K, M) when trans_a.
+     * op(B) is (K, N): B is (K, N), or (N, K) when trans_b. */
+    void (*gemm)(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 const float *A, const float *B, float beta, float *C);
+
+    /* y (B, C, S) += bias (C) broadcast over B and S (S = 1 for dense). */
+    void (*bias_forward)(void *ctx, float *y, const float *bias, int B, int C, int S);
+    /* dbias (C) += sum over B and S of dy (B, C, S). */
+    void (*bias_backward)(void *ctx, const float *dy, float *dbias, int B, int C, int S);
+
+    /* y = act(x), n elements; softmax over rows of (n / cols, cols).
+     * In place (y == x) is allowed. */
+    void (*act_forward)(void *ctx, dv_act act, float alpha, const float *x, float *y, size_t n,
+                        int cols);
+    /* dx = dy * act'(.) given the forward's output y (and input x, which
+     * may be NULL for every act but leaky_relu/relu where y serves).
+     * dx == dy is allowed. */
+    void (*act_backward)(void *ctx, dv_act act, float alpha, const float *y, const float *dy,
+                         float *dx, size_t n, int cols);
+
+    /* Convolution, weights w (F, C, KH, KW), bias b (F) or NULL,
+     * x (B, C, H, W) -> y (B, F, OH, OW). `work` holds
+     * conv2d_workspace(g) floats. */
+    size_t (*conv2d_workspace)(void *ctx, const dv_conv2d_geom *g);
+    void (*conv2d_forward)(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
+                           const float *b, float *y, float *work);
+    /* dw (F, C, KH, KW) += , db (F) += (if not NULL), dx overwritten (if not NULL). */
+    void (*conv2d_backward)(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
+                            const float *dy, float *dx, float *dw, float *db, float *work);
+
+    /* Pooling x (B, C, H, W) -> y (B, C, OH, OW). Max/min record the
+     * flat input offset of the winner in `arg` (B*C*OH*OW ints); avg
+     * ignores `arg` and divides by the full window (padding counts as 0). */
+    void (*pool2d_forward)(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *x,
+                           float *y, int32_t *arg);
+    /* dx (B, C, H, W) overwritten. */
+    void (*pool2d_backward)(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
+                            float *dx, const int32_t *arg);
+
+    /* Inverted dropout over x (rows, cols): element (i, j) is dropped when
+     * dv_rand_uniform(seed, (uint64_t)row_id[i] * cols + j) < rate, else
+     * kept as x / (1 - rate). `mask` (rows*cols floats) receives 0 or
+     * 1/(1-rate). row_id (rows, host or device per backend: a DEVICE
+     * pointer) gives a global id per row so N ranks and 1 rank draw the
+     * same masks; the trainer folds layer and step into `seed`. */
+    void (*dropout_forward)(void *ctx, float rate, uint64_t seed, const int64_t *row_id,
+                            int rows, int cols, const float *x, float *y, float *mask);
+    void (*dropout_backward)(void *ctx, const float *mask, const float *dy, float *dx, size_t n);
+
+    /* Batch norm over x (B, C, S): per channel statistics over B and S.
+     * Training: uses batch stats, saves mean/invstd (C each), updates
+     * running stats with `momentum` (running = (1-m)*running + m*batch,
+     * unbiased variance). Eval: uses running stats. */
+    void (*batchnorm_forward)(void *ctx, int training, int B, int C, int S, float eps,
+                              float momentum, const float *x, const float *gamma,
+                              const float *beta, float *running_mean, float *running_var,
+                              float *save_mean, float *save_invstd, float *y);
+    /* Training-mode backward: dgamma, dbeta (C) +=, dx overwritten. */
+    void (*batchnorm_backward)(void *ctx, int B, int C, int S, const float *x, const float *gamma,
+                               const float *save_mean, const float *save_invstd, const float *dy,
+                               float *dx, float *dgamma, float *dbeta);
+
+    /* Losses over a batch of B rows. Each writes the gradient of
+     * (sum of per-sample losses) * grad_scale into dpred (B, K) and ADDS
+     * into stats (device, 2 floats): stats[0] += sum of per-sample losses,
+     * stats[1] += number of correct predictions (argmax for xent;
+     * per-element threshold 0.5 of sigmoid for bce counted per row when all
+     * K agree; for mse the argmax of pred vs argmax of target when K > 1,
+     * |pred - target| < 0.5 when K == 1). */
+    /* Softmax cross-entropy, fused and stable: logits (B, K), labels (B). */
+    void (*xent_loss)(void *ctx, const float *logits, const int32_t *labels, int B, int K,
+                      float grad_scale, float *dlogits, float *stats);
+    /* BCE with logits: logits (B, K), targets (B, K) in [0, 1]. */
+    void (*bce_loss)(void *ctx, const float *logits, const float *targets, int B, int K,
+                     float grad_scale, float *dlogits, float *stats);
+    /* Mean squared error, per sample = sum_k (pred - target)^2 / K. */
+    void (*mse_loss)(void *ctx, const float *pred, const float *targets, int B, int K,
+                     float grad_scale, float *dpred, float *stats);
+    /* The perceptron rule as a loss: scores (B, K). K == 1: predicted
+     * class is score > 0, target in {0,1}; d = (pred - target). K > 1:
+     * on a mistake d[pred] = +1 and d[true] = -1. Zero gradient on
+     * correct samples; stats[0] += mistakes. labels (B) as class ids
+     * (K > 1) or 0/1 (K == 1). */
+    void (*perceptron_loss)(void *ctx, const float *scores, const int32_t *labels, int B, int K,
+                            float grad_scale, float *dscores, float *stats);
+
+    /* One optimizer step over a flat buffer of n parameters. state1 is
+     * momentum / Adam's m, state2 is Adam's v (NULL where unused). */
+    void (*opt_step)(void *ctx, const dv_opt_params *p, float *params, const float *grads,
+                     float *state1, float *state2, size_t n);
+
+    /* Sum of squares of x (n), returned on the host (syncs). */
+    double (*sumsq)(void *ctx, const float *x, size_t n);
+    /* x *= s */
+    void (*scale)(void *ctx, float *x, float s, size_t n);
+    /* y += a * x */
+    void (*axpy)(void *ctx, float a, const float *x, float *y, size_t n);
+};
+
+/* The CPU backend. `threads` sets OpenBLAS's thread count and the loops'
+ * (0 keeps OpenBLAS's default). Owned by the caller: free with
+ * dv_backend_free. */
+dv_backend *dv_backend_cpu_create(int threads);
+
+/* The CUDA backend on `device`, or NULL when Dive was built without CUDA or
+ * the device cannot be used (the reason is written to err, if not NULL). */
+dv_backend *dv_backend_cuda_create(int device, char *err, size_t errlen);
+
+/* Number of CUDA devices visible (0 without CUDA). */
+int dv_backend_cuda_device_count(void);
+
+void dv_backend_free(dv_backend *be);
+
+/* Global-norm clipping: if ||g|| > max_norm, g *= max_norm / ||g||.
+ * Returns the norm before clipping. */
+double dv_clip_grad_norm(const dv_backend *be, float *grads, size_t n, double max_norm);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,458 @@
+/* test_comm.c — cmocka tests of comm on the MPI path, run by CTest under
+ * mpiexec with 1, 2 and 3 ranks (test_comm_np<n>).
+ *
+ * Data is chosen so the reduced result is known exactly: rank r fills
+ * x[i] = r + i, so the average is (size-1)/2 + i, representable in float for
+ * the sizes used here, and compared with ==.
+ *
+ * Every rank runs every test's collectives in the same order. Checks are
+ * recorded with EXPECT (no longjmp) and the ranks agree on the outcome at the
+ * end of each test (finish), so a check failing on one rank fails the test on
+ * all of them together instead of leaving the others blocked in a
+ * collective. main combines the failure counts so every rank exits alike.
+ *
+ * Reaches into comm-impl.h to shrink max_count, so the code that splits
+ * buffers longer than INT_MAX elements runs on small buffers.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "comm-impl.h"
+
+static dv_comm *g_comm;
+
+/* ---- checks that do not jump, and agreement across ranks ---------------- */
+
+typedef struct tcheck {
+    int bad;
+} tcheck;
+
+#define EXPECT(t, cond)           expect_((t), (cond), #cond, __FILE__, __LINE__)
+#define EXPECT_OK(t, status, err) expect_ok_((t), (status), (err), #status, __FILE__, __LINE__)
+
+static void expect_(tcheck *t, int ok, const char *what, const char *file, int line) {
+    if (ok) return;
+    t->bad++;
+    fprintf(stderr, "%s %s:%d: expected %s\n", dv_comm_prefix(), file, line, what);
+}
+
+static void expect_ok_(tcheck *t, dv_status s, const char *err, const char *what, const char *file,
+                       int line) {
+    if (s == DV_OK) return;
+    t->bad++;
+    fprintf(stderr, "%s %s:%d: %s failed: %s\n", dv_comm_prefix(), file, line, what, err);
+}
+
+/* Uses MPI directly rather than dv_comm_first_failed, which is under test. */
+static void finish(tcheck *t) {
+    int bad = t->bad, total = 0;
+    MPI_Allreduce(&bad, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    assert_int_equal(total, 0);
+}
+
+/* ---- identity ----------------------------------------------------------- */
+
+static void test_identity(void **state) {
+    (void)state;
+    tcheck t = {0};
+    dv_comm *c = g_comm;
+    int rank = dv_comm_rank(c), size = dv_comm_size(c);
+    int wrank = -1, wsize = -1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &wrank);
+    MPI_Comm_size(MPI_COMM_WORLD, &wsize);
+    EXPECT(&t, rank == wrank);
+    EXPECT(&t, size == wsize);
+    EXPECT(&t, size >= 1 && rank >= 0 && rank < size);
+
+    int lrank = dv_comm_local_rank(c), lsize = dv_comm_local_size(c);
+    EXPECT(&t, lsize >= 1 && lsize <= size);
+    EXPECT(&t, lrank >= 0 && lrank < lsize);
+    /* Local ranks 0..lsize-1 each appear once per node: the number of local
+     * rank 0s is the number of nodes, and local sizes add up to the world. */
+    int firsts = lrank == 0, nodes = 0;
+    MPI_Allreduce(&firsts, &nodes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    EXPECT(&t, nodes >= 1 && nodes <= size);
+    int one_per_node = lrank == 0 ? lsize : 0, total = 0;
+    MPI_Allreduce(&one_per_node, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    EXPECT(&t, total == size);
+
+    const char *host = dv_comm_host(c);
+    EXPECT(&t, host && host[0] != '\0');
+    char prefix[512];
+    snprintf(prefix, sizeof prefix, "[rank %d/%d %s]", rank, size, host);
+    EXPECT(&t, strcmp(dv_comm_prefix(), prefix) == 0);
+
+    EXPECT(&t, dv_comm_select_device(c, 0) == -1);
+    EXPECT(&t, dv_comm_select_device(c, -3) == -1);
+    EXPECT(&t, dv_comm_select_device(c, 1) == 0);
+    EXPECT(&t, dv_comm_select_device(c, 2) == lrank % 2);
+    EXPECT(&t, dv_comm_select_device(c, 1000) == lrank);
+
+    MPI_Errhandler eh = MPI_ERRHANDLER_NULL;
+    MPI_Comm_get_errhandler(c->world, &eh);
+    EXPECT(&t, eh == MPI_ERRORS_RETURN);
+    if (eh != MPI_ERRHANDLER_NULL) MPI_Errhandler_free(&eh);
+    finish(&t);
+}
+
+/* A second init while MPI is up reuses it and must not finalize it. */
+static void test_init_again(void **state) {
+    (void)state;
+    tcheck t = {0};
+    char err[DV_ERR_LEN] = "";
+    dv_comm *c2 = NULL;
+    EXPECT_OK(&t, dv_comm_init(&c2, NULL, NULL, err), err);
+    if (c2) {
+        EXPECT(&t, c2->owns_mpi == 0);
+        EXPECT(&t, dv_comm_rank(c2) == dv_comm_rank(g_comm));
+        EXPECT(&t, dv_comm_size(c2) == dv_comm_size(g_comm));
+        float v = 1.0f;
+        EXPECT_OK(&t, dv_comm_allreduce_avg(c2, &v, 1, err), err);
+        EXPECT(&t, v == 1.0f);
+    }
+    dv_comm_free(c2);
+    int finalized = 1;
+    MPI_Finalized(&finalized);
+    EXPECT(&t, finalized == 0);
+    dv_comm_barrier(g_comm);
+    dv_comm_free(NULL);
+    finish(&t);
+}
+
+/* ---- all-reduce --------------------------------------------------------- */
+
+/* x[i] = rank + first + i, plus `extra` on rank 0 only. All values are
+ * integers below 2^24, so the float sum is exact in any order. */
+static void fill_ramp(float *x, size_t n, size_t first, int rank, int extra) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)rank + (float)(first + i) + (rank ? 0 : extra);
+}
+
+/* Counts elements that differ from the correctly rounded average of
+ * fill_ramp: with extra == 0 it is (size-1)/2 + i exactly; with extra == 1
+ * and size 3 it is not representable, and only sum / size (not
+ * sum * (1/size)) rounds to it every time. Rounding the double quotient to
+ * float gives the correctly rounded float quotient. */
+static size_t ramp_mismatches(const float *x, size_t n, size_t first, int size, int extra) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double sum = (double)size * (double)(first + i) + size * (size - 1) / 2.0 + extra;
+        if (x[i] != (float)(sum / size)) bad++;
+    }
+    return bad;
+}
+
+static void check_allreduce_avg(tcheck *t, size_t n, size_t max_count, int extra) {
+    dv_comm *c = g_comm;
+    char err[DV_ERR_LEN] = "";
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    fill_ramp(x, n, 0, dv_comm_rank(c), extra);
+    c->max_count = max_count;
+    EXPECT_OK(t, dv_comm_allreduce_avg(c, x, n, err), err);
+    c->max_count = INT_MAX;
+    size_t bad = ramp_mismatches(x, n, 0, dv_comm_size(c), extra);
+    if (bad) fprintf(stderr, "n=%zu max_count=%zu: %zu wrong\n", n, max_count, bad);
+    EXPECT(t, bad == 0);
+    free(x);
+}
+
+static void test_allreduce_avg(void **state) {
+    (void)state;
+    tcheck t = {0};
+    check_allreduce_avg(&t, 0, INT_MAX, 0);
+    check_allreduce_avg(&t, 1, INT_MAX, 0);
+    check_allreduce_avg(&t, 1000, INT_MAX, 0);
+    check_allreduce_avg(&t, 234000, INT_MAX, 0);
+    check_allreduce_avg(&t, 1000, 7, 0); /* 143 chunks, the last one short */
+    check_allreduce_avg(&t, 64, 64, 0);
+    check_allreduce_avg(&t, 1000, INT_MAX, 1);
+
+    char err[DV_ERR_LEN] = "";
+    EXPECT(&t, dv_comm_allreduce_avg(g_comm, NULL, 5, err) == DV_ERR);
+    EXPECT(&t, strstr(err, "dv_comm_allreduce_avg") != NULL);
+    finish(&t);
+}
+
+/* Buckets of one flat gradient buffer, started last-first as backward
+ * produces them, waited in another order. */
+static void check_async(tcheck *t, size_t max_count, int extra) {
+    dv_comm *c = g_comm;
+    char err[DV_ERR_LEN] = "";
+    enum { N = 6000, NB = 5 };
+    const size_t lo[NB] = {0, 100, 1100, 1101, 1101};
+    const size_t hi[NB] = {100, 1100, 1101, 1101, N}; /* bucket 3 is empty */
+    float *x = malloc(N * sizeof *x);
+    fill_ramp(x, N, 0, dv_comm_rank(c), extra);
+    dv_comm_request *req[NB] = {0};
+    c->max_count = max_count;
+    for (int b = NB - 1; b >= 0; b--) {
+        EXPECT_OK(t, dv_comm_allreduce_start(c, x + lo[b], hi[b] - lo[b], NULL, &req[b], err), err);
+        EXPECT(t, req[b] != NULL);
+        dv_comm_progress(c);
+    }
+    dv_comm_progress(c);
+    const int order[NB] = {2, 0, 4, 3, 1};
+    for (int k = 0; k < NB; k++)
+        if (req[order[k]]) EXPECT_OK(t, dv_comm_wait(c, req[order[k]], err), err);
+    c->max_count = INT_MAX;
+    EXPECT(t, c->pending == NULL);
+    size_t bad = ramp_mismatches(x, N, 0, dv_comm_size(c), extra);
+    if (bad) fprintf(stderr, "async max_count=%zu: %zu wrong\n", max_count, bad);
+    EXPECT(t, bad == 0);
+    free(x);
+}
+
+static void test_allreduce_async(void **state) {
+    (void)state;
+    tcheck t = {0};
+    dv_comm *c = g_comm;
+    char err[DV_ERR_LEN] = "";
+    check_async(&t, INT_MAX, 0);
+    check_async(&t, 64, 0);
+    check_async(&t, INT_MAX, 1);
+
+    /* progress alone completes a request when every rank keeps calling it */
+    enum { N = 50000 };
+    float *x = malloc(N * sizeof *x);
+    fill_ramp(x, N, 0, dv_comm_rank(c), 0);
+    dv_comm_request *r = NULL;
+    EXPECT_OK(&t, dv_comm_allreduce_start(c, x, N, NULL, &r, err), err);
+    time_t t0 = time(NULL);
+    while (r && !r->done && time(NULL) - t0 < 60)
+        dv_comm_progress(c);
+    EXPECT(&t, r && r->done);
+    if (r) EXPECT_OK(&t, dv_comm_wait(c, r, err), err);
+    EXPECT(&t, ramp_mismatches(x, N, 0, dv_comm_size(c), 0) == 0);
+    free(x);
+
+    float y = 0;
+    dv_comm_request *bad = (dv_comm_request *)&y;
+    int stream = 0;
+    EXPECT(&t, dv_comm_allreduce_start(c, &y, 1, &stream, &bad, err) == DV_ERR);
+    EXPECT(&t, bad == NULL);
+    EXPECT(&t, strstr(err, "stream") != NULL);
+    EXPECT(&t, dv_comm_wait(c, NULL, err) == DV_ERR);
+    EXPECT(&t, c->pending == NULL);
+    finish(&t);
+}
+
+/* ---- bcast -------------------------------------------------------------- */
+
+static unsigned char pattern(size_t i, int root) {
+    return (unsigned char)(i * 131u + (i >> 13) + (size_t)root * 7u);
+}
+
+static void check_bcast(tcheck *t, size_t bytes, int root, size_t max_count) {
+    dv_comm *c = g_comm;
+    char err[DV_ERR_LEN] = "";
+    unsigned char *buf = malloc(bytes);
+    for (size_t i = 0; i < bytes; i++)
+        buf[i] = dv_comm_rank(c) == root ? pattern(i, root) : 0xEE;
+    c->max_count = max_count;
+    EXPECT_OK(t, dv_comm_bcast(c, buf, bytes, root, err), err);
+    c->max_count = INT_MAX;
+    size_t bad = 0;
+    for (size_t i = 0; i < bytes; i++)
+        bad += buf[i] != pattern(i, root);
+    if (bad) fprintf(stderr, "bcast %zu bytes from %d: %zu wrong\n", bytes, root, bad);
+    EXPECT(t, bad == 0);
+    free(buf);
+}
+
+static void test_bcast(void **state) {
+    (void)state;
+    tcheck t = {0};
+    dv_comm *c = g_comm;
+    int last = dv_comm_size(c) - 1;
+    const size_t big = ((size_t)24 << 20) + 13;
+    check_bcast(&t, big, 0, INT_MAX);
+    check_bcast(&t, big, last, INT_MAX);
+    check_bcast(&t, 100003, last, 4099); /* 25 chunks, the last one short */
+    check_bcast(&t, 1, 0, INT_MAX);
+
+    char err[DV_ERR_LEN] = "";
+    char b = 0;
+    EXPECT(&t, dv_comm_bcast(c, &b, 1, last + 1, err) == DV_ERR);
+    EXPECT(&t, strstr(err, "root") != NULL);
+    EXPECT(&t, dv_comm_bcast(c, &b, 1, -1, err) == DV_ERR);
+    EXPECT_OK(&t, dv_comm_bcast(c, NULL, 0, 0, err), err);
+    finish(&t);
+}
+
+/* ---- doubles, agreement ------------------------------------------------- */
+
+static void test_allreduce_double(void **state) {
+    (void)state;
+    tcheck t = {0};
+    dv_comm *c = g_comm;
+    char err[DV_ERR_LEN] = "";
+    double r = dv_comm_rank(c), n = dv_comm_size(c), sum = n * (n - 1) / 2;
+
+    double x[3] = {r, r + 0.25, -r};
+    EXPECT_OK(&t, dv_comm_allreduce_double(c, x, 3, DV_REDUCE_SUM, err), err);
+    EXPECT(&t, x[0] == sum && x[1] == sum + 0.25 * n && x[2] == -sum);
+
+    double y[3] = {r, r + 0.25, -r};
+    EXPECT_OK(&t, dv_comm_allreduce_double(c, y, 3, DV_REDUCE_MIN, err), err);
+    EXPECT(&t, y[0] == 0 && y[1] == 0.25 && y[2] == -(n - 1));
+
+    double z[3] = {r, r + 0.25, -r};
+    EXPECT_OK(&t, dv_comm_allreduce_double(c, z, 3, DV_REDUCE_MAX, err), err);
+    EXPECT(&t, z[0] == n - 1 && z[1] == n - 1 + 0.25 && z[2] == 0);
+
+    EXPECT_OK(&t, dv_comm_allreduce_double(c, NULL, 0, DV_REDUCE_SUM, err), err);
+    EXPECT(&t, dv_comm_allreduce_double(c, x, 1, (dv_reduce)99, err) == DV_ERR);
+    EXPECT(&t, dv_comm_allreduce_double(c, x, -1, DV_REDUCE_SUM, err) == DV_ERR);
+    finish(&t);
+}
+
+static void test_first_failed(void **state) {
+    (void)state;
+    tcheck t = {0};
+    dv_comm *c = g_comm;
+    int rank = dv_comm_rank(c), size = dv_comm_size(c);
+    EXPECT(&t, dv_comm_first_failed(c, 1) == -1);
+    EXPECT(&t, dv_comm_first_failed(c, 0) == 0);
+    EXPECT(&t, dv_comm_first_failed(c, rank != size - 1) == size - 1);
+    EXPECT(&t, dv_comm_first_failed(c, rank == 0) == (size > 1 ? 1 : -1));
+    EXPECT(&t, dv_comm_first_failed(c, 7) == -1); /* any non-zero is ok */
+    finish(&t);
+}
+
+static void test_all_equal(void **state) {
+    (void)state;
+    tcheck t = {0};
+    dv_comm *c = g_comm;
+    int rank = dv_comm_rank(c), size = dv_comm_size(c);
+    enum { N = 1003 };
+    unsigned char buf[N];
+    for (size_t i = 0; i < N; i++)
+        buf[i] = pattern(i, 0);
+
+    EXPECT(&t, dv_comm_all_equal(c, buf, N) == 1);
+    EXPECT(&t, dv_comm_all_equal(c, buf, 0) == 1);
+    EXPECT(&t, dv_comm_all_equal(c, NULL, 0) == 1);
+    if (size > 1) {
+        int last = rank == size - 1;
+        if (last) buf[517] ^= 0x01;
+        EXPECT(&t, dv_comm_all_equal(c, buf, N) == 0);
+        if (last) buf[517] ^= 0x01;
+        if (last) buf[N - 1] ^= 0x80; /* in the byte tail after the words */
+        EXPECT(&t, dv_comm_all_equal(c, buf, N) == 0);
+        if (last) buf[N - 1] ^= 0x80;
+        EXPECT(&t, dv_comm_all_equal(c, buf, rank == 0 ? N - 8 : N) == 0);
+        EXPECT(&t, dv_comm_all_equal(c, buf, N) == 1);
+    }
+    finish(&t);
+}
+
+/* ---- messages and check macros ------------------------------------------ */
+
+static int fake_mpi_call(int rc) {
+    return rc;
+}
+
+static int mpi_check_line;
+
+static dv_status via_mpi_check(int rc, char *err) {
+    mpi_check_line = __LINE__ + 1;
+    DV_MPI_CHECK(err, fake_mpi_call(rc));
+    return DV_OK;
+}
+
+/* A real MPI call failing on comm's communicator must come back as a
+ * status: with the default handler it would end the job here. */
+static dv_status bad_send(dv_comm *c, char *err) {
+    int v = 0;
+    DV_MPI_CHECK(err, MPI_Send(&v, -1, MPI_INT, 0, 0, c->world));
+    return DV_OK;
+}
+
+static dv_status positive(int v, char *err) {
+    DV_CHECK(v > 0, err, "positive", "v = %d", v);
+    return DV_OK;
+}
+
+static dv_status tried(int v, char *err) {
+    DV_TRY(positive(v, err));
+    return DV_OK;
+}
+
+static void test_format_error(void **state) {
+    (void)state;
+    tcheck t = {0};
+    char err[DV_ERR_LEN] = "", want[2 * DV_ERR_LEN];
+    const char *p = dv_comm_prefix();
+
+    dv_comm_format_error(err, "/some/dir/foo.c", 42, "MPI_Foo", "bad %d", 7);
+    snprintf(want, sizeof want, "%s foo.c:42: MPI_Foo: bad 7", p);
+    EXPECT(&t, strcmp(err, want) == 0);
+    snprintf(want, sizeof want, "[rank %d/%d %s] foo.c:42: MPI_Foo: bad 7", dv_comm_rank(g_comm),
+             dv_comm_size(g_comm), dv_comm_host(g_comm));
+    EXPECT(&t, strcmp(err, want) == 0);
+
+    dv_comm_format_error(err, "bar.c", 1, "cudaMalloc(&p, n)", "out of memory");
+    snprintf(want, sizeof want, "%s bar.c:1: cudaMalloc: out of memory", p);
+    EXPECT(&t, strcmp(err, want) == 0);
+
+    /* wrapping the message already in err */
+    dv_comm_format_error(err, "baz.c", 9, "outer", "%s", err);
+    snprintf(want, sizeof want, "%s baz.c:9: outer: %s bar.c:1: cudaMalloc: out of memory", p, p);
+    EXPECT(&t, strcmp(err, want) == 0);
+
+    char longmsg[3 * DV_ERR_LEN];
+    memset(longmsg, 'x', sizeof longmsg - 1);
+    longmsg[sizeof longmsg - 1] = '\0';
+    dv_comm_format_error(err, "a.c", 1, "long", "%s", longmsg);
+    EXPECT(&t, strlen(err) == DV_ERR_LEN - 1);
+    dv_comm_format_error(NULL, "a.c", 1, "null", "no crash");
+
+    /* DV_MPI_CHECK */
+    EXPECT(&t, via_mpi_check(MPI_SUCCESS, err) == DV_OK);
+    EXPECT(&t, via_mpi_check(MPI_ERR_COUNT, err) == DV_ERR);
+    char mpimsg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(MPI_ERR_COUNT, mpimsg, &len);
+    snprintf(want, sizeof want, "%s test_comm.c:%d: fake_mpi_call: %s (MPI error %d)", p,
+             mpi_check_line, mpimsg, MPI_ERR_COUNT);
+    EXPECT(&t, strcmp(err, want) == 0);
+    if (strcmp(err, want) != 0) fprintf(stderr, "got  %s\nwant %s\n", err, want);
+
+    EXPECT(&t, bad_send(g_comm, err) == DV_ERR);
+    snprintf(want, sizeof want, "%s test_comm.c:", p);
+    EXPECT(&t, strncmp(err, want, strlen(want)) == 0 && strstr(err, ": MPI_Send: ") != NULL);
+
+    /* DV_CHECK and DV_TRY */
+    EXPECT(&t, positive(1, err) == DV_OK);
+    EXPECT(&t, tried(-1, err) == DV_ERR);
+    EXPECT(&t, strstr(err, ": positive: v = -1") != NULL);
+    finish(&t);
+}
+
+int main(int argc, char **argv) {
+    char err[DV_ERR_LEN] = "";
+    if (dv_comm_init(&g_comm, &argc, &argv, err) != DV_OK) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_identity),      cmocka_unit_test(test_init_again),
+        cmocka_unit_test(test_allreduce_avg), cmocka_unit_test(test_allreduce_async),
+        cmocka_unit_test(test_bcast),         cmocka_unit_test(test_allreduce_double),
+        cmocka_unit_test(test_first_failed),  cmocka_unit_test(test_all_equal),
+        cmocka_unit_test(test_format_error),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL), worst = 0;
+    MPI_Allreduce(&failed, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    dv_comm_free(g_comm);
+    return worst == 0 ? 0 : 1;
+}

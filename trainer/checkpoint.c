@@ -1,0 +1,293 @@
+/* checkpoint.c — HDF5 checkpoints that h5py can read (docs/checkpoints.md):
+ *
+ *   /model/<layer>/<param>          float32, the parameter's own shape
+ *   /optimizer/m/<layer>/<param>    first moment / momentum (trainable only)
+ *   /optimizer/v/<layer>/<param>    second moment (Adam)
+ *   /train (attributes)             step, epoch, step_in_epoch, world_size,
+ *                                   seed, best_val_loss, bad_epochs, and the
+ *                                   epoch's running metrics
+ *   /config                         the effective config text
+ *
+ * A checkpoint is written to a temporary file in the same directory,
+ * flushed, fsync'd and renamed over its name, so a crash at any moment
+ * leaves either the old file or the new one, never a torn one.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "trainer-impl.h"
+
+static const char *const train_attrs[] = {"step",       "epoch", "step_in_epoch",
+                                          "world_size", "seed",  "bad_epochs"};
+static const char *const train_dattrs[] = {"best_val_loss", "loss_sum", "correct_sum", "seen"};
+
+static int write_dataset(hid_t loc, const char *name, const dv_param *p, const float *host) {
+    hsize_t dims[DV_TENSOR_MAX_DIMS];
+    for (int i = 0; i < p->ndim; i++)
+        dims[i] = (hsize_t)p->shape[i];
+    hid_t space = H5Screate_simple(p->ndim, dims, NULL);
+    hid_t ds = H5Dcreate2(loc, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = ds < 0 ? -1 : H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host);
+    if (ds >= 0) H5Dclose(ds);
+    H5Sclose(space);
+    return rc < 0 ? -1 : 0;
+}
+
+/* Writes every param of the model under `root` (e.g. "/model"), taking the
+ * values from `flat` (device, trainable layout) or the model's buffers. */
+static int write_tree(hid_t file, const char *root, const dv_model *m, const float *flat,
+                      int trainable_only, float *host) {
+    hid_t g = H5Gcreate2(file, root, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) return -1;
+    int rc = 0;
+    for (int i = 0; i < m->nlayers && !rc; i++) {
+        const dv_layer *l = &m->layers[i];
+        if (!l->nparam) continue;
+        hid_t lg = H5Gcreate2(g, l->name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (lg < 0) {
+            rc = -1;
+            break;
+        }
+        for (int k = 0; k < l->nparam && !rc; k++) {
+            const dv_param *p = &l->param[k];
+            if (trainable_only && !p->trainable) continue;
+            const float *src = p->trainable ? flat + p->offset : m->buffers + p->offset;
+            m->be->to_host(m->be->ctx, host, src, p->count * sizeof(float));
+            rc = write_dataset(lg, p->name, p, host);
+        }
+        H5Gclose(lg);
+    }
+    H5Gclose(g);
+    return rc;
+}
+
+static int write_attr(hid_t loc, const char *name, hid_t type, const void *v) {
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(loc, name, type == H5T_NATIVE_INT64 ? H5T_STD_I64LE : H5T_IEEE_F64LE,
+                         space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = a < 0 ? -1 : H5Awrite(a, type, v);
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(space);
+    return rc < 0 ? -1 : 0;
+}
+
+static int write_string(hid_t loc, const char *name, const char *text) {
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, strlen(text) + 1);
+    H5Tset_strpad(type, H5T_STR_NULLTERM);
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t ds = H5Dcreate2(loc, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = ds < 0 ? -1 : H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text);
+    if (ds >= 0) H5Dclose(ds);
+    H5Sclose(space);
+    H5Tclose(type);
+    return rc < 0 ? -1 : 0;
+}
+
+static int fsync_path(const char *path, int dir) {
+    int fd = open(path, dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int dv_checkpoint_save(const char *path, const dv_model *m, const dv_train_state *ts,
+                       const char *config_text, char *err) {
+    char tmp[1200];
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    size_t maxp = 1;
+    for (int i = 0; i < m->nlayers; i++)
+        for (int k = 0; k < m->layers[i].nparam; k++)
+            if (m->layers[i].param[k].count > maxp) maxp = m->layers[i].param[k].count;
+    float *host = malloc(maxp * sizeof(float));
+    if (!host) return dv_fail(err, "%s: out of memory", path);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) {
+        free(host);
+        return dv_fail(err, "%s: cannot create checkpoint file (%s)", tmp, strerror(errno));
+    }
+    int rc = write_tree(f, "/model", m, m->params, 0, host);
+    if (!rc) {
+        hid_t og = H5Gcreate2(f, "/optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        rc = og < 0 ? -1 : 0;
+        if (og >= 0) H5Gclose(og);
+    }
+    if (!rc) rc = write_tree(f, "/optimizer/m", m, m->state1, 1, host);
+    if (!rc) rc = write_tree(f, "/optimizer/v", m, m->state2, 1, host);
+    if (!rc) {
+        hid_t tg = H5Gcreate2(f, "/train", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (tg < 0) rc = -1;
+        int64_t iv[] = {ts->step,       ts->epoch, ts->step_in_epoch,
+                        ts->world_size, ts->seed,  ts->bad_epochs};
+        double dvals[] = {ts->best_val_loss, ts->loss_sum, ts->correct_sum, ts->seen};
+        for (int i = 0; i < 6 && !rc; i++)
+            rc = write_attr(tg, train_attrs[i], H5T_NATIVE_INT64, &iv[i]);
+        for (int i = 0; i < 4 && !rc; i++)
+            rc = write_attr(tg, train_dattrs[i], H5T_NATIVE_DOUBLE, &dvals[i]);
+        if (tg >= 0) H5Gclose(tg);
+    }
+    if (!rc) rc = write_string(f, "/config", config_text ? config_text : "");
+    free(host);
+    if (!rc && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) rc = -1;
+    if (H5Fclose(f) < 0) rc = -1;
+    if (!rc && fsync_path(tmp, 0)) rc = -1;
+    if (rc) {
+        int e = errno;
+        unlink(tmp);
+        return dv_fail(err,
+                       "%s: writing the checkpoint failed (%s); the previous checkpoint is "
+                       "unchanged",
+                       path, e ? strerror(e) : "HDF5 error");
+    }
+    if (rename(tmp, path)) {
+        int e = errno;
+        unlink(tmp);
+        return dv_fail(err, "%s: cannot rename the new checkpoint into place: %s", path,
+                       strerror(e));
+    }
+    char dir[1200];
+    snprintf(dir, sizeof(dir), "%s", path);
+    fsync_path(dirname(dir), 1);
+    return 0;
+}
+
+static int read_tree(hid_t file, const char *root, const char *path, dv_model *m, float *flat,
+                     int trainable_only, float *host, char *err) {
+    for (int i = 0; i < m->nlayers; i++) {
+        dv_layer *l = &m->layers[i];
+        for (int k = 0; k < l->nparam; k++) {
+            dv_param *p = &l->param[k];
+            if (trainable_only && !p->trainable) continue;
+            char name[512];
+            snprintf(name, sizeof(name), "%s/%s/%s", root, l->name, p->name);
+            if (H5Lexists(file, root, H5P_DEFAULT) <= 0 ||
+                H5Oexists_by_name(file, name, H5P_DEFAULT) <= 0)
+                return dv_fail(err,
+                               "%s: checkpoint has no %s — was it written for another "
+                               "model?",
+                               path, name);
+            hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
+            if (ds < 0) return dv_fail(err, "%s: %s is not a dataset", path, name);
+            hid_t space = H5Dget_space(ds);
+            int nd = H5Sget_simple_extent_ndims(space);
+            hsize_t dims[8] = {0};
+            int ok = nd == p->ndim && nd <= 8;
+            if (ok) H5Sget_simple_extent_dims(space, dims, NULL);
+            for (int d = 0; ok && d < nd; d++)
+                ok = dims[d] == (hsize_t)p->shape[d];
+            H5Sclose(space);
+            if (!ok) {
+                H5Dclose(ds);
+                char want[64] = "";
+                for (int d = 0; d < p->ndim; d++)
+                    snprintf(want + strlen(want), sizeof(want) - strlen(want), "%s%d", d ? "," : "",
+                             p->shape[d]);
+                return dv_fail(err,
+                               "%s: %s has a different shape than the config's model "
+                               "(expected %s)",
+                               path, name, want);
+            }
+            herr_t rc = H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host);
+            H5Dclose(ds);
+            if (rc < 0) return dv_fail(err, "%s: cannot read %s", path, name);
+            float *dst = p->trainable ? flat + p->offset : m->buffers + p->offset;
+            m->be->to_device(m->be->ctx, dst, host, p->count * sizeof(float));
+        }
+    }
+    return 0;
+}
+
+static int read_attr(hid_t loc, const char *name, hid_t type, void *v) {
+    if (H5Aexists(loc, name) <= 0) return -1;
+    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+    if (a < 0) return -1;
+    herr_t rc = H5Aread(a, type, v);
+    H5Aclose(a);
+    return rc < 0 ? -1 : 0;
+}
+
+static hid_t open_checkpoint(const char *path, char *err) {
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    if (access(path, R_OK)) {
+        dv_fail(err, "%s: cannot open checkpoint: %s", path, strerror(errno));
+        return -1;
+    }
+    if (H5Fis_hdf5(path) <= 0) {
+        dv_fail(err, "%s: not an HDF5 file (or it is damaged)", path);
+        return -1;
+    }
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) dv_fail(err, "%s: cannot open checkpoint (damaged HDF5 file?)", path);
+    return f;
+}
+
+int dv_checkpoint_load(const char *path, dv_model *m, dv_train_state *ts, int with_optimizer,
+                       char *err) {
+    hid_t f = open_checkpoint(path, err);
+    if (f < 0) return -1;
+    if (H5Lexists(f, "/model", H5P_DEFAULT) <= 0) {
+        H5Fclose(f);
+        return dv_fail(err, "%s: not a Dive checkpoint (no /model group)", path);
+    }
+    size_t maxp = 1;
+    for (int i = 0; i < m->nlayers; i++)
+        for (int k = 0; k < m->layers[i].nparam; k++)
+            if (m->layers[i].param[k].count > maxp) maxp = m->layers[i].param[k].count;
+    float *host = malloc(maxp * sizeof(float));
+    int rc = host ? 0 : dv_fail(err, "out of memory");
+    if (!rc) rc = read_tree(f, "/model", path, m, m->params, 0, host, err);
+    if (!rc && with_optimizer) {
+        rc = read_tree(f, "/optimizer/m", path, m, m->state1, 1, host, err);
+        if (!rc) rc = read_tree(f, "/optimizer/v", path, m, m->state2, 1, host, err);
+    }
+    free(host);
+    if (!rc && ts) {
+        memset(ts, 0, sizeof(*ts));
+        hid_t tg =
+            H5Lexists(f, "/train", H5P_DEFAULT) > 0 ? H5Gopen2(f, "/train", H5P_DEFAULT) : -1;
+        int64_t *iv[] = {&ts->step,       &ts->epoch, &ts->step_in_epoch,
+                         &ts->world_size, &ts->seed,  &ts->bad_epochs};
+        double *dvals[] = {&ts->best_val_loss, &ts->loss_sum, &ts->correct_sum, &ts->seen};
+        for (int i = 0; i < 6 && !rc; i++)
+            if (tg < 0 || read_attr(tg, train_attrs[i], H5T_NATIVE_INT64, iv[i]))
+                rc = dv_fail(err, "%s: checkpoint lacks /train attribute '%s'", path,
+                             train_attrs[i]);
+        for (int i = 0; i < 4 && !rc; i++)
+            if (read_attr(tg, train_dattrs[i], H5T_NATIVE_DOUBLE, dvals[i]))
+                rc = dv_fail(err, "%s: checkpoint lacks /train attribute '%s'", path,
+                             train_dattrs[i]);
+        if (tg >= 0) H5Gclose(tg);
+    }
+    H5Fclose(f);
+    return rc;
+}
+
+char *dv_checkpoint_config(const char *path, char *err) {
+    hid_t f = open_checkpoint(path, err);
+    if (f < 0) return NULL;
+    char *text = NULL;
+    if (H5Lexists(f, "/config", H5P_DEFAULT) > 0) {
+        hid_t ds = H5Dopen2(f, "/config", H5P_DEFAULT);
+        hid_t type = H5Dget_type(ds);
+        size_t n = H5Tget_size(type);
+        if (H5Tget_class(type) == H5T_STRING && !H5Tis_variable_str(type)) {
+            text = calloc(n + 1, 1);
+            if (text && H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text) < 0) {
+                free(text);
+                text = NULL;
+            }
+        }
+        H5Tclose(type);
+        H5Dclose(ds);
+    }
+    H5Fclose(f);
+    if (!text) dv_fail(err, "%s: checkpoint holds no readable /config", path);
+    return text;
+}

@@ -1,0 +1,250 @@
+/* cli.c — the subcommands of `dive`: argument parsing, help texts, MPI
+ * start-up, and the hand-over to the loops in train.c. Usage errors are the
+ * same on every rank, so rank 0 alone prints them and every rank exits 2.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "trainer.h"
+#include "trainer-impl.h"
+
+const char *dv_version(void) {
+    return "0.1.0";
+}
+
+static const char train_help[] =
+    "usage: dive train CONFIG [--set section.key=value]... [--resume PATH|auto]\n"
+    "\n"
+    "Trains the model of CONFIG (an INI file, see docs/config.md) on every MPI\n"
+    "rank: mpirun -np N dive train CONFIG. [train] batch is the global batch.\n"
+    "\n"
+    "  --set s.k=v     override a key (s: data, train, input, a layer name such as\n"
+    "                  dense_2, or a layer type that appears once)\n"
+    "  --resume PATH   continue from a checkpoint; 'auto' uses <run_dir>/last.h5\n"
+    "                  when it exists and starts fresh otherwise\n";
+
+static const char eval_help[] =
+    "usage: dive eval CONFIG --checkpoint PATH [--split GROUP] [--json] [--set s.k=v]...\n"
+    "\n"
+    "Evaluates a checkpoint on the config's [data] val split (or GROUP/x, GROUP/y of\n"
+    "the same file) and prints loss and accuracy; --json prints one JSON object\n"
+    "{\"loss\", \"accuracy\", \"samples\"}. Runs on any number of ranks.\n";
+
+static const char predict_help[] =
+    "usage: dive predict CONFIG --checkpoint PATH -o OUT.h5|OUT.csv [--split GROUP]\n"
+    "                    [--input FILE.h5] [--x DATASET] [--set s.k=v]...\n"
+    "\n"
+    "Writes the model's outputs for every sample of a dataset: by default the\n"
+    "config's val split; --input/--x name another file and inputs dataset.\n"
+    "HDF5 output: /pred (N) int32 predicted class, /output (N, K) float32\n"
+    "(probabilities after the final softmax/sigmoid). CSV: index,pred,out0..outK-1.\n";
+
+static const char import_help[] =
+    "usage: dive import idx IMAGES LABELS -o OUT.h5 [--split NAME]\n"
+    "       dive import csv FILE.csv -o OUT.h5 [--split NAME] [--label-col N] [--header]\n"
+    "\n"
+    "Converts a dataset into Dive's HDF5 layout: /<split>/x and /<split>/y\n"
+    "(chunked, gzip). IDX files may be raw or .gz (MNIST, Fashion-MNIST). CSV:\n"
+    "numeric columns, the label in column N (0-based, negative from the end,\n"
+    "default -1). The split defaults to 'train'; other splits in OUT are kept.\n";
+
+static const char info_help[] =
+    "usage: dive info FILE.h5\n"
+    "\n"
+    "Summarises an HDF5 dataset file (every dataset: shape, type, chunking,\n"
+    "compression) or a Dive checkpoint (step, epoch, ranks, parameters, config).\n";
+
+static int wants_help(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+    return 0;
+}
+
+typedef struct opts {
+    const char *config, *checkpoint, *resume, *split, *out, *input, *x;
+    const char *sets[256];
+    int nsets, json;
+    char err[DV_ERR_LEN];
+} opts;
+
+/* Parses the options shared by train/eval/predict. */
+static int parse_opts(int argc, char **argv, opts *o) {
+    memset(o, 0, sizeof(*o));
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **slot = NULL;
+        if (!strcmp(a, "--set")) {
+            if (i + 1 >= argc) return dv_fail(o->err, "--set needs section.key=value");
+            if (o->nsets == 256) return dv_fail(o->err, "too many --set options");
+            o->sets[o->nsets++] = argv[++i];
+            continue;
+        }
+        if (!strncmp(a, "--set=", 6)) {
+            if (o->nsets == 256) return dv_fail(o->err, "too many --set options");
+            o->sets[o->nsets++] = a + 6;
+            continue;
+        }
+        if (!strcmp(a, "--json")) {
+            o->json = 1;
+            continue;
+        }
+        if (!strcmp(a, "--checkpoint"))
+            slot = &o->checkpoint;
+        else if (!strcmp(a, "--resume"))
+            slot = &o->resume;
+        else if (!strcmp(a, "--split"))
+            slot = &o->split;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output"))
+            slot = &o->out;
+        else if (!strcmp(a, "--input"))
+            slot = &o->input;
+        else if (!strcmp(a, "--x"))
+            slot = &o->x;
+        if (slot) {
+            if (i + 1 >= argc) return dv_fail(o->err, "%s needs a value", a);
+            *slot = argv[++i];
+            continue;
+        }
+        if (a[0] == '-') return dv_fail(o->err, "unknown option %s (see --help)", a);
+        if (o->config) return dv_fail(o->err, "unexpected argument %s (see --help)", a);
+        o->config = a;
+    }
+    if (!o->config) return dv_fail(o->err, "missing CONFIG (see --help)");
+    return 0;
+}
+
+/* MPI start-up, usage check and config load; every rank does the same. */
+static int start(int argc, char **argv, const char *help, opts *o, dv_comm **comm, dv_config *cfg,
+                 int (*check)(opts *)) {
+    char err[DV_ERR_LEN];
+    if (dv_comm_init(comm, &argc, &argv, err)) {
+        fprintf(stderr, "dive: error: %s\n", err);
+        return 1;
+    }
+    int rank0 = dv_comm_rank(*comm) == 0;
+    if (wants_help(argc, argv)) {
+        if (rank0) fputs(help, stdout);
+        return -1;
+    }
+    int rc = parse_opts(argc, argv, o);
+    if (!rc && check) rc = check(o);
+    if (rc) {
+        if (rank0) fprintf(stderr, "dive %s: %s\n", argv[0], o->err);
+        return 2;
+    }
+    rc = dv_config_load(cfg, o->config, err);
+    for (int i = 0; !rc && i < o->nsets; i++)
+        rc = dv_config_set(cfg, o->sets[i], err);
+    return dv_agree(*comm, rc, err) ? 1 : 0;
+}
+
+static int finish(dv_comm *comm, dv_config *cfg, int status) {
+    dv_config_free(cfg);
+    dv_comm_free(comm);
+    return status < 0 ? 0 : status;
+}
+
+int dv_cli_train(int argc, char **argv) {
+    opts o;
+    dv_comm *comm = NULL;
+    dv_config cfg = {0};
+    int rc = start(argc, argv, train_help, &o, &comm, &cfg, NULL);
+    if (!rc) rc = dv_train_run(comm, &cfg, o.resume);
+    return finish(comm, &cfg, rc);
+}
+
+static int need_checkpoint(opts *o) {
+    if (!o->checkpoint) return dv_fail(o->err, "missing --checkpoint PATH (see --help)");
+    return 0;
+}
+
+int dv_cli_eval(int argc, char **argv) {
+    opts o;
+    dv_comm *comm = NULL;
+    dv_config cfg = {0};
+    int rc = start(argc, argv, eval_help, &o, &comm, &cfg, need_checkpoint);
+    if (!rc) rc = dv_eval_run(comm, &cfg, o.checkpoint, o.split, o.json);
+    return finish(comm, &cfg, rc);
+}
+
+static int need_predict(opts *o) {
+    if (need_checkpoint(o)) return -1;
+    if (!o->out) return dv_fail(o->err, "missing -o OUT.h5|OUT.csv (see --help)");
+    return 0;
+}
+
+int dv_cli_predict(int argc, char **argv) {
+    opts o;
+    dv_comm *comm = NULL;
+    dv_config cfg = {0};
+    int rc = start(argc, argv, predict_help, &o, &comm, &cfg, need_predict);
+    if (!rc) rc = dv_predict_run(comm, &cfg, o.checkpoint, o.input, o.split, o.x, o.out);
+    return finish(comm, &cfg, rc);
+}
+
+int dv_cli_import(int argc, char **argv) {
+    if (argc < 2 || wants_help(argc, argv)) {
+        fputs(import_help, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *kind = argv[1], *out = NULL, *split = "train", *pos[2] = {NULL, NULL};
+    int npos = 0, header = 0;
+    long label_col = -1;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if ((!strcmp(a, "-o") || !strcmp(a, "--output") || !strcmp(a, "--split") ||
+             !strcmp(a, "--label-col")) &&
+            i + 1 >= argc) {
+            fprintf(stderr, "dive import: %s needs a value\n", a);
+            return 2;
+        }
+        if (!strcmp(a, "-o") || !strcmp(a, "--output"))
+            out = argv[++i];
+        else if (!strcmp(a, "--split"))
+            split = argv[++i];
+        else if (!strcmp(a, "--label-col")) {
+            char *end;
+            label_col = strtol(argv[++i], &end, 10);
+            if (*end) {
+                fprintf(stderr, "dive import: --label-col %s: not an integer\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--header"))
+            header = 1;
+        else if (a[0] == '-' || npos == 2) {
+            fprintf(stderr, "dive import: unexpected argument %s (see --help)\n", a);
+            return 2;
+        } else
+            pos[npos++] = a;
+    }
+    int want = !strcmp(kind, "idx") ? 2 : !strcmp(kind, "csv") ? 1 : 0;
+    if (!want) {
+        fprintf(stderr, "dive import: unknown format '%s' (idx or csv)\n", kind);
+        return 2;
+    }
+    if (npos != want || !out) {
+        fprintf(stderr, "%s", import_help);
+        return 2;
+    }
+    char err[DV_ERR_LEN];
+    dv_status st = want == 2 ? dv_import_idx(pos[0], pos[1], out, split, err)
+                             : dv_import_csv(pos[0], (int)label_col, header, out, split, err);
+    if (st != DV_OK) {
+        fprintf(stderr, "dive: error: %s\n", err);
+        return 1;
+    }
+    printf("wrote /%s/x and /%s/y to %s\n", split, split, out);
+    return 0;
+}
+
+int dv_cli_info(int argc, char **argv) {
+    if (wants_help(argc, argv)) {
+        fputs(info_help, stdout);
+        return 0;
+    }
+    if (argc != 2) {
+        fputs(info_help, stderr);
+        return 2;
+    }
+    return dv_info_run(argv[1]);
+}

@@ -1,0 +1,458 @@
+/* config.c — Dive's INI configs: parsing with libinih, `--set` overrides,
+ * typed getters that name file:line on a bad value, and the check that
+ * every key was read (an unknown key is an error, not a silent default).
+ *
+ * Debian's libinih has no new-section callback, so two `[dense]` sections in
+ * a row, or a `[flatten]` with no keys, would never reach the handler as
+ * separate sections. The reader below gives every section header a unique
+ * tag and follows it with a marker key, and it counts the true line numbers
+ * of the file for messages.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "trainer-impl.h"
+
+#define MARKER_KEY "__dv_section__"
+
+int dv_fail(char *err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, DV_ERR_LEN, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+typedef struct reader {
+    const char *text; /* the whole file */
+    size_t pos;
+    int line;      /* true line number of the last line handed out */
+    int nsections; /* headers seen so far */
+    int pending;   /* a marker line is due */
+    int section_line;
+} reader;
+
+static char *read_line(char *str, int num, void *stream) {
+    reader *r = stream;
+    if (r->pending) {
+        snprintf(str, (size_t)num, "%s = %d\n", MARKER_KEY, r->section_line);
+        r->pending = 0;
+        return str;
+    }
+    if (!r->text[r->pos]) return NULL;
+    const char *start = r->text + r->pos;
+    const char *nl = strchr(start, '\n');
+    size_t len = nl ? (size_t)(nl - start + 1) : strlen(start);
+    r->pos += len;
+    r->line++;
+    /* A header "[type]" becomes "[type\x1fN]" so each is a new section. */
+    const char *p = start;
+    while (p < start + len && (*p == ' ' || *p == '\t'))
+        p++;
+    if (*p == '[') {
+        const char *close = memchr(p, ']', (size_t)(start + len - p));
+        if (close) {
+            r->nsections++;
+            r->pending = 1;
+            r->section_line = r->line;
+            snprintf(str, (size_t)num, "%.*s\x1f%d]\n", (int)(close - start), start, r->nsections);
+            return str;
+        }
+    }
+    size_t n = len < (size_t)num - 1 ? len : (size_t)num - 1;
+    memcpy(str, start, n);
+    str[n] = 0;
+    return str;
+}
+
+typedef struct parse_ctx {
+    dv_config *cfg;
+    reader *rd;
+    char err[DV_ERR_LEN];
+    int failed;
+    char current[DV_NAME_LEN * 2];
+} parse_ctx;
+
+static void trim(char *s) {
+    size_t n = strlen(s);
+    while (n && isspace((unsigned char)s[n - 1]))
+        s[--n] = 0;
+    size_t i = 0;
+    while (s[i] && isspace((unsigned char)s[i]))
+        i++;
+    if (i) memmove(s, s + i, n - i + 1);
+}
+
+static dv_cfg_section *add_section(dv_config *cfg, const char *type, int line) {
+    dv_cfg_section *ns = realloc(cfg->sec, sizeof(*ns) * (size_t)(cfg->nsec + 1));
+    if (!ns) return NULL;
+    cfg->sec = ns;
+    dv_cfg_section *s = &cfg->sec[cfg->nsec++];
+    memset(s, 0, sizeof(*s));
+    snprintf(s->type, sizeof(s->type), "%s", type);
+    s->line = line;
+    return s;
+}
+
+static dv_cfg_kv *find_kv(const dv_cfg_section *s, const char *key) {
+    for (int i = 0; i < s->nkv; i++)
+        if (!strcmp(s->kv[i].key, key)) return &s->kv[i];
+    return NULL;
+}
+
+static int put_kv(dv_cfg_section *s, const char *key, const char *value, int line) {
+    dv_cfg_kv *kv = find_kv(s, key);
+    if (!kv) {
+        if (s->nkv == s->cap) {
+            int cap = s->cap ? s->cap * 2 : 8;
+            dv_cfg_kv *n = realloc(s->kv, sizeof(*n) * (size_t)cap);
+            if (!n) return -1;
+            s->kv = n;
+            s->cap = cap;
+        }
+        kv = &s->kv[s->nkv++];
+        memset(kv, 0, sizeof(*kv));
+        snprintf(kv->key, sizeof(kv->key), "%s", key);
+    } else {
+        free(kv->value);
+    }
+    kv->value = strdup(value);
+    kv->line = line;
+    return kv->value ? 0 : -1;
+}
+
+static int on_key(void *user, const char *section, const char *name, const char *value) {
+    parse_ctx *pc = user;
+    dv_config *cfg = pc->cfg;
+    if (pc->failed) return 0;
+    if (strcmp(section, pc->current)) {
+        snprintf(pc->current, sizeof(pc->current), "%s", section);
+        char type[DV_NAME_LEN];
+        const char *tag = strchr(section, '\x1f');
+        size_t n = tag ? (size_t)(tag - section) : strlen(section);
+        if (n >= sizeof(type)) n = sizeof(type) - 1;
+        memcpy(type, section, n);
+        type[n] = 0;
+        trim(type);
+        if (!type[0]) {
+            pc->failed = 1;
+            dv_fail(pc->err, "%s:%d: empty section name", cfg->path, pc->rd->line);
+            return 0;
+        }
+        if (!add_section(cfg, type, pc->rd->section_line)) return 0;
+    }
+    if (!strcmp(name, MARKER_KEY)) return 1;
+    if (!cfg->nsec) {
+        pc->failed = 1;
+        dv_fail(pc->err, "%s:%d: key '%s' outside of any section", cfg->path, pc->rd->line, name);
+        return 0;
+    }
+    dv_cfg_section *s = &cfg->sec[cfg->nsec - 1];
+    if (find_kv(s, name)) {
+        pc->failed = 1;
+        dv_fail(pc->err, "%s:%d: key '%s' given twice in [%s]", cfg->path, pc->rd->line, name,
+                s->type);
+        return 0;
+    }
+    if (put_kv(s, name, value, pc->rd->line)) return 0;
+    return 1;
+}
+
+/* Layer names: the `name` key, or <type>_<k> counting sections of a type. */
+static int name_sections(dv_config *cfg, char *err) {
+    for (int i = 0; i < cfg->nsec; i++) {
+        dv_cfg_section *s = &cfg->sec[i];
+        dv_cfg_kv *kv = find_kv(s, "name");
+        if (kv) {
+            kv->used = 1;
+            snprintf(s->name, sizeof(s->name), "%s", kv->value);
+            continue;
+        }
+        if (!strcmp(s->type, "data") || !strcmp(s->type, "train") || !strcmp(s->type, "input")) {
+            snprintf(s->name, sizeof(s->name), "%s", s->type);
+            continue;
+        }
+        int k = 0;
+        for (int j = 0; j <= i; j++)
+            k += !strcmp(cfg->sec[j].type, s->type);
+        snprintf(s->name, sizeof(s->name), "%.50s_%d", s->type, k);
+    }
+    for (int i = 0; i < cfg->nsec; i++)
+        for (int j = 0; j < i; j++)
+            if (!strcmp(cfg->sec[i].name, cfg->sec[j].name))
+                return dv_fail(err, "%s:%d: section name '%s' is already used at line %d",
+                               cfg->path, cfg->sec[i].line, cfg->sec[i].name, cfg->sec[j].line);
+    return 0;
+}
+
+static int parse_text(dv_config *cfg, const char *text, char *err) {
+    reader rd = {.text = text};
+    parse_ctx pc = {.cfg = cfg, .rd = &rd};
+    int rc = ini_parse_stream(read_line, &rd, on_key, &pc);
+    if (pc.failed) return dv_fail(err, "%s", pc.err);
+    if (rc > 0) return dv_fail(err, "%s:%d: cannot parse this line", cfg->path, rd.line);
+    if (rc < 0) return dv_fail(err, "%s: out of memory while parsing", cfg->path);
+    return name_sections(cfg, err);
+}
+
+int dv_config_load_text(dv_config *cfg, const char *label, const char *text, char *err) {
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->path, sizeof(cfg->path), "%s", label);
+    return parse_text(cfg, text, err);
+}
+
+int dv_config_load(dv_config *cfg, const char *path, char *err) {
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->path, sizeof(cfg->path), "%s", path);
+    FILE *f = fopen(path, "rb");
+    if (!f) return dv_fail(err, "%s: cannot open config: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *text = malloc(cap);
+    for (;;) {
+        if (!text) break;
+        if (n + 1024 > cap) {
+            char *t = realloc(text, cap * 2);
+            if (!t) {
+                free(text);
+                text = NULL;
+                break;
+            }
+            text = t;
+            cap *= 2;
+        }
+        size_t got = fread(text + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (!text) return dv_fail(err, "%s: out of memory", path);
+    text[n] = 0;
+    if (bad) {
+        free(text);
+        return dv_fail(err, "%s: read error", path);
+    }
+    if (memchr(text, 0, n)) {
+        free(text);
+        return dv_fail(err, "%s: not a text file", path);
+    }
+    int rc = parse_text(cfg, text, err);
+    free(text);
+    return rc;
+}
+
+void dv_config_free(dv_config *cfg) {
+    if (!cfg) return;
+    for (int i = 0; i < cfg->nsec; i++) {
+        for (int j = 0; j < cfg->sec[i].nkv; j++)
+            free(cfg->sec[i].kv[j].value);
+        free(cfg->sec[i].kv);
+    }
+    free(cfg->sec);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+dv_cfg_section *dv_config_find(dv_config *cfg, const char *name) {
+    for (int i = 0; i < cfg->nsec; i++)
+        if (!strcmp(cfg->sec[i].name, name)) return &cfg->sec[i];
+    return NULL;
+}
+
+int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
+    const char *eq = strchr(assignment, '=');
+    const char *dot = strchr(assignment, '.');
+    if (!eq || !dot || dot > eq || dot == assignment || eq == dot + 1)
+        return dv_fail(err, "--set %s: expected section.key=value", assignment);
+    char sec[DV_NAME_LEN], key[DV_NAME_LEN];
+    snprintf(sec, sizeof(sec), "%.*s", (int)(dot - assignment), assignment);
+    snprintf(key, sizeof(key), "%.*s", (int)(eq - dot - 1), dot + 1);
+    trim(sec);
+    trim(key);
+    dv_cfg_section *s = dv_config_find(cfg, sec);
+    if (!s) {
+        int count = 0;
+        for (int i = 0; i < cfg->nsec; i++)
+            if (!strcmp(cfg->sec[i].type, sec)) {
+                count++;
+                s = &cfg->sec[i];
+            }
+        if (count > 1)
+            return dv_fail(err, "--set %s: there are %d [%s] sections; name one as %s_1 .. %s_%d",
+                           assignment, count, sec, sec, sec, count);
+    }
+    if (!s) {
+        if (strcmp(sec, "data") && strcmp(sec, "train"))
+            return dv_fail(err, "--set %s: %s has no section [%s]", assignment, cfg->path, sec);
+        s = add_section(cfg, sec, 0);
+        if (!s) return dv_fail(err, "out of memory");
+        snprintf(s->name, sizeof(s->name), "%s", sec);
+    }
+    char value[1024];
+    snprintf(value, sizeof(value), "%s", eq + 1);
+    trim(value);
+    if (put_kv(s, key, value, 0)) return dv_fail(err, "out of memory");
+    return 0;
+}
+
+char *dv_config_text(const dv_config *cfg) {
+    size_t cap = 256;
+    for (int i = 0; i < cfg->nsec; i++) {
+        cap += 2 * DV_NAME_LEN + 8;
+        for (int j = 0; j < cfg->sec[i].nkv; j++)
+            cap += strlen(cfg->sec[i].kv[j].key) + strlen(cfg->sec[i].kv[j].value) + 8;
+    }
+    char *t = malloc(cap), *p = t;
+    if (!t) return NULL;
+    *p = 0;
+    for (int i = 0; i < cfg->nsec; i++) {
+        const dv_cfg_section *s = &cfg->sec[i];
+        p += sprintf(p, "%s[%s]\n", i ? "\n" : "", s->type);
+        for (int j = 0; j < s->nkv; j++)
+            p += sprintf(p, "%s = %s\n", s->kv[j].key, s->kv[j].value);
+    }
+    return t;
+}
+
+void dv_cfg_where(const dv_config *cfg, const dv_cfg_section *s, const char *key, char *buf,
+                  size_t len) {
+    const dv_cfg_kv *kv = key ? find_kv(s, key) : NULL;
+    int line = kv ? kv->line : s->line;
+    if (kv && line == 0)
+        snprintf(buf, len, "--set %s.%s", s->name, key);
+    else if (key)
+        snprintf(buf, len, "%s:%d: [%s] %s", cfg->path, line, s->type, key);
+    else
+        snprintf(buf, len, "%s:%d: [%s]", cfg->path, line, s->type);
+}
+
+int dv_config_check_used(const dv_config *cfg, char *err) {
+    for (int i = 0; i < cfg->nsec; i++)
+        for (int j = 0; j < cfg->sec[i].nkv; j++)
+            if (!cfg->sec[i].kv[j].used) {
+                char where[1200];
+                dv_cfg_where(cfg, &cfg->sec[i], cfg->sec[i].kv[j].key, where, sizeof(where));
+                return dv_fail(err, "%s: unknown key '%s' in [%s] (see docs/config.md)", where,
+                               cfg->sec[i].kv[j].key, cfg->sec[i].type);
+            }
+    return 0;
+}
+
+static dv_cfg_kv *get(dv_cfg_section *s, const char *key) {
+    dv_cfg_kv *kv = s ? find_kv(s, key) : NULL;
+    if (kv) kv->used = 1;
+    return kv;
+}
+
+int dv_cfg_str(const dv_config *cfg, dv_cfg_section *s, const char *key, const char *def,
+               const char **out, char *err) {
+    dv_cfg_kv *kv = get(s, key);
+    if (!kv) {
+        *out = def;
+        return 0;
+    }
+    if (!kv->value[0]) {
+        char where[1200];
+        dv_cfg_where(cfg, s, key, where, sizeof(where));
+        return dv_fail(err, "%s: empty value", where);
+    }
+    *out = kv->value;
+    return 0;
+}
+
+int dv_cfg_int(const dv_config *cfg, dv_cfg_section *s, const char *key, long def, long min,
+               long max, long *out, char *err) {
+    dv_cfg_kv *kv = get(s, key);
+    if (!kv) {
+        *out = def;
+        return 0;
+    }
+    char where[1200];
+    dv_cfg_where(cfg, s, key, where, sizeof(where));
+    char *end;
+    errno = 0;
+    long v = strtol(kv->value, &end, 10);
+    while (*end && isspace((unsigned char)*end))
+        end++;
+    if (errno || end == kv->value || *end)
+        return dv_fail(err, "%s = %s: not an integer", where, kv->value);
+    if (v < min || v > max)
+        return dv_fail(err, "%s = %ld: must be between %ld and %ld", where, v, min, max);
+    *out = v;
+    return 0;
+}
+
+int dv_cfg_float(const dv_config *cfg, dv_cfg_section *s, const char *key, double def, double min,
+                 double max, double *out, char *err) {
+    dv_cfg_kv *kv = get(s, key);
+    if (!kv) {
+        *out = def;
+        return 0;
+    }
+    char where[1200];
+    dv_cfg_where(cfg, s, key, where, sizeof(where));
+    char *end;
+    errno = 0;
+    double v = strtod(kv->value, &end);
+    while (*end && isspace((unsigned char)*end))
+        end++;
+    if (errno || end == kv->value || *end || !isfinite(v))
+        return dv_fail(err, "%s = %s: not a number", where, kv->value);
+    if (v < min || v > max)
+        return dv_fail(err, "%s = %g: must be between %g and %g", where, v, min, max);
+    *out = v;
+    return 0;
+}
+
+int dv_cfg_enum(const dv_config *cfg, dv_cfg_section *s, const char *key, const char *def,
+                const char *const *choices, int *out, char *err) {
+    const char *v = NULL;
+    if (dv_cfg_str(cfg, s, key, def, &v, err)) return -1;
+    for (int i = 0; choices[i]; i++)
+        if (!strcmp(v, choices[i])) {
+            *out = i;
+            return 0;
+        }
+    char where[1200], list[512] = "";
+    dv_cfg_where(cfg, s, key, where, sizeof(where));
+    for (int i = 0; choices[i]; i++) {
+        strncat(list, i ? " | " : "", sizeof(list) - strlen(list) - 1);
+        strncat(list, choices[i], sizeof(list) - strlen(list) - 1);
+    }
+    return dv_fail(err, "%s = %s: expected one of %s", where, v, list);
+}
+
+int dv_cfg_ints(const dv_config *cfg, dv_cfg_section *s, const char *key, int *vals, int max,
+                int *n, char *err) {
+    dv_cfg_kv *kv = get(s, key);
+    char where[1200];
+    if (!kv) {
+        dv_cfg_where(cfg, s, NULL, where, sizeof(where));
+        return dv_fail(err, "%s: missing key '%s'", where, key);
+    }
+    dv_cfg_where(cfg, s, key, where, sizeof(where));
+    const char *p = kv->value;
+    *n = 0;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 1 || v > (1L << 30) || *n == max)
+            return dv_fail(err, "%s = %s: expected up to %d positive integers separated by commas",
+                           where, kv->value, max);
+        vals[(*n)++] = (int)v;
+        p = end;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == ',')
+            p++;
+        else if (*p)
+            return dv_fail(err, "%s = %s: expected integers separated by commas", where, kv->value);
+    }
+    if (!*n) return dv_fail(err, "%s: empty value", where);
+    return 0;
+}

@@ -1,0 +1,172 @@
+/* predict.c — `dive predict`: the model's outputs for every sample of an
+ * inputs dataset, to HDF5 (/pred, /output) or CSV. The work runs on rank 0;
+ * other ranks only share in the error agreement, so it behaves the same
+ * under mpirun as alone. */
+#include <errno.h>
+#include <hdf5.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "trainer-impl.h"
+
+typedef struct sink {
+    FILE *csv;
+    hid_t file, pred, output;
+    int64_t n;
+    int K;
+} sink;
+
+static int sink_open(sink *s, const char *path, int64_t n, int K, char *err) {
+    memset(s, 0, sizeof(*s));
+    s->file = s->pred = s->output = -1;
+    s->n = n;
+    s->K = K;
+    size_t len = strlen(path);
+    if (len > 4 && !strcmp(path + len - 4, ".csv")) {
+        s->csv = fopen(path, "w");
+        if (!s->csv) return dv_fail(err, "%s: cannot create: %s", path, strerror(errno));
+        fprintf(s->csv, "index,pred");
+        for (int k = 0; k < K; k++)
+            fprintf(s->csv, ",out%d", k);
+        fprintf(s->csv, "\n");
+        return 0;
+    }
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    s->file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (s->file < 0) return dv_fail(err, "%s: cannot create HDF5 file", path);
+    hsize_t d1[1] = {(hsize_t)n}, d2[2] = {(hsize_t)n, (hsize_t)K};
+    hid_t sp1 = H5Screate_simple(1, d1, NULL), sp2 = H5Screate_simple(2, d2, NULL);
+    s->pred =
+        H5Dcreate2(s->file, "/pred", H5T_STD_I32LE, sp1, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    s->output =
+        H5Dcreate2(s->file, "/output", H5T_IEEE_F32LE, sp2, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Sclose(sp1);
+    H5Sclose(sp2);
+    if (s->pred < 0 || s->output < 0) return dv_fail(err, "%s: cannot create datasets", path);
+    return 0;
+}
+
+static int sink_write(sink *s, int64_t first, int count, const int32_t *pred, const float *out) {
+    if (s->csv) {
+        for (int i = 0; i < count; i++) {
+            fprintf(s->csv, "%lld,%d", (long long)(first + i), pred[i]);
+            for (int k = 0; k < s->K; k++)
+                fprintf(s->csv, ",%.6g", out[(size_t)i * s->K + k]);
+            fprintf(s->csv, "\n");
+        }
+        return ferror(s->csv) ? -1 : 0;
+    }
+    hsize_t off[2] = {(hsize_t)first, 0}, cnt[2] = {(hsize_t)count, (hsize_t)s->K};
+    int rc = 0;
+    hid_t fs = H5Dget_space(s->pred), ms = H5Screate_simple(1, cnt, NULL);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
+    if (H5Dwrite(s->pred, H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, pred) < 0) rc = -1;
+    H5Sclose(fs);
+    H5Sclose(ms);
+    fs = H5Dget_space(s->output);
+    ms = H5Screate_simple(2, cnt, NULL);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
+    if (H5Dwrite(s->output, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, out) < 0) rc = -1;
+    H5Sclose(fs);
+    H5Sclose(ms);
+    return rc;
+}
+
+static int sink_close(sink *s) {
+    int rc = 0;
+    if (s->csv && fclose(s->csv)) rc = -1;
+    if (s->pred >= 0) H5Dclose(s->pred);
+    if (s->output >= 0) H5Dclose(s->output);
+    if (s->file >= 0 && H5Fclose(s->file) < 0) rc = -1;
+    s->csv = NULL;
+    s->file = s->pred = s->output = -1;
+    return rc;
+}
+
+static int predict_rank0(dv_model *m, const char *file, const char *x, float x_scale,
+                         const char *out, char *err) {
+    dv_split *split = NULL;
+    if (dv_split_open(&split, file, x, NULL, err)) return -1;
+    const dv_split_info *info = dv_split_info_get(split);
+    if (info->x_elems != m->in_elems) {
+        dv_split_free(split);
+        return dv_fail(err, "%s: %s has %zu elements per sample but the model's input has %zu",
+                       file, x, info->x_elems, m->in_elems);
+    }
+    int B = m->max_batch, K = m->outputs;
+    float *hx = malloc((size_t)B * m->in_elems * sizeof(float));
+    float *ho = malloc((size_t)B * (size_t)K * sizeof(float));
+    int32_t *hp = malloc((size_t)B * sizeof(int32_t));
+    int64_t *idx = malloc((size_t)B * sizeof(int64_t));
+    sink s = {.file = -1, .pred = -1, .output = -1};
+    int rc = hx && ho && hp && idx ? 0 : dv_fail(err, "out of memory");
+    if (!rc) rc = sink_open(&s, out, info->n, K, err);
+    float thresh = m->loss == DV_LOSS_PERCEPTRON ? 0.0f : 0.5f;
+    for (int64_t first = 0; !rc && first < info->n; first += B) {
+        int count = (int)(info->n - first < B ? info->n - first : B);
+        for (int i = 0; i < count; i++)
+            idx[i] = first + i;
+        rc = dv_split_read(split, idx, count, x_scale, hx, NULL, NULL, err);
+        if (rc) break;
+        m->be->to_device(m->be->ctx, m->input, hx, (size_t)count * m->in_elems * sizeof(float));
+        dv_model_forward(m, count, 0);
+        float *o = dv_model_outputs(m, count);
+        m->be->to_host(m->be->ctx, ho, o, (size_t)count * (size_t)K * sizeof(float));
+        for (int i = 0; i < count; i++) {
+            const float *row = ho + (size_t)i * K;
+            int best = 0;
+            if (K == 1)
+                best = row[0] > thresh;
+            else
+                for (int k = 1; k < K; k++)
+                    if (row[k] > row[best]) best = k;
+            hp[i] = best;
+        }
+        if (sink_write(&s, first, count, hp, ho)) rc = dv_fail(err, "%s: write failed", out);
+    }
+    if (sink_close(&s) && !rc) rc = dv_fail(err, "%s: write failed", out);
+    if (!rc)
+        printf("wrote predictions for %lld samples of %s %s to %s\n", (long long)info->n, file, x,
+               out);
+    free(hx);
+    free(ho);
+    free(hp);
+    free(idx);
+    dv_split_free(split);
+    return rc;
+}
+
+int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_file,
+                   const char *split, const char *x_path, const char *out) {
+    char err[DV_ERR_LEN];
+    dv_settings st;
+    dv_backend *be = NULL;
+    dv_model *m = NULL;
+    char x[300];
+    int rc = dv_settings_read(cfg, &st, err);
+    if (!rc) {
+        if (x_path)
+            snprintf(x, sizeof(x), "%s", x_path);
+        else if (split)
+            snprintf(x, sizeof(x), "%s/x", strcmp(split, "/") ? split : "");
+        else if (st.has_val)
+            snprintf(x, sizeof(x), "%s", st.val_x);
+        else
+            rc = dv_fail(err, "%s: nothing to predict: set [data] val, or pass --split or --x",
+                         cfg->path);
+    }
+    if (!rc) rc = dv_backend_open(c, &st, &be, err);
+    if (!rc) rc = dv_model_build(&m, cfg, be, st.loss, (uint64_t)st.seed, 256, err);
+    if (!rc) rc = dv_config_check_used(cfg, err);
+    if (!rc) rc = dv_checkpoint_load(ckpt, m, NULL, 0, err);
+    if (!dv_agree(c, rc, err)) {
+        if (dv_comm_rank(c) == 0)
+            rc = predict_rank0(m, in_file ? in_file : st.file, x, (float)st.x_scale, out, err);
+        rc = dv_agree(c, rc, err) ? -1 : 0;
+    } else {
+        rc = -1;
+    }
+    dv_model_free(m);
+    if (be) dv_backend_free(be);
+    return rc ? 1 : 0;
+}

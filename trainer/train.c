@@ -1,0 +1,630 @@
+/* train.c — the train / eval / predict loops over MPI ranks.
+ *
+ * One step: the loader hands this rank its G/W rows of the global batch;
+ * forward, loss (scaled by 1/(G/W), so the average over ranks is the global
+ * mean), backward with bucketed all-reduces started as soon as a bucket of
+ * gradients is complete, wait, clip, one optimizer step on the flat buffer.
+ * Every rank takes the same step, so the replicas never drift apart.
+ *
+ * Errors every rank sees (config, data, checkpoints) are agreed on with one
+ * collective and end every rank with one message; an error only one rank
+ * sees in the middle of training (an I/O error) aborts the job.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "trainer-impl.h"
+
+#define MAX_REQS 256
+
+typedef struct run {
+    dv_comm *comm;
+    dv_config *cfg;
+    dv_settings st;
+    dv_backend *be;
+    dv_model *m;
+    dv_split *train, *val;
+    dv_loader *tl, *vl;
+    int world, rank, local_batch, eval_batch;
+    char *config_text;
+    float *host_targets; /* (max_batch, outputs) */
+    /* gradient buckets in flight */
+    size_t bucket_floats, bucket_start;
+    dv_comm_request *reqs[MAX_REQS];
+    int nreq;
+    char err[DV_ERR_LEN];
+    int comm_failed;
+} run;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int dv_agree(dv_comm *c, int rc, const char *err) {
+    int first = dv_comm_first_failed(c, rc == 0);
+    if (first < 0) return 0;
+    if (first == dv_comm_rank(c)) {
+        if (dv_comm_size(c) > 1)
+            fprintf(stderr, "dive: error: %s (rank %d)\n", err, first);
+        else
+            fprintf(stderr, "dive: error: %s\n", err);
+        fflush(stderr);
+    }
+    return 1;
+}
+
+/* ---- setup ---------------------------------------------------------------- */
+
+static int make_dirs(const char *path, char *err) {
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || !*p) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0777) && errno != EEXIST)
+                return dv_fail(err, "run_dir %s: cannot create %s: %s", path, buf, strerror(errno));
+            *p = c;
+            if (!c) break;
+        }
+    }
+    struct stat sb;
+    if (stat(path, &sb) || !S_ISDIR(sb.st_mode))
+        return dv_fail(err, "run_dir %s: not a directory", path);
+    if (access(path, W_OK)) return dv_fail(err, "run_dir %s: not writable", path);
+    return 0;
+}
+
+int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *err) {
+    const char *want = st->backend;
+    *out = NULL;
+    if (!strcmp(want, "cuda") || (!strcmp(want, "auto") && dv_backend_cuda_device_count() > 0)) {
+        int dev = dv_comm_select_device(c, dv_backend_cuda_device_count());
+        char why[512] = "no CUDA device";
+        *out = dev >= 0 ? dv_backend_cuda_create(dev, why, sizeof(why)) : NULL;
+        if (*out) return 0;
+        if (!strcmp(want, "cuda")) return dv_fail(err, "backend = cuda: %s", why);
+    }
+    int threads = (int)st->threads;
+    if (!threads) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int local = dv_comm_local_size(c);
+        threads = (int)(cores / (local > 0 ? local : 1));
+        if (threads < 1) threads = 1;
+    }
+    *out = dv_backend_cpu_create(threads);
+    return *out ? 0 : dv_fail(err, "cannot create the CPU backend");
+}
+
+static int open_split(run *r, const char *x, const char *y, dv_split **out, char *err) {
+    if (dv_split_open(out, r->st.file, x, y, err)) return -1;
+    const dv_split_info *info = dv_split_info_get(*out);
+    if (dv_split_check(*out, r->m->in_elems, r->m->outputs, err)) return -1;
+    if ((r->st.loss == DV_LOSS_XENT || r->st.loss == DV_LOSS_PERCEPTRON) &&
+        info->y_kind != DV_TARGET_LABELS)
+        return dv_fail(err,
+                       "%s: %s holds float targets, but loss = %s needs integer class "
+                       "labels",
+                       r->st.file, y, r->st.loss == DV_LOSS_XENT ? "cross_entropy" : "perceptron");
+    return 0;
+}
+
+static int make_loader(run *r, dv_split *s, int eval, dv_loader **out, char *err) {
+    dv_loader_config lc = {0};
+    lc.sampler.n = dv_split_info_get(s)->n;
+    lc.sampler.global_batch = (int)r->st.batch;
+    lc.sampler.world = r->world;
+    lc.sampler.rank = r->rank;
+    lc.sampler.seed = (uint64_t)r->st.seed;
+    lc.sampler.shuffle = 1;
+    lc.eval = eval;
+    lc.batch = eval ? r->eval_batch : r->local_batch;
+    lc.x_scale = (float)r->st.x_scale;
+    lc.memory_budget = (size_t)r->st.memory_mb << 20;
+    lc.prefetch = (int)r->st.prefetch;
+    return dv_loader_create(out, s, &lc, err);
+}
+
+/* Moves a host batch into the model's device buffers. */
+static void load_batch(run *r, const dv_batch *b) {
+    dv_model *m = r->m;
+    const dv_backend *be = r->be;
+    size_t B = (size_t)b->count;
+    be->to_device(be->ctx, m->input, b->x, B * m->in_elems * sizeof(float));
+    if (b->global_pos) be->to_device(be->ctx, m->row_id, b->global_pos, B * sizeof(int64_t));
+    if (m->loss == DV_LOSS_XENT || m->loss == DV_LOSS_PERCEPTRON) {
+        be->to_device(be->ctx, m->labels, b->labels, B * sizeof(int32_t));
+        return;
+    }
+    size_t K = (size_t)m->outputs;
+    if (b->targets) {
+        be->to_device(be->ctx, m->targets, b->targets, B * K * sizeof(float));
+        return;
+    }
+    float *t = r->host_targets;
+    if (K == 1)
+        for (size_t i = 0; i < B; i++)
+            t[i] = (float)b->labels[i];
+    else {
+        memset(t, 0, B * K * sizeof(float));
+        for (size_t i = 0; i < B; i++)
+            t[i * K + (size_t)b->labels[i]] = 1.0f;
+    }
+    be->to_device(be->ctx, m->targets, t, B * K * sizeof(float));
+}
+
+static void run_free(run *r) {
+    dv_loader_free(r->tl);
+    dv_loader_free(r->vl);
+    dv_split_free(r->train);
+    dv_split_free(r->val);
+    dv_model_free(r->m);
+    if (r->be) dv_backend_free(r->be);
+    free(r->config_text);
+    free(r->host_targets);
+}
+
+/* Everything before the first step; collective. mode: 0 train, 1 eval. */
+static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
+    memset(r, 0, sizeof(*r));
+    r->comm = c;
+    r->cfg = cfg;
+    r->world = dv_comm_size(c);
+    r->rank = dv_comm_rank(c);
+    char *err = r->err;
+    int rc = dv_settings_read(cfg, &r->st, err);
+    if (!rc && r->st.batch % r->world)
+        rc = dv_fail(err,
+                     "%s: [train] batch = %ld does not divide across %d ranks (each rank "
+                     "takes batch / ranks samples); use a multiple of %d",
+                     cfg->path, r->st.batch, r->world, r->world);
+    if (dv_agree(c, rc, err)) return -1;
+    r->local_batch = (int)(r->st.batch / r->world);
+    r->eval_batch = r->local_batch > 256 ? r->local_batch : 256;
+    rc = dv_backend_open(c, &r->st, &r->be, err);
+    if (!rc)
+        rc =
+            dv_model_build(&r->m, cfg, r->be, r->st.loss, (uint64_t)r->st.seed, r->eval_batch, err);
+    if (!rc) rc = dv_config_check_used(cfg, err);
+    if (dv_agree(c, rc, err)) return -1;
+    if (need_train) rc = open_split(r, r->st.train_x, r->st.train_y, &r->train, err);
+    if (!rc && r->st.has_val) rc = open_split(r, r->st.val_x, r->st.val_y, &r->val, err);
+    if (!rc && need_train && dv_split_info_get(r->train)->n < r->st.batch)
+        rc = dv_fail(err, "%s: %s has %lld samples, fewer than one global batch of %ld", r->st.file,
+                     r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->st.batch);
+    if (!rc && need_train) rc = make_loader(r, r->train, 0, &r->tl, err);
+    if (!rc && r->val) rc = make_loader(r, r->val, 1, &r->vl, err);
+    if (!rc) {
+        r->host_targets = malloc((size_t)r->eval_batch * (size_t)r->m->outputs * sizeof(float));
+        r->config_text = dv_config_text(cfg);
+        if (!r->host_targets || !r->config_text) rc = dv_fail(err, "out of memory");
+    }
+    if (dv_agree(c, rc, err)) return -1;
+    r->bucket_floats = (size_t)(r->st.bucket_mb * 1048576.0 / sizeof(float));
+    if (r->bucket_floats < 1) r->bucket_floats = 1;
+    return 0;
+}
+
+/* ---- evaluation --------------------------------------------------------- */
+
+/* Loss and accuracy over every sample of the loader's split, each counted
+ * once across ranks. Collective. */
+static int evaluate(run *r, dv_loader *l, double *loss, double *acc, double *count) {
+    dv_model *m = r->m;
+    const dv_backend *be = r->be;
+    double sums[3] = {0, 0, 0};
+    int rc = dv_loader_start(l, 0, 0, r->err);
+    while (!rc) {
+        dv_batch b;
+        rc = dv_loader_next(l, &b, r->err);
+        if (rc || !b.count) break;
+        load_batch(r, &b);
+        be->fill(be->ctx, m->stats, 0.0f, 2);
+        dv_model_forward(m, b.count, 0);
+        dv_model_loss(m, b.count, 0.0f);
+        float st[2];
+        be->to_host(be->ctx, st, m->stats, sizeof(st));
+        sums[0] += st[0];
+        sums[1] += st[1];
+        sums[2] += b.count;
+    }
+    if (dv_agree(r->comm, rc, r->err)) return -1;
+    if (dv_comm_allreduce_double(r->comm, sums, 3, DV_REDUCE_SUM, r->err)) {
+        dv_comm_abort(r->comm, 1, r->err);
+    }
+    *count = sums[2];
+    *loss = sums[2] > 0 ? sums[0] / sums[2] : NAN;
+    *acc = sums[2] > 0 ? sums[1] / sums[2] : NAN;
+    return 0;
+}
+
+/* ---- training ------------------------------------------------------------- */
+
+static void on_grads(void *ctx, size_t grad_end) {
+    run *r = ctx;
+    if (r->world == 1 || r->comm_failed) return;
+    size_t n = grad_end - r->bucket_start;
+    if (n && (n >= r->bucket_floats || grad_end == r->m->nparams) && r->nreq < MAX_REQS) {
+        if (dv_comm_allreduce_start(r->comm, r->m->grads + r->bucket_start, n, NULL,
+                                    &r->reqs[r->nreq], r->err))
+            r->comm_failed = 1;
+        else
+            r->nreq++;
+        r->bucket_start = grad_end;
+    } else if (r->nreq) {
+        dv_comm_progress(r->comm);
+    }
+}
+
+static double lr_at(const run *r, int64_t step, int64_t steps_per_epoch) {
+    const dv_settings *st = &r->st;
+    double lr = st->lr;
+    if (st->warmup_steps && step < st->warmup_steps)
+        return lr * (double)(step + 1) / (double)st->warmup_steps;
+    if (st->schedule == DV_SCHED_STEP) {
+        int64_t epoch = step / steps_per_epoch;
+        lr *= pow(st->lr_gamma, (double)(epoch / st->lr_step_epochs));
+    } else if (st->schedule == DV_SCHED_COSINE) {
+        int64_t total = st->epochs * steps_per_epoch;
+        if (st->max_steps && st->max_steps < total) total = st->max_steps;
+        double t = (double)(step - st->warmup_steps) / (double)(total - st->warmup_steps);
+        if (t > 1) t = 1;
+        if (t < 0) t = 0;
+        lr = st->lr_min + 0.5 * (st->lr - st->lr_min) * (1.0 + cos(M_PI * t));
+    }
+    return lr;
+}
+
+static void train_step(run *r, const dv_batch *b, double lr, int64_t step) {
+    dv_model *m = r->m;
+    const dv_backend *be = r->be;
+    load_batch(r, b);
+    m->step_seed = dv_rand_hash((uint64_t)r->st.seed ^ 0x5eedd0d0ULL, (uint64_t)step);
+    be->fill(be->ctx, m->grads, 0.0f, m->nparams);
+    dv_model_forward(m, b->count, 1);
+    dv_model_loss(m, b->count, 1.0f / (float)r->local_batch);
+    r->bucket_start = 0;
+    r->nreq = 0;
+    dv_model_backward(m, b->count, on_grads, r);
+    for (int i = 0; i < r->nreq; i++)
+        if (dv_comm_wait(r->comm, r->reqs[i], r->err)) r->comm_failed = 1;
+    if (r->comm_failed) dv_comm_abort(r->comm, 1, r->err);
+    if (r->st.clip_norm > 0) dv_clip_grad_norm(be, m->grads, m->nparams, r->st.clip_norm);
+    dv_opt_params op = {.kind = r->st.optimizer,
+                        .lr = (float)lr,
+                        .momentum = (float)r->st.momentum,
+                        .beta1 = (float)r->st.beta1,
+                        .beta2 = (float)r->st.beta2,
+                        .eps = (float)r->st.eps,
+                        .weight_decay = (float)r->st.weight_decay,
+                        .step = (long)step + 1};
+    be->opt_step(be->ctx, &op, m->params, m->grads, m->state1, m->state2, m->nparams);
+}
+
+static int ckpt_step(const char *name) {
+    long s;
+    char tail[8];
+    return sscanf(name, "ckpt-%ld.h%1[5]", &s, tail) == 2 ? (int)(s >= 0) : 0;
+}
+
+static int cmp_long(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x > y) - (x < y);
+}
+
+/* Keeps the newest `keep` ckpt-<step>.h5 files of run_dir. */
+static void prune_checkpoints(const char *dir, long keep) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    long steps[4096];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 4096)
+        if (ckpt_step(e->d_name)) steps[n++] = strtol(e->d_name + 5, NULL, 10);
+    closedir(d);
+    qsort(steps, (size_t)n, sizeof(long), cmp_long);
+    for (int i = 0; i + keep < n; i++) {
+        char p[1200];
+        snprintf(p, sizeof(p), "%s/ckpt-%ld.h5", dir, steps[i]);
+        unlink(p);
+    }
+}
+
+/* Rank 0 writes ckpt-<step>.h5 (and links last.h5 to it) or best.h5; every
+ * rank learns whether it worked. Collective. */
+static int save(run *r, const dv_train_state *ts, int best) {
+    int rc = 0;
+    if (r->rank == 0) {
+        char path[1200], last[1200], tmp[1300];
+        const char *dir = r->st.run_dir;
+        snprintf(last, sizeof(last), "%s/last.h5", dir);
+        if (best) {
+            snprintf(path, sizeof(path), "%s/best.h5", dir);
+            rc = dv_checkpoint_save(path, r->m, ts, r->config_text, r->err);
+        } else if (r->st.keep == 0) {
+            rc = dv_checkpoint_save(last, r->m, ts, r->config_text, r->err);
+        } else {
+            snprintf(path, sizeof(path), "%s/ckpt-%lld.h5", dir, (long long)ts->step);
+            rc = dv_checkpoint_save(path, r->m, ts, r->config_text, r->err);
+            snprintf(tmp, sizeof(tmp), "%s/.last.h5.link", dir);
+            unlink(tmp);
+            if (!rc && (link(path, tmp) || rename(tmp, last)))
+                rc = dv_fail(r->err, "%s: cannot update last.h5: %s", dir, strerror(errno));
+            if (!rc) prune_checkpoints(dir, r->st.keep);
+        }
+    }
+    return dv_agree(r->comm, rc, r->err) ? -1 : 0;
+}
+
+/* The epoch's running train metrics summed over ranks (for a checkpoint
+ * written mid-epoch: rank 0 stores the global sums). */
+static void global_sums(run *r, const dv_train_state *ts, dv_train_state *out) {
+    *out = *ts;
+    double s[3] = {ts->loss_sum, ts->correct_sum, ts->seen};
+    if (dv_comm_allreduce_double(r->comm, s, 3, DV_REDUCE_SUM, r->err))
+        dv_comm_abort(r->comm, 1, r->err);
+    out->loss_sum = s[0];
+    out->correct_sum = s[1];
+    out->seen = s[2];
+}
+
+static void print_progress(const run *r, int64_t epoch, int64_t step, int64_t steps, double loss,
+                           double rate, double eta, int live) {
+    int mins = (int)(eta / 60), secs = (int)eta % 60;
+    printf("%sepoch %lld/%ld  step %lld/%lld  loss %.4f  %.0f samples/s  ETA %d:%02d%s",
+           live ? "\r" : "", (long long)epoch + 1, r->st.epochs, (long long)step, (long long)steps,
+           loss, rate, mins, secs, live ? "   " : "\n");
+    fflush(stdout);
+}
+
+int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
+    run R, *r = &R;
+    if (run_setup(r, c, cfg, 1)) {
+        run_free(r);
+        return 1;
+    }
+    dv_model *m = r->m;
+    const dv_backend *be = r->be;
+    dv_train_state ts = {.world_size = r->world, .seed = r->st.seed, .best_val_loss = INFINITY};
+    int rc = make_dirs(r->st.run_dir, r->err);
+    char ckpt[1200] = "";
+    if (!rc && resume) {
+        if (!strcmp(resume, "auto")) {
+            snprintf(ckpt, sizeof(ckpt), "%s/last.h5", r->st.run_dir);
+            if (access(ckpt, F_OK)) ckpt[0] = 0;
+        } else {
+            snprintf(ckpt, sizeof(ckpt), "%s", resume);
+        }
+        if (ckpt[0]) {
+            int64_t saved_world;
+            rc = dv_checkpoint_load(ckpt, m, &ts, 1, r->err);
+            saved_world = ts.world_size;
+            if (!rc && ts.seed != r->st.seed)
+                rc = dv_fail(r->err, "%s: written with seed %lld but the config says seed = %ld",
+                             ckpt, (long long)ts.seed, r->st.seed);
+            if (!rc && r->rank == 0) {
+                printf("resuming from %s: epoch %lld, step %lld", ckpt, (long long)ts.epoch + 1,
+                       (long long)ts.step);
+                if (saved_world != r->world)
+                    printf(" (written on %lld ranks, now %d; same global batch %ld)",
+                           (long long)saved_world, r->world, r->st.batch);
+                printf("\n");
+            }
+            ts.world_size = r->world;
+            if (r->rank) ts.loss_sum = ts.correct_sum = ts.seen = 0;
+        } else if (r->rank == 0) {
+            printf("no checkpoint in %s yet: starting a new run\n", r->st.run_dir);
+        }
+    }
+    if (dv_agree(c, rc, r->err)) {
+        run_free(r);
+        return 1;
+    }
+    /* The replicas must start equal: same seed, same checkpoint. */
+    {
+        float *host = malloc(m->nparams * sizeof(float));
+        if (!host) dv_comm_abort(c, 1, "out of memory");
+        be->to_host(be->ctx, host, m->params, m->nparams * sizeof(float));
+        int same = dv_comm_all_equal(c, host, m->nparams * sizeof(float));
+        free(host);
+        if (!same) dv_comm_abort(c, 1, "the model replicas differ across ranks at start-up");
+    }
+    int64_t steps = dv_loader_steps(r->tl);
+    FILE *metrics = NULL;
+    if (r->rank == 0) {
+        dv_model_print(m, stdout);
+        printf("data: %s %s: %lld samples; %d rank%s x %d = global batch %ld; %lld steps/epoch; "
+               "%s; backend %s\n",
+               r->st.file, r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->world,
+               r->world > 1 ? "s" : "", r->local_batch, r->st.batch, (long long)steps,
+               dv_loader_in_memory(r->tl) ? "in memory" : "streaming", be->name);
+        char path[1200];
+        snprintf(path, sizeof(path), "%s/metrics.csv", r->st.run_dir);
+        int fresh = access(path, F_OK) != 0 || !ckpt[0];
+        metrics = fopen(path, fresh ? "w" : "a");
+        if (metrics && fresh)
+            fprintf(metrics, "epoch,step,lr,train_loss,train_acc,val_loss,val_acc,"
+                             "samples_per_s,epoch_time_s\n");
+        fflush(stdout);
+    }
+    int live = r->rank == 0 && isatty(STDOUT_FILENO);
+    int64_t log_every = r->st.log_every ? r->st.log_every : (steps >= 10 ? steps / 10 : 1);
+    int stop = 0;
+    for (int64_t epoch = ts.epoch; epoch < r->st.epochs && !stop; epoch++) {
+        double t0 = now(), t_train = 0, last_print = 0;
+        int64_t first = epoch == ts.epoch ? ts.step_in_epoch : 0, done = 0;
+        if (dv_loader_start(r->tl, epoch, first, r->err)) dv_comm_abort(c, 1, r->err);
+        double lr = r->st.lr;
+        for (int64_t s = first; s < steps; s++) {
+            double ts0 = now();
+            dv_batch b;
+            if (dv_loader_next(r->tl, &b, r->err)) dv_comm_abort(c, 1, r->err);
+            lr = lr_at(r, ts.step, steps);
+            be->fill(be->ctx, m->stats, 0.0f, 2);
+            train_step(r, &b, lr, ts.step);
+            float st[2];
+            be->to_host(be->ctx, st, m->stats, sizeof(st));
+            ts.loss_sum += st[0];
+            ts.correct_sum += st[1];
+            ts.seen += b.count;
+            ts.step++;
+            ts.step_in_epoch = s + 1;
+            done++;
+            double t1 = now();
+            t_train += t1 - ts0;
+            if (!isfinite(st[0])) {
+                char msg[256];
+                snprintf(msg, sizeof(msg),
+                         "the loss became %f at step %lld; lower lr or set "
+                         "clip_norm",
+                         st[0], (long long)ts.step);
+                dv_comm_abort(c, 1, msg);
+            }
+            if (r->rank == 0 && ((live && t1 - last_print > 0.25) ||
+                                 (!live && (s + 1) % log_every == 0 && s + 1 < steps))) {
+                double rate = (double)done * (double)r->st.batch / t_train;
+                double eta = (double)(steps - s - 1) * (t_train / (double)done);
+                print_progress(r, epoch, s + 1, steps, ts.loss_sum / ts.seen, rate, eta, live);
+                last_print = t1;
+            }
+            if (r->st.max_steps && ts.step >= r->st.max_steps) {
+                stop = 1;
+                break;
+            }
+            if (r->st.checkpoint_every && ts.step % r->st.checkpoint_every == 0 && s + 1 < steps) {
+                dv_train_state g;
+                global_sums(r, &ts, &g);
+                if (save(r, &g, 0)) {
+                    run_free(r);
+                    return 1;
+                }
+            }
+        }
+        if (live) printf("\r%100s\r", "");
+        /* end of epoch (or of max_steps) */
+        double s3[3] = {ts.loss_sum, ts.correct_sum, ts.seen};
+        if (dv_comm_allreduce_double(c, s3, 3, DV_REDUCE_SUM, r->err)) dv_comm_abort(c, 1, r->err);
+        if (m->nbuffers && r->world > 1 &&
+            dv_comm_allreduce_avg(c, m->buffers, m->nbuffers, r->err))
+            dv_comm_abort(c, 1, r->err);
+        double rate = done ? (double)done * (double)r->st.batch / t_train : 0;
+        double vloss = NAN, vacc = NAN, vn = 0;
+        if (r->vl && evaluate(r, r->vl, &vloss, &vacc, &vn)) {
+            run_free(r);
+            return 1;
+        }
+        int epoch_done = ts.step_in_epoch == steps;
+        if (epoch_done) {
+            ts.epoch = epoch + 1;
+            ts.step_in_epoch = 0;
+            ts.loss_sum = ts.correct_sum = ts.seen = 0;
+        }
+        double monitor = r->vl ? vloss : s3[0] / s3[2];
+        int improved = monitor < ts.best_val_loss;
+        if (improved) {
+            ts.best_val_loss = monitor;
+            ts.bad_epochs = 0;
+        } else {
+            ts.bad_epochs++;
+        }
+        double secs = now() - t0;
+        if (r->rank == 0) {
+            printf("epoch %lld/%ld | loss %.4f acc %.4f", (long long)epoch + 1, r->st.epochs,
+                   s3[0] / s3[2], s3[1] / s3[2]);
+            if (r->vl) printf(" | val loss %.4f acc %.4f", vloss, vacc);
+            printf(" | train %.0f samples/s | %.1f s%s\n", rate, secs,
+                   improved && r->vl ? " | best" : "");
+            fflush(stdout);
+            if (metrics) {
+                fprintf(metrics, "%lld,%lld,%g,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f\n",
+                        (long long)epoch + 1, (long long)ts.step, lr, s3[0] / s3[2], s3[1] / s3[2],
+                        vloss, vacc, rate, secs);
+                fflush(metrics);
+            }
+        }
+        if (!epoch_done) {
+            dv_train_state g;
+            global_sums(r, &ts, &g);
+            if (save(r, &g, 0)) {
+                run_free(r);
+                return 1;
+            }
+            break;
+        }
+        if ((improved && save(r, &ts, 1)) || save(r, &ts, 0)) {
+            run_free(r);
+            return 1;
+        }
+        if (r->st.patience && ts.bad_epochs >= r->st.patience) {
+            if (r->rank == 0)
+                printf("early stopping: no improvement of the %s loss for %lld epochs; best "
+                       "%.4f is in %s/best.h5\n",
+                       r->vl ? "val" : "train", (long long)ts.bad_epochs, ts.best_val_loss,
+                       r->st.run_dir);
+            break;
+        }
+    }
+    if (r->rank == 0) {
+        printf("done: %lld steps; checkpoints in %s (last.h5%s)\n", (long long)ts.step,
+               r->st.run_dir, r->vl ? ", best.h5" : "");
+        if (metrics) fclose(metrics);
+    }
+    run_free(r);
+    return 0;
+}
+
+/* ---- eval and predict ------------------------------------------------------ */
+
+int dv_eval_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *split, int json) {
+    if (split) {
+        char kv[600];
+        dv_cfg_section *d = dv_config_find(cfg, "data");
+        if (d)
+            for (int i = 0; i < d->nkv; i++)
+                if (!strcmp(d->kv[i].key, "val_x") || !strcmp(d->kv[i].key, "val_y"))
+                    d->kv[i].key[0] = '_'; /* --split replaces them */
+        snprintf(kv, sizeof(kv), "data.val=%s", split);
+        char err[DV_ERR_LEN];
+        if (dv_config_set(cfg, kv, err)) return dv_agree(c, -1, err);
+        if (d)
+            for (int i = 0; i < d->nkv; i++)
+                if (d->kv[i].key[0] == '_') d->kv[i].used = 1;
+    }
+    run R, *r = &R;
+    if (run_setup(r, c, cfg, 0)) {
+        run_free(r);
+        return 1;
+    }
+    int rc = r->vl ? 0
+                   : dv_fail(r->err,
+                             "%s: no split to evaluate: set [data] val or pass "
+                             "--split GROUP",
+                             cfg->path);
+    if (!rc) rc = dv_checkpoint_load(ckpt, r->m, NULL, 0, r->err);
+    if (dv_agree(c, rc, r->err)) {
+        run_free(r);
+        return 1;
+    }
+    double loss, acc, n;
+    if (evaluate(r, r->vl, &loss, &acc, &n)) {
+        run_free(r);
+        return 1;
+    }
+    if (r->rank == 0) {
+        if (json)
+            printf("{\"loss\": %.6f, \"accuracy\": %.6f, \"samples\": %.0f}\n", loss, acc, n);
+        else
+            printf("%s on %s %s: loss %.4f  accuracy %.4f  (%.0f samples)\n", ckpt, r->st.file,
+                   r->st.val_x, loss, acc, n);
+    }
+    run_free(r);
+    return 0;
+}

@@ -1,0 +1,257 @@
+/* trainer-impl.h — private to trainer/: the config, the layer table, the
+ * model with its flat buffers, checkpoints and the shared error helpers.
+ *
+ * Ownership: a dv_model owns its layers and every buffer it allocates on
+ * its backend; layer parameter pointers are views into the model's flat
+ * buffers. Functions that can fail return 0 or -1 and write a message to an
+ * `err` buffer of DV_ERR_LEN bytes.
+ */
+#ifndef DV_TRAINER_IMPL_H
+#define DV_TRAINER_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "comm.h"
+#include "data.h"
+#include "kernels.h"
+
+#define DV_NAME_LEN 64
+
+/* printf into err, returning -1 so `return fail(err, ...)` reads well. */
+int dv_fail(char *err, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ---- config (config.c) -------------------------------------------------- */
+
+typedef struct dv_cfg_kv {
+    char key[DV_NAME_LEN];
+    char *value;
+    int line; /* 0 for --set overrides */
+    int used;
+} dv_cfg_kv;
+
+typedef struct dv_cfg_section {
+    char type[DV_NAME_LEN]; /* "data", "train", "dense", ... */
+    char name[DV_NAME_LEN]; /* unique: "data", "dense_2", or the `name` key */
+    int line;
+    dv_cfg_kv *kv;
+    int nkv, cap;
+} dv_cfg_section;
+
+typedef struct dv_config {
+    char path[1024];
+    dv_cfg_section *sec;
+    int nsec;
+} dv_config;
+
+/* Parses an INI file (every section seen in order, even empty or repeated
+ * ones) or, with from_text, a config stored in a checkpoint. */
+int dv_config_load(dv_config *cfg, const char *path, char *err);
+int dv_config_load_text(dv_config *cfg, const char *label, const char *text, char *err);
+void dv_config_free(dv_config *cfg);
+/* Applies "section.key=value"; section is a section or layer name, or a
+ * layer type that appears once. */
+int dv_config_set(dv_config *cfg, const char *assignment, char *err);
+dv_cfg_section *dv_config_find(dv_config *cfg, const char *name);
+/* The effective config as INI text (malloc'd), overrides applied. */
+char *dv_config_text(const dv_config *cfg);
+/* Fails naming file:line for the first key no one read. */
+int dv_config_check_used(const dv_config *cfg, char *err);
+
+/* Typed getters: a missing key gives `def`; a bad value fails naming
+ * file:line. Reading a key marks it used. */
+int dv_cfg_str(const dv_config *cfg, dv_cfg_section *s, const char *key, const char *def,
+               const char **out, char *err);
+int dv_cfg_int(const dv_config *cfg, dv_cfg_section *s, const char *key, long def, long min,
+               long max, long *out, char *err);
+int dv_cfg_float(const dv_config *cfg, dv_cfg_section *s, const char *key, double def, double min,
+                 double max, double *out, char *err);
+/* One of `choices` (NULL-terminated); *out is its index. */
+int dv_cfg_enum(const dv_config *cfg, dv_cfg_section *s, const char *key, const char *def,
+                const char *const *choices, int *out, char *err);
+/* A list of 1..max positive ints "1,28,28". Returns the count in *n. */
+int dv_cfg_ints(const dv_config *cfg, dv_cfg_section *s, const char *key, int *vals, int max,
+                int *n, char *err);
+/* "file:line: [section] key" for messages. */
+void dv_cfg_where(const dv_config *cfg, const dv_cfg_section *s, const char *key, char *buf,
+                  size_t len);
+
+/* ---- run settings ([data] and [train]) --------------------------------- */
+
+typedef enum dv_loss { DV_LOSS_XENT = 0, DV_LOSS_MSE, DV_LOSS_BCE, DV_LOSS_PERCEPTRON } dv_loss;
+typedef enum dv_sched { DV_SCHED_CONSTANT = 0, DV_SCHED_STEP, DV_SCHED_COSINE } dv_sched;
+
+typedef struct dv_settings {
+    /* [data] */
+    const char *file;
+    char train_x[256], train_y[256], val_x[256], val_y[256];
+    int has_val;
+    double x_scale;
+    long memory_mb;
+    long prefetch;
+    /* [train] */
+    long epochs, batch, seed, patience, keep, checkpoint_every, log_every, threads, max_steps;
+    long warmup_steps, lr_step_epochs;
+    double lr, lr_min, lr_gamma, momentum, beta1, beta2, eps, weight_decay, clip_norm, bucket_mb;
+    dv_opt optimizer;
+    dv_loss loss;
+    dv_sched schedule;
+    const char *run_dir;
+    const char *backend;
+} dv_settings;
+
+int dv_settings_read(dv_config *cfg, dv_settings *st, char *err);
+
+/* ---- layers (layers.c) -------------------------------------------------- */
+
+typedef struct dv_layer dv_layer;
+typedef struct dv_model dv_model;
+
+#define DV_MAX_PARAMS 4
+
+typedef enum dv_init { DV_INIT_ZERO = 0, DV_INIT_ONE, DV_INIT_HE, DV_INIT_XAVIER } dv_init;
+
+/* A named tensor of a layer, stored at `offset` of the model's flat buffer
+ * (trainable: params/grads/opt state; else the model's `buffers`). */
+typedef struct dv_param {
+    char name[DV_NAME_LEN];
+    int ndim;
+    int shape[DV_TENSOR_MAX_DIMS];
+    size_t count;
+    size_t offset;
+    int trainable;
+    dv_init init;
+    int fan_in, fan_out;
+    float *data; /* view into the flat buffer (device) */
+    float *grad; /* view, trainable only */
+} dv_param;
+
+typedef struct dv_layer_ops {
+    /* y (B, out) from x (B, in); `training` selects dropout / batch norm. */
+    void (*forward)(dv_layer *l, dv_model *m, const float *x, float *y, int B, int training);
+    /* dx (B, in) (may be NULL) from dy (B, out); parameter grads +=. */
+    void (*backward)(dv_layer *l, dv_model *m, const float *x, const float *y, const float *dy,
+                     float *dx, int B);
+    /* Releases the layer's own scratch (not its params). */
+    void (*free)(dv_layer *l, dv_model *m);
+} dv_layer_ops;
+
+struct dv_layer {
+    const dv_layer_ops *ops;
+    char type[DV_NAME_LEN];
+    char name[DV_NAME_LEN];
+    int index;
+    int in_ndim, in_shape[3];
+    int out_ndim, out_shape[3];
+    size_t in_elems, out_elems;
+    dv_param param[DV_MAX_PARAMS];
+    int nparam;
+    size_t grad_end; /* grads of this layer and every later one end here */
+    dv_act act;
+    float act_alpha;
+    int act_in_loss; /* the final softmax/sigmoid is fused into the loss */
+    void *priv;      /* the layer's own settings and scratch */
+};
+
+/* ---- the model (model.c) ----------------------------------------------- */
+
+struct dv_model {
+    dv_backend *be;
+    dv_layer *layers;
+    int nlayers;
+    int in_ndim, in_shape[3];
+    size_t in_elems;
+    int outputs; /* elements per sample of the last layer */
+    int max_batch;
+    dv_loss loss;
+    uint64_t seed;
+
+    /* flat buffers, one allocation each (device) */
+    size_t nparams, nbuffers;
+    float *params, *grads, *state1, *state2, *buffers;
+
+    /* activations: acts[i] is the output of layer i (max_batch, out_elems) */
+    float **acts;
+    float *input;   /* (max_batch, in_elems) */
+    float *dbuf[2]; /* ping-pong gradients, (max_batch, max elems) */
+    float *work;    /* conv workspace, shared */
+    size_t work_floats;
+    float *targets;     /* (max_batch, outputs) float targets */
+    int32_t *labels;    /* (max_batch) */
+    int64_t *row_id;    /* (max_batch) global ids for dropout */
+    float *stats;       /* 2 floats: loss sum, correct */
+    uint64_t step_seed; /* folded per step for dropout */
+};
+
+/* Builds the model of `cfg`'s layer sections for inputs of `shape`. The
+ * params are initialised from `seed`; scratch is sized for max_batch. */
+int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss, uint64_t seed,
+                   int max_batch, char *err);
+void dv_model_free(dv_model *m);
+/* Forward over B rows of m->input; fills m->acts. */
+void dv_model_forward(dv_model *m, int B, int training);
+/* Loss on the last activation against m->labels / m->targets; writes the
+ * output gradient into dbuf and adds to m->stats. */
+void dv_model_loss(dv_model *m, int B, float grad_scale);
+/* Backward from the loss gradient. After layer i's backward, calls
+ * on_grads(ctx, grad_end) so the caller can start bucket all-reduces. */
+void dv_model_backward(dv_model *m, int B, void (*on_grads)(void *ctx, size_t grad_end), void *ctx);
+/* Applies the fused final activation (softmax/sigmoid) to the output for
+ * prediction; returns the output pointer (B, outputs). */
+float *dv_model_outputs(dv_model *m, int B);
+/* Number of output classes a label may address (outputs, or 2 for one
+ * sigmoid/perceptron output). */
+int dv_model_classes(const dv_model *m);
+/* A one-line-per-layer summary (for rank 0 at start-up). */
+void dv_model_print(const dv_model *m, FILE *f);
+
+/* Layer constructors (layers.c): read keys of `s`, set out shape and params. */
+int dv_layer_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m, char *err);
+/* Creates per-layer scratch once param views and max_batch are known. */
+int dv_layer_setup(dv_layer *l, dv_model *m, char *err);
+
+/* ---- checkpoints (checkpoint.c) ---------------------------------------- */
+
+typedef struct dv_train_state {
+    int64_t step;          /* optimizer steps taken */
+    int64_t epoch;         /* current epoch (0-based) */
+    int64_t step_in_epoch; /* steps of `epoch` already taken */
+    int64_t world_size;
+    int64_t seed;
+    double best_val_loss;
+    int64_t bad_epochs;
+    double loss_sum, correct_sum, seen; /* this epoch's running train metrics */
+} dv_train_state;
+
+/* Writes an atomic checkpoint: a temporary file in the same directory,
+ * flushed and fsync'd, then renamed over `path`. */
+int dv_checkpoint_save(const char *path, const dv_model *m, const dv_train_state *ts,
+                       const char *config_text, char *err);
+/* Loads params (and optimizer state and buffers) into m after validating
+ * every layer's shapes; fills ts if not NULL. */
+int dv_checkpoint_load(const char *path, dv_model *m, dv_train_state *ts, int with_optimizer,
+                       char *err);
+/* The config text stored in a checkpoint (malloc'd), or NULL. */
+char *dv_checkpoint_config(const char *path, char *err);
+
+/* ---- helpers shared by the subcommands (cli.c / train.c) --------------- */
+
+/* Agree across ranks: if any rank failed, the lowest failing rank prints
+ * "dive: error: <err>" and every rank returns 1; else 0. */
+int dv_agree(dv_comm *c, int rc, const char *err);
+
+int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume);
+int dv_eval_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *split, int json);
+int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_file,
+                   const char *split, const char *x_path, const char *out);
+/* The CPU or CUDA backend per [train] backend (threads: 0 = cores / ranks on
+ * this node). */
+int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *err);
+int dv_info_run(const char *path);
+
+#endif
