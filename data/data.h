@@ -50,13 +50,13 @@ typedef struct dv_split dv_split;
 
 /* Information about an opened split (all fields plain values). */
 typedef struct dv_split_info {
-    int64_t n;                /* samples */
-    int x_rank;               /* rank of the x dataset, >= 1 */
-    int64_t x_dims[8];        /* x's shape, x_dims[0] == n */
-    size_t x_elems;           /* elements per sample: product of x_dims[1..] */
+    int64_t n;         /* samples */
+    int x_rank;        /* rank of the x dataset, >= 1 */
+    int64_t x_dims[8]; /* x's shape, x_dims[0] == n */
+    size_t x_elems;    /* elements per sample: product of x_dims[1..] */
     dv_target_kind y_kind;
-    size_t y_elems;           /* 1 for labels, K for float targets */
-    int64_t label_min;        /* labels only: smallest and largest label */
+    size_t y_elems;    /* 1 for labels, K for float targets */
+    int64_t label_min; /* labels only: smallest and largest label */
     int64_t label_max;
 } dv_split_info;
 
@@ -82,7 +82,6 @@ dv_status dv_split_check(const dv_split *s, size_t in_elems, int classes, char *
  * the other may be NULL. */
 dv_status dv_split_read(dv_split *s, const int64_t *idx, int count, float x_scale, float *x,
                         int32_t *labels, float *targets, char *err);
-
 
 /* ---- the sampler ------------------------------------------------------- */
 
@@ -123,23 +122,24 @@ void dv_eval_shard(int64_t n, int world, int rank, int64_t *begin, int64_t *end)
 typedef struct dv_loader dv_loader;
 
 typedef struct dv_loader_config {
-    dv_sampler sampler;      /* for training order; ignored in eval mode */
-    int eval;                /* 1: read this rank's dv_eval_shard in order */
-    int batch;               /* eval: rows per batch; training: G/W */
-    float x_scale;           /* multiply inputs by this */
-    size_t memory_budget;    /* bytes: cache the rank's share in memory if it fits */
-    int prefetch;            /* 1: read the next batch on a background thread */
+    dv_sampler sampler;   /* for training order; ignored in eval mode */
+    int eval;             /* 1: read this rank's dv_eval_shard in order */
+    int batch;            /* eval: rows per batch; training: G/W */
+    float x_scale;        /* multiply inputs by this */
+    size_t memory_budget; /* bytes: cache the rank's share in memory if it fits
+                             (as float32); else HDF5's chunk cache for x */
+    int prefetch;         /* 1: read the next batch on a background thread */
 } dv_loader_config;
 
 /* One batch in host memory, owned by the loader; valid until the next
  * dv_loader_next. */
 typedef struct dv_batch {
-    int count;                /* rows in this batch (eval's last may be short) */
-    const float *x;           /* (count, x_elems) */
-    const int32_t *labels;    /* (count) or NULL */
-    const float *targets;     /* (count, y_elems) or NULL */
-    const int64_t *index;     /* (count) sample indices in the dataset */
-    const int64_t *global_pos;/* (count) position in the epoch's global order */
+    int count;                 /* rows in this batch (eval's last may be short) */
+    const float *x;            /* (count, x_elems) */
+    const int32_t *labels;     /* (count) or NULL */
+    const float *targets;      /* (count, y_elems) or NULL */
+    const int64_t *index;      /* (count) sample indices in the dataset */
+    const int64_t *global_pos; /* (count) position in the epoch's global order */
 } dv_batch;
 
 /* The loader borrows `split` (keep it open while the loader lives). In

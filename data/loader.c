@@ -258,6 +258,8 @@ dv_status dv_loader_create(dv_loader **out, dv_split *split, const dv_loader_con
         }
     }
 
+    if (!l->in_memory) dv_split_set_cache(split, cfg->memory_budget);
+
     if (cfg->prefetch) {
         pthread_mutex_init(&l->mu, NULL);
         pthread_cond_init(&l->cv, NULL);

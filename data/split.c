@@ -21,10 +21,9 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Enough decompressed chunks of a gzip dataset to make random access within a
- * few chunks cheap, small next to the memory a loader would otherwise use. */
-#define CHUNK_CACHE_BYTES (32u << 20)
-#define CHUNK_CACHE_SLOTS 12421
+/* Decompressed chunks cached per dataset by default; a streaming loader
+ * raises this to its memory budget (dv_split_set_cache). */
+#define CHUNK_CACHE_BYTES ((size_t)32 << 20)
 /* Labels are scanned in blocks so a huge y never needs one allocation. */
 #define SCAN_ROWS (1 << 20)
 
@@ -113,6 +112,46 @@ static const char *type_name(hid_t type) {
     }
 }
 
+static int is_prime(size_t n) {
+    if (n < 2) return 0;
+    for (size_t d = 2; d * d <= n; d++)
+        if (n % d == 0) return 0;
+    return 1;
+}
+
+/* Opens dataset `path` with a chunk cache of `bytes`. HDF5 wants the slot
+ * count prime and ~100x the number of chunks that fit, or chunks collide in
+ * the hash and evict each other long before the cache is full. */
+static hid_t open_cached(hid_t fid, const char *path, size_t bytes) {
+    hid_t d = H5Dopen2(fid, path, H5P_DEFAULT);
+    if (d < 0) return d;
+    size_t chunk_bytes = 0;
+    hid_t dcpl = H5Dget_create_plist(d);
+    if (H5Pget_layout(dcpl) == H5D_CHUNKED) {
+        hsize_t cd[32];
+        int r = H5Pget_chunk(dcpl, 32, cd);
+        hid_t t = H5Dget_type(d);
+        chunk_bytes = H5Tget_size(t);
+        H5Tclose(t);
+        for (int i = 0; i < r; i++)
+            chunk_bytes *= (size_t)cd[i];
+    }
+    H5Pclose(dcpl);
+    if (chunk_bytes == 0) return d; /* contiguous: no chunk cache involved */
+    size_t fit = bytes / chunk_bytes + 1;
+    size_t slots = fit * 100 < 521 ? 521 : fit * 100;
+    if (slots > ((size_t)1 << 24)) slots = (size_t)1 << 24;
+    while (!is_prime(slots))
+        slots++;
+    hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
+    H5Pset_chunk_cache(dapl, slots, bytes, 0.75);
+    hid_t dc = H5Dopen2(fid, path, dapl);
+    H5Pclose(dapl);
+    if (dc < 0) return d;
+    H5Dclose(d);
+    return dc;
+}
+
 /* Opens `path` as a numeric dataset of rank 1..8; *cls receives its type
  * class (H5T_INTEGER or H5T_FLOAT). */
 static dv_status open_dataset(hid_t fid, const char *file, const char *path, hid_t *out, int *rank,
@@ -136,10 +175,7 @@ static dv_status open_dataset(hid_t fid, const char *file, const char *path, hid
                 kind == H5I_GROUP ? "group" : "named type");
         return DV_ERR;
     }
-    hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
-    H5Pset_chunk_cache(dapl, CHUNK_CACHE_SLOTS, CHUNK_CACHE_BYTES, 0.75);
-    hid_t d = H5Dopen2(fid, path, dapl);
-    H5Pclose(dapl);
+    hid_t d = open_cached(fid, path, CHUNK_CACHE_BYTES);
     if (d < 0) {
         dv_errf(err, "%s: cannot open dataset %s", file, path);
         return DV_ERR;
@@ -308,6 +344,18 @@ void dv_split_free(dv_split *s) {
     free(s->x_path);
     free(s->y_path);
     free(s);
+}
+
+void dv_split_set_cache(dv_split *s, size_t bytes) {
+    if (bytes <= CHUNK_CACHE_BYTES) return;
+    dv_h5_quiet q;
+    dv_h5_enter(&q);
+    hid_t d = open_cached(s->fid, s->x_path, bytes);
+    if (d >= 0) {
+        H5Dclose(s->x);
+        s->x = d;
+    }
+    dv_h5_leave(&q);
 }
 
 const dv_split_info *dv_split_info_get(const dv_split *s) {

@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 typedef struct dv_backend_box {
-    dv_backend be;                  /* must stay first */
+    dv_backend be;                   /* must stay first */
     void (*destroy)(dv_backend *be); /* frees be->ctx; NULL: free(be->ctx) */
 } dv_backend_box;
 

@@ -8,18 +8,15 @@
 #include <math.h>
 #include <stdlib.h>
 
-size_t dv_tensor_numel(const dv_tensor *t)
-{
-    if (!t || t->ndim < 1)
-        return 0;
+size_t dv_tensor_numel(const dv_tensor *t) {
+    if (!t || t->ndim < 1) return 0;
     size_t n = 1;
     for (int i = 0; i < t->ndim && i < DV_TENSOR_MAX_DIMS; i++)
         n *= (size_t)(t->shape[i] > 0 ? t->shape[i] : 0);
     return n;
 }
 
-dv_tensor dv_tensor_view(float *data, int ndim, const int *shape)
-{
+dv_tensor dv_tensor_view(float *data, int ndim, const int *shape) {
     dv_tensor t = {0};
     t.data = data;
     if (ndim < 1 || ndim > DV_TENSOR_MAX_DIMS || !shape)
@@ -30,11 +27,9 @@ dv_tensor dv_tensor_view(float *data, int ndim, const int *shape)
     return t;
 }
 
-int dv_conv2d_geom_init(dv_conv2d_geom *g)
-{
+int dv_conv2d_geom_init(dv_conv2d_geom *g) {
     if (!g || g->stride < 1 || g->pad < 0 || g->KH < 1 || g->KW < 1) {
-        if (g)
-            g->OH = g->OW = 0;
+        if (g) g->OH = g->OW = 0;
         return -1;
     }
     int hh = g->H + 2 * g->pad - g->KH, ww = g->W + 2 * g->pad - g->KW;
@@ -46,28 +41,23 @@ int dv_conv2d_geom_init(dv_conv2d_geom *g)
 
 /* splitmix64's finalizer: a bijection on 64 bits with full avalanche. The
  * CUDA backend repeats these exact steps, so masks match across backends. */
-static uint64_t mix64(uint64_t z)
-{
+static uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
 
-uint64_t dv_rand_hash(uint64_t seed, uint64_t counter)
-{
+uint64_t dv_rand_hash(uint64_t seed, uint64_t counter) {
     return mix64(seed ^ mix64(counter + 0x9e3779b97f4a7c15ULL));
 }
 
-float dv_rand_uniform(uint64_t seed, uint64_t counter)
-{
+float dv_rand_uniform(uint64_t seed, uint64_t counter) {
     /* 24 bits fill a float mantissa exactly, so the result is < 1. */
     return (float)(dv_rand_hash(seed, counter) >> 40) * (1.0f / 16777216.0f);
 }
 
-void dv_backend_free(dv_backend *be)
-{
-    if (!be)
-        return;
+void dv_backend_free(dv_backend *be) {
+    if (!be) return;
     dv_backend_box *box = (dv_backend_box *)be;
     if (box->destroy)
         box->destroy(be);
@@ -76,10 +66,8 @@ void dv_backend_free(dv_backend *be)
     free(box);
 }
 
-double dv_clip_grad_norm(const dv_backend *be, float *grads, size_t n, double max_norm)
-{
-    if (!be || !grads || n == 0)
-        return 0.0;
+double dv_clip_grad_norm(const dv_backend *be, float *grads, size_t n, double max_norm) {
+    if (!be || !grads || n == 0) return 0.0;
     double norm = sqrt(be->sumsq(be->ctx, grads, n));
     if (max_norm > 0.0 && norm > max_norm && isfinite(norm))
         be->scale(be->ctx, grads, (float)(max_norm / norm), n);

@@ -26,26 +26,22 @@ static dv_backend *be;
 
 /* The tests' own generator, independent of dv_rand (which is under test). */
 static uint64_t rng_state = 1;
-static uint64_t rng_next(void)
-{
+static uint64_t rng_next(void) {
     uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
-static float rng_uniform(float lo, float hi)
-{
+static float rng_uniform(float lo, float hi) {
     return lo + (hi - lo) * (float)((rng_next() >> 40) * (1.0 / 16777216.0));
 }
-static void fill_uniform(float *x, size_t n, float lo, float hi)
-{
+static void fill_uniform(float *x, size_t n, float lo, float hi) {
     for (size_t i = 0; i < n; i++)
         x[i] = rng_uniform(lo, hi);
 }
 /* Distinct values spaced by at least `gap`, shuffled: FD steps smaller than
  * gap/2 never change which element a max/min picks. */
-static void fill_distinct(float *x, size_t n, float gap)
-{
+static void fill_distinct(float *x, size_t n, float gap) {
     for (size_t i = 0; i < n; i++)
         x[i] = ((float)i - (float)n / 2) * gap;
     for (size_t i = n; i > 1; i--) {
@@ -56,23 +52,20 @@ static void fill_distinct(float *x, size_t n, float gap)
     }
 }
 
-static float *fbuf(size_t n)
-{
+static float *fbuf(size_t n) {
     float *p = calloc(n ? n : 1, sizeof *p);
     assert_non_null(p);
     return p;
 }
 
-static double dot_d(const float *a, const float *b, size_t n)
-{
+static double dot_d(const float *a, const float *b, size_t n) {
     double s = 0.0;
     for (size_t i = 0; i < n; i++)
         s += (double)a[i] * (double)b[i];
     return s;
 }
 
-static float max_abs(const float *x, size_t n)
-{
+static float max_abs(const float *x, size_t n) {
     float m = 0.0f;
     for (size_t i = 0; i < n; i++)
         m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
@@ -80,8 +73,7 @@ static float max_abs(const float *x, size_t n)
 }
 
 static void assert_close_arrays(const float *got, const float *want, size_t n, double tol,
-                                const char *what)
-{
+                                const char *what) {
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)got[i] - (double)want[i]);
         if (!(d <= tol * (1.0 + fabs((double)want[i])))) {
@@ -95,8 +87,7 @@ static void assert_close_arrays(const float *got, const float *want, size_t n, d
 typedef double (*loss_fn)(void *st);
 
 static void fd_check(loss_fn f, void *st, float *param, const float *grad, size_t n, float h,
-                     double rtol, double atol_rel, const char *what)
-{
+                     double rtol, double atol_rel, const char *what) {
     float gmax = max_abs(grad, n);
     assert_true(gmax > 0.0f); /* a vacuous all-zero gradient never passes */
     /* Large tensors: a fixed sample of elements keeps the test quick. */
@@ -116,15 +107,13 @@ static void fd_check(loss_fn f, void *st, float *param, const float *grad, size_
     }
 }
 
-static int setup(void **state)
-{
+static int setup(void **state) {
     (void)state;
     be = dv_backend_cpu_create(1);
     return be ? 0 : -1;
 }
 
-static int teardown(void **state)
-{
+static int teardown(void **state) {
     (void)state;
     dv_backend_free(be);
     be = NULL;
@@ -133,8 +122,7 @@ static int teardown(void **state)
 
 /* ---- tensors, geometry, backend basics -------------------------------- */
 
-static void test_tensor_and_geom(void **state)
-{
+static void test_tensor_and_geom(void **state) {
     (void)state;
     float data[24];
     int shape[3] = {2, 3, 4};
@@ -145,8 +133,8 @@ static void test_tensor_and_geom(void **state)
     dv_tensor bad = dv_tensor_view(data, 5, shape);
     assert_int_equal(dv_tensor_numel(&bad), 0);
 
-    dv_conv2d_geom g = {.B = 1, .C = 1, .H = 28, .W = 28, .F = 1, .KH = 5, .KW = 5, .stride = 1,
-                        .pad = 2};
+    dv_conv2d_geom g = {
+        .B = 1, .C = 1, .H = 28, .W = 28, .F = 1, .KH = 5, .KW = 5, .stride = 1, .pad = 2};
     assert_int_equal(dv_conv2d_geom_init(&g), 0);
     assert_int_equal(g.OH, 28);
     assert_int_equal(g.OW, 28);
@@ -160,12 +148,11 @@ static void test_tensor_and_geom(void **state)
     assert_int_equal(dv_conv2d_geom_init(&g), -1);
 }
 
-static void test_backend_basics(void **state)
-{
+static void test_backend_basics(void **state) {
     (void)state;
     assert_string_equal(be->name, "cpu");
     /* Every slot of the table is filled. */
-    void (*const *slot)(void) = (void (*const *)(void))&be->alloc;
+    void (*const *slot)(void) = (void (*const *)(void)) & be->alloc;
     size_t nslots = (sizeof *be - offsetof(dv_backend, alloc)) / sizeof(void (*)(void));
     for (size_t i = 0; i < nslots; i++)
         assert_non_null(slot[i]);
@@ -194,21 +181,18 @@ static void test_backend_basics(void **state)
     dv_backend_free(NULL);
 }
 
-static void test_cuda_entry_points(void **state)
-{
+static void test_cuda_entry_points(void **state) {
     (void)state;
     assert_true(dv_backend_cuda_device_count() >= 0);
     char err[256] = "";
     dv_backend *c = dv_backend_cuda_create(0, err, sizeof err);
-    if (!c)
-        assert_true(strlen(err) > 0); /* always a reason when there is no backend */
+    if (!c) assert_true(strlen(err) > 0); /* always a reason when there is no backend */
     dv_backend_free(c);
 }
 
 /* ---- rng -------------------------------------------------------------- */
 
-static void test_rand(void **state)
-{
+static void test_rand(void **state) {
     (void)state;
     assert_true(dv_rand_hash(42, 7) == dv_rand_hash(42, 7));
     assert_true(dv_rand_hash(42, 7) != dv_rand_hash(42, 8));
@@ -233,8 +217,7 @@ static void test_rand(void **state)
 
 /* ---- gemm ------------------------------------------------------------- */
 
-static void test_gemm(void **state)
-{
+static void test_gemm(void **state) {
     (void)state;
     const int M = 7, N = 5, K = 9;
     float *A = fbuf(M * K), *B = fbuf(K * N), *C = fbuf(M * N), *ref = fbuf(M * N);
@@ -266,8 +249,7 @@ static void test_gemm(void **state)
 
 /* ---- bias ------------------------------------------------------------- */
 
-static void test_bias(void **state)
-{
+static void test_bias(void **state) {
     (void)state;
     const int B = 3, C = 4;
     for (int S = 1; S <= 5; S += 4) {
@@ -299,15 +281,13 @@ typedef struct act_st {
     float *x, *y, *r;
 } act_st;
 
-static double act_loss(void *p)
-{
+static double act_loss(void *p) {
     act_st *s = p;
     be->act_forward(be->ctx, s->act, s->alpha, s->x, s->y, s->n, s->cols);
     return dot_d(s->y, s->r, s->n);
 }
 
-static void test_act_forward_values(void **state)
-{
+static void test_act_forward_values(void **state) {
     (void)state;
     float x[6] = {-2.0f, -0.5f, 0.0f, 0.5f, 2.0f, 1000.0f}, y[6];
     be->act_forward(be->ctx, DV_ACT_RELU, 0, x, y, 6, 6);
@@ -332,10 +312,9 @@ static void test_act_forward_values(void **state)
     assert_true(fabsf(z[0] + z[1] + z[2] + z[3] - 1.0f) < 1e-6f);
 }
 
-static void test_act_backward_fd(void **state)
-{
+static void test_act_backward_fd(void **state) {
     (void)state;
-    const dv_act acts[] = {DV_ACT_LINEAR, DV_ACT_RELU,   DV_ACT_LEAKY_RELU,
+    const dv_act acts[] = {DV_ACT_LINEAR,  DV_ACT_RELU, DV_ACT_LEAKY_RELU,
                            DV_ACT_SIGMOID, DV_ACT_TANH, DV_ACT_SOFTMAX};
     const char *names[] = {"linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax"};
     const size_t n = 60;
@@ -345,8 +324,7 @@ static void test_act_backward_fd(void **state)
             s.x = fbuf(n), s.y = fbuf(n), s.r = fbuf(n);
             fill_uniform(s.x, n, -2, 2);
             for (size_t i = 0; i < n; i++) /* keep clear of relu's kink */
-                if (fabsf(s.x[i]) < 0.05f)
-                    s.x[i] = 0.1f;
+                if (fabsf(s.x[i]) < 0.05f) s.x[i] = 0.1f;
             fill_uniform(s.r, n, -1, 1);
             be->act_forward(be->ctx, s.act, s.alpha, s.x, s.y, n, s.cols);
             float *dx = fbuf(n);
@@ -373,16 +351,14 @@ typedef struct conv_st {
     float *x, *w, *b, *y, *r, *work;
 } conv_st;
 
-static double conv_loss(void *p)
-{
+static double conv_loss(void *p) {
     conv_st *s = p;
     be->conv2d_forward(be->ctx, &s->g, s->x, s->w, s->b, s->y, s->work);
     return dot_d(s->y, s->r, (size_t)s->g.B * s->g.F * s->g.OH * s->g.OW);
 }
 
 static void conv_naive(const dv_conv2d_geom *g, const float *x, const float *w, const float *b,
-                       float *y)
-{
+                       float *y) {
     for (int n = 0; n < g->B; n++)
         for (int f = 0; f < g->F; f++)
             for (int oh = 0; oh < g->OH; oh++)
@@ -393,8 +369,7 @@ static void conv_naive(const dv_conv2d_geom *g, const float *x, const float *w, 
                             for (int kw = 0; kw < g->KW; kw++) {
                                 int ih = oh * g->stride - g->pad + kh;
                                 int iw = ow * g->stride - g->pad + kw;
-                                if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
-                                    continue;
+                                if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W) continue;
                                 s += (double)x[((n * g->C + c) * g->H + ih) * g->W + iw] *
                                      w[((f * g->C + c) * g->KH + kh) * g->KW + kw];
                             }
@@ -403,10 +378,16 @@ static void conv_naive(const dv_conv2d_geom *g, const float *x, const float *w, 
 }
 
 static void run_conv_case(int C, int H, int W, int F, int KH, int KW, int stride, int pad,
-                          int with_bias)
-{
-    conv_st s = {.g = {.B = 2, .C = C, .H = H, .W = W, .F = F, .KH = KH, .KW = KW,
-                       .stride = stride, .pad = pad}};
+                          int with_bias) {
+    conv_st s = {.g = {.B = 2,
+                       .C = C,
+                       .H = H,
+                       .W = W,
+                       .F = F,
+                       .KH = KH,
+                       .KW = KW,
+                       .stride = stride,
+                       .pad = pad}};
     assert_int_equal(dv_conv2d_geom_init(&s.g), 0);
     const dv_conv2d_geom *g = &s.g;
     size_t nx = (size_t)g->B * C * H * W, nw = (size_t)F * C * KH * KW;
@@ -416,8 +397,7 @@ static void run_conv_case(int C, int H, int W, int F, int KH, int KW, int stride
     s.work = fbuf(be->conv2d_workspace(be->ctx, g));
     fill_uniform(s.x, nx, -1, 1);
     fill_uniform(s.w, nw, -1, 1);
-    if (s.b)
-        fill_uniform(s.b, F, -1, 1);
+    if (s.b) fill_uniform(s.b, F, -1, 1);
     fill_uniform(s.r, ny, -1, 1);
 
     float *ref = fbuf(ny);
@@ -460,8 +440,7 @@ static void run_conv_case(int C, int H, int W, int F, int KH, int KW, int stride
     free(ref), free(dx), free(dw), free(db), free(dw2);
 }
 
-static void test_conv2d(void **state)
-{
+static void test_conv2d(void **state) {
     (void)state;
     run_conv_case(3, 7, 6, 4, 3, 3, 1, 0, 1); /* stride 1, pad 0 */
     run_conv_case(2, 8, 9, 3, 3, 3, 2, 2, 1); /* stride 2, pad 2 */
@@ -469,6 +448,10 @@ static void test_conv2d(void **state)
     run_conv_case(3, 9, 7, 2, 5, 5, 2, 0, 0); /* stride 2, pad 0, no bias */
     run_conv_case(2, 6, 7, 3, 3, 2, 2, 1, 1); /* non-square window */
     run_conv_case(4, 5, 5, 3, 1, 1, 1, 0, 1); /* pointwise: no column buffer */
+    run_conv_case(2, 6, 5, 3, 3, 3, 1, 1, 1); /* "same" 3x3: the shifted-row path */
+    run_conv_case(2, 5, 6, 3, 3, 5, 1, 2, 1); /* shifted rows with OH != H */
+    run_conv_case(2, 3, 4, 2, 5, 5, 1, 2, 1); /* window larger than the image */
+    run_conv_case(2, 6, 5, 2, 3, 1, 1, 0, 1); /* 3x1 unpadded: shift, no columns wrap */
     run_conv_case(2, 5, 5, 3, 1, 1, 2, 1, 1); /* 1x1 with stride and pad */
 }
 
@@ -481,18 +464,16 @@ typedef struct pool_st {
     int32_t *arg;
 } pool_st;
 
-static double pool_loss(void *p)
-{
+static double pool_loss(void *p) {
     pool_st *s = p;
     be->pool2d_forward(be->ctx, s->mode, &s->g, s->x, s->y, s->arg);
     return dot_d(s->y, s->r, (size_t)s->g.B * s->g.C * s->g.OH * s->g.OW);
 }
 
-static void run_pool_case(dv_pool mode, int H, int W, int K, int stride, int pad)
-{
-    pool_st s = {.mode = mode,
-                 .g = {.B = 2, .C = 3, .H = H, .W = W, .KH = K, .KW = K, .stride = stride,
-                       .pad = pad}};
+static void run_pool_case(dv_pool mode, int H, int W, int K, int stride, int pad) {
+    pool_st s = {
+        .mode = mode,
+        .g = {.B = 2, .C = 3, .H = H, .W = W, .KH = K, .KW = K, .stride = stride, .pad = pad}};
     assert_int_equal(dv_conv2d_geom_init(&s.g), 0);
     const dv_conv2d_geom *g = &s.g;
     size_t nx = (size_t)g->B * g->C * H * W, ny = (size_t)g->B * g->C * g->OH * g->OW;
@@ -517,8 +498,7 @@ static void run_pool_case(dv_pool mode, int H, int W, int K, int stride, int pad
                 for (int kh = 0; kh < K; kh++)
                     for (int kw = 0; kw < K; kw++) {
                         int ih = oh * stride - pad + kh, iw = ow * stride - pad + kw;
-                        if (ih < 0 || ih >= H || iw < 0 || iw >= W)
-                            continue;
+                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
                         float v = s.x[(pl * H + ih) * W + iw];
                         acc += v;
                         best = mode == DV_POOL_MAX ? fmaxf(best, v) : fminf(best, v);
@@ -544,8 +524,7 @@ static void run_pool_case(dv_pool mode, int H, int W, int K, int stride, int pad
 }
 
 /* Ties go to the first element in scan order, so backends agree on arg. */
-static void test_pool2d_ties(void **state)
-{
+static void test_pool2d_ties(void **state) {
     (void)state;
     float x[16], y[16];
     int32_t arg[16];
@@ -571,8 +550,7 @@ static void test_pool2d_ties(void **state)
     }
 }
 
-static void test_pool2d(void **state)
-{
+static void test_pool2d(void **state) {
     (void)state;
     const dv_pool modes[] = {DV_POOL_MAX, DV_POOL_MIN, DV_POOL_AVG};
     for (int m = 0; m < 3; m++) {
@@ -586,8 +564,7 @@ static void test_pool2d(void **state)
 
 /* ---- dropout ---------------------------------------------------------- */
 
-static void test_dropout(void **state)
-{
+static void test_dropout(void **state) {
     (void)state;
     const int rows = 64, cols = 1000;
     const size_t n = (size_t)rows * cols;
@@ -648,16 +625,14 @@ typedef struct bn_st {
     float *x, *gamma, *beta, *rm, *rv, *sm, *si, *y, *r;
 } bn_st;
 
-static double bn_loss(void *p)
-{
+static double bn_loss(void *p) {
     bn_st *s = p;
-    be->batchnorm_forward(be->ctx, 1, s->B, s->C, s->S, 1e-5f, 0.1f, s->x, s->gamma, s->beta,
-                          s->rm, s->rv, s->sm, s->si, s->y);
+    be->batchnorm_forward(be->ctx, 1, s->B, s->C, s->S, 1e-5f, 0.1f, s->x, s->gamma, s->beta, s->rm,
+                          s->rv, s->sm, s->si, s->y);
     return dot_d(s->y, s->r, (size_t)s->B * s->C * s->S);
 }
 
-static void test_batchnorm(void **state)
-{
+static void test_batchnorm(void **state) {
     (void)state;
     for (int S = 1; S <= 6; S += 5) {
         bn_st s = {.B = 4, .C = 3, .S = S};
@@ -732,8 +707,7 @@ typedef struct loss_st {
     int32_t *labels;
 } loss_st;
 
-static void run_loss(loss_st *s, float gs, float *stats)
-{
+static void run_loss(loss_st *s, float gs, float *stats) {
     if (s->kind == 0)
         be->xent_loss(be->ctx, s->z, s->labels, s->B, s->K, gs, s->d, stats);
     else if (s->kind == 1)
@@ -742,8 +716,7 @@ static void run_loss(loss_st *s, float gs, float *stats)
         be->mse_loss(be->ctx, s->z, s->t, s->B, s->K, gs, s->d, stats);
 }
 
-static double loss_value(void *p)
-{
+static double loss_value(void *p) {
     loss_st *s = p;
     float stats[2] = {0, 0};
     float *keep = s->d;
@@ -754,8 +727,7 @@ static double loss_value(void *p)
     return stats[0];
 }
 
-static void test_loss_gradients(void **state)
-{
+static void test_loss_gradients(void **state) {
     (void)state;
     const char *names[] = {"xent", "bce", "mse"};
     for (int kind = 0; kind < 3; kind++) {
@@ -798,8 +770,7 @@ static void test_loss_gradients(void **state)
     }
 }
 
-static void test_xent_stats_and_stability(void **state)
-{
+static void test_xent_stats_and_stability(void **state) {
     (void)state;
     float z[3 * 3] = {1000.0f, -1000.0f, 0.0f, /* argmax 0 */
                       0.0f,    2.0f,     1.0f, /* argmax 1 */
@@ -824,8 +795,7 @@ static void test_xent_stats_and_stability(void **state)
     assert_true(fabsf(s2[1] - 1.0f) < 1e-6f);
 }
 
-static void test_bce_mse_stats(void **state)
-{
+static void test_bce_mse_stats(void **state) {
     (void)state;
     /* bce: row correct only when every output agrees */
     float z[2 * 2] = {100.0f, -100.0f, 3.0f, 3.0f}, t[4] = {1, 0, 1, 0}, d[4];
@@ -854,8 +824,7 @@ static void test_bce_mse_stats(void **state)
     assert_true(fabsf(d1[1] - 0.9f) < 1e-6f); /* 2 * 0.9 * 0.5 */
 }
 
-static void test_perceptron(void **state)
-{
+static void test_perceptron(void **state) {
     (void)state;
     float z[3 * 3] = {3, 1, 2, /* pred 0, label 0: correct */
                       0, 1, 5, /* pred 2, label 1: mistake */
@@ -879,15 +848,19 @@ static void test_perceptron(void **state)
 
 /* ---- optimizers ------------------------------------------------------- */
 
-static void test_optimizers(void **state)
-{
+static void test_optimizers(void **state) {
     (void)state;
     const dv_opt kinds[] = {DV_OPT_SGD, DV_OPT_MOMENTUM, DV_OPT_NESTEROV, DV_OPT_ADAM,
                             DV_OPT_ADAMW};
     const int n = 37; /* not a multiple of any vector width */
     for (int k = 0; k < 5; k++) {
-        dv_opt_params o = {.kind = kinds[k], .lr = 0.1f, .momentum = 0.9f, .beta1 = 0.9f,
-                           .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f};
+        dv_opt_params o = {.kind = kinds[k],
+                           .lr = 0.1f,
+                           .momentum = 0.9f,
+                           .beta1 = 0.9f,
+                           .beta2 = 0.999f,
+                           .eps = 1e-8f,
+                           .weight_decay = 0.01f};
         float *p = fbuf(n), *m = fbuf(n), *v = fbuf(n), *g1 = fbuf(n), *g2 = fbuf(n);
         double rp[37], rm[37] = {0}, rv[37] = {0};
         fill_uniform(p, n, -1, 1);
@@ -935,8 +908,7 @@ static void test_optimizers(void **state)
     }
 }
 
-static void test_clip_grad_norm(void **state)
-{
+static void test_clip_grad_norm(void **state) {
     (void)state;
     float g[2] = {3.0f, 4.0f};
     assert_true(fabs(dv_clip_grad_norm(be, g, 2, 10.0) - 5.0) < 1e-9);
@@ -953,8 +925,7 @@ static void test_clip_grad_norm(void **state)
     free(h);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tensor_and_geom),
         cmocka_unit_test(test_backend_basics),

@@ -332,13 +332,15 @@ void dv_cfg_where(const dv_config *cfg, const dv_cfg_section *s, const char *key
 
 int dv_config_check_used(const dv_config *cfg, char *err) {
     for (int i = 0; i < cfg->nsec; i++)
-        for (int j = 0; j < cfg->sec[i].nkv; j++)
-            if (!cfg->sec[i].kv[j].used) {
-                char where[1200];
-                dv_cfg_where(cfg, &cfg->sec[i], cfg->sec[i].kv[j].key, where, sizeof(where));
-                return dv_fail(err, "%s: unknown key '%s' in [%s] (see docs/config.md)", where,
-                               cfg->sec[i].kv[j].key, cfg->sec[i].type);
-            }
+        for (int j = 0; j < cfg->sec[i].nkv; j++) {
+            const dv_cfg_kv *kv = &cfg->sec[i].kv[j];
+            if (kv->used) continue;
+            if (!kv->line)
+                return dv_fail(err, "--set %s.%s: unknown key '%s' in [%s] (see docs/config.md)",
+                               cfg->sec[i].name, kv->key, kv->key, cfg->sec[i].type);
+            return dv_fail(err, "%s:%d: unknown key '%s' in [%s] (see docs/config.md)", cfg->path,
+                           kv->line, kv->key, cfg->sec[i].type);
+        }
     return 0;
 }
 

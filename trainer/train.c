@@ -52,7 +52,7 @@ int dv_agree(dv_comm *c, int rc, const char *err) {
     int first = dv_comm_first_failed(c, rc == 0);
     if (first < 0) return 0;
     if (first == dv_comm_rank(c)) {
-        if (dv_comm_size(c) > 1)
+        if (first > 0)
             fprintf(stderr, "dive: error: %s (rank %d)\n", err, first);
         else
             fprintf(stderr, "dive: error: %s\n", err);
@@ -516,17 +516,30 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             dv_comm_allreduce_avg(c, m->buffers, m->nbuffers, r->err))
             dv_comm_abort(c, 1, r->err);
         double rate = done ? (double)done * (double)r->st.batch / t_train : 0;
+        if (ts.step_in_epoch < steps) {
+            /* stopped by max_steps inside the epoch: save where we are; the
+             * epoch's metrics and early stopping wait for its end */
+            if (r->rank == 0)
+                printf("stopped at step %lld (max_steps), epoch %lld at %lld/%lld | loss %.4f "
+                       "acc %.4f | train %.0f samples/s\n",
+                       (long long)ts.step, (long long)epoch + 1, (long long)ts.step_in_epoch,
+                       (long long)steps, s3[0] / s3[2], s3[1] / s3[2], rate);
+            dv_train_state g;
+            global_sums(r, &ts, &g);
+            if (save(r, &g, 0)) {
+                run_free(r);
+                return 1;
+            }
+            break;
+        }
         double vloss = NAN, vacc = NAN, vn = 0;
         if (r->vl && evaluate(r, r->vl, &vloss, &vacc, &vn)) {
             run_free(r);
             return 1;
         }
-        int epoch_done = ts.step_in_epoch == steps;
-        if (epoch_done) {
-            ts.epoch = epoch + 1;
-            ts.step_in_epoch = 0;
-            ts.loss_sum = ts.correct_sum = ts.seen = 0;
-        }
+        ts.epoch = epoch + 1;
+        ts.step_in_epoch = 0;
+        ts.loss_sum = ts.correct_sum = ts.seen = 0;
         double monitor = r->vl ? vloss : s3[0] / s3[2];
         int improved = monitor < ts.best_val_loss;
         if (improved) {
@@ -549,15 +562,6 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
                         vloss, vacc, rate, secs);
                 fflush(metrics);
             }
-        }
-        if (!epoch_done) {
-            dv_train_state g;
-            global_sums(r, &ts, &g);
-            if (save(r, &g, 0)) {
-                run_free(r);
-                return 1;
-            }
-            break;
         }
         if ((improved && save(r, &ts, 1)) || save(r, &ts, 0)) {
             run_free(r);

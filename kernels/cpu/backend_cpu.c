@@ -11,46 +11,36 @@
 /* 64-byte alignment: a cache line, and a full AVX-512 vector. */
 #define DV_CPU_ALIGN 64
 
-void *dv_cpu_alloc(void *ctx, size_t bytes)
-{
+void *dv_cpu_alloc(void *ctx, size_t bytes) {
     (void)ctx;
     /* aligned_alloc wants a multiple of the alignment, and 0 bytes would
      * return NULL (read as failure) on some libcs. */
     size_t sz = (bytes + DV_CPU_ALIGN - 1) / DV_CPU_ALIGN * DV_CPU_ALIGN;
-    if (sz < bytes)
-        return NULL; /* overflow */
-    if (sz == 0)
-        sz = DV_CPU_ALIGN;
+    if (sz < bytes) return NULL; /* overflow */
+    if (sz == 0) sz = DV_CPU_ALIGN;
     void *p = aligned_alloc(DV_CPU_ALIGN, sz);
-    if (p)
-        memset(p, 0, sz);
+    if (p) memset(p, 0, sz);
     return p;
 }
 
-void dv_cpu_free(void *ctx, void *p)
-{
+void dv_cpu_free(void *ctx, void *p) {
     (void)ctx;
     free(p);
 }
 
-void dv_cpu_memcpy(void *ctx, void *dst, const void *src, size_t bytes)
-{
+void dv_cpu_memcpy(void *ctx, void *dst, const void *src, size_t bytes) {
     (void)ctx;
-    if (bytes && dst != src)
-        memmove(dst, src, bytes);
+    if (bytes && dst != src) memmove(dst, src, bytes);
 }
 
-void dv_cpu_sync(void *ctx)
-{
+void dv_cpu_sync(void *ctx) {
     (void)ctx;
 }
 
 void dv_cpu_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                 const float *A, const float *B, float beta, float *C)
-{
+                 const float *A, const float *B, float beta, float *C) {
     (void)ctx;
-    if (M <= 0 || N <= 0)
-        return;
+    if (M <= 0 || N <= 0) return;
     if (K <= 0) { /* BLAS leaves C alone here; the contract says C = beta*C */
         dv_cpu_scale(ctx, C, beta, (size_t)M * N);
         return;
@@ -60,8 +50,7 @@ void dv_cpu_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float
                 trans_b ? K : N, beta, C, N);
 }
 
-dv_backend *dv_backend_cpu_create(int threads)
-{
+dv_backend *dv_backend_cpu_create(int threads) {
     dv_backend_box *box = calloc(1, sizeof *box);
     dv_cpu_ctx *cx = calloc(1, sizeof *cx);
     if (!box || !cx) {
@@ -70,8 +59,7 @@ dv_backend *dv_backend_cpu_create(int threads)
         return NULL;
     }
     cx->threads = threads;
-    if (threads > 0)
-        openblas_set_num_threads(threads);
+    if (threads > 0) openblas_set_num_threads(threads);
 
     dv_backend *be = &box->be;
     box->destroy = NULL; /* the ctx is one plain allocation */

@@ -3,7 +3,9 @@
  *
  * Hot loops carry DV_HOT: with GCC on x86-64 each is compiled three times
  * (baseline, AVX2+FMA, AVX-512) and picked at load time, so one binary runs
- * anywhere and still uses the wide vectors where they exist.
+ * anywhere and still uses the wide vectors where they exist. Loops that call
+ * sqrtf are not vectorized by GCC while -fmath-errno is on (the default), so
+ * the Adam update also has explicit AVX2/AVX-512 bodies (DV_HAVE_X86_SIMD).
  */
 #ifndef DV_CPU_IMPL_H
 #define DV_CPU_IMPL_H
@@ -12,9 +14,8 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
-#define DV_HOT                                                                                 \
-    __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4"),               \
-                   optimize("no-math-errno")))
+#define DV_HOT           __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#define DV_HAVE_X86_SIMD 1
 #endif
 #endif
 #ifndef DV_HOT
@@ -55,9 +56,9 @@ void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t 
 void dv_cpu_dropout_backward(void *ctx, const float *mask, const float *dy, float *dx, size_t n);
 
 void dv_cpu_batchnorm_forward(void *ctx, int training, int B, int C, int S, float eps,
-                              float momentum, const float *x, const float *gamma,
-                              const float *beta, float *running_mean, float *running_var,
-                              float *save_mean, float *save_invstd, float *y);
+                              float momentum, const float *x, const float *gamma, const float *beta,
+                              float *running_mean, float *running_var, float *save_mean,
+                              float *save_invstd, float *y);
 void dv_cpu_batchnorm_backward(void *ctx, int B, int C, int S, const float *x, const float *gamma,
                                const float *save_mean, const float *save_invstd, const float *dy,
                                float *dx, float *dgamma, float *dbeta);

@@ -14,12 +14,15 @@
 #include <math.h>
 #include <string.h>
 
+#ifdef DV_HAVE_X86_SIMD
+#include <immintrin.h>
+#endif
+
 /* ---- small helpers ------------------------------------------------------ */
 
 /* Sum with 16 partial sums: vectorizes without -ffast-math, and is more
  * accurate than one running float sum. */
-static inline float sum_f(const float *restrict x, size_t n)
-{
+static inline float sum_f(const float *restrict x, size_t n) {
     float acc[16] = {0};
     size_t i = 0;
     for (; i + 16 <= n; i += 16)
@@ -33,8 +36,7 @@ static inline float sum_f(const float *restrict x, size_t n)
     return s;
 }
 
-static inline float dot_f(const float *restrict x, const float *restrict y, size_t n)
-{
+static inline float dot_f(const float *restrict x, const float *restrict y, size_t n) {
     float acc[16] = {0};
     size_t i = 0;
     for (; i + 16 <= n; i += 16)
@@ -49,31 +51,26 @@ static inline float dot_f(const float *restrict x, const float *restrict y, size
 }
 
 /* First index of the largest value (NaN never wins). */
-static int argmax_f(const float *x, int n)
-{
+static int argmax_f(const float *x, int n) {
     int best = 0;
     for (int k = 1; k < n; k++)
-        if (x[k] > x[best])
-            best = k;
+        if (x[k] > x[best]) best = k;
     return best;
 }
 
-DV_HOT void dv_cpu_fill(void *ctx, float *x, float value, size_t n)
-{
+DV_HOT void dv_cpu_fill(void *ctx, float *x, float value, size_t n) {
     (void)ctx;
     for (size_t i = 0; i < n; i++)
         x[i] = value;
 }
 
-DV_HOT void dv_cpu_scale(void *ctx, float *x, float s, size_t n)
-{
+DV_HOT void dv_cpu_scale(void *ctx, float *x, float s, size_t n) {
     (void)ctx;
     for (size_t i = 0; i < n; i++)
         x[i] *= s;
 }
 
-DV_HOT void dv_cpu_axpy(void *ctx, float a, const float *restrict x, float *restrict y, size_t n)
-{
+DV_HOT void dv_cpu_axpy(void *ctx, float a, const float *restrict x, float *restrict y, size_t n) {
     (void)ctx;
     for (size_t i = 0; i < n; i++)
         y[i] += a * x[i];
@@ -81,8 +78,7 @@ DV_HOT void dv_cpu_axpy(void *ctx, float a, const float *restrict x, float *rest
 
 /* Double partial sums of float squares: a 3M-parameter gradient keeps its
  * norm to ~1e-12 relative, and the conversion still vectorizes. */
-DV_HOT double dv_cpu_sumsq(void *ctx, const float *restrict x, size_t n)
-{
+DV_HOT double dv_cpu_sumsq(void *ctx, const float *restrict x, size_t n) {
     (void)ctx;
     double acc[8] = {0};
     size_t i = 0;
@@ -100,8 +96,7 @@ DV_HOT double dv_cpu_sumsq(void *ctx, const float *restrict x, size_t n)
 /* ---- bias ------------------------------------------------------------- */
 
 DV_HOT void dv_cpu_bias_forward(void *ctx, float *restrict y, const float *restrict bias, int B,
-                                int C, int S)
-{
+                                int C, int S) {
     (void)ctx;
     for (int b = 0; b < B; b++) {
         float *yb = y + (size_t)b * C * S;
@@ -120,8 +115,7 @@ DV_HOT void dv_cpu_bias_forward(void *ctx, float *restrict y, const float *restr
 }
 
 DV_HOT void dv_cpu_bias_backward(void *ctx, const float *restrict dy, float *restrict dbias, int B,
-                                 int C, int S)
-{
+                                 int C, int S) {
     (void)ctx;
     for (int b = 0; b < B; b++) {
         const float *d = dy + (size_t)b * C * S;
@@ -138,8 +132,7 @@ DV_HOT void dv_cpu_bias_backward(void *ctx, const float *restrict dy, float *res
 /* ---- activations ------------------------------------------------------ */
 
 /* y may alias x, so no restrict here; the loops are still simple enough. */
-static void softmax_rows(const float *x, float *y, size_t rows, int cols)
-{
+static void softmax_rows(const float *x, float *y, size_t rows, int cols) {
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
         float *yr = y + r * cols;
@@ -158,13 +151,11 @@ static void softmax_rows(const float *x, float *y, size_t rows, int cols)
 }
 
 DV_HOT void dv_cpu_act_forward(void *ctx, dv_act act, float alpha, const float *x, float *y,
-                               size_t n, int cols)
-{
+                               size_t n, int cols) {
     (void)ctx;
     switch (act) {
     case DV_ACT_LINEAR:
-        if (x != y)
-            memmove(y, x, n * sizeof *y);
+        if (x != y) memmove(y, x, n * sizeof *y);
         break;
     case DV_ACT_RELU:
         for (size_t i = 0; i < n; i++)
@@ -183,20 +174,17 @@ DV_HOT void dv_cpu_act_forward(void *ctx, dv_act act, float alpha, const float *
             y[i] = tanhf(x[i]);
         break;
     case DV_ACT_SOFTMAX:
-        if (cols > 0)
-            softmax_rows(x, y, n / (size_t)cols, cols);
+        if (cols > 0) softmax_rows(x, y, n / (size_t)cols, cols);
         break;
     }
 }
 
-DV_HOT void dv_cpu_act_backward(void *ctx, dv_act act, float alpha, const float *y,
-                                const float *dy, float *dx, size_t n, int cols)
-{
+DV_HOT void dv_cpu_act_backward(void *ctx, dv_act act, float alpha, const float *y, const float *dy,
+                                float *dx, size_t n, int cols) {
     (void)ctx;
     switch (act) {
     case DV_ACT_LINEAR:
-        if (dx != dy)
-            memmove(dx, dy, n * sizeof *dx);
+        if (dx != dy) memmove(dx, dy, n * sizeof *dx);
         break;
     case DV_ACT_RELU:
         for (size_t i = 0; i < n; i++)
@@ -215,8 +203,7 @@ DV_HOT void dv_cpu_act_backward(void *ctx, dv_act act, float alpha, const float 
             dx[i] = dy[i] * (1.0f - y[i] * y[i]);
         break;
     case DV_ACT_SOFTMAX:
-        if (cols <= 0)
-            break;
+        if (cols <= 0) break;
         for (size_t r = 0; r < n / (size_t)cols; r++) {
             const float *yr = y + r * cols, *dr = dy + r * cols;
             float *xr = dx + r * cols;
@@ -232,42 +219,88 @@ DV_HOT void dv_cpu_act_backward(void *ctx, dv_act act, float alpha, const float 
 
 /* The outputs ow whose input column ow*stride - pad + k lies in [0, W):
  * [*lo, *hi). */
-static void valid_range(int W, int OW, int stride, int pad, int k, int *lo, int *hi)
-{
+static void valid_range(int W, int OW, int stride, int pad, int k, int *lo, int *hi) {
     int first = pad - k; /* smallest ow*stride that lands inside */
     int l = first <= 0 ? 0 : (first + stride - 1) / stride;
     int last = W - 1 + pad - k; /* largest ow*stride that lands inside */
     int h = last < 0 ? 0 : last / stride + 1;
-    if (h > OW)
-        h = OW;
-    if (l > h)
-        l = h;
+    if (h > OW) h = OW;
+    if (l > h) l = h;
     *lo = l;
     *hi = h;
 }
 
+/* Stride 1 with OW == W (a "same" convolution, the common case): a whole
+ * (c, kh, kw) row of col is the input plane shifted by a constant offset,
+ * off = (kh - pad) * W + (kw - pad), except in the columns whose input lies
+ * in the padding, where the shift wraps into a neighbouring image row. So
+ * one long copy (or add) replaces OH short ones, and only those columns are
+ * fixed up. */
+static int conv_is_shift(const dv_conv2d_geom *g) {
+    return g->stride == 1 && g->OW == g->W;
+}
+
+/* For a shift row: the span [*a, *b) of col indices to copy, which covers
+ * every real row (ih in [0, H)) and never reads outside the plane. */
+static void shift_span(const dv_conv2d_geom *g, int kh, int kw, int *a, int *b, int *off) {
+    const int W = g->W, OW = g->OW, p = g->pad;
+    int oh0 = p - kh, oh1 = g->H + p - kh; /* rows with ih in [0, H) */
+    oh0 = oh0 < 0 ? 0 : oh0;
+    oh1 = oh1 > g->OH ? g->OH : oh1;
+    int o = (kh - p) * W + (kw - p);
+    int lo = oh0 * OW, hi = oh1 * OW;
+    if (lo < -o) lo = -o;
+    if (hi > g->H * W - o) hi = g->H * W - o;
+    if (hi < lo) hi = lo;
+    *a = lo;
+    *b = hi;
+    *off = o;
+}
+
 /* x (C, H, W) of one sample -> col (C*KH*KW, OH*OW). */
-DV_HOT static void im2col(const dv_conv2d_geom *g, const float *restrict x, float *restrict col)
-{
+DV_HOT static void im2col(const dv_conv2d_geom *g, const float *restrict x, float *restrict col) {
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
+    const int S = OH * OW, shift = conv_is_shift(g);
     for (int c = 0; c < g->C; c++) {
+        const float *xc = x + (size_t)c * H * W;
         for (int kh = 0; kh < g->KH; kh++) {
             for (int kw = 0; kw < g->KW; kw++) {
-                float *row = col + ((size_t)(c * g->KH + kh) * g->KW + kw) * OH * OW;
+                float *row = col + ((size_t)(c * g->KH + kh) * g->KW + kw) * S;
                 int lo, hi;
                 valid_range(W, OW, s, p, kw, &lo, &hi);
+                if (shift) {
+                    int a, b, off;
+                    shift_span(g, kh, kw, &a, &b, &off);
+                    for (int k = 0; k < a; k++)
+                        row[k] = 0.0f;
+                    for (int k = a; k < b; k++)
+                        row[k] = xc[k + off];
+                    for (int k = b; k < S; k++)
+                        row[k] = 0.0f;
+                    if (lo > 0 || hi < OW) /* clear the columns that wrapped */
+                        for (int oh = 0; oh < OH; oh++) {
+                            float *r = row + (size_t)oh * OW;
+                            for (int ow = 0; ow < lo; ow++)
+                                r[ow] = 0.0f;
+                            for (int ow = hi; ow < OW; ow++)
+                                r[ow] = 0.0f;
+                        }
+                    continue;
+                }
                 for (int oh = 0; oh < OH; oh++) {
                     float *r = row + (size_t)oh * OW;
                     int ih = oh * s - p + kh;
                     if (ih < 0 || ih >= H || lo >= hi) {
-                        memset(r, 0, (size_t)OW * sizeof *r);
+                        for (int ow = 0; ow < OW; ow++)
+                            r[ow] = 0.0f;
                         continue;
                     }
-                    const float *src = x + ((size_t)c * H + ih) * W - p + kw;
+                    const float *src = xc + (size_t)ih * W - p + kw;
                     for (int ow = 0; ow < lo; ow++)
                         r[ow] = 0.0f;
                     if (s == 1) {
-                        memcpy(r + lo, src + lo, (size_t)(hi - lo) * sizeof *r);
+                        for (int ow = lo; ow < hi; ow++)
+                            r[ow] = src[ow];
                     } else {
                         for (int ow = lo; ow < hi; ow++)
                             r[ow] = src[ow * s];
@@ -281,22 +314,38 @@ DV_HOT static void im2col(const dv_conv2d_geom *g, const float *restrict x, floa
 }
 
 /* col (C*KH*KW, OH*OW) -> dx (C, H, W) of one sample, adding; the caller
- * zeroes dx. */
-DV_HOT static void col2im(const dv_conv2d_geom *g, const float *restrict col, float *restrict dx)
-{
+ * zeroes dx. col is scratch: the shift path zeroes its padding columns so
+ * that one long add can run over them harmlessly. */
+DV_HOT static void col2im(const dv_conv2d_geom *g, float *restrict col, float *restrict dx) {
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
+    const int S = OH * OW, shift = conv_is_shift(g);
     for (int c = 0; c < g->C; c++) {
+        float *dc = dx + (size_t)c * H * W;
         for (int kh = 0; kh < g->KH; kh++) {
             for (int kw = 0; kw < g->KW; kw++) {
-                const float *row = col + ((size_t)(c * g->KH + kh) * g->KW + kw) * OH * OW;
+                float *row = col + ((size_t)(c * g->KH + kh) * g->KW + kw) * S;
                 int lo, hi;
                 valid_range(W, OW, s, p, kw, &lo, &hi);
+                if (shift) {
+                    int a, b, off;
+                    shift_span(g, kh, kw, &a, &b, &off);
+                    if (lo > 0 || hi < OW)
+                        for (int oh = 0; oh < OH; oh++) {
+                            float *r = row + (size_t)oh * OW;
+                            for (int ow = 0; ow < lo; ow++)
+                                r[ow] = 0.0f;
+                            for (int ow = hi; ow < OW; ow++)
+                                r[ow] = 0.0f;
+                        }
+                    for (int k = a; k < b; k++)
+                        dc[k + off] += row[k];
+                    continue;
+                }
                 for (int oh = 0; oh < OH; oh++) {
                     int ih = oh * s - p + kh;
-                    if (ih < 0 || ih >= H)
-                        continue;
+                    if (ih < 0 || ih >= H) continue;
                     const float *r = row + (size_t)oh * OW;
-                    float *dst = dx + ((size_t)c * H + ih) * W - p + kw;
+                    float *dst = dc + (size_t)ih * W - p + kw;
                     if (s == 1) {
                         for (int ow = lo; ow < hi; ow++)
                             dst[ow] += r[ow];
@@ -311,24 +360,20 @@ DV_HOT static void col2im(const dv_conv2d_geom *g, const float *restrict col, fl
 }
 
 /* A 1x1, stride-1, unpadded convolution is a plain GEMM on x itself. */
-static int conv_is_pointwise(const dv_conv2d_geom *g)
-{
+static int conv_is_pointwise(const dv_conv2d_geom *g) {
     return g->KH == 1 && g->KW == 1 && g->stride == 1 && g->pad == 0;
 }
 
 /* One sample's column buffer: (C*KH*KW, OH*OW) floats. The backward reuses
  * it for the gradient of the columns once dw has consumed it. */
-size_t dv_cpu_conv2d_workspace(void *ctx, const dv_conv2d_geom *g)
-{
+size_t dv_cpu_conv2d_workspace(void *ctx, const dv_conv2d_geom *g) {
     (void)ctx;
-    if (conv_is_pointwise(g))
-        return 0;
+    if (conv_is_pointwise(g)) return 0;
     return (size_t)g->C * g->KH * g->KW * g->OH * g->OW;
 }
 
 void dv_cpu_conv2d_forward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
-                           const float *b, float *y, float *work)
-{
+                           const float *b, float *y, float *work) {
     (void)ctx;
     const int CK = g->C * g->KH * g->KW, S = g->OH * g->OW;
     const size_t xs = (size_t)g->C * g->H * g->W, ys = (size_t)g->F * S;
@@ -342,19 +387,17 @@ void dv_cpu_conv2d_forward(void *ctx, const dv_conv2d_geom *g, const float *x, c
         /* y_n (F, S) = w (F, CK) col (CK, S) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->F, S, CK, 1.0f, w, CK, col, S,
                     0.0f, y + n * ys, S);
+        /* while y_n is still in cache */
+        if (b) dv_cpu_bias_forward(ctx, y + n * ys, b, 1, g->F, S);
     }
-    if (b)
-        dv_cpu_bias_forward(ctx, y, b, g->B, g->F, S);
 }
 
 void dv_cpu_conv2d_backward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
-                            const float *dy, float *dx, float *dw, float *db, float *work)
-{
+                            const float *dy, float *dx, float *dw, float *db, float *work) {
     const int CK = g->C * g->KH * g->KW, S = g->OH * g->OW;
     const size_t xs = (size_t)g->C * g->H * g->W, ys = (size_t)g->F * S;
     const int pointwise = conv_is_pointwise(g);
-    if (db)
-        dv_cpu_bias_backward(ctx, dy, db, g->B, g->F, S);
+    if (db) dv_cpu_bias_backward(ctx, dy, db, g->B, g->F, S);
     for (int n = 0; n < g->B; n++) {
         const float *dyn = dy + n * ys;
         if (dw) {
@@ -364,18 +407,18 @@ void dv_cpu_conv2d_backward(void *ctx, const dv_conv2d_geom *g, const float *x, 
                 col = work;
             }
             /* dw (F, CK) += dy_n (F, S) col^T (S, CK) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->F, CK, S, 1.0f, dyn, S, col,
-                        S, 1.0f, dw, CK);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->F, CK, S, 1.0f, dyn, S, col, S,
+                        1.0f, dw, CK);
         }
         if (dx) {
             float *dxn = dx + n * xs;
             /* dcol (CK, S) = w^T (CK, F) dy_n (F, S) */
             if (pointwise) {
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CK, S, g->F, 1.0f, w, CK,
-                            dyn, S, 0.0f, dxn, S);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CK, S, g->F, 1.0f, w, CK, dyn,
+                            S, 0.0f, dxn, S);
             } else {
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CK, S, g->F, 1.0f, w, CK,
-                            dyn, S, 0.0f, work, S);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CK, S, g->F, 1.0f, w, CK, dyn,
+                            S, 0.0f, work, S);
                 memset(dxn, 0, xs * sizeof *dxn);
                 col2im(g, work, dxn);
             }
@@ -388,43 +431,64 @@ void dv_cpu_conv2d_backward(void *ctx, const dv_conv2d_geom *g, const float *x, 
 /* arg holds the flat offset of the winner in the whole input x (B, C, H, W),
  * i.e. ((b*C + c)*H + ih)*W + iw, or -1 when the window covers padding only.
  * Padding never wins: a window is judged over its real elements alone, and
- * the first of equal values wins. */
-DV_HOT static void pool_extreme(int is_max, const dv_conv2d_geom *g, const float *restrict x,
-                                float *restrict y, int32_t *restrict arg)
-{
+ * the first of equal values (in row-major window order) wins. */
+
+/* The common 2x2/2 unpadded window: four candidates, no bounds, and selects
+ * instead of branches (random data would mispredict half of them). is_max is
+ * a constant at each call, so each direction gets its own loop. */
+static inline __attribute__((always_inline)) void pool2x2(int is_max, const dv_conv2d_geom *g,
+                                                          const float *restrict x,
+                                                          float *restrict y,
+                                                          int32_t *restrict arg) {
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    const size_t planes = (size_t)g->B * g->C;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * H * W;
+        float *yp = y + pl * OH * OW;
+        int32_t *ap = arg + pl * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            const float *r0 = xp + (size_t)(2 * oh) * W, *r1 = r0 + W;
+            const int32_t o0 = (int32_t)(pl * H * W) + 2 * oh * W;
+            for (int ow = 0; ow < OW; ow++) {
+                float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+                int32_t o = o0 + 2 * ow;
+                float v = a;
+                int32_t i = o;
+                int t = is_max ? b > v : b < v;
+                v = t ? b : v;
+                i = t ? o + 1 : i;
+                t = is_max ? c > v : c < v;
+                v = t ? c : v;
+                i = t ? o + W : i;
+                t = is_max ? d > v : d < v;
+                v = t ? d : v;
+                i = t ? o + W + 1 : i;
+                yp[oh * OW + ow] = v;
+                ap[oh * OW + ow] = i;
+            }
+        }
+    }
+}
+
+DV_HOT static void pool2x2_max(const dv_conv2d_geom *g, const float *restrict x, float *restrict y,
+                               int32_t *restrict arg) {
+    pool2x2(1, g, x, y, arg);
+}
+
+DV_HOT static void pool2x2_min(const dv_conv2d_geom *g, const float *restrict x, float *restrict y,
+                               int32_t *restrict arg) {
+    pool2x2(0, g, x, y, arg);
+}
+
+static void pool_extreme(int is_max, const dv_conv2d_geom *g, const float *restrict x,
+                         float *restrict y, int32_t *restrict arg) {
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
     const size_t planes = (size_t)g->B * g->C;
     if (g->KH == 2 && g->KW == 2 && s == 2 && p == 0) {
-        /* The common 2x2/2 case: four candidates, no bounds to check. */
-        for (size_t pl = 0; pl < planes; pl++) {
-            const float *xp = x + pl * H * W;
-            float *yp = y + pl * OH * OW;
-            int32_t *ap = arg + pl * OH * OW;
-            const int32_t base = (int32_t)(pl * H * W);
-            for (int oh = 0; oh < OH; oh++) {
-                const float *r0 = xp + (size_t)(2 * oh) * W, *r1 = r0 + W;
-                for (int ow = 0; ow < OW; ow++) {
-                    float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
-                    int32_t o = base + 2 * oh * W + 2 * ow;
-                    float v = a;
-                    int32_t i = o;
-                    if (is_max ? b > v : b < v) {
-                        v = b;
-                        i = o + 1;
-                    }
-                    if (is_max ? c > v : c < v) {
-                        v = c;
-                        i = o + W;
-                    }
-                    if (is_max ? d > v : d < v) {
-                        v = d;
-                        i = o + W + 1;
-                    }
-                    yp[oh * OW + ow] = v;
-                    ap[oh * OW + ow] = i;
-                }
-            }
-        }
+        if (is_max)
+            pool2x2_max(g, x, y, arg);
+        else
+            pool2x2_min(g, x, y, arg);
         return;
     }
     for (size_t pl = 0; pl < planes; pl++) {
@@ -457,8 +521,7 @@ DV_HOT static void pool_extreme(int is_max, const dv_conv2d_geom *g, const float
 }
 
 DV_HOT static void pool_avg_forward(const dv_conv2d_geom *g, const float *restrict x,
-                                    float *restrict y)
-{
+                                    float *restrict y) {
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
     const float inv = 1.0f / (float)(g->KH * g->KW);
     const size_t planes = (size_t)g->B * g->C;
@@ -483,8 +546,7 @@ DV_HOT static void pool_avg_forward(const dv_conv2d_geom *g, const float *restri
 }
 
 void dv_cpu_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *x,
-                           float *y, int32_t *arg)
-{
+                           float *y, int32_t *arg) {
     (void)ctx;
     if (mode == DV_POOL_AVG)
         pool_avg_forward(g, x, y);
@@ -493,8 +555,7 @@ void dv_cpu_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, con
 }
 
 void dv_cpu_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
-                            float *dx, const int32_t *arg)
-{
+                            float *dx, const int32_t *arg) {
     (void)ctx;
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
     const size_t planes = (size_t)g->B * g->C, ny = planes * OH * OW;
@@ -502,8 +563,7 @@ void dv_cpu_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, co
     if (mode != DV_POOL_AVG) {
         /* += because windows that overlap may pick the same input. */
         for (size_t i = 0; i < ny; i++)
-            if (arg[i] >= 0)
-                dx[arg[i]] += dy[i];
+            if (arg[i] >= 0) dx[arg[i]] += dy[i];
         return;
     }
     const float inv = 1.0f / (float)(g->KH * g->KW);
@@ -529,8 +589,7 @@ void dv_cpu_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, co
 /* ---- dropout ---------------------------------------------------------- */
 
 void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t *row_id, int rows,
-                            int cols, const float *x, float *y, float *mask)
-{
+                            int cols, const float *x, float *y, float *mask) {
     (void)ctx;
     /* rate >= 1 drops everything (and must not divide by zero). */
     const float keep = rate < 1.0f ? 1.0f / (1.0f - rate) : 0.0f;
@@ -547,8 +606,7 @@ void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t 
 }
 
 DV_HOT void dv_cpu_dropout_backward(void *ctx, const float *restrict mask, const float *dy,
-                                    float *dx, size_t n)
-{
+                                    float *dx, size_t n) {
     (void)ctx;
     for (size_t i = 0; i < n; i++)
         dx[i] = dy[i] * mask[i];
@@ -557,10 +615,9 @@ DV_HOT void dv_cpu_dropout_backward(void *ctx, const float *restrict mask, const
 /* ---- batch norm ------------------------------------------------------- */
 
 void dv_cpu_batchnorm_forward(void *ctx, int training, int B, int C, int S, float eps,
-                              float momentum, const float *x, const float *gamma,
-                              const float *beta, float *running_mean, float *running_var,
-                              float *save_mean, float *save_invstd, float *y)
-{
+                              float momentum, const float *x, const float *gamma, const float *beta,
+                              float *running_mean, float *running_var, float *save_mean,
+                              float *save_invstd, float *y) {
     (void)ctx;
     const size_t cs = (size_t)C * S, N = (size_t)B * S;
     for (int c = 0; c < C; c++) {
@@ -582,10 +639,8 @@ void dv_cpu_batchnorm_forward(void *ctx, int training, int B, int C, int S, floa
             double var = N ? ss / (double)N : 0.0;
             mean = (float)m;
             invstd = (float)(1.0 / sqrt(var + eps));
-            if (save_mean)
-                save_mean[c] = mean;
-            if (save_invstd)
-                save_invstd[c] = invstd;
+            if (save_mean) save_mean[c] = mean;
+            if (save_invstd) save_invstd[c] = invstd;
             if (running_mean)
                 running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean;
             if (running_var) {
@@ -609,8 +664,7 @@ void dv_cpu_batchnorm_forward(void *ctx, int training, int B, int C, int S, floa
 
 void dv_cpu_batchnorm_backward(void *ctx, int B, int C, int S, const float *x, const float *gamma,
                                const float *save_mean, const float *save_invstd, const float *dy,
-                               float *dx, float *dgamma, float *dbeta)
-{
+                               float *dx, float *dgamma, float *dbeta) {
     (void)ctx;
     const size_t cs = (size_t)C * S, N = (size_t)B * S;
     for (int c = 0; c < C; c++) {
@@ -627,12 +681,9 @@ void dv_cpu_batchnorm_backward(void *ctx, int B, int C, int S, const float *x, c
             sdyx += t;
         }
         sdyx *= invstd;
-        if (dbeta)
-            dbeta[c] += (float)sdy;
-        if (dgamma)
-            dgamma[c] += (float)sdyx;
-        if (!dx)
-            continue;
+        if (dbeta) dbeta[c] += (float)sdy;
+        if (dgamma) dgamma[c] += (float)sdyx;
+        if (!dx) continue;
         /* dx = gamma*invstd/N * (N*dy - sum(dy) - xhat * sum(dy*xhat)) */
         const float g = (gamma ? gamma[c] : 1.0f) * invstd;
         const float mdy = N ? (float)(sdy / (double)N) : 0.0f;
@@ -651,8 +702,7 @@ void dv_cpu_batchnorm_backward(void *ctx, int B, int C, int S, const float *x, c
 /* A label outside [0, K) marks the row as ignored: no loss, no gradient,
  * never counted correct (e.g. padding positions in a token stream). */
 void dv_cpu_xent_loss(void *ctx, const float *logits, const int32_t *labels, int B, int K,
-                      float grad_scale, float *dlogits, float *stats)
-{
+                      float grad_scale, float *dlogits, float *stats) {
     (void)ctx;
     double loss = 0.0, correct = 0.0;
     for (int i = 0; i < B; i++) {
@@ -684,8 +734,7 @@ void dv_cpu_xent_loss(void *ctx, const float *logits, const int32_t *labels, int
 /* Per-sample loss is the mean over the K outputs (as for mse), so
  * grad_scale = 1/B gives PyTorch's BCEWithLogitsLoss(reduction='mean'). */
 void dv_cpu_bce_loss(void *ctx, const float *logits, const float *targets, int B, int K,
-                     float grad_scale, float *dlogits, float *stats)
-{
+                     float grad_scale, float *dlogits, float *stats) {
     (void)ctx;
     double loss = 0.0, correct = 0.0;
     const float gs = K > 0 ? grad_scale / (float)K : 0.0f;
@@ -711,8 +760,7 @@ void dv_cpu_bce_loss(void *ctx, const float *logits, const float *targets, int B
 }
 
 void dv_cpu_mse_loss(void *ctx, const float *pred, const float *targets, int B, int K,
-                     float grad_scale, float *dpred, float *stats)
-{
+                     float grad_scale, float *dpred, float *stats) {
     (void)ctx;
     double loss = 0.0, correct = 0.0;
     const float gs = K > 0 ? 2.0f * grad_scale / (float)K : 0.0f;
@@ -736,8 +784,7 @@ void dv_cpu_mse_loss(void *ctx, const float *pred, const float *targets, int B, 
 }
 
 void dv_cpu_perceptron_loss(void *ctx, const float *scores, const int32_t *labels, int B, int K,
-                            float grad_scale, float *dscores, float *stats)
-{
+                            float grad_scale, float *dscores, float *stats) {
     (void)ctx;
     double mistakes = 0.0, correct = 0.0;
     memset(dscores, 0, (size_t)B * K * sizeof *dscores);
@@ -757,8 +804,7 @@ void dv_cpu_perceptron_loss(void *ctx, const float *scores, const int32_t *label
             } else {
                 mistakes += 1;
                 d[pred] = grad_scale;
-                if (y >= 0 && y < K)
-                    d[y] = -grad_scale;
+                if (y >= 0 && y < K) d[y] = -grad_scale;
             }
         }
     }
@@ -769,15 +815,13 @@ void dv_cpu_perceptron_loss(void *ctx, const float *scores, const int32_t *label
 /* ---- optimizers ------------------------------------------------------- */
 
 DV_HOT static void sgd_step(float lr, float wd, float *restrict p, const float *restrict g,
-                            size_t n)
-{
+                            size_t n) {
     for (size_t i = 0; i < n; i++)
         p[i] -= lr * (g[i] + wd * p[i]);
 }
 
 DV_HOT static void momentum_step(float lr, float wd, float mu, int nesterov, float *restrict p,
-                                 const float *restrict g, float *restrict v, size_t n)
-{
+                                 const float *restrict g, float *restrict v, size_t n) {
     if (nesterov) {
         for (size_t i = 0; i < n; i++) {
             float gi = g[i] + wd * p[i];
@@ -795,26 +839,92 @@ DV_HOT static void momentum_step(float lr, float wd, float mu, int nesterov, flo
 }
 
 /* One pass: p, m, v are read and written once each. decay is the
- * multiplier applied to p first (AdamW), wd the L2 term folded into g (Adam). */
-DV_HOT static void adam_step(float step_size, float inv_sqrt_bc2, float b1, float b2, float eps,
-                             float wd, float decay, float *restrict p, const float *restrict g,
-                             float *restrict m, float *restrict v, size_t n)
-{
-    const float c1 = 1.0f - b1, c2 = 1.0f - b2;
-    for (size_t i = 0; i < n; i++) {
-        float pi = p[i] * decay;
-        float gi = g[i] + wd * pi;
-        float mi = b1 * m[i] + c1 * gi;
-        float vi = b2 * v[i] + c2 * gi * gi;
+ * multiplier applied to p first (AdamW), wd the L2 term folded into g (Adam).
+ * The vector bodies below compute the same expression lane by lane; each
+ * returns how many leading elements it did, and this loop does the rest. */
+typedef struct adam_k {
+    float step_size, inv_sqrt_bc2, b1, b2, eps, wd, decay;
+} adam_k;
+
+static void adam_scalar(const adam_k *k, float *restrict p, const float *restrict g,
+                        float *restrict m, float *restrict v, size_t i0, size_t n) {
+    const float c1 = 1.0f - k->b1, c2 = 1.0f - k->b2;
+    for (size_t i = i0; i < n; i++) {
+        float pi = p[i] * k->decay;
+        float gi = g[i] + k->wd * pi;
+        float mi = k->b1 * m[i] + c1 * gi;
+        float vi = k->b2 * v[i] + c2 * gi * gi;
         m[i] = mi;
         v[i] = vi;
-        p[i] = pi - step_size * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+        p[i] = pi - k->step_size * (mi / (sqrtf(vi) * k->inv_sqrt_bc2 + k->eps));
     }
 }
 
+#ifdef DV_HAVE_X86_SIMD
+__attribute__((target("avx512f"))) static size_t adam_avx512(const adam_k *k, float *restrict p,
+                                                             const float *restrict g,
+                                                             float *restrict m, float *restrict v,
+                                                             size_t n) {
+    const __m512 step = _mm512_set1_ps(k->step_size), ibc2 = _mm512_set1_ps(k->inv_sqrt_bc2);
+    const __m512 b1 = _mm512_set1_ps(k->b1), b2 = _mm512_set1_ps(k->b2);
+    const __m512 c1 = _mm512_set1_ps(1.0f - k->b1), c2 = _mm512_set1_ps(1.0f - k->b2);
+    const __m512 eps = _mm512_set1_ps(k->eps), wd = _mm512_set1_ps(k->wd);
+    const __m512 decay = _mm512_set1_ps(k->decay);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 pi = _mm512_mul_ps(_mm512_loadu_ps(p + i), decay);
+        __m512 gi = _mm512_add_ps(_mm512_loadu_ps(g + i), _mm512_mul_ps(wd, pi));
+        __m512 mi = _mm512_add_ps(_mm512_mul_ps(b1, _mm512_loadu_ps(m + i)), _mm512_mul_ps(c1, gi));
+        __m512 vi = _mm512_add_ps(_mm512_mul_ps(b2, _mm512_loadu_ps(v + i)),
+                                  _mm512_mul_ps(_mm512_mul_ps(c2, gi), gi));
+        _mm512_storeu_ps(m + i, mi);
+        _mm512_storeu_ps(v + i, vi);
+        __m512 den = _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(vi), ibc2), eps);
+        pi = _mm512_sub_ps(pi, _mm512_mul_ps(step, _mm512_div_ps(mi, den)));
+        _mm512_storeu_ps(p + i, pi);
+    }
+    return i;
+}
+
+__attribute__((target("avx2"))) static size_t adam_avx2(const adam_k *k, float *restrict p,
+                                                        const float *restrict g, float *restrict m,
+                                                        float *restrict v, size_t n) {
+    const __m256 step = _mm256_set1_ps(k->step_size), ibc2 = _mm256_set1_ps(k->inv_sqrt_bc2);
+    const __m256 b1 = _mm256_set1_ps(k->b1), b2 = _mm256_set1_ps(k->b2);
+    const __m256 c1 = _mm256_set1_ps(1.0f - k->b1), c2 = _mm256_set1_ps(1.0f - k->b2);
+    const __m256 eps = _mm256_set1_ps(k->eps), wd = _mm256_set1_ps(k->wd);
+    const __m256 decay = _mm256_set1_ps(k->decay);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 pi = _mm256_mul_ps(_mm256_loadu_ps(p + i), decay);
+        __m256 gi = _mm256_add_ps(_mm256_loadu_ps(g + i), _mm256_mul_ps(wd, pi));
+        __m256 mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m + i)), _mm256_mul_ps(c1, gi));
+        __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v + i)),
+                                  _mm256_mul_ps(_mm256_mul_ps(c2, gi), gi));
+        _mm256_storeu_ps(m + i, mi);
+        _mm256_storeu_ps(v + i, vi);
+        __m256 den = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(vi), ibc2), eps);
+        pi = _mm256_sub_ps(pi, _mm256_mul_ps(step, _mm256_div_ps(mi, den)));
+        _mm256_storeu_ps(p + i, pi);
+    }
+    return i;
+}
+#endif
+
+static void adam_step(const adam_k *k, float *p, const float *g, float *m, float *v, size_t n) {
+    size_t done = 0;
+#ifdef DV_HAVE_X86_SIMD
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        done = adam_avx512(k, p, g, m, v, n);
+    else if (__builtin_cpu_supports("avx2"))
+        done = adam_avx2(k, p, g, m, v, n);
+#endif
+    adam_scalar(k, p, g, m, v, done, n);
+}
+
 void dv_cpu_opt_step(void *ctx, const dv_opt_params *o, float *params, const float *grads,
-                     float *state1, float *state2, size_t n)
-{
+                     float *state1, float *state2, size_t n) {
     (void)ctx;
     switch (o->kind) {
     case DV_OPT_SGD:
@@ -829,12 +939,15 @@ void dv_cpu_opt_step(void *ctx, const dv_opt_params *o, float *params, const flo
     case DV_OPT_ADAMW: {
         double t = o->step > 0 ? (double)o->step : 1.0;
         double bc1 = 1.0 - pow(o->beta1, t), bc2 = 1.0 - pow(o->beta2, t);
-        float step_size = (float)(o->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
         int decoupled = o->kind == DV_OPT_ADAMW;
-        adam_step(step_size, inv_sqrt_bc2, o->beta1, o->beta2, o->eps,
-                  decoupled ? 0.0f : o->weight_decay,
-                  decoupled ? 1.0f - o->lr * o->weight_decay : 1.0f, params, grads, state1,
-                  state2, n);
+        adam_k k = {.step_size = (float)(o->lr / bc1),
+                    .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2)),
+                    .b1 = o->beta1,
+                    .b2 = o->beta2,
+                    .eps = o->eps,
+                    .wd = decoupled ? 0.0f : o->weight_decay,
+                    .decay = decoupled ? 1.0f - o->lr * o->weight_decay : 1.0f};
+        adam_step(&k, params, grads, state1, state2, n);
         break;
     }
     }

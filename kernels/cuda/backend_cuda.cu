@@ -7,8 +7,7 @@
 #include <cuda_runtime.h>
 #include <stdio.h>
 
-extern "C" int dv_backend_cuda_device_count(void)
-{
+extern "C" int dv_backend_cuda_device_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
         cudaGetLastError(); /* clear the sticky error left by a missing driver */
@@ -17,8 +16,7 @@ extern "C" int dv_backend_cuda_device_count(void)
     return n;
 }
 
-extern "C" dv_backend *dv_backend_cuda_create(int device, char *err, size_t errlen)
-{
+extern "C" dv_backend *dv_backend_cuda_create(int device, char *err, size_t errlen) {
     (void)device;
     if (err && errlen > 0)
         snprintf(err, errlen, "the CUDA backend's ops are not implemented yet; use backend = cpu");

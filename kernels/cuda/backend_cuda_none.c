@@ -5,15 +5,12 @@
 
 #include <stdio.h>
 
-dv_backend *dv_backend_cuda_create(int device, char *err, size_t errlen)
-{
+dv_backend *dv_backend_cuda_create(int device, char *err, size_t errlen) {
     (void)device;
-    if (err && errlen > 0)
-        snprintf(err, errlen, "Dive was built without CUDA");
+    if (err && errlen > 0) snprintf(err, errlen, "Dive was built without CUDA");
     return NULL;
 }
 
-int dv_backend_cuda_device_count(void)
-{
+int dv_backend_cuda_device_count(void) {
     return 0;
 }

@@ -1,0 +1,279 @@
+/* test_trainer.c — unit tests of the trainer: config parsing (repeated and
+ * empty sections, line numbers, --set, unknown keys), model construction
+ * and shapes, the whole model's gradient against finite differences, and
+ * the bit-exact checkpoint round trip. Label: unit. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "trainer-impl.h"
+
+static const char cnn_cfg[] = "[data]\n"
+                              "file = none.h5\n"
+                              "\n"
+                              "[train]\n"
+                              "batch = 4 ; inline comment\n"
+                              "loss = cross_entropy\n"
+                              "\n"
+                              "[input]\n"
+                              "shape = 2,8,8\n"
+                              "\n"
+                              "[conv2d]\n"
+                              "filters = 3\n"
+                              "size = 3\n"
+                              "pad = 1\n"
+                              "activation = tanh\n"
+                              "[maxpool]\n"
+                              "size = 2\n"
+                              "[batchnorm]\n"
+                              "[avgpool]\n"
+                              "size = 2\n"
+                              "[flatten]\n"
+                              "[dense]\n"
+                              "units = 5\n"
+                              "activation = sigmoid\n"
+                              "[dense]\n"
+                              "units = 4\n";
+
+static void test_config_sections_in_order(void **state) {
+    (void)state;
+    dv_config cfg;
+    char err[DV_ERR_LEN];
+    assert_int_equal(dv_config_load_text(&cfg, "t.cfg", cnn_cfg, err), 0);
+    const char *types[] = {"data",      "train",   "input",   "conv2d", "maxpool",
+                           "batchnorm", "avgpool", "flatten", "dense",  "dense"};
+    assert_int_equal(cfg.nsec, 10);
+    for (int i = 0; i < 10; i++)
+        assert_string_equal(cfg.sec[i].type, types[i]);
+    assert_string_equal(cfg.sec[8].name, "dense_1");
+    assert_string_equal(cfg.sec[9].name, "dense_2");
+    assert_int_equal(cfg.sec[7].line, 21); /* [flatten], true line number */
+    assert_int_equal(cfg.sec[7].nkv, 0);
+    long v;
+    assert_int_equal(dv_cfg_int(&cfg, dv_config_find(&cfg, "train"), "batch", 0, 1, 100, &v, err),
+                     0);
+    assert_int_equal(v, 4);
+    dv_config_free(&cfg);
+}
+
+static void test_config_errors_name_line(void **state) {
+    (void)state;
+    dv_config cfg;
+    char err[DV_ERR_LEN];
+    assert_int_equal(dv_config_load_text(&cfg, "t.cfg", cnn_cfg, err), 0);
+    dv_cfg_section *d = dv_config_find(&cfg, "dense_1");
+    assert_non_null(d);
+    /* bad value */
+    assert_int_equal(dv_config_set(&cfg, "dense_1.units=abc", err), 0);
+    long units;
+    assert_int_equal(dv_cfg_int(&cfg, d, "units", 0, 1, 10, &units, err), -1);
+    assert_non_null(strstr(err, "--set dense_1.units"));
+    assert_non_null(strstr(err, "not an integer"));
+    /* ambiguous type */
+    assert_int_equal(dv_config_set(&cfg, "dense.units=3", err), -1);
+    assert_non_null(strstr(err, "dense_1"));
+    /* unique type works; unknown section fails */
+    assert_int_equal(dv_config_set(&cfg, "conv2d.filters=7", err), 0);
+    assert_int_equal(dv_config_set(&cfg, "lstm.units=7", err), -1);
+    assert_int_equal(dv_config_set(&cfg, "nodot=7", err), -1);
+    dv_config_free(&cfg);
+
+    /* unknown key, reported with its true line */
+    assert_int_equal(
+        dv_config_load_text(&cfg, "u.cfg", "[train]\nbatch = 4\n\n[dense]\nunitz = 3\n", err), 0);
+    assert_int_equal(dv_cfg_int(&cfg, dv_config_find(&cfg, "train"), "batch", 0, 1, 9, &units, err),
+                     0);
+    assert_int_equal(dv_config_check_used(&cfg, err), -1);
+    assert_non_null(strstr(err, "u.cfg:5"));
+    assert_non_null(strstr(err, "unitz"));
+    dv_config_free(&cfg);
+
+    /* duplicate key, garbage line */
+    assert_int_equal(dv_config_load_text(&cfg, "d.cfg", "[train]\nlr = 1\nlr = 2\n", err), -1);
+    assert_non_null(strstr(err, "d.cfg:3"));
+    dv_config_free(&cfg);
+    assert_int_equal(dv_config_load_text(&cfg, "g.cfg", "[train]\nthis is not ini\n", err), -1);
+    assert_non_null(strstr(err, "g.cfg:2"));
+    dv_config_free(&cfg);
+}
+
+static void test_config_text_round_trip(void **state) {
+    (void)state;
+    dv_config a, b;
+    char err[DV_ERR_LEN];
+    assert_int_equal(dv_config_load_text(&a, "t.cfg", cnn_cfg, err), 0);
+    assert_int_equal(dv_config_set(&a, "train.lr=0.5", err), 0);
+    char *text = dv_config_text(&a);
+    assert_int_equal(dv_config_load_text(&b, "ckpt", text, err), 0);
+    assert_int_equal(a.nsec, b.nsec);
+    for (int i = 0; i < a.nsec; i++) {
+        assert_string_equal(a.sec[i].name, b.sec[i].name);
+        assert_int_equal(a.sec[i].nkv, b.sec[i].nkv);
+    }
+    const char *lr;
+    assert_int_equal(dv_cfg_str(&b, dv_config_find(&b, "train"), "lr", NULL, &lr, err), 0);
+    assert_string_equal(lr, "0.5");
+    free(text);
+    dv_config_free(&a);
+    dv_config_free(&b);
+}
+
+static dv_model *build(const char *text, dv_backend *be, dv_loss loss, int B) {
+    dv_config cfg;
+    char err[DV_ERR_LEN];
+    assert_int_equal(dv_config_load_text(&cfg, "t.cfg", text, err), 0);
+    dv_model *m = NULL;
+    int rc = dv_model_build(&m, &cfg, be, loss, 3, B, err);
+    if (rc) fprintf(stderr, "%s\n", err);
+    assert_int_equal(rc, 0);
+    dv_config_free(&cfg);
+    return m;
+}
+
+static void test_model_shapes(void **state) {
+    (void)state;
+    dv_backend *be = dv_backend_cpu_create(1);
+    dv_model *m = build(cnn_cfg, be, DV_LOSS_XENT, 4);
+    assert_int_equal(m->nlayers, 7);
+    assert_int_equal(m->layers[0].out_shape[0], 3);
+    assert_int_equal(m->layers[1].out_shape[1], 4);
+    assert_int_equal(m->layers[3].out_elems, 12);
+    assert_int_equal(m->outputs, 4);
+    /* params: conv 3*2*9+3, bn 3+3 trainable, dense 12*5+5, 5*4+4 */
+    assert_int_equal(m->nparams, 57 + 6 + 65 + 24);
+    assert_int_equal(m->nbuffers, 6);
+    /* reverse layout: the last dense layer's grads come first */
+    assert_int_equal(m->layers[6].param[0].offset, 0);
+    assert_int_equal(m->layers[6].grad_end, 24);
+    assert_int_equal(m->layers[0].grad_end, m->nparams);
+    dv_model_free(m);
+    dv_backend_free(be);
+}
+
+static double batch_loss(dv_model *m, int B) {
+    m->be->fill(m->be->ctx, m->stats, 0, 2);
+    dv_model_forward(m, B, 1);
+    dv_model_loss(m, B, 1.0f);
+    return m->stats[0];
+}
+
+/* The whole model's gradient (every layer, the fused loss) against central
+ * differences, in training mode (batch norm on batch statistics). Max
+ * pooling is swapped for average pooling here, since a finite step can move a max pool's winner (a
+ * kink the kernel tests check on their own with small steps). */
+static void test_model_gradient(void **state) {
+    (void)state;
+    dv_backend *be = dv_backend_cpu_create(1);
+    char smooth[sizeof(cnn_cfg)];
+    memcpy(smooth, cnn_cfg, sizeof(cnn_cfg));
+    memcpy(strstr(smooth, "[maxpool]"), "[avgpool]", 9);
+    const dv_loss losses[] = {DV_LOSS_XENT, DV_LOSS_MSE, DV_LOSS_BCE};
+    for (int li = 0; li < 3; li++) {
+        int B = 3;
+        dv_model *m = build(smooth, be, losses[li], B);
+        for (size_t i = 0; i < (size_t)B * m->in_elems; i++)
+            m->input[i] = dv_rand_uniform(99, i) * 2 - 1;
+        for (int i = 0; i < B; i++) {
+            m->labels[i] = i % m->outputs;
+            for (int k = 0; k < m->outputs; k++)
+                m->targets[i * m->outputs + k] = dv_rand_uniform(5, (uint64_t)(i * 10 + k));
+        }
+        be->fill(be->ctx, m->grads, 0, m->nparams);
+        batch_loss(m, B);
+        dv_model_backward(m, B, NULL, NULL);
+        double worst = 0;
+        for (size_t i = 0; i < m->nparams; i += 3) {
+            float keep = m->params[i];
+            double h = 1e-2;
+            m->params[i] = keep + (float)h;
+            double lp = batch_loss(m, B);
+            m->params[i] = keep - (float)h;
+            double lm = batch_loss(m, B);
+            m->params[i] = keep;
+            double fd = (lp - lm) / (2 * h), an = m->grads[i];
+            double err = fabs(fd - an) / fmax(1e-2, fabs(fd) + fabs(an));
+            if (err > worst) worst = err;
+        }
+        printf("# loss %d: worst relative gradient error %.3g\n", li, worst);
+        assert_true(worst < 1e-2);
+        dv_model_free(m);
+    }
+    dv_backend_free(be);
+}
+
+static void test_checkpoint_round_trip(void **state) {
+    (void)state;
+    dv_backend *be = dv_backend_cpu_create(1);
+    dv_model *a = build(cnn_cfg, be, DV_LOSS_XENT, 2);
+    dv_model *b = build(cnn_cfg, be, DV_LOSS_XENT, 2);
+    for (size_t i = 0; i < a->nparams; i++) {
+        a->params[i] = dv_rand_uniform(1, i) - 0.5f;
+        a->state1[i] = dv_rand_uniform(2, i);
+        a->state2[i] = dv_rand_uniform(3, i) * 1e-7f;
+    }
+    for (size_t i = 0; i < a->nbuffers; i++)
+        a->buffers[i] = dv_rand_uniform(4, i);
+    dv_train_state ts = {.step = 123,
+                         .epoch = 4,
+                         .step_in_epoch = 5,
+                         .world_size = 3,
+                         .seed = 9,
+                         .best_val_loss = 0.25,
+                         .bad_epochs = 1,
+                         .loss_sum = 1.5,
+                         .correct_sum = 7,
+                         .seen = 10};
+    char dir[] = "/tmp/dive-test-ckpt-XXXXXX", path[128], err[DV_ERR_LEN];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/c.h5", dir);
+    assert_int_equal(dv_checkpoint_save(path, a, &ts, "[train]\nlr = 1\n", err), 0);
+    dv_train_state got;
+    assert_int_equal(dv_checkpoint_load(path, b, &got, 1, err), 0);
+    assert_memory_equal(a->params, b->params, a->nparams * sizeof(float));
+    assert_memory_equal(a->state1, b->state1, a->nparams * sizeof(float));
+    assert_memory_equal(a->state2, b->state2, a->nparams * sizeof(float));
+    assert_memory_equal(a->buffers, b->buffers, a->nbuffers * sizeof(float));
+    assert_int_equal(got.step, 123);
+    assert_int_equal(got.step_in_epoch, 5);
+    assert_int_equal(got.world_size, 3);
+    assert_true(got.best_val_loss == 0.25 && got.seen == 10);
+    char *text = dv_checkpoint_config(path, err);
+    assert_string_equal(text, "[train]\nlr = 1\n");
+    free(text);
+    /* a checkpoint of another model is refused, naming the dataset */
+    dv_model *c = build("[input]\nshape = 2,8,8\n[conv2d]\nfilters = 4\nsize = 3\n[flatten]\n"
+                        "[dense]\nunits = 4\n",
+                        be, DV_LOSS_XENT, 2);
+    assert_int_equal(dv_checkpoint_load(path, c, NULL, 0, err), -1);
+    assert_non_null(strstr(err, "conv2d_1/weight"));
+    /* no temporary files left behind */
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "test $(ls %s | wc -l) -eq 1", dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    dv_model_free(a);
+    dv_model_free(b);
+    dv_model_free(c);
+    dv_backend_free(be);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_sections_in_order),
+        cmocka_unit_test(test_config_errors_name_line),
+        cmocka_unit_test(test_config_text_round_trip),
+        cmocka_unit_test(test_model_shapes),
+        cmocka_unit_test(test_model_gradient),
+        cmocka_unit_test(test_checkpoint_round_trip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
