@@ -266,6 +266,29 @@ static void test_checkpoint_round_trip(void **state) {
     dv_backend_free(be);
 }
 
+static void test_lr_schedules(void **state) {
+    (void)state;
+    dv_settings st = {0};
+    st.lr = 0.1;
+    st.epochs = 10;
+    assert_true(dv_lr_at(&st, 500, 100) == 0.1); /* constant */
+    st.warmup_steps = 10;
+    assert_true(fabs(dv_lr_at(&st, 0, 100) - 0.01) < 1e-12);
+    assert_true(fabs(dv_lr_at(&st, 9, 100) - 0.1) < 1e-12);
+    st.schedule = DV_SCHED_STEP;
+    st.lr_gamma = 0.5;
+    st.lr_step_epochs = 3;
+    assert_true(fabs(dv_lr_at(&st, 299, 100) - 0.1) < 1e-12);
+    assert_true(fabs(dv_lr_at(&st, 300, 100) - 0.05) < 1e-12);
+    assert_true(fabs(dv_lr_at(&st, 650, 100) - 0.025) < 1e-12);
+    st.schedule = DV_SCHED_COSINE;
+    st.lr_min = 0.001;
+    assert_true(fabs(dv_lr_at(&st, 10, 100) - 0.1) < 1e-9);
+    assert_true(fabs(dv_lr_at(&st, 505, 100) - 0.0505) < 1e-9);
+    assert_true(fabs(dv_lr_at(&st, 1000, 100) - 0.001) < 1e-9);
+    assert_true(dv_lr_at(&st, 700, 100) < dv_lr_at(&st, 600, 100));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_sections_in_order),
@@ -274,6 +297,7 @@ int main(void) {
         cmocka_unit_test(test_model_shapes),
         cmocka_unit_test(test_model_gradient),
         cmocka_unit_test(test_checkpoint_round_trip),
+        cmocka_unit_test(test_lr_schedules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

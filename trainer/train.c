@@ -264,8 +264,7 @@ static void on_grads(void *ctx, size_t grad_end) {
     }
 }
 
-static double lr_at(const run *r, int64_t step, int64_t steps_per_epoch) {
-    const dv_settings *st = &r->st;
+double dv_lr_at(const dv_settings *st, int64_t step, int64_t steps_per_epoch) {
     double lr = st->lr;
     if (st->warmup_steps && step < st->warmup_steps)
         return lr * (double)(step + 1) / (double)st->warmup_steps;
@@ -467,7 +466,7 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             double ts0 = now();
             dv_batch b;
             if (dv_loader_next(r->tl, &b, r->err)) dv_comm_abort(c, 1, r->err);
-            lr = lr_at(r, ts.step, steps);
+            lr = dv_lr_at(&r->st, ts.step, steps);
             be->fill(be->ctx, m->stats, 0.0f, 2);
             train_step(r, &b, lr, ts.step);
             float st[2];
@@ -577,8 +576,10 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
         }
     }
     if (r->rank == 0) {
+        char best[1200];
+        snprintf(best, sizeof(best), "%s/best.h5", r->st.run_dir);
         printf("done: %lld steps; checkpoints in %s (last.h5%s)\n", (long long)ts.step,
-               r->st.run_dir, r->vl ? ", best.h5" : "");
+               r->st.run_dir, access(best, F_OK) ? "" : ", best.h5");
         if (metrics) fclose(metrics);
     }
     run_free(r);

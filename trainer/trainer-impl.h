@@ -106,6 +106,10 @@ typedef struct dv_settings {
 } dv_settings;
 
 int dv_settings_read(dv_config *cfg, dv_settings *st, char *err);
+/* The learning rate of optimizer step `step` (0-based): linear warm-up, then
+ * the schedule (step decay every lr_step_epochs, or cosine to lr_min over
+ * the run). */
+double dv_lr_at(const dv_settings *st, int64_t step, int64_t steps_per_epoch);
 
 /* ---- layers (layers.c) -------------------------------------------------- */
 
