@@ -25,7 +25,7 @@ dv_status dv_h5_check_file(const char *file, char *err);
 /* Gives the x dataset's chunk cache `bytes` (never less than the default):
  * a streaming loader whose float32 copy did not fit its memory budget may
  * still fit the stored chunks, and random batches then stop re-inflating
- * the same chunks. Keeps the current dataset if reopening fails. */
+ * the same chunks. */
 void dv_split_set_cache(dv_split *s, size_t bytes);
 
 /* snprintf into err (DV_ERR_LEN bytes); err may be NULL. */

@@ -62,7 +62,9 @@ typedef struct dv_split_info {
 
 /* Opens `file` and the datasets `x_path` and `y_path` (absolute paths in
  * the file), validates them (exist, are datasets, numeric type, rank >= 1,
- * same N, y of rank 1 or 2) and, for labels, scans their range. Works for
+ * same N, y of rank 1 or 2) and, for labels, scans their range. A NULL
+ * y_path opens the inputs alone (y_elems 0; read with labels and targets
+ * NULL), for prediction. Works for
  * contiguous, chunked and gzip-compressed datasets. The split is owned by
  * the caller (dv_split_free). The HDF5 file stays open until then. */
 dv_status dv_split_open(dv_split **out, const char *file, const char *x_path, const char *y_path,

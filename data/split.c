@@ -138,18 +138,19 @@ static hid_t open_cached(hid_t fid, const char *path, size_t bytes) {
     }
     H5Pclose(dcpl);
     if (chunk_bytes == 0) return d; /* contiguous: no chunk cache involved */
+    /* HDF5 shares one object among opens of a dataset and keeps the first
+     * open's cache, so this one must be closed before reopening. */
+    H5Dclose(d);
     size_t fit = bytes / chunk_bytes + 1;
     size_t slots = fit * 100 < 521 ? 521 : fit * 100;
-    if (slots > ((size_t)1 << 24)) slots = (size_t)1 << 24;
+    if (slots > ((size_t)1 << 17)) slots = (size_t)1 << 17; /* the slot array is 8 B each */
     while (!is_prime(slots))
         slots++;
     hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
     H5Pset_chunk_cache(dapl, slots, bytes, 0.75);
-    hid_t dc = H5Dopen2(fid, path, dapl);
+    d = H5Dopen2(fid, path, dapl);
     H5Pclose(dapl);
-    if (dc < 0) return d;
-    H5Dclose(d);
-    return dc;
+    return d;
 }
 
 /* Opens `path` as a numeric dataset of rank 1..8; *cls receives its type
@@ -264,9 +265,14 @@ static dv_status open_locked(dv_split *s, char *err) {
     int xr = 0, yr = 0;
     hsize_t xd[8], yd[8];
     H5T_class_t xc, yc;
-    if (open_dataset(s->fid, s->file, s->x_path, &s->x, &xr, xd, &xc, err) != DV_OK ||
-        open_dataset(s->fid, s->file, s->y_path, &s->y, &yr, yd, &yc, err) != DV_OK)
+    if (open_dataset(s->fid, s->file, s->x_path, &s->x, &xr, xd, &xc, err) != DV_OK) return DV_ERR;
+    if (!s->y_path[0]) { /* inputs only (prediction) */
+        yr = 1;
+        yd[0] = xd[0];
+        yc = H5T_NO_CLASS;
+    } else if (open_dataset(s->fid, s->file, s->y_path, &s->y, &yr, yd, &yc, err) != DV_OK) {
         return DV_ERR;
+    }
     if (xd[0] != yd[0]) {
         dv_errf(err, "%s: %s has %llu rows but %s has %llu", s->file, s->y_path,
                 (unsigned long long)yd[0], s->x_path, (unsigned long long)xd[0]);
@@ -292,6 +298,11 @@ static dv_status open_locked(dv_split *s, char *err) {
     if (in->x_elems == 0) {
         dv_errf(err, "%s: %s has samples of zero elements", s->file, s->x_path);
         return DV_ERR;
+    }
+    if (!s->y_path[0]) {
+        in->y_kind = DV_TARGET_LABELS;
+        in->y_elems = 0;
+        return DV_OK;
     }
     size_t k = yr == 2 ? (size_t)yd[1] : 1;
     if (yc == H5T_INTEGER && k == 1) {
@@ -350,11 +361,9 @@ void dv_split_set_cache(dv_split *s, size_t bytes) {
     if (bytes <= CHUNK_CACHE_BYTES) return;
     dv_h5_quiet q;
     dv_h5_enter(&q);
-    hid_t d = open_cached(s->fid, s->x_path, bytes);
-    if (d >= 0) {
-        H5Dclose(s->x);
-        s->x = d;
-    }
+    H5Dclose(s->x);
+    s->x = open_cached(s->fid, s->x_path, bytes);
+    /* It opened before, so failing now is unlikely; reads report it. */
     dv_h5_leave(&q);
 }
 

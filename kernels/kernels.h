@@ -144,8 +144,11 @@ struct dv_backend {
                             const float *dy, float *dx, float *dw, float *db, float *work);
 
     /* Pooling x (B, C, H, W) -> y (B, C, OH, OW). Max/min record the
-     * flat input offset of the winner in `arg` (B*C*OH*OW ints); avg
-     * ignores `arg` and divides by the full window (padding counts as 0). */
+     * flat input offset of the winner in `arg` (B*C*OH*OW ints): the offset
+     * into the whole x, ((b*C + c)*H + ih)*W + iw; padding never wins, ties
+     * go to the first element in row-major window order, and a window of
+     * padding only gives y = 0, arg = -1. Avg ignores `arg` (may be NULL)
+     * and divides by the full window (padding counts as 0). */
     void (*pool2d_forward)(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *x,
                            float *y, int32_t *arg);
     /* dx (B, C, H, W) overwritten. */
@@ -157,7 +160,8 @@ struct dv_backend {
      * kept as x / (1 - rate). `mask` (rows*cols floats) receives 0 or
      * 1/(1-rate). row_id (rows, host or device per backend: a DEVICE
      * pointer) gives a global id per row so N ranks and 1 rank draw the
-     * same masks; the trainer folds layer and step into `seed`. */
+     * same masks; the trainer folds layer and step into `seed`. A NULL
+     * row_id means row i has id i. */
     void (*dropout_forward)(void *ctx, float rate, uint64_t seed, const int64_t *row_id,
                             int rows, int cols, const float *x, float *y, float *mask);
     void (*dropout_backward)(void *ctx, const float *mask, const float *dy, float *dx, size_t n);
@@ -182,10 +186,13 @@ struct dv_backend {
      * per-element threshold 0.5 of sigmoid for bce counted per row when all
      * K agree; for mse the argmax of pred vs argmax of target when K > 1,
      * |pred - target| < 0.5 when K == 1). */
-    /* Softmax cross-entropy, fused and stable: logits (B, K), labels (B). */
+    /* Softmax cross-entropy, fused and stable: logits (B, K), labels (B).
+     * A label outside [0, K) marks an ignored row: no loss, zero gradient,
+     * never correct. */
     void (*xent_loss)(void *ctx, const float *logits, const int32_t *labels, int B, int K,
                       float grad_scale, float *dlogits, float *stats);
-    /* BCE with logits: logits (B, K), targets (B, K) in [0, 1]. */
+    /* BCE with logits: logits (B, K), targets (B, K) in [0, 1]; the
+     * per-sample loss is the mean over the K outputs (as for mse). */
     void (*bce_loss)(void *ctx, const float *logits, const float *targets, int B, int K,
                      float grad_scale, float *dlogits, float *stats);
     /* Mean squared error, per sample = sum_k (pred - target)^2 / K. */

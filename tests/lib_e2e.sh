@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # lib_e2e.sh — helpers shared by the end-to-end tests (tests/e2e_*.sh).
 # Sourced, not run: it is named lib_e2e.sh so CTest's e2e_*.sh glob does not
 # register it as a test.
@@ -25,6 +26,10 @@ export OMPI_MCA_rmaps_base_oversubscribe=${OMPI_MCA_rmaps_base_oversubscribe:-1}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 MPIRUN=${MPIRUN:-mpirun}
 E2E_TIMEOUT=${E2E_TIMEOUT:-60}
+# After a run has hung once, later runs get a shorter limit so that a trainer
+# that hangs every time still finishes the script inside CTest's timeout.
+E2E_TIMEOUT_AFTER_HANG=${E2E_TIMEOUT_AFTER_HANG:-20}
+E2E_HANGS=0
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/dive-e2e.XXXXXX") || exit 1
 trap 'rm -rf "$WORK"' EXIT
@@ -84,12 +89,23 @@ e2e_summary() {
 
 # ---- running ---------------------------------------------------------------
 
+# e2e_limit: the time limit of the next run, in seconds.
+e2e_limit() {
+    if [ "$E2E_HANGS" -gt 0 ] && [ "$E2E_TIMEOUT_AFTER_HANG" -lt "$E2E_TIMEOUT" ]; then
+        echo "$E2E_TIMEOUT_AFTER_HANG"
+    else
+        echo "$E2E_TIMEOUT"
+    fi
+}
+
 # e2e_run CMD...: RC, OUT, ERR of CMD run under timeout (RC 124: it hung).
 e2e_run() {
     CMD="$*"
     RANK_RCS=()
-    timeout -k 5 "$E2E_TIMEOUT" "$@" >"$OUT" 2>"$ERR" </dev/null
+    E2E_LIMIT=$(e2e_limit)
+    timeout -k 5 "$E2E_LIMIT" "$@" >"$OUT" 2>"$ERR" </dev/null
     RC=$?
+    if [ "$RC" -eq 124 ] || [ "$RC" -eq 137 ]; then E2E_HANGS=$((E2E_HANGS + 1)); fi
 }
 
 e2e_mpi() {
@@ -109,14 +125,16 @@ e2e_ranks() {
     rm -rf "$dir"
     mkdir -p "$dir"
     CMD="$MPIRUN -np $np [per-rank wrapper] $*"
+    E2E_LIMIT=$(e2e_limit)
     # shellcheck disable=SC2016
-    timeout -k 5 "$E2E_TIMEOUT" "$MPIRUN" --oversubscribe -np "$np" bash -c '
+    timeout -k 5 "$E2E_LIMIT" "$MPIRUN" --oversubscribe -np "$np" bash -c '
         d=$1; shift
         r=${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-0}}
         "$@" >"$d/out.$r" 2>"$d/err.$r" </dev/null
         echo $? >"$d/rc.$r"
         exit 0' e2e-rank "$dir" "$@" >"$WORK/.mpirun.out" 2>"$WORK/.mpirun.err" </dev/null
     RC=$?
+    if [ "$RC" -eq 124 ] || [ "$RC" -eq 137 ]; then E2E_HANGS=$((E2E_HANGS + 1)); fi
     RANK_RCS=()
     : >"$ERR"
     : >"$OUT"
@@ -135,7 +153,7 @@ e2e_ranks() {
 # Prints why the last run looks like a crash or a hang; nothing if clean.
 crash_reasons() {
     if [ "$RC" -eq 124 ] || [ "$RC" -eq 137 ]; then
-        echo "timed out after ${E2E_TIMEOUT}s (hang?)"
+        echo "timed out after ${E2E_LIMIT:-$E2E_TIMEOUT}s (hang?)"
     elif [ "$RC" -ge 128 ]; then
         echo "exit status $RC: killed by signal $((RC - 128))"
     fi

@@ -659,6 +659,52 @@ static void test_loader_targets_and_errors(void **state) {
     dv_split_free(s);
 }
 
+static void test_loader_io_error(void **state) {
+    (void)state;
+    make_uint8_split("corrupt.h5", 60);
+    /* Overwrite chunk 1 of /train/x (rows 7..13) with garbage: the file still
+     * opens, but inflating that chunk fails. */
+    hid_t fid = H5Fopen(tpath("corrupt.h5"), H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(fid, "/train/x", H5P_DEFAULT);
+    hid_t sp = H5Dget_space(d);
+    haddr_t addr;
+    hsize_t size, off[3];
+    unsigned mask;
+    assert_true(H5Dget_chunk_info(d, sp, 1, off, &mask, &addr, &size) >= 0);
+    assert_int_equal(off[0], 7);
+    H5Sclose(sp);
+    H5Dclose(d);
+    H5Fclose(fid);
+    FILE *f = fopen(tpath("corrupt.h5"), "r+b");
+    fseek(f, (long)addr, SEEK_SET);
+    for (hsize_t i = 0; i < size; i++)
+        fputc(0xA5, f);
+    fclose(f);
+
+    char err[DV_ERR_LEN];
+    dv_split *s;
+    assert_int_equal(dv_split_open(&s, tpath("corrupt.h5"), "/train/x", "/train/y", err), DV_OK);
+    for (int pf = 0; pf < 2; pf++) {
+        /* Eval, one row per batch: rows 0..6 read fine, row 7 fails. */
+        dv_loader *l = make_loader(s, 1, 0, 1, 0, 1, 0, pf);
+        assert_int_equal(dv_loader_start(l, 0, 0, err), DV_OK);
+        dv_batch b;
+        for (int i = 0; i < 7; i++)
+            assert_int_equal(dv_loader_next(l, &b, err), DV_OK);
+        dv_status st = DV_OK;
+        ASSERT_SILENT(st = dv_loader_next(l, &b, err));
+        assert_int_equal(st, DV_ERR);
+        assert_has(err, "corrupt.h5");
+        assert_has(err, "/train/x");
+        /* Past the bad chunk the loader works again. */
+        assert_int_equal(dv_loader_start(l, 0, 14, err), DV_OK);
+        assert_int_equal(dv_loader_next(l, &b, err), DV_OK);
+        assert_int_equal(b.index[0], 14);
+        dv_loader_free(l);
+    }
+    dv_split_free(s);
+}
+
 /* ---- importers ---------------------------------------------------------- */
 
 static void put_be32(unsigned char *b, uint32_t v) {
@@ -876,6 +922,7 @@ int main(void) {
         cmocka_unit_test(test_loader_eval),
         cmocka_unit_test(test_loader_start_middle),
         cmocka_unit_test(test_loader_targets_and_errors),
+        cmocka_unit_test(test_loader_io_error),
         cmocka_unit_test(test_import_idx),
         cmocka_unit_test(test_import_csv),
     };

@@ -41,8 +41,11 @@ void dv_cpu_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float
                  const float *A, const float *B, float beta, float *C) {
     (void)ctx;
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) { /* BLAS leaves C alone here; the contract says C = beta*C */
-        dv_cpu_scale(ctx, C, beta, (size_t)M * N);
+    if (K <= 0) { /* BLAS returns early here; the contract says C = beta*C */
+        if (beta == 0.0f)
+            dv_cpu_fill(ctx, C, 0.0f, (size_t)M * N);
+        else
+            dv_cpu_scale(ctx, C, beta, (size_t)M * N);
         return;
     }
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,

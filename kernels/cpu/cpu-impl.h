@@ -14,12 +14,16 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
-#define DV_HOT           __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#define DV_HAVE_X86_SIMD 1
+#define DV_HOT __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #endif
 #endif
 #ifndef DV_HOT
 #define DV_HOT
+#endif
+/* GCC and clang both take target("avx2") on one function and
+ * __builtin_cpu_supports to choose it at run time. */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define DV_HAVE_X86_SIMD 1
 #endif
 
 typedef struct dv_cpu_ctx {

@@ -452,17 +452,17 @@ static inline __attribute__((always_inline)) void pool2x2(int is_max, const dv_c
             for (int ow = 0; ow < OW; ow++) {
                 float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
                 int32_t o = o0 + 2 * ow;
-                float v = a;
-                int32_t i = o;
-                int t = is_max ? b > v : b < v;
-                v = t ? b : v;
-                i = t ? o + 1 : i;
+                /* index updates as arithmetic on the comparison, so no
+                 * compiler turns them back into branches */
+                int32_t t = is_max ? b > a : b < a;
+                float v = t ? b : a;
+                int32_t i = o + t;
                 t = is_max ? c > v : c < v;
                 v = t ? c : v;
-                i = t ? o + W : i;
+                i += t * (o + W - i);
                 t = is_max ? d > v : d < v;
                 v = t ? d : v;
-                i = t ? o + W + 1 : i;
+                i += t * (o + W + 1 - i);
                 yp[oh * OW + ow] = v;
                 ap[oh * OW + ow] = i;
             }
