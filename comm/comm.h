@@ -52,6 +52,13 @@ const char *dv_comm_host(const dv_comm *c); /* borrowed */
  * MPI path can serve). -1 when ndevices is 0. */
 int dv_comm_select_device(const dv_comm *c, int ndevices);
 
+/* The float averages below run over node shared memory (plus MPI between
+ * nodes) when every node holds the same number (> 1) of ranks, else over
+ * MPI_Allreduce; DIVE_COMM_ALGO=mpi forces MPI_Allreduce (read at init).
+ * Either way every rank gets the same bits, sum / size correctly rounded.
+ * DIVE_COMM_FAKE_NODE_SIZE=K (testing only) treats each K consecutive
+ * ranks as one node. */
+
 /* Blocking in-place average of x (n floats) over all ranks. */
 dv_status dv_comm_allreduce_avg(dv_comm *c, float *x, size_t n, char *err);
 
@@ -61,7 +68,7 @@ dv_status dv_comm_allreduce_avg(dv_comm *c, float *x, size_t n, char *err);
  * the wait. */
 dv_status dv_comm_allreduce_start(dv_comm *c, float *x, size_t n, void *stream,
                                   dv_comm_request **req, char *err);
-/* Lets MPI progress outstanding requests (call between layers). */
+/* Lets outstanding requests progress (call between layers); never blocks. */
 void dv_comm_progress(dv_comm *c);
 dv_status dv_comm_wait(dv_comm *c, dv_comm_request *req, char *err);
 

@@ -128,6 +128,7 @@ typedef struct dv_loader_config {
     int eval;             /* 1: read this rank's dv_eval_shard in order */
     int batch;            /* eval: rows per batch; training: G/W */
     float x_scale;        /* multiply inputs by this */
+    float x_shift;        /* then add this (standardisation: -mean/std) */
     size_t memory_budget; /* bytes: cache the rank's share in memory if it fits
                              (as float32); else HDF5's chunk cache for x */
     int prefetch;         /* 1: read the next batch on a background thread */

@@ -65,6 +65,13 @@ struct dv_loader {
     int64_t job_epoch, job_step;
 };
 
+/* x = x * x_scale (done by the read) + x_shift */
+static void shift_inputs(float *x, size_t n, float shift) {
+    if (shift == 0.0f) return;
+    for (size_t i = 0; i < n; i++)
+        x[i] += shift;
+}
+
 static int labels_of(const dv_loader *l) {
     return l->info.y_kind == DV_TARGET_LABELS;
 }
@@ -90,6 +97,7 @@ static void fill(dv_loader *l, slot *sl, int64_t epoch, int64_t step) {
     if (!l->in_memory) {
         sl->st = dv_split_read(l->split, idx, count, l->cfg.x_scale, sl->x, sl->labels, sl->targets,
                                sl->err);
+        if (sl->st == DV_OK) shift_inputs(sl->x, (size_t)count * l->info.x_elems, l->cfg.x_shift);
         return;
     }
     size_t xe = l->info.x_elems, ye = l->info.y_elems;
@@ -152,6 +160,7 @@ static dv_status load_memory(dv_loader *l, int64_t begin, int64_t rows, char *er
         st = dv_split_read(l->split, idx, c, l->cfg.x_scale, l->mem_x + (size_t)at * xe,
                            l->mem_labels ? l->mem_labels + at : NULL,
                            l->mem_targets ? l->mem_targets + (size_t)at * ye : NULL, err);
+        if (st == DV_OK) shift_inputs(l->mem_x + (size_t)at * xe, (size_t)c * xe, l->cfg.x_shift);
     }
     free(idx);
     return st;

@@ -1,5 +1,5 @@
-/* test_comm.c — cmocka tests of comm on the MPI path, run by CTest under
- * mpiexec with 1, 2 and 3 ranks (test_comm_np<n>).
+/* test_comm.c — cmocka tests of comm (MPI and shared-memory all-reduce), run
+ * by CTest under mpiexec with 1, 2, 3 and 4 ranks (test_comm_np<n>).
  *
  * Data is chosen so the reduced result is known exactly: rank r fills
  * x[i] = r + i, so the average is (size-1)/2 + i, representable in float for
@@ -11,8 +11,11 @@
  * all of them together instead of leaving the others blocked in a
  * collective. main combines the failure counts so every rank exits alike.
  *
- * Reaches into comm-impl.h to shrink max_count, so the code that splits
- * buffers longer than INT_MAX elements runs on small buffers.
+ * Reaches into comm-impl.h to shrink max_count and the shm round size, so
+ * the code that splits long buffers runs on small ones, and to switch the
+ * all-reduce algorithm, so shm and MPI are both checked in one run. Comms
+ * made under DIVE_COMM_FAKE_NODE_SIZE=2 run the multi-node (hierarchical)
+ * path with 4 ranks on one machine.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -130,6 +133,21 @@ static void test_init_again(void **state) {
 
 /* ---- all-reduce --------------------------------------------------------- */
 
+static const char *algo_name(const dv_comm *c) {
+    return c->algo == DV_COMM_ALGO_SHM ? "shm" : "mpi";
+}
+
+/* Runs fn on c with every algorithm c can use: MPI always, shm where
+ * dv_comm_init set it up (more than one rank per node, the same number on
+ * every node, DIVE_COMM_ALGO not mpi). */
+static void for_each_algo(tcheck *t, dv_comm *c, void (*fn)(tcheck *, dv_comm *)) {
+    dv_comm_algo native = c->algo;
+    c->algo = DV_COMM_ALGO_MPI;
+    fn(t, c);
+    c->algo = native;
+    if (native == DV_COMM_ALGO_SHM) fn(t, c);
+}
+
 /* x[i] = rank + first + i, plus `extra` on rank 0 only. All values are
  * integers below 2^24, so the float sum is exact in any order. */
 static void fill_ramp(float *x, size_t n, size_t first, int rank, int extra) {
@@ -151,8 +169,7 @@ static size_t ramp_mismatches(const float *x, size_t n, size_t first, int size, 
     return bad;
 }
 
-static void check_allreduce_avg(tcheck *t, size_t n, size_t max_count, int extra) {
-    dv_comm *c = g_comm;
+static void check_allreduce_avg(tcheck *t, dv_comm *c, size_t n, size_t max_count, int extra) {
     char err[DV_ERR_LEN] = "";
     float *x = malloc((n ? n : 1) * sizeof *x);
     fill_ramp(x, n, 0, dv_comm_rank(c), extra);
@@ -160,21 +177,30 @@ static void check_allreduce_avg(tcheck *t, size_t n, size_t max_count, int extra
     EXPECT_OK(t, dv_comm_allreduce_avg(c, x, n, err), err);
     c->max_count = INT_MAX;
     size_t bad = ramp_mismatches(x, n, 0, dv_comm_size(c), extra);
-    if (bad) fprintf(stderr, "n=%zu max_count=%zu: %zu wrong\n", n, max_count, bad);
+    if (bad)
+        fprintf(stderr, "%s n=%zu max_count=%zu: %zu wrong\n", algo_name(c), n, max_count, bad);
     EXPECT(t, bad == 0);
     free(x);
+}
+
+static void check_avg_all(tcheck *t, dv_comm *c) {
+    check_allreduce_avg(t, c, 0, INT_MAX, 0);
+    check_allreduce_avg(t, c, 1, INT_MAX, 0);
+    check_allreduce_avg(t, c, 2, INT_MAX, 0); /* n < local size for 3 and 4 ranks */
+    check_allreduce_avg(t, c, 3, INT_MAX, 1);
+    check_allreduce_avg(t, c, 1000, INT_MAX, 0);
+    check_allreduce_avg(t, c, 1001, INT_MAX, 1); /* not a multiple of any slice */
+    check_allreduce_avg(t, c, 234000, INT_MAX, 0);
+    check_allreduce_avg(t, c, 1000, 7, 0); /* 143 chunks, the last one short */
+    check_allreduce_avg(t, c, 64, 64, 0);
+    check_allreduce_avg(t, c, 1000, INT_MAX, 1);
+    check_allreduce_avg(t, c, 12345, 5, 1); /* cross-node chunks on the shm path */
 }
 
 static void test_allreduce_avg(void **state) {
     (void)state;
     tcheck t = {0};
-    check_allreduce_avg(&t, 0, INT_MAX, 0);
-    check_allreduce_avg(&t, 1, INT_MAX, 0);
-    check_allreduce_avg(&t, 1000, INT_MAX, 0);
-    check_allreduce_avg(&t, 234000, INT_MAX, 0);
-    check_allreduce_avg(&t, 1000, 7, 0); /* 143 chunks, the last one short */
-    check_allreduce_avg(&t, 64, 64, 0);
-    check_allreduce_avg(&t, 1000, INT_MAX, 1);
+    for_each_algo(&t, g_comm, check_avg_all);
 
     char err[DV_ERR_LEN] = "";
     EXPECT(&t, dv_comm_allreduce_avg(g_comm, NULL, 5, err) == DV_ERR);
@@ -184,8 +210,7 @@ static void test_allreduce_avg(void **state) {
 
 /* Buckets of one flat gradient buffer, started last-first as backward
  * produces them, waited in another order. */
-static void check_async(tcheck *t, size_t max_count, int extra) {
-    dv_comm *c = g_comm;
+static void check_async(tcheck *t, dv_comm *c, size_t max_count, int extra) {
     char err[DV_ERR_LEN] = "";
     enum { N = 6000, NB = 5 };
     const size_t lo[NB] = {0, 100, 1100, 1101, 1101};
@@ -206,9 +231,15 @@ static void check_async(tcheck *t, size_t max_count, int extra) {
     c->max_count = INT_MAX;
     EXPECT(t, c->pending == NULL);
     size_t bad = ramp_mismatches(x, N, 0, dv_comm_size(c), extra);
-    if (bad) fprintf(stderr, "async max_count=%zu: %zu wrong\n", max_count, bad);
+    if (bad) fprintf(stderr, "%s async max_count=%zu: %zu wrong\n", algo_name(c), max_count, bad);
     EXPECT(t, bad == 0);
     free(x);
+}
+
+static void check_async_all(tcheck *t, dv_comm *c) {
+    check_async(t, c, INT_MAX, 0);
+    check_async(t, c, 64, 0);
+    check_async(t, c, INT_MAX, 1);
 }
 
 static void test_allreduce_async(void **state) {
@@ -216,9 +247,7 @@ static void test_allreduce_async(void **state) {
     tcheck t = {0};
     dv_comm *c = g_comm;
     char err[DV_ERR_LEN] = "";
-    check_async(&t, INT_MAX, 0);
-    check_async(&t, 64, 0);
-    check_async(&t, INT_MAX, 1);
+    for_each_algo(&t, c, check_async_all);
 
     /* progress alone completes a request when every rank keeps calling it */
     enum { N = 50000 };
@@ -242,6 +271,206 @@ static void test_allreduce_async(void **state) {
     EXPECT(&t, strstr(err, "stream") != NULL);
     EXPECT(&t, dv_comm_wait(c, NULL, err) == DV_ERR);
     EXPECT(&t, c->pending == NULL);
+    finish(&t);
+}
+
+/* ---- the shm algorithm ---------------------------------------------------- */
+
+/* Non-integer data whose sums round: a value per (rank, i) any rank can
+ * recompute. */
+static float noise(int rank, size_t i) {
+    uint32_t h = (uint32_t)(i * 2654435761u) ^ (uint32_t)(rank * 40503 + 17);
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    return (float)(h & 0xFFFFFF) / 16777216.0f * 2.0f - 1.0f + (float)rank * 1e-3f;
+}
+
+/* On one node the shm result is the float sum in local-rank order, divided
+ * by the world size: replicas stay identical and the result is known. */
+static size_t noise_mismatches(const dv_comm *c, const float *x, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float sum = noise(0, i);
+        for (int q = 1; q < c->size; q++)
+            sum += noise(q, i);
+        if (x[i] != sum / (float)c->size) bad++;
+    }
+    return bad;
+}
+
+/* Bit-for-bit the same on every rank (and, on one node, the exact order of
+ * the sum), at sizes around the slice boundaries. */
+static void check_identical(tcheck *t, dv_comm *c) {
+    char err[DV_ERR_LEN] = "";
+    const size_t sizes[] = {1, 2, 3, 5, 15, 16, 17, 47, 48, 49, 1000, 1001, 65537, 235146};
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        size_t n = sizes[k];
+        float *x = malloc(n * sizeof *x);
+        for (size_t i = 0; i < n; i++)
+            x[i] = noise(dv_comm_rank(c), i);
+        EXPECT_OK(t, dv_comm_allreduce_avg(c, x, n, err), err);
+        EXPECT(t, dv_comm_all_equal(c, x, n * sizeof *x) == 1);
+        if (c->algo == DV_COMM_ALGO_SHM && c->local_size == c->size) {
+            size_t bad = noise_mismatches(c, x, n);
+            if (bad) fprintf(stderr, "shm noise n=%zu: %zu wrong\n", n, bad);
+            EXPECT(t, bad == 0);
+        }
+        free(x);
+    }
+}
+
+/* Segments grow (collectively) when a larger buffer arrives, also in the
+ * middle of outstanding buckets, and are kept for smaller ones. */
+static void check_growth(tcheck *t, dv_comm *c) {
+    char err[DV_ERR_LEN] = "";
+    const size_t sizes[] = {10, 100, 99, 5000, 5001, 70001, 64, 70001};
+    enum { NS = sizeof sizes / sizeof *sizes };
+    size_t total = 0, off[NS];
+    for (int k = 0; k < NS; k++)
+        off[k] = total, total += sizes[k];
+    float *x = malloc(total * sizeof *x);
+    /* one by one */
+    size_t cap = 0;
+    for (int k = 0; k < NS; k++) {
+        fill_ramp(x + off[k], sizes[k], off[k], dv_comm_rank(c), 1);
+        EXPECT_OK(t, dv_comm_allreduce_avg(c, x + off[k], sizes[k], err), err);
+        EXPECT(t, ramp_mismatches(x + off[k], sizes[k], off[k], dv_comm_size(c), 1) == 0);
+        if (c->algo == DV_COMM_ALGO_SHM) {
+            EXPECT(t, c->shm.cap >= sizes[k] && c->shm.cap >= cap);
+            cap = c->shm.cap;
+        }
+    }
+    /* all outstanding at once, a fresh comm's segments growing between them */
+    dv_comm *c2 = NULL;
+    EXPECT_OK(t, dv_comm_init(&c2, NULL, NULL, err), err);
+    if (c2) {
+        c2->algo = c->algo == DV_COMM_ALGO_MPI ? DV_COMM_ALGO_MPI : c2->algo;
+        fill_ramp(x, total, 0, dv_comm_rank(c), 0);
+        dv_comm_request *req[NS] = {0};
+        for (int k = 0; k < NS; k++) {
+            EXPECT_OK(t, dv_comm_allreduce_start(c2, x + off[k], sizes[k], NULL, &req[k], err),
+                      err);
+            dv_comm_progress(c2);
+        }
+        for (int k = 0; k < NS; k++)
+            if (req[k]) EXPECT_OK(t, dv_comm_wait(c2, req[k], err), err);
+        EXPECT(t, ramp_mismatches(x, total, 0, dv_comm_size(c), 0) == 0);
+        EXPECT(t, c2->pending == NULL && c2->shm.head == NULL);
+        /* grown to the largest bucket, 16-float aligned, not to their sum */
+        if (c2->algo == DV_COMM_ALGO_SHM) EXPECT(t, c2->shm.cap == 70016);
+    }
+    dv_comm_free(c2);
+    free(x);
+}
+
+/* Requests waited in an order of their own, with a blocking collective of
+ * another kind in between: comm finishes the earlier ones first. */
+static void check_interleaved(tcheck *t, dv_comm *c) {
+    char err[DV_ERR_LEN] = "";
+    enum { N = 3001 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y);
+    fill_ramp(x, N, 0, dv_comm_rank(c), 0);
+    fill_ramp(y, N, 0, dv_comm_rank(c), 1);
+    dv_comm_request *rx = NULL, *ry = NULL;
+    EXPECT_OK(t, dv_comm_allreduce_start(c, x, N, NULL, &rx, err), err);
+    double d = 1.0;
+    EXPECT_OK(t, dv_comm_allreduce_double(c, &d, 1, DV_REDUCE_SUM, err), err);
+    EXPECT(t, d == dv_comm_size(c));
+    EXPECT_OK(t, dv_comm_allreduce_start(c, y, N, NULL, &ry, err), err);
+    EXPECT_OK(t, dv_comm_allreduce_avg(c, y, 0, err), err);
+    if (ry) EXPECT_OK(t, dv_comm_wait(c, ry, err), err);
+    if (rx) EXPECT_OK(t, dv_comm_wait(c, rx, err), err);
+    EXPECT(t, ramp_mismatches(x, N, 0, dv_comm_size(c), 0) == 0);
+    EXPECT(t, ramp_mismatches(y, N, 0, dv_comm_size(c), 1) == 0);
+    free(x);
+    free(y);
+}
+
+static void check_shm_all(tcheck *t, dv_comm *c) {
+    check_identical(t, c);
+    check_growth(t, c);
+    check_interleaved(t, c);
+    if (c->algo != DV_COMM_ALGO_SHM) return;
+    /* buffers longer than a round go in several (the last one short) */
+    size_t chunk = c->shm.chunk;
+    c->shm.chunk = 48;
+    check_allreduce_avg(t, c, 1001, INT_MAX, 1);
+    check_allreduce_avg(t, c, 47, INT_MAX, 0);
+    check_allreduce_avg(t, c, 12345, 5, 1);
+    check_async(t, c, INT_MAX, 1);
+    check_identical(t, c);
+    c->shm.chunk = 1000;
+    check_async(t, c, 64, 0);
+    c->shm.chunk = chunk;
+}
+
+static void test_shm(void **state) {
+    (void)state;
+    tcheck t = {0};
+    dv_comm *c = g_comm;
+    /* shm is the default wherever a node holds several ranks (CTest runs all
+     * of them on one machine) */
+    EXPECT(&t, c->algo == (dv_comm_size(c) > 1 ? DV_COMM_ALGO_SHM : DV_COMM_ALGO_MPI));
+    for_each_algo(&t, c, check_shm_all);
+    finish(&t);
+}
+
+/* A comm made under environment settings (every rank sets the same). */
+static dv_comm *init_with(tcheck *t, const char *algo, const char *fake) {
+    char err[DV_ERR_LEN] = "";
+    if (algo) setenv("DIVE_COMM_ALGO", algo, 1);
+    if (fake) setenv("DIVE_COMM_FAKE_NODE_SIZE", fake, 1);
+    dv_comm *c2 = NULL;
+    EXPECT_OK(t, dv_comm_init(&c2, NULL, NULL, err), err);
+    unsetenv("DIVE_COMM_ALGO");
+    unsetenv("DIVE_COMM_FAKE_NODE_SIZE");
+    return c2;
+}
+
+static void test_shm_env(void **state) {
+    (void)state;
+    tcheck t = {0};
+    int size = dv_comm_size(g_comm), rank = dv_comm_rank(g_comm);
+    char err[DV_ERR_LEN] = "";
+
+    dv_comm *c2 = init_with(&t, "mpi", NULL);
+    if (c2) {
+        EXPECT(&t, c2->algo == DV_COMM_ALGO_MPI && c2->shm.ctl_win == MPI_WIN_NULL);
+        check_avg_all(&t, c2);
+    }
+    dv_comm_free(c2);
+
+    /* a bad value fails on every rank alike */
+    setenv("DIVE_COMM_ALGO", "nccl", 1);
+    c2 = NULL;
+    EXPECT(&t, dv_comm_init(&c2, NULL, NULL, err) == DV_ERR);
+    EXPECT(&t, c2 == NULL && strstr(err, "DIVE_COMM_ALGO") != NULL);
+    unsetenv("DIVE_COMM_ALGO");
+
+    /* one rank per "node": nothing to share, MPI serves */
+    c2 = init_with(&t, NULL, "1");
+    if (c2) {
+        EXPECT(&t, c2->local_size == 1 && c2->local_rank == 0);
+        EXPECT(&t, c2->algo == DV_COMM_ALGO_MPI);
+        check_allreduce_avg(&t, c2, 1001, INT_MAX, 1);
+    }
+    dv_comm_free(c2);
+
+    /* nodes of 2: with 4 ranks, two nodes and the hierarchical path; with 3,
+     * nodes of 2 and 1, which shm cannot serve */
+    c2 = init_with(&t, NULL, "2");
+    if (c2) {
+        int lsize = size - rank / 2 * 2 < 2 ? size - rank / 2 * 2 : 2;
+        EXPECT(&t, c2->local_size == lsize && c2->local_rank == rank % 2);
+        int uniform = size % 2 == 0;
+        EXPECT(&t, c2->algo == (size > 1 && uniform ? DV_COMM_ALGO_SHM : DV_COMM_ALGO_MPI));
+        EXPECT(&t, (c2->shm.cross != MPI_COMM_NULL) == (size > 2 && uniform));
+        for_each_algo(&t, c2, check_avg_all);
+        for_each_algo(&t, c2, check_async_all);
+        for_each_algo(&t, c2, check_shm_all);
+    }
+    dv_comm_free(c2);
     finish(&t);
 }
 
@@ -449,7 +678,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_allreduce_avg), cmocka_unit_test(test_allreduce_async),
         cmocka_unit_test(test_bcast),         cmocka_unit_test(test_allreduce_double),
         cmocka_unit_test(test_first_failed),  cmocka_unit_test(test_all_equal),
-        cmocka_unit_test(test_format_error),
+        cmocka_unit_test(test_format_error),  cmocka_unit_test(test_shm),
+        cmocka_unit_test(test_shm_env),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL), worst = 0;
     MPI_Allreduce(&failed, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);

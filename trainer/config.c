@@ -168,6 +168,11 @@ static int name_sections(dv_config *cfg, char *err) {
     for (int i = 0; i < cfg->nsec; i++) {
         dv_cfg_section *s = &cfg->sec[i];
         dv_cfg_kv *kv = find_kv(s, "name");
+        int fixed =
+            !strcmp(s->type, "data") || !strcmp(s->type, "train") || !strcmp(s->type, "input");
+        if (kv && fixed)
+            return dv_fail(err, "%s:%d: [%s] cannot be renamed: 'name' is for layer sections",
+                           cfg->path, kv->line, s->type);
         if (kv) {
             kv->used = 1;
             snprintf(s->name, sizeof(s->name), "%s", kv->value);

@@ -83,7 +83,7 @@ static int sink_close(sink *s) {
     return rc;
 }
 
-static int predict_rank0(dv_model *m, const char *file, const char *x, float x_scale,
+static int predict_rank0(dv_model *m, const char *file, const char *x, float x_scale, float x_shift,
                          const char *out, char *err) {
     dv_split *split = NULL;
     if (dv_split_open(&split, file, x, NULL, err)) return -1;
@@ -101,13 +101,18 @@ static int predict_rank0(dv_model *m, const char *file, const char *x, float x_s
     sink s = {.file = -1, .pred = -1, .output = -1};
     int rc = hx && ho && hp && idx ? 0 : dv_fail(err, "out of memory");
     if (!rc) rc = sink_open(&s, out, info->n, K, err);
-    float thresh = m->loss == DV_LOSS_PERCEPTRON ? 0.0f : 0.5f;
+    /* one output: a probability after a sigmoid (fused or not) or an MSE
+     * regression is split at 0.5; raw scores and logits at 0 */
+    const dv_layer *last = &m->layers[m->nlayers - 1];
+    float thresh = (last->act == DV_ACT_SIGMOID || m->loss == DV_LOSS_MSE) ? 0.5f : 0.0f;
     for (int64_t first = 0; !rc && first < info->n; first += B) {
         int count = (int)(info->n - first < B ? info->n - first : B);
         for (int i = 0; i < count; i++)
             idx[i] = first + i;
         rc = dv_split_read(split, idx, count, x_scale, hx, NULL, NULL, err);
         if (rc) break;
+        for (size_t i = 0; x_shift != 0.0f && i < (size_t)count * m->in_elems; i++)
+            hx[i] += x_shift;
         m->be->to_device(m->be->ctx, m->input, hx, (size_t)count * m->in_elems * sizeof(float));
         dv_model_forward(m, count, 0);
         float *o = dv_model_outputs(m, count);
@@ -161,7 +166,8 @@ int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_
     if (!rc) rc = dv_checkpoint_load(ckpt, m, NULL, 0, err);
     if (!dv_agree(c, rc, err)) {
         if (dv_comm_rank(c) == 0)
-            rc = predict_rank0(m, in_file ? in_file : st.file, x, (float)st.x_scale, out, err);
+            rc = predict_rank0(m, in_file ? in_file : st.file, x, (float)st.x_scale,
+                               (float)st.x_shift, out, err);
         rc = dv_agree(c, rc, err) ? -1 : 0;
     } else {
         rc = -1;

@@ -40,6 +40,7 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
         split_paths(cfg, d, "val", NULL, st->val_x, st->val_y, &st->has_val, err))
         return -1;
     if (dv_cfg_float(cfg, d, "x_scale", 1.0, -1e30, 1e30, &st->x_scale, err) ||
+        dv_cfg_float(cfg, d, "x_shift", 0.0, -1e30, 1e30, &st->x_shift, err) ||
         dv_cfg_int(cfg, d, "memory_mb", 4096, 0, 1L << 40, &st->memory_mb, err) ||
         dv_cfg_int(cfg, d, "prefetch", 1, 0, 1, &st->prefetch, err))
         return -1;
@@ -47,6 +48,7 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
     static const char *const opts[] = {"sgd", "momentum", "nesterov", "adam", "adamw", NULL};
     static const char *const losses[] = {"cross_entropy", "mse", "bce", "perceptron", NULL};
     static const char *const scheds[] = {"constant", "step", "cosine", NULL};
+    static const char *const progress[] = {"auto", "live", "lines", NULL};
     int opt, loss, sched;
     if (dv_cfg_int(cfg, t, "epochs", 1, 1, 1000000, &st->epochs, err) ||
         dv_cfg_int(cfg, t, "batch", 64, 1, 1 << 24, &st->batch, err) ||
@@ -73,7 +75,8 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
         dv_cfg_float(cfg, t, "lr_min", 0, 0, 1e6, &st->lr_min, err) ||
         dv_cfg_float(cfg, t, "clip_norm", 0, 0, 1e30, &st->clip_norm, err) ||
         dv_cfg_float(cfg, t, "bucket_mb", 4, 0.001, 1e6, &st->bucket_mb, err) ||
-        dv_cfg_str(cfg, t, "backend", "auto", &st->backend, err))
+        dv_cfg_str(cfg, t, "backend", "auto", &st->backend, err) ||
+        dv_cfg_enum(cfg, t, "progress", "auto", progress, &st->progress, err))
         return -1;
     st->optimizer = (dv_opt)opt;
     st->loss = (dv_loss)loss;

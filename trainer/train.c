@@ -128,6 +128,7 @@ static int make_loader(run *r, dv_split *s, int eval, dv_loader **out, char *err
     lc.eval = eval;
     lc.batch = eval ? r->eval_batch : r->local_batch;
     lc.x_scale = (float)r->st.x_scale;
+    lc.x_shift = (float)r->st.x_shift;
     lc.memory_budget = (size_t)r->st.memory_mb << 20;
     lc.prefetch = (int)r->st.prefetch;
     return dv_loader_create(out, s, &lc, err);
@@ -449,12 +450,19 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
         snprintf(path, sizeof(path), "%s/metrics.csv", r->st.run_dir);
         int fresh = access(path, F_OK) != 0 || !ckpt[0];
         metrics = fopen(path, fresh ? "w" : "a");
-        if (metrics && fresh)
+        if (metrics && fresh) {
             fprintf(metrics, "epoch,step,lr,train_loss,train_acc,val_loss,val_acc,"
                              "samples_per_s,epoch_time_s\n");
+            fflush(metrics);
+        }
         fflush(stdout);
     }
-    int live = r->rank == 0 && isatty(STDOUT_FILENO);
+    /* A live line needs a terminal. Under mpirun, rank 0's stdout is a
+     * pseudo-terminal even when mpirun's own output goes to a file, so
+     * `auto` prints plain lines whenever an MPI launcher started us. */
+    int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+    int live = r->rank == 0 &&
+               (r->st.progress == 1 || (r->st.progress == 0 && isatty(STDOUT_FILENO) && !launched));
     int64_t log_every = r->st.log_every ? r->st.log_every : (steps >= 10 ? steps / 10 : 1);
     int stop = 0;
     for (int64_t epoch = ts.epoch; epoch < r->st.epochs && !stop; epoch++) {

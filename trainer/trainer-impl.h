@@ -91,7 +91,7 @@ typedef struct dv_settings {
     const char *file;
     char train_x[256], train_y[256], val_x[256], val_y[256];
     int has_val;
-    double x_scale;
+    double x_scale, x_shift;
     long memory_mb;
     long prefetch;
     /* [train] */
@@ -103,6 +103,7 @@ typedef struct dv_settings {
     dv_sched schedule;
     const char *run_dir;
     const char *backend;
+    int progress; /* 0 auto, 1 live, 2 lines */
 } dv_settings;
 
 int dv_settings_read(dv_config *cfg, dv_settings *st, char *err);
