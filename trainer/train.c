@@ -320,6 +320,22 @@ static int cmp_long(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Removes what a killed writer may have left in run_dir: temporary
+ * checkpoints (<name>.h5.tmp.<pid>) and the link used to update last.h5.
+ * Never a complete checkpoint: those only ever appear by rename. */
+static void remove_stale_temporaries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strstr(e->d_name, ".h5.tmp.") && strcmp(e->d_name, ".last.h5.link")) continue;
+        char p[1200];
+        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+}
+
 /* Keeps the newest `keep` ckpt-<step>.h5 files of run_dir. */
 static void prune_checkpoints(const char *dir, long keep) {
     DIR *d = opendir(dir);
@@ -395,6 +411,7 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
     const dv_backend *be = r->be;
     dv_train_state ts = {.world_size = r->world, .seed = r->st.seed, .best_val_loss = INFINITY};
     int rc = make_dirs(r->st.run_dir, r->err);
+    if (!rc && r->rank == 0) remove_stale_temporaries(r->st.run_dir);
     char ckpt[1200] = "";
     if (!rc && resume) {
         if (!strcmp(resume, "auto")) {

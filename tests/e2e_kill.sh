@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# e2e_kill.sh — a run killed with SIGKILL on every rank, at a random moment
+# (possibly while rank 0 writes a checkpoint), leaves a readable last.h5, and
+# `--resume auto` carries on from it.
+# shellcheck disable=SC2317 # helpers run through check()
+set -u
+# shellcheck source=tests/lib_e2e.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib_e2e.sh"
+
+make_data data.h5
+write_cfg kill.cfg data.h5 run 400
+
+echo "== train on 2 ranks, checkpoint every 7 steps, SIGKILL the whole job"
+mpirun --oversubscribe -np 2 "$DIVE_BIN" train kill.cfg --set train.checkpoint_every=7 \
+    --set train.keep=2 >train.log 2>&1 &
+job=$!
+for _ in $(seq 1 300); do
+    [ -e run/last.h5 ] && break
+    sleep 0.05
+done
+sleep 0.7
+pkill -9 -P "$job" 2>/dev/null # the ranks first, so none outlives mpirun
+kill -9 "$job" 2>/dev/null
+wait "$job" 2>/dev/null
+sleep 0.2
+check "the killed job is gone" bash -c "! pgrep -f 'train kil[l].cfg' >/dev/null"
+check "a checkpoint was written before the kill" test -e run/last.h5
+
+e2e_run "$DIVE_BIN" info run/last.h5
+expect_ok "dive info reads the last.h5 left by the killed run"
+check "it is a whole checkpoint" grep -q "Dive checkpoint" "$OUT"
+step=$(sed -n 's/.* step \([0-9]*\) epoch.*/\1/p' "$OUT")
+check "it holds a step count ($step)" test -n "$step"
+
+stop=$((${step:-0} + 25))
+e2e_run mpirun --oversubscribe -np 2 "$DIVE_BIN" train kill.cfg --set train.checkpoint_every=7 \
+    --set train.keep=2 --set "train.max_steps=$stop" --resume auto
+expect_ok "--resume auto after the kill"
+check "resumes from last.h5 at step $step" grep -q "resuming from run/last.h5: .*step $step" "$OUT"
+check "stops at step $stop" grep -q "stopped at step $stop" "$OUT"
+check "no temporary checkpoint files are left" \
+    bash -c "! ls run | grep -q tmp"
+
+e2e_summary
