@@ -167,6 +167,8 @@ expect_fail "--resume auto with another model" "good/last.h5: /model/dense_1/wei
 
 e2e_run "$D" train base.cfg --set train.seed=8 --resume auto
 expect_fail "--resume auto with another seed" "good/last.h5" "seed 7" "seed = 8"
+e2e_run "$D" train base.cfg --set train.batch=30 --resume auto
+expect_fail "--resume auto with another global batch" "good/last.h5" "global batch of 60" "batch = 30"
 
 e2e_ranks 2 "$D" train base.cfg --set dense_1.units=16 --resume auto
 expect_fail "np 2: --resume auto with another model" "good/last.h5: /model/dense_1/weight"

@@ -226,6 +226,7 @@ static void test_checkpoint_round_trip(void **state) {
                          .step_in_epoch = 5,
                          .world_size = 3,
                          .seed = 9,
+                         .global_batch = 48,
                          .best_val_loss = 0.25,
                          .bad_epochs = 1,
                          .loss_sum = 1.5,
@@ -244,6 +245,7 @@ static void test_checkpoint_round_trip(void **state) {
     assert_int_equal(got.step, 123);
     assert_int_equal(got.step_in_epoch, 5);
     assert_int_equal(got.world_size, 3);
+    assert_int_equal(got.global_batch, 48);
     assert_true(got.best_val_loss == 0.25 && got.seen == 10);
     char *text = dv_checkpoint_config(path, err);
     assert_string_equal(text, "[train]\nlr = 1\n");

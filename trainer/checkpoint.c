@@ -4,6 +4,7 @@
  *   /optimizer/m/<layer>/<param>    first moment / momentum (trainable only)
  *   /optimizer/v/<layer>/<param>    second moment (Adam)
  *   /train (attributes)             step, epoch, step_in_epoch, world_size,
+ *                                   global_batch,
  *                                   seed, best_val_loss, bad_epochs, and the
  *                                   epoch's running metrics
  *   /config                         the effective config text
@@ -22,8 +23,8 @@
 
 #include "trainer-impl.h"
 
-static const char *const train_attrs[] = {"step",       "epoch", "step_in_epoch",
-                                          "world_size", "seed",  "bad_epochs"};
+static const char *const train_attrs[] = {"step", "epoch",      "step_in_epoch", "world_size",
+                                          "seed", "bad_epochs", "global_batch"};
 static const char *const train_dattrs[] = {"best_val_loss", "loss_sum", "correct_sum", "seen"};
 
 static int write_dataset(hid_t loc, const char *name, const dv_param *p, const float *host) {
@@ -124,10 +125,10 @@ int dv_checkpoint_save(const char *path, const dv_model *m, const dv_train_state
     if (!rc) {
         hid_t tg = H5Gcreate2(f, "/train", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         if (tg < 0) rc = -1;
-        int64_t iv[] = {ts->step,       ts->epoch, ts->step_in_epoch,
-                        ts->world_size, ts->seed,  ts->bad_epochs};
+        int64_t iv[] = {ts->step, ts->epoch,      ts->step_in_epoch, ts->world_size,
+                        ts->seed, ts->bad_epochs, ts->global_batch};
         double dvals[] = {ts->best_val_loss, ts->loss_sum, ts->correct_sum, ts->seen};
-        for (int i = 0; i < 6 && !rc; i++)
+        for (int i = 0; i < 7 && !rc; i++)
             rc = write_attr(tg, train_attrs[i], H5T_NATIVE_INT64, &iv[i]);
         for (int i = 0; i < 4 && !rc; i++)
             rc = write_attr(tg, train_dattrs[i], H5T_NATIVE_DOUBLE, &dvals[i]);
@@ -252,10 +253,10 @@ int dv_checkpoint_load(const char *path, dv_model *m, dv_train_state *ts, int wi
         memset(ts, 0, sizeof(*ts));
         hid_t tg =
             H5Lexists(f, "/train", H5P_DEFAULT) > 0 ? H5Gopen2(f, "/train", H5P_DEFAULT) : -1;
-        int64_t *iv[] = {&ts->step,       &ts->epoch, &ts->step_in_epoch,
-                         &ts->world_size, &ts->seed,  &ts->bad_epochs};
+        int64_t *iv[] = {&ts->step, &ts->epoch,      &ts->step_in_epoch, &ts->world_size,
+                         &ts->seed, &ts->bad_epochs, &ts->global_batch};
         double *dvals[] = {&ts->best_val_loss, &ts->loss_sum, &ts->correct_sum, &ts->seen};
-        for (int i = 0; i < 6 && !rc; i++)
+        for (int i = 0; i < 7 && !rc; i++)
             if (tg < 0 || read_attr(tg, train_attrs[i], H5T_NATIVE_INT64, iv[i]))
                 rc = dv_fail(err, "%s: checkpoint lacks /train attribute '%s'", path,
                              train_attrs[i]);

@@ -15,6 +15,12 @@ static int split_paths(const dv_config *cfg, dv_cfg_section *s, const char *name
     if (dv_cfg_str(cfg, s, name, def_group, &group, err) ||
         dv_cfg_str(cfg, s, kx, NULL, &px, err) || dv_cfg_str(cfg, s, ky, NULL, &py, err))
         return -1;
+    if (!group && (px || py) && !(px && py)) {
+        char where[1200];
+        dv_cfg_where(cfg, s, px ? kx : ky, where, sizeof(where));
+        return dv_fail(err, "%s: %s needs %s too (or set %s = GROUP)", where, px ? kx : ky,
+                       px ? ky : kx, name);
+    }
     *present = group || (px && py);
     if (!*present) return 0;
     if (px)

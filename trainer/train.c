@@ -409,7 +409,10 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
     }
     dv_model *m = r->m;
     const dv_backend *be = r->be;
-    dv_train_state ts = {.world_size = r->world, .seed = r->st.seed, .best_val_loss = INFINITY};
+    dv_train_state ts = {.world_size = r->world,
+                         .global_batch = r->st.batch,
+                         .seed = r->st.seed,
+                         .best_val_loss = INFINITY};
     int rc = make_dirs(r->st.run_dir, r->err);
     if (!rc && r->rank == 0) remove_stale_temporaries(r->st.run_dir);
     char ckpt[1200] = "";
@@ -424,6 +427,12 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             int64_t saved_world;
             rc = dv_checkpoint_load(ckpt, m, &ts, 1, r->err);
             saved_world = ts.world_size;
+            if (!rc && ts.global_batch != r->st.batch)
+                rc = dv_fail(r->err,
+                             "%s: trained with a global batch of %lld but the config says "
+                             "batch = %ld; a resumed run must keep the global batch (it "
+                             "may change the number of ranks)",
+                             ckpt, (long long)ts.global_batch, r->st.batch);
             if (!rc && ts.seed != r->st.seed)
                 rc = dv_fail(r->err, "%s: written with seed %lld but the config says seed = %ld",
                              ckpt, (long long)ts.seed, r->st.seed);

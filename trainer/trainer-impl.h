@@ -227,6 +227,7 @@ typedef struct dv_train_state {
     int64_t epoch;         /* current epoch (0-based) */
     int64_t step_in_epoch; /* steps of `epoch` already taken */
     int64_t world_size;
+    int64_t global_batch; /* [train] batch: a resumed run must keep it */
     int64_t seed;
     double best_val_loss;
     int64_t bad_epochs;
