@@ -359,17 +359,390 @@ DV_HOT static void col2im(const dv_conv2d_geom *g, float *restrict col, float *r
     }
 }
 
+/* ---- Winograd F(m x m, 5 x 5) for stride-1 5x5 convolutions ------------ */
+
+/* A 5x5 stride-1 convolution with enough channels runs as Winograd
+ * F(WG_M x WG_M, 5 x 5) (Lavin & Gray): each WG_A x WG_A input tile is
+ * transformed (V = B^T d B), the filters too (U = G g G^T), the WG_A^2
+ * element-wise products summed over channels become WG_A^2 GEMMs
+ * (tiles x Cin) x (Cin x Cout), and each product tile goes back through
+ * A^T M A to WG_M x WG_M outputs. F(4x4, 5x5) does 64 multiplies per 16
+ * outputs instead of 400 (the transforms cost a little on top). The same
+ * routine computes dx as the "full" convolution of dy with the flipped,
+ * transposed filters, and dw comes from the same tiles (wg_conv_dw).
+ * Points 0, +-1, +-2, +-1/2 and infinity. The transforms scale terms by up
+ * to ~10 before they cancel, so results differ from the column path by
+ * ~1e-5 of the output's scale (not 1e-6); everything runs in a fixed
+ * order, so they are the same run to run. */
+#define WG_R  5
+#define WG_M  4
+#define WG_A  (WG_M + WG_R - 1)
+#define WG_A2 (WG_A * WG_A)
+#define WG_L  16 /* channels per vector */
+/* samples per GEMM batch (bounded workspace) */
+#define WG_GROUP 4
+
+typedef struct wg_mats {
+    float AT[WG_M][WG_A], G[WG_A][WG_R], BT[WG_A][WG_A];
+} wg_mats;
+
+/* Toom-Cook with the points above: for finite points p_j,
+ * A^T[i][j] = p_j^i, G[j][k] = p_j^k / prod_{l != j} (p_j - p_l),
+ * B^T[j][.] = the coefficients of prod_{l != j} (x - p_l); the point at
+ * infinity adds A^T[m-1][last] = 1, G[last][r-1] = 1 and B^T[last][.] = the
+ * coefficients of prod_l (x - p_l). Written out as constants (exact
+ * hexadecimal floats of those values computed in double, rounded once). */
+static const wg_mats WG = {
+    .AT = {{0x1p+0, 0x1p+0, 0x1p+0, 0x1p+0, 0x1p+0, 0x1p+0, 0x1p+0, 0},
+           {0, 0x1p+0, -0x1p+0, 0x1p+1, -0x1p+1, 0x1p-1, -0x1p-1, 0},
+           {0, 0x1p+0, 0x1p+0, 0x1p+2, 0x1p+2, 0x1p-2, 0x1p-2, 0},
+           {0, 0x1p+0, -0x1p+0, 0x1p+3, -0x1p+3, 0x1p-3, -0x1p-3, 0x1p+0}},
+    .G = {{-0x1p+0, 0, 0, 0, 0},
+          {-0x1.c71c72p-3, -0x1.c71c72p-3, -0x1.c71c72p-3, -0x1.c71c72p-3, -0x1.c71c72p-3},
+          {-0x1.c71c72p-3, 0x1.c71c72p-3, -0x1.c71c72p-3, 0x1.c71c72p-3, -0x1.c71c72p-3},
+          {0x1.6c16c2p-7, 0x1.6c16c2p-6, 0x1.6c16c2p-5, 0x1.6c16c2p-4, 0x1.6c16c2p-3},
+          {0x1.6c16c2p-7, -0x1.6c16c2p-6, 0x1.6c16c2p-5, -0x1.6c16c2p-4, 0x1.6c16c2p-3},
+          {0x1.6c16c2p-1, 0x1.6c16c2p-2, 0x1.6c16c2p-3, 0x1.6c16c2p-4, 0x1.6c16c2p-5},
+          {0x1.6c16c2p-1, -0x1.6c16c2p-2, 0x1.6c16c2p-3, -0x1.6c16c2p-4, 0x1.6c16c2p-5},
+          {0, 0, 0, 0, 0x1p+0}},
+    .BT = {{-0x1p+0, 0, 0x1.5p+2, 0, -0x1.5p+2, 0, 0x1p+0, 0},
+           {0, 0x1p+0, 0x1p+0, -0x1.1p+2, -0x1.1p+2, 0x1p+0, 0x1p+0, 0},
+           {0, -0x1p+0, 0x1p+0, 0x1.1p+2, -0x1.1p+2, -0x1p+0, 0x1p+0, 0},
+           {0, 0x1p-1, 0x1p-2, -0x1.4p+1, -0x1.4p+0, 0x1p+1, 0x1p+0, 0},
+           {0, -0x1p-1, 0x1p-2, 0x1.4p+1, -0x1.4p+0, -0x1p+1, 0x1p+0, 0},
+           {0, 0x1p+1, 0x1p+2, -0x1.4p+1, -0x1.4p+2, 0x1p-1, 0x1p+0, 0},
+           {0, -0x1p+1, 0x1p+2, 0x1.4p+1, -0x1.4p+2, -0x1p-1, 0x1p+0, 0},
+           {0, -0x1p+0, 0, 0x1.5p+2, 0, -0x1.5p+2, 0, 0x1p+0}},
+};
+
+/* Worth it (and valid): 5x5, stride 1, and enough channels both ways that
+ * the transforms are cheap next to the GEMMs. */
+static int conv_is_winograd(const dv_conv2d_geom *g) {
+    return g->KH == WG_R && g->KW == WG_R && g->stride == 1 && g->pad <= WG_R - 1 && g->C >= 8 &&
+           g->F >= 8;
+}
+
+/* Sizes for an output (OH, OW). Channels are padded to whole vectors
+ * (WG_L lanes): the transforms run on WG_L channels at once, so the tiles
+ * are stored channel-last and every load and store is one whole vector. */
+typedef struct wg_plan {
+    int Cin, Cout, H, W, pad, OH, OW;
+    int Cinp, Coutp; /* rounded up to WG_L */
+    int TH, TW, T;   /* tiles per plane */
+    int PH, PW;      /* zero-padded input plane */
+    int group;       /* samples per batch of GEMMs */
+} wg_plan;
+
+static void wg_plan_init(wg_plan *p, int B, int Cin, int Cout, int H, int W, int pad, int OH,
+                         int OW) {
+    p->Cin = Cin, p->Cout = Cout, p->H = H, p->W = W, p->pad = pad, p->OH = OH, p->OW = OW;
+    p->Cinp = (Cin + WG_L - 1) / WG_L * WG_L, p->Coutp = (Cout + WG_L - 1) / WG_L * WG_L;
+    p->TH = (OH + WG_M - 1) / WG_M, p->TW = (OW + WG_M - 1) / WG_M, p->T = p->TH * p->TW;
+    p->PH = p->TH * WG_M + WG_R - 1, p->PW = p->TW * WG_M + WG_R - 1;
+    p->group = B < WG_GROUP ? B : WG_GROUP;
+    if (p->group < 1) p->group = 1;
+}
+
+/* Floats: U (or dw's sums S), V, M (or dw's Q), one padded input sample,
+ * a padded bias, one sample's dy tiles (dw); +16 for alignment. */
+static size_t wg_work(const wg_plan *p) {
+    size_t N = (size_t)p->group * p->T;
+    return (size_t)WG_A2 * p->Cinp * p->Coutp + (size_t)WG_A2 * N * (p->Cinp + p->Coutp) +
+           (size_t)p->PH * p->PW * p->Cinp + p->Coutp + (size_t)p->T * WG_M * WG_M * p->Coutp + 16;
+}
+
+/* WG_L lanes (channels): GCC's vector extension, lowered to whatever the
+ * clone's ISA has (one zmm on AVX-512). */
+typedef float wg_vec __attribute__((vector_size(WG_L * sizeof(float))));
+
+/* v = the WG_L floats at p (a macro: a function returning the vector would
+ * change the ABI between the clones) */
+#define WG_LOAD(v, p) memcpy(&(v), (p), sizeof(wg_vec))
+
+/* U[a] (Cinp, Coutp) = (G g G^T)[a] for the filter g of (o, i): w[o][i] as
+ * is (flip = 0, w is (Cout, Cin, 5, 5)), or w[i][o] rotated 180 degrees
+ * (flip = 1, w is (Cin, Cout, 5, 5)): the dx convolution. Padding: 0. */
+DV_HOT static void wg_filters(const wg_plan *p, const float *restrict w, int flip,
+                              float *restrict U) {
+    const size_t IO = (size_t)p->Cinp * p->Coutp;
+    memset(U, 0, WG_A2 * IO * sizeof *U);
+    for (int o = 0; o < p->Cout; o++)
+        for (int i = 0; i < p->Cin; i++) {
+            float g[WG_R][WG_R], t[WG_A][WG_R];
+            const float *src = flip ? w + ((size_t)i * p->Cout + o) * WG_R * WG_R
+                                    : w + ((size_t)o * p->Cin + i) * WG_R * WG_R;
+            for (int a = 0; a < WG_R; a++)
+                for (int b = 0; b < WG_R; b++)
+                    g[a][b] =
+                        flip ? src[(WG_R - 1 - a) * WG_R + (WG_R - 1 - b)] : src[a * WG_R + b];
+            for (int a = 0; a < WG_A; a++)
+                for (int b = 0; b < WG_R; b++) {
+                    float s = 0.0f;
+                    for (int k = 0; k < WG_R; k++)
+                        s += WG.G[a][k] * g[k][b];
+                    t[a][b] = s;
+                }
+            float *dst = U + (size_t)i * p->Coutp + o;
+            for (int a = 0; a < WG_A; a++)
+                for (int b = 0; b < WG_A; b++) {
+                    float s = 0.0f;
+                    for (int k = 0; k < WG_R; k++)
+                        s += t[a][k] * WG.G[b][k];
+                    dst[(size_t)(a * WG_A + b) * IO] = s;
+                }
+        }
+}
+
+/* One sample x (Cin, H, W) -> V[a] rows col0 .. col0 + T - 1, each row
+ * Cinp channels; ldv = the stride between the WG_A2 matrices. P is scratch
+ * for the zero-padded, channel-last sample. */
+DV_HOT static void wg_input(const wg_plan *p, const float *restrict x, float *restrict P,
+                            float *restrict V, size_t ldv) {
+    const int PW = p->PW, Cp = p->Cinp;
+    memset(P, 0, (size_t)p->PH * PW * Cp * sizeof *P);
+    for (int c = 0; c < p->Cin; c++)
+        for (int h = 0; h < p->H; h++) {
+            const float *src = x + ((size_t)c * p->H + h) * p->W;
+            float *dst = P + ((size_t)(h + p->pad) * PW + p->pad) * Cp + c;
+            for (int w = 0; w < p->W; w++)
+                dst[(size_t)w * Cp] = src[w];
+        }
+    for (int t = 0; t < p->T; t++) {
+        const float *tile = P + ((size_t)(t / p->TW) * WG_M * PW + (t % p->TW) * WG_M) * Cp;
+        for (int c0 = 0; c0 < Cp; c0 += WG_L) {
+            wg_vec u[WG_A][WG_A];
+            /* u = B^T d, d read row by row */
+            for (int a = 0; a < WG_A; a++)
+                for (int b = 0; b < WG_A; b++)
+                    u[a][b] = (wg_vec){0};
+            for (int k = 0; k < WG_A; k++)
+                for (int b = 0; b < WG_A; b++) {
+                    wg_vec d;
+                    WG_LOAD(d, tile + ((size_t)k * PW + b) * Cp + c0);
+                    for (int a = 0; a < WG_A; a++) {
+                        float c = WG.BT[a][k];
+                        if (c != 0.0f) u[a][b] += c * d;
+                    }
+                }
+            /* V = u B */
+            float *dst = V + (size_t)t * Cp + c0;
+            for (int a = 0; a < WG_A; a++)
+                for (int b = 0; b < WG_A; b++) {
+                    wg_vec v = {0};
+                    for (int k = 0; k < WG_A; k++) {
+                        float c = WG.BT[b][k];
+                        if (c != 0.0f) v += c * u[a][k];
+                    }
+                    memcpy(dst + (size_t)(a * WG_A + b) * ldv, &v, sizeof v);
+                }
+        }
+    }
+}
+
+/* Products M[a] rows col0 .. col0 + T - 1 (Coutp channels each) -> one
+ * sample y (Cout, OH, OW), + bias (Coutp, padded). */
+DV_HOT static void wg_output(const wg_plan *p, const float *restrict M, size_t ldm,
+                             const float *restrict bias, float *restrict y) {
+    const int OH = p->OH, OW = p->OW, Cp = p->Coutp;
+    for (int t = 0; t < p->T; t++) {
+        const int oh0 = (t / p->TW) * WG_M, ow0 = (t % p->TW) * WG_M;
+        const int ni = OH - oh0 < WG_M ? OH - oh0 : WG_M, nj = OW - ow0 < WG_M ? OW - ow0 : WG_M;
+        for (int o0 = 0; o0 < Cp; o0 += WG_L) {
+            wg_vec u[WG_M][WG_A];
+            float out[WG_M][WG_M][WG_L] __attribute__((aligned(64)));
+            const float *src = M + (size_t)t * Cp + o0;
+            /* u = A^T M */
+            for (int i = 0; i < WG_M; i++)
+                for (int b = 0; b < WG_A; b++)
+                    u[i][b] = (wg_vec){0};
+            for (int a = 0; a < WG_A; a++)
+                for (int b = 0; b < WG_A; b++) {
+                    wg_vec mv;
+                    WG_LOAD(mv, src + (size_t)(a * WG_A + b) * ldm);
+                    for (int i = 0; i < WG_M; i++) {
+                        float c = WG.AT[i][a];
+                        if (c != 0.0f) u[i][b] += c * mv;
+                    }
+                }
+            /* out = u A + bias */
+            wg_vec bv;
+            WG_LOAD(bv, bias + o0);
+            for (int i = 0; i < WG_M; i++)
+                for (int j = 0; j < WG_M; j++) {
+                    wg_vec s = bv;
+                    for (int k = 0; k < WG_A; k++) {
+                        float c = WG.AT[j][k];
+                        if (c != 0.0f) s += c * u[i][k];
+                    }
+                    memcpy(out[i][j], &s, sizeof s);
+                }
+            const int nl = p->Cout - o0 < WG_L ? p->Cout - o0 : WG_L;
+            for (int l = 0; l < nl; l++) {
+                float *yo = y + ((size_t)(o0 + l) * OH + oh0) * OW + ow0;
+                for (int i = 0; i < ni; i++)
+                    for (int j = 0; j < nj; j++)
+                        yo[(size_t)i * OW + j] = out[i][j][l];
+            }
+        }
+    }
+}
+
+/* y (B, Cout, OH, OW) = conv(x (B, Cin, H, W), filters) + bias, stride 1. */
+static void wg_conv(const wg_plan *p, int B, const float *x, const float *w, int flip,
+                    const float *bias, float *y, float *work) {
+    const int Ci = p->Cinp, Co = p->Coutp;
+    const size_t xs = (size_t)p->Cin * p->H * p->W, ys = (size_t)p->Cout * p->OH * p->OW;
+    const size_t Nmax = (size_t)p->group * p->T;
+    /* 64-byte aligned pieces: every size below is a multiple of WG_L */
+    float *U = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    float *V = U + (size_t)WG_A2 * Ci * Co;
+    float *M = V + (size_t)WG_A2 * Nmax * Ci;
+    float *P = M + (size_t)WG_A2 * Nmax * Co;
+    float *bp = P + (size_t)p->PH * p->PW * Ci;
+    for (int o = 0; o < Co; o++)
+        bp[o] = bias && o < p->Cout ? bias[o] : 0.0f;
+    wg_filters(p, w, flip, U);
+    for (int n0 = 0; n0 < B; n0 += p->group) {
+        const int gb = B - n0 < p->group ? B - n0 : p->group;
+        const size_t N = (size_t)gb * p->T;
+        /* V[a] is (N, Ci), M[a] is (N, Co) */
+        for (int n = 0; n < gb; n++)
+            wg_input(p, x + (n0 + n) * xs, P, V + (size_t)n * p->T * Ci, N * Ci);
+        for (int a = 0; a < WG_A2; a++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, Co, Ci, 1.0f,
+                        V + (size_t)a * N * Ci, Ci, U + (size_t)a * Ci * Co, Co, 0.0f,
+                        M + (size_t)a * N * Co, Co);
+        for (int n = 0; n < gb; n++)
+            wg_output(p, M + (size_t)n * p->T * Co, N * Co, bp, y + (n0 + n) * ys);
+    }
+}
+
+/* One sample's output gradient dy (Cout, OH, OW) -> Q[a] rows col0 ..
+ * col0 + T - 1 (Coutp channels each): Q = A dy A^T per tile, the outputs
+ * past OH, OW read as 0. D is scratch for the channel-last tiles. */
+DV_HOT static void wg_dyin(const wg_plan *p, const float *restrict dy, float *restrict D,
+                           float *restrict Q, size_t ldq) {
+    const int OH = p->OH, OW = p->OW, Cp = p->Coutp, DW = p->TW * WG_M;
+    memset(D, 0, (size_t)p->TH * WG_M * DW * Cp * sizeof *D);
+    for (int o = 0; o < p->Cout; o++)
+        for (int h = 0; h < OH; h++) {
+            const float *src = dy + ((size_t)o * OH + h) * OW;
+            float *dst = D + (size_t)h * DW * Cp + o;
+            for (int w = 0; w < OW; w++)
+                dst[(size_t)w * Cp] = src[w];
+        }
+    for (int t = 0; t < p->T; t++) {
+        const float *tile = D + ((size_t)(t / p->TW) * WG_M * DW + (t % p->TW) * WG_M) * Cp;
+        for (int o0 = 0; o0 < Cp; o0 += WG_L) {
+            wg_vec r[WG_A][WG_M];
+            /* r = A dy: r[a][j] = sum_i AT[i][a] dy[i][j] */
+            for (int a = 0; a < WG_A; a++)
+                for (int j = 0; j < WG_M; j++)
+                    r[a][j] = (wg_vec){0};
+            for (int i = 0; i < WG_M; i++)
+                for (int j = 0; j < WG_M; j++) {
+                    wg_vec d;
+                    WG_LOAD(d, tile + ((size_t)i * DW + j) * Cp + o0);
+                    for (int a = 0; a < WG_A; a++) {
+                        float c = WG.AT[i][a];
+                        if (c != 0.0f) r[a][j] += c * d;
+                    }
+                }
+            /* Q = r A^T */
+            float *dst = Q + (size_t)t * Cp + o0;
+            for (int a = 0; a < WG_A; a++)
+                for (int b = 0; b < WG_A; b++) {
+                    wg_vec q = {0};
+                    for (int j = 0; j < WG_M; j++) {
+                        float c = WG.AT[j][b];
+                        if (c != 0.0f) q += c * r[a][j];
+                    }
+                    memcpy(dst + (size_t)(a * WG_A + b) * ldq, &q, sizeof q);
+                }
+        }
+    }
+}
+
+/* dw (Cout, Cin, 5, 5) += the filter gradient of the forward plan p: per
+ * tile, dL/dU = (A dy A^T) (.) (B^T d B), so S[a] (Cinp, Coutp) = sum over
+ * tiles of V[a]^T Q[a] (GEMMs with K = tiles), then dw = G^T S G. */
+static void wg_conv_dw(const wg_plan *p, int B, const float *x, const float *dy, float *dw,
+                       float *work) {
+    const int Ci = p->Cinp, Co = p->Coutp;
+    const size_t xs = (size_t)p->Cin * p->H * p->W, ys = (size_t)p->Cout * p->OH * p->OW;
+    const size_t Nmax = (size_t)p->group * p->T;
+    float *S = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    float *V = S + (size_t)WG_A2 * Ci * Co;
+    float *Q = V + (size_t)WG_A2 * Nmax * Ci;
+    float *P = Q + (size_t)WG_A2 * Nmax * Co;
+    float *D = P + (size_t)p->PH * p->PW * Ci + Co;
+    for (int n0 = 0; n0 < B; n0 += p->group) {
+        const int gb = B - n0 < p->group ? B - n0 : p->group;
+        const size_t N = (size_t)gb * p->T;
+        for (int n = 0; n < gb; n++) {
+            wg_input(p, x + (n0 + n) * xs, P, V + (size_t)n * p->T * Ci, N * Ci);
+            wg_dyin(p, dy + (n0 + n) * ys, D, Q + (size_t)n * p->T * Co, N * Co);
+        }
+        for (int a = 0; a < WG_A2; a++)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Ci, Co, (int)N, 1.0f,
+                        V + (size_t)a * N * Ci, Ci, Q + (size_t)a * N * Co, Co,
+                        n0 == 0 ? 0.0f : 1.0f, S + (size_t)a * Ci * Co, Co);
+    }
+    const size_t IO = (size_t)Ci * Co;
+    for (int o = 0; o < p->Cout; o++)
+        for (int i = 0; i < p->Cin; i++) {
+            float s[WG_A][WG_A], t[WG_R][WG_A];
+            for (int a = 0; a < WG_A; a++)
+                for (int b = 0; b < WG_A; b++)
+                    s[a][b] = S[(size_t)(a * WG_A + b) * IO + (size_t)i * Co + o];
+            for (int k = 0; k < WG_R; k++)
+                for (int b = 0; b < WG_A; b++) {
+                    float v = 0.0f;
+                    for (int a = 0; a < WG_A; a++)
+                        v += WG.G[a][k] * s[a][b];
+                    t[k][b] = v;
+                }
+            float *dst = dw + ((size_t)o * p->Cin + i) * WG_R * WG_R;
+            for (int k = 0; k < WG_R; k++)
+                for (int l = 0; l < WG_R; l++) {
+                    float v = 0.0f;
+                    for (int b = 0; b < WG_A; b++)
+                        v += t[k][b] * WG.G[b][l];
+                    dst[k * WG_R + l] += v;
+                }
+        }
+}
+
+/* The forward's plan, and the dx plan: dy (F planes, OH x OW) convolved
+ * with pad 4 - pad back to (C, H, W). */
+static void wg_plan_fwd(wg_plan *p, const dv_conv2d_geom *g) {
+    wg_plan_init(p, g->B, g->C, g->F, g->H, g->W, g->pad, g->OH, g->OW);
+}
+static void wg_plan_dx(wg_plan *p, const dv_conv2d_geom *g) {
+    wg_plan_init(p, g->B, g->F, g->C, g->OH, g->OW, WG_R - 1 - g->pad, g->H, g->W);
+}
+
 /* A 1x1, stride-1, unpadded convolution is a plain GEMM on x itself. */
 static int conv_is_pointwise(const dv_conv2d_geom *g) {
     return g->KH == 1 && g->KW == 1 && g->stride == 1 && g->pad == 0;
 }
 
 /* One sample's column buffer: (C*KH*KW, OH*OW) floats. The backward reuses
- * it for the gradient of the columns once dw has consumed it. */
+ * it for the gradient of the columns once dw has consumed it. The Winograd
+ * path needs the larger of its forward and dx plans (a few MB for the
+ * CNN's second layer: the tiles of WG_GROUP samples). */
 size_t dv_cpu_conv2d_workspace(void *ctx, const dv_conv2d_geom *g) {
     (void)ctx;
     if (conv_is_pointwise(g)) return 0;
-    return (size_t)g->C * g->KH * g->KW * g->OH * g->OW;
+    size_t n = (size_t)g->C * g->KH * g->KW * g->OH * g->OW;
+    if (conv_is_winograd(g)) {
+        wg_plan p;
+        wg_plan_fwd(&p, g);
+        if (wg_work(&p) > n) n = wg_work(&p);
+        wg_plan_dx(&p, g);
+        if (wg_work(&p) > n) n = wg_work(&p);
+    }
+    return n;
 }
 
 void dv_cpu_conv2d_forward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
@@ -378,6 +751,12 @@ void dv_cpu_conv2d_forward(void *ctx, const dv_conv2d_geom *g, const float *x, c
     const int CK = g->C * g->KH * g->KW, S = g->OH * g->OW;
     const size_t xs = (size_t)g->C * g->H * g->W, ys = (size_t)g->F * S;
     const int pointwise = conv_is_pointwise(g);
+    if (conv_is_winograd(g)) {
+        wg_plan p;
+        wg_plan_fwd(&p, g);
+        wg_conv(&p, g->B, x, w, 0, b, y, work);
+        return;
+    }
     for (int n = 0; n < g->B; n++) {
         const float *col = x + n * xs;
         if (!pointwise) {
@@ -392,12 +771,37 @@ void dv_cpu_conv2d_forward(void *ctx, const dv_conv2d_geom *g, const float *x, c
     }
 }
 
+static void conv2d_backward_cols(const dv_conv2d_geom *g, const float *x, const float *w,
+                                 const float *dy, float *dx, float *dw, float *work);
+
 void dv_cpu_conv2d_backward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
                             const float *dy, float *dx, float *dw, float *db, float *work) {
+    const int S = g->OH * g->OW;
+    if (db) dv_cpu_bias_backward(ctx, dy, db, g->B, g->F, S);
+    if (conv_is_winograd(g)) {
+        /* dw from the forward's tiles, then dx as the full convolution of
+         * dy with the flipped filters; they share the workspace in turn */
+        wg_plan p;
+        if (dw) {
+            wg_plan_fwd(&p, g);
+            wg_conv_dw(&p, g->B, x, dy, dw, work);
+        }
+        if (dx) {
+            wg_plan_dx(&p, g);
+            wg_conv(&p, g->B, dy, w, 1, NULL, dx, work);
+        }
+        return;
+    }
+    conv2d_backward_cols(g, x, w, dy, dx, dw, work);
+}
+
+/* The column path of the backward: dw (if not NULL) and dx (if not NULL),
+ * one sample at a time. */
+static void conv2d_backward_cols(const dv_conv2d_geom *g, const float *x, const float *w,
+                                 const float *dy, float *dx, float *dw, float *work) {
     const int CK = g->C * g->KH * g->KW, S = g->OH * g->OW;
     const size_t xs = (size_t)g->C * g->H * g->W, ys = (size_t)g->F * S;
     const int pointwise = conv_is_pointwise(g);
-    if (db) dv_cpu_bias_backward(ctx, dy, db, g->B, g->F, S);
     for (int n = 0; n < g->B; n++) {
         const float *dyn = dy + n * ys;
         if (dw) {
