@@ -41,6 +41,9 @@ typedef struct dv_shm {
     MPI_Comm cross;               /* same local rank on every node; MPI_COMM_NULL on one node */
     unsigned long calls;          /* reduces begun: parity of the segments to use */
     dv_comm_request *head, *tail; /* started, not yet reduced, in start order */
+    MPI_Win gwin;                 /* dv_comm_shared_buffer's window; MPI_WIN_NULL if none */
+    size_t gcap;                  /* floats in each rank's shared buffer */
+    float **gbuf;                 /* (local_size): every local rank's shared buffer */
 } dv_shm;
 
 struct dv_comm {

@@ -461,6 +461,7 @@ dv_status dv_comm_init(dv_comm **out, int *argc, char ***argv, char *err) {
     c->algo = DV_COMM_ALGO_MPI;
     c->shm.ctl_win = MPI_WIN_NULL;
     c->shm.win = MPI_WIN_NULL;
+    c->shm.gwin = MPI_WIN_NULL;
     c->shm.cross = MPI_COMM_NULL;
     c->max_count = INT_MAX;
     if (comm_setup(c, argc, argv, err) != DV_OK) {
@@ -486,6 +487,7 @@ void dv_comm_free(dv_comm *c) {
     MPI_Finalized(&finalized);
     if (!finalized) {
         if (c->shm.win != MPI_WIN_NULL) MPI_Win_free(&c->shm.win);
+        if (c->shm.gwin != MPI_WIN_NULL) MPI_Win_free(&c->shm.gwin);
         if (c->shm.ctl_win != MPI_WIN_NULL) MPI_Win_free(&c->shm.ctl_win);
         if (c->shm.cross != MPI_COMM_NULL) MPI_Comm_free(&c->shm.cross);
         if (c->node != MPI_COMM_NULL) MPI_Comm_free(&c->node);
@@ -493,6 +495,7 @@ void dv_comm_free(dv_comm *c) {
         if (c->owns_mpi) MPI_Finalize();
     }
     free(c->shm.seg);
+    free(c->shm.gbuf);
     free(c);
 }
 
@@ -542,6 +545,103 @@ dv_status dv_comm_allreduce_avg(dv_comm *c, float *x, size_t n, char *err) {
                      MPI_Allreduce(MPI_IN_PLACE, x + off, count, MPI_FLOAT, MPI_SUM, c->world));
     }
     scale_avg(x, n, c->size);
+    return DV_OK;
+}
+
+/* ---- sharded reduce-scatter / all-gather ---------------------------------
+ * Shards are the shm slices of the whole vector (no rounds), so a segment
+ * holds all n floats. Each call copies in, passes one barrier, and reads the
+ * peers' segments; the parity scheme of the all-reduce keeps it safe: the
+ * segment of call k is rewritten at call k+2, after every rank has passed
+ * the barrier of call k+1, which it reaches only once it is done reading
+ * call k. */
+static int shardable(const dv_comm *c, size_t n) {
+    return use_shm(c, n) && c->shm.cross == MPI_COMM_NULL;
+}
+
+void dv_comm_shard(const dv_comm *c, size_t n, size_t *lo, size_t *hi) {
+    if (!shardable(c, n)) {
+        *lo = 0;
+        *hi = n;
+        return;
+    }
+    shm_slice(c, n, c->local_rank, lo, hi);
+}
+
+/* Copies x (all of it, or only this rank's shard) into this call's segment
+ * and passes the node barrier; returns the segments. */
+static float *const *shard_exchange(dv_comm *c, const float *x, size_t n, int own_only) {
+    float *const *seg = c->shm.seg + (int)(c->shm.calls++ & 1) * c->local_size;
+    size_t lo = 0, hi = n;
+    if (own_only) shm_slice(c, n, c->local_rank, &lo, &hi);
+    memcpy(seg[c->local_rank] + lo, x + lo, (hi - lo) * sizeof(float));
+    bar_wait(c, bar_arrive(c));
+    return seg;
+}
+
+float *dv_comm_shared_buffer(dv_comm *c, size_t n, char *err) {
+    if (!shardable(c, n) || c->shm.gwin != MPI_WIN_NULL) return NULL;
+    shm_drain(c);
+    MPI_Info info;
+    if (MPI_Info_create(&info) != MPI_SUCCESS) return NULL;
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");
+    void *base = NULL;
+    size_t cap = round_up(n, DV_SHM_ALIGN);
+    int rc = MPI_Win_allocate_shared((MPI_Aint)(cap * sizeof(float)), sizeof(float), info, c->node,
+                                     &base, &c->shm.gwin);
+    MPI_Info_free(&info);
+    if (rc != MPI_SUCCESS) {
+        c->shm.gwin = MPI_WIN_NULL;
+        mpi_error(err, __LINE__, "MPI_Win_allocate_shared", rc);
+        return NULL;
+    }
+    c->shm.gbuf = calloc((size_t)c->local_size, sizeof *c->shm.gbuf);
+    for (int q = 0; c->shm.gbuf && q < c->local_size; q++) {
+        MPI_Aint size = 0;
+        int disp = 0;
+        MPI_Win_shared_query(c->shm.gwin, q, &size, &disp, &c->shm.gbuf[q]);
+    }
+    if (!c->shm.gbuf) {
+        dv_comm_format_error(err, __FILE__, __LINE__, "calloc", "out of memory");
+        return NULL;
+    }
+    c->shm.gcap = cap;
+    memset(c->shm.gbuf[c->local_rank], 0, cap * sizeof(float));
+    return c->shm.gbuf[c->local_rank];
+}
+
+dv_status dv_comm_reduce_scatter_avg(dv_comm *c, float *x, size_t n, char *err) {
+    DV_CHECK(c && (x || n == 0), err, "dv_comm_reduce_scatter_avg", "NULL comm or buffer");
+    if (!shardable(c, n)) return dv_comm_allreduce_avg(c, x, n, err);
+    shm_drain(c);
+    size_t lo, hi;
+    shm_slice(c, n, c->local_rank, &lo, &hi);
+    if (c->shm.gwin != MPI_WIN_NULL && x == c->shm.gbuf[c->local_rank] && n <= c->shm.gcap) {
+        /* zero copy: the peers read their slices of x where it lies, and
+         * this rank writes only its own slice; the next write to the rest
+         * of x comes after the all-gather's barrier, which every peer
+         * reaches only once done reading */
+        bar_wait(c, bar_arrive(c));
+        shm_sum(c->shm.gbuf, c->local_size, x, lo, hi, c->size);
+        return DV_OK;
+    }
+    DV_TRY(shm_reserve(c, n, err));
+    float *const *seg = shard_exchange(c, x, n, 0);
+    shm_sum(seg, c->local_size, x, lo, hi, c->size);
+    return DV_OK;
+}
+
+dv_status dv_comm_allgather(dv_comm *c, float *x, size_t n, char *err) {
+    DV_CHECK(c && (x || n == 0), err, "dv_comm_allgather", "NULL comm or buffer");
+    if (!shardable(c, n)) return DV_OK;
+    shm_drain(c);
+    DV_TRY(shm_reserve(c, n, err));
+    float *const *seg = shard_exchange(c, x, n, 1);
+    for (int q = 0; q < c->local_size; q++) {
+        size_t qlo, qhi;
+        shm_slice(c, n, q, &qlo, &qhi);
+        if (q != c->local_rank) memcpy(x + qlo, seg[q] + qlo, (qhi - qlo) * sizeof(float));
+    }
     return DV_OK;
 }
 

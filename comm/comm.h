@@ -62,6 +62,27 @@ int dv_comm_select_device(const dv_comm *c, int ndevices);
 /* Blocking in-place average of x (n floats) over all ranks. */
 dv_status dv_comm_allreduce_avg(dv_comm *c, float *x, size_t n, char *err);
 
+/* Sharded updates (ZeRO stage 1): the gradient average is reduce-scattered,
+ * each rank updates only its shard of the parameters, and the shards are
+ * all-gathered, so the optimizer's work is split across ranks instead of
+ * repeated on each. [*lo, *hi) is this rank's shard of an n-vector: a
+ * proper part where the node's shared-memory path serves, all of [0, n)
+ * otherwise (then the reduce-scatter is an all-reduce and the all-gather
+ * does nothing). The same n gives the same shards on every call. */
+void dv_comm_shard(const dv_comm *c, size_t n, size_t *lo, size_t *hi);
+/* On return x[lo, hi) of this rank's shard holds the average over all ranks
+ * of x (n floats); the rest of x is undefined. Blocking. */
+dv_status dv_comm_reduce_scatter_avg(dv_comm *c, float *x, size_t n, char *err);
+/* A buffer of n floats (zeroed) that the other ranks of this node read in
+ * place: gradients kept here are reduce-scattered without being copied into
+ * shared memory first. Only x's own shard may be written between the
+ * reduce-scatter and the next all-gather. NULL where sharding does not apply
+ * or once one exists (err is set only on an MPI failure). Owned by comm
+ * (released by dv_comm_free). Collective over the node. */
+float *dv_comm_shared_buffer(dv_comm *c, size_t n, char *err);
+/* Every rank's shard of x (n floats) is copied to every rank. Blocking. */
+dv_status dv_comm_allgather(dv_comm *c, float *x, size_t n, char *err);
+
 /* Start an in-place average of x (n floats); it completes in
  * dv_comm_wait. `stream` is NULL on the MPI path. The buffer must not be
  * touched until the wait returns. Requests are owned by comm and released by

@@ -242,6 +242,73 @@ static void check_async_all(tcheck *t, dv_comm *c) {
     check_async(t, c, INT_MAX, 1);
 }
 
+/* The sharded update: reduce-scatter leaves the average in this rank's
+ * shard, an update of the shard alone, all-gather completes the vector
+ * everywhere; shards of all ranks tile [0, n) with no overlap. Run on a
+ * private buffer and on the zero-copy shared buffer. */
+static void check_sharded(tcheck *t, dv_comm *c, float *x, size_t n, int extra, int shared) {
+    char err[DV_ERR_LEN] = "";
+    size_t lo, hi;
+    dv_comm_shard(c, n, &lo, &hi);
+    EXPECT(t, lo <= hi && hi <= n);
+    double all = (double)(hi - lo), part = hi - lo < n;
+    EXPECT_OK(t, dv_comm_allreduce_double(c, &all, 1, DV_REDUCE_SUM, err), err);
+    EXPECT_OK(t, dv_comm_allreduce_double(c, &part, 1, DV_REDUCE_MAX, err), err);
+    /* disjoint and complete, or (no sharding) the whole vector everywhere */
+    EXPECT(t, all == (part ? (double)n : (double)n * dv_comm_size(c)));
+    if (c->algo == DV_COMM_ALGO_MPI) EXPECT(t, lo == 0 && hi == n);
+    fill_ramp(x, n, 0, dv_comm_rank(c), extra);
+    EXPECT_OK(t, dv_comm_reduce_scatter_avg(c, x, n, err), err);
+    EXPECT(t, ramp_mismatches(x + lo, hi - lo, lo, dv_comm_size(c), extra) == 0);
+    /* the "update": +1 on the own shard only, then gather */
+    for (size_t i = lo; i < hi; i++)
+        x[i] += 1.0f;
+    /* garbage the gather must replace; not in the shared buffer, whose other
+     * parts the peers may still be reading until the gather */
+    for (size_t i = 0; !shared && i < n; i++)
+        if (i < lo || i >= hi) x[i] = -7.0f;
+    EXPECT_OK(t, dv_comm_allgather(c, x, n, err), err);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double avg = ((double)dv_comm_size(c) * (double)i +
+                      dv_comm_size(c) * (dv_comm_size(c) - 1) / 2.0 + extra) /
+                     dv_comm_size(c);
+        if (x[i] != (float)avg + 1.0f) bad++;
+    }
+    if (bad) fprintf(stderr, "%s sharded n=%zu: %zu wrong\n", algo_name(c), n, bad);
+    EXPECT(t, bad == 0);
+    EXPECT(t, dv_comm_all_equal(c, x, n * sizeof *x));
+}
+
+static void check_sharded_all(tcheck *t, dv_comm *c) {
+    const size_t sizes[] = {1, 3, 1001, 70000};
+    for (int k = 0; k < 4; k++) {
+        float *x = malloc(sizes[k] * sizeof *x);
+        check_sharded(t, c, x, sizes[k], 0, 0);
+        check_sharded(t, c, x, sizes[k], 1, 0);
+        free(x);
+    }
+}
+
+static void test_sharded(void **state) {
+    (void)state;
+    tcheck t = {0};
+    for_each_algo(&t, g_comm, check_sharded_all);
+    /* zero copy: gradients kept in the node-shared buffer */
+    enum { N = 5003 };
+    char err[DV_ERR_LEN] = "";
+    float *g = dv_comm_shared_buffer(g_comm, N, err);
+    if (g_comm->algo == DV_COMM_ALGO_SHM && dv_comm_size(g_comm) == dv_comm_local_size(g_comm)) {
+        EXPECT(&t, g != NULL);
+        EXPECT(&t, dv_comm_shared_buffer(g_comm, N, err) == NULL); /* one only */
+    } else {
+        EXPECT(&t, g == NULL);
+    }
+    for (int round = 0; g && round < 3; round++)
+        check_sharded(&t, g_comm, g, N, round & 1, 1);
+    finish(&t);
+}
+
 static void test_allreduce_async(void **state) {
     (void)state;
     tcheck t = {0};
@@ -679,7 +746,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_bcast),         cmocka_unit_test(test_allreduce_double),
         cmocka_unit_test(test_first_failed),  cmocka_unit_test(test_all_equal),
         cmocka_unit_test(test_format_error),  cmocka_unit_test(test_shm),
-        cmocka_unit_test(test_shm_env),
+        cmocka_unit_test(test_shm_env),       cmocka_unit_test(test_sharded),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL), worst = 0;
     MPI_Allreduce(&failed, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);

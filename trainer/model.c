@@ -241,6 +241,7 @@ void dv_model_free(dv_model *m) {
     }
     free(m->acts);
     free(m->layers);
+    if (m->grads_borrowed) m->grads = NULL;
     float *bufs[] = {m->params,  m->grads,   m->state1,  m->state2, m->buffers, m->input,
                      m->dbuf[0], m->dbuf[1], m->targets, m->work,   m->stats};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
@@ -248,6 +249,17 @@ void dv_model_free(dv_model *m) {
     be->free(be->ctx, m->labels);
     be->free(be->ctx, m->row_id);
     free(m);
+}
+
+void dv_model_use_grads(dv_model *m, float *grads) {
+    if (!m->grads_borrowed) m->be->free(m->be->ctx, m->grads);
+    m->grads = grads;
+    m->grads_borrowed = 1;
+    for (int i = 0; i < m->nlayers; i++)
+        for (int k = 0; k < m->layers[i].nparam; k++) {
+            dv_param *p = &m->layers[i].param[k];
+            if (p->trainable) p->grad = grads + p->offset;
+        }
 }
 
 void dv_model_forward(dv_model *m, int B, int training) {

@@ -34,6 +34,9 @@ typedef struct run {
     int world, rank, local_batch, eval_batch;
     char *config_text;
     float *host_targets; /* (max_batch, outputs) */
+    /* sharded optimizer (ZeRO stage 1): this rank updates params[lo, hi) */
+    int sharded;
+    size_t shard_lo, shard_hi;
     /* gradient buckets in flight */
     size_t bucket_floats, bucket_start;
     dv_comm_request *reqs[MAX_REQS];
@@ -209,6 +212,14 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
         if (!r->host_targets || !r->config_text) rc = dv_fail(err, "out of memory");
     }
     if (dv_agree(c, rc, err)) return -1;
+    dv_comm_shard(c, r->m->nparams, &r->shard_lo, &r->shard_hi);
+    r->sharded = r->shard_hi - r->shard_lo < r->m->nparams;
+    if (r->sharded && !strcmp(r->be->name, "cpu")) {
+        /* host gradients the node's peers can read in place: no copy into
+         * shared memory before the reduce-scatter */
+        float *g = dv_comm_shared_buffer(c, r->m->nparams, err);
+        if (g) dv_model_use_grads(r->m, g);
+    }
     r->bucket_floats = (size_t)(r->st.bucket_mb * 1048576.0 / sizeof(float));
     if (r->bucket_floats < 1) r->bucket_floats = 1;
     return 0;
@@ -251,7 +262,7 @@ static int evaluate(run *r, dv_loader *l, double *loss, double *acc, double *cou
 
 static void on_grads(void *ctx, size_t grad_end) {
     run *r = ctx;
-    if (r->world == 1 || r->comm_failed) return;
+    if (r->world == 1 || r->comm_failed || r->sharded) return;
     size_t n = grad_end - r->bucket_start;
     if (n && (n >= r->bucket_floats || grad_end == r->m->nparams) && r->nreq < MAX_REQS) {
         if (dv_comm_allreduce_start(r->comm, r->m->grads + r->bucket_start, n, NULL,
@@ -294,10 +305,6 @@ static void train_step(run *r, const dv_batch *b, double lr, int64_t step) {
     r->bucket_start = 0;
     r->nreq = 0;
     dv_model_backward(m, b->count, on_grads, r);
-    for (int i = 0; i < r->nreq; i++)
-        if (dv_comm_wait(r->comm, r->reqs[i], r->err)) r->comm_failed = 1;
-    if (r->comm_failed) dv_comm_abort(r->comm, 1, r->err);
-    if (r->st.clip_norm > 0) dv_clip_grad_norm(be, m->grads, m->nparams, r->st.clip_norm);
     dv_opt_params op = {.kind = r->st.optimizer,
                         .lr = (float)lr,
                         .momentum = (float)r->st.momentum,
@@ -306,6 +313,30 @@ static void train_step(run *r, const dv_batch *b, double lr, int64_t step) {
                         .eps = (float)r->st.eps,
                         .weight_decay = (float)r->st.weight_decay,
                         .step = (long)step + 1};
+    if (r->sharded) {
+        /* reduce-scatter, update this rank's shard, all-gather the params:
+         * the same arithmetic as the full update, done once per element */
+        size_t lo = r->shard_lo, n = r->shard_hi - r->shard_lo;
+        if (dv_comm_reduce_scatter_avg(r->comm, m->grads, m->nparams, r->err))
+            dv_comm_abort(r->comm, 1, r->err);
+        if (r->st.clip_norm > 0) {
+            double ss = be->sumsq(be->ctx, m->grads + lo, n);
+            if (dv_comm_allreduce_double(r->comm, &ss, 1, DV_REDUCE_SUM, r->err))
+                dv_comm_abort(r->comm, 1, r->err);
+            double norm = sqrt(ss);
+            if (isfinite(norm) && norm > r->st.clip_norm)
+                be->scale(be->ctx, m->grads + lo, (float)(r->st.clip_norm / norm), n);
+        }
+        be->opt_step(be->ctx, &op, m->params + lo, m->grads + lo, m->state1 + lo, m->state2 + lo,
+                     n);
+        if (dv_comm_allgather(r->comm, m->params, m->nparams, r->err))
+            dv_comm_abort(r->comm, 1, r->err);
+        return;
+    }
+    for (int i = 0; i < r->nreq; i++)
+        if (dv_comm_wait(r->comm, r->reqs[i], r->err)) r->comm_failed = 1;
+    if (r->comm_failed) dv_comm_abort(r->comm, 1, r->err);
+    if (r->st.clip_norm > 0) dv_clip_grad_norm(be, m->grads, m->nparams, r->st.clip_norm);
     be->opt_step(be->ctx, &op, m->params, m->grads, m->state1, m->state2, m->nparams);
 }
 
@@ -358,6 +389,10 @@ static void prune_checkpoints(const char *dir, long keep) {
  * rank learns whether it worked. Collective. */
 static int save(run *r, const dv_train_state *ts, int best) {
     int rc = 0;
+    /* with a sharded optimizer each rank holds only its shard's moments */
+    if (r->sharded && (dv_comm_allgather(r->comm, r->m->state1, r->m->nparams, r->err) ||
+                       dv_comm_allgather(r->comm, r->m->state2, r->m->nparams, r->err)))
+        dv_comm_abort(r->comm, 1, r->err);
     if (r->rank == 0) {
         char path[1200], last[1200], tmp[1300];
         const char *dir = r->st.run_dir;

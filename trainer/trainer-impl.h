@@ -179,6 +179,7 @@ struct dv_model {
     /* flat buffers, one allocation each (device) */
     size_t nparams, nbuffers;
     float *params, *grads, *state1, *state2, *buffers;
+    int grads_borrowed; /* grads live in memory the model does not own */
 
     /* activations: acts[i] is the output of layer i (max_batch, out_elems) */
     float **acts;
@@ -198,6 +199,10 @@ struct dv_model {
 int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss, uint64_t seed,
                    int max_batch, char *err);
 void dv_model_free(dv_model *m);
+/* Moves the gradients into `grads` (nparams floats, device memory the model
+ * borrows: the caller keeps it alive and frees it) and re-points the layer
+ * views. */
+void dv_model_use_grads(dv_model *m, float *grads);
 /* Forward over B rows of m->input; fills m->acts. */
 void dv_model_forward(dv_model *m, int B, int training);
 /* Loss on the last activation against m->labels / m->targets; writes the
