@@ -56,6 +56,16 @@ check "train prints the done line" grep -q '^done: 100 steps' "$OUT"
 check "run1/last.h5 and run1/best.h5 exist" test -s run1/last.h5 -a -s run1/best.h5
 check "metrics.csv: header and one line per epoch ($EPOCHS)" metrics_ok run1 "$EPOCHS"
 
+echo "== the same run streaming from HDF5 (memory_mb = 0) with checkpoints every 3 steps"
+e2e_run "$DIVE_BIN" train mlp.cfg --set train.run_dir=run_stream --set data.memory_mb=0 \
+    --set train.checkpoint_every=3
+expect_ok "dive train, streaming, prefetching while checkpoints are written"
+check "it streams" grep -q 'streaming; backend' "$OUT"
+check "its final model predicts exactly as the in-memory run's" \
+    bash -c "'$DIVE_BIN' predict mlp.cfg --checkpoint run1/last.h5 -o a.csv >/dev/null &&
+             '$DIVE_BIN' predict mlp.cfg --checkpoint run_stream/last.h5 -o b.csv >/dev/null &&
+             test -s a.csv && cmp -s a.csv b.csv"
+
 echo "== eval --json on run1/best.h5 (pass mark $MIN_ACC)"
 eval_acc mlp.cfg run1/best.h5
 expect_ok "dive eval --json (1 rank)"

@@ -98,7 +98,38 @@ static int fsync_path(const char *path, int dir) {
     return rc;
 }
 
+/* HDF5 here is not thread-safe, and a streaming loader may be reading on
+ * its prefetch thread: every HDF5 call of the trainer holds data's lock. */
+static int save_locked(const char *path, const dv_model *m, const dv_train_state *ts,
+                       const char *config_text, char *err);
+static int load_locked(const char *path, dv_model *m, dv_train_state *ts, int with_optimizer,
+                       char *err);
+static char *config_locked(const char *path, char *err);
+
 int dv_checkpoint_save(const char *path, const dv_model *m, const dv_train_state *ts,
+                       const char *config_text, char *err) {
+    dv_hdf5_lock();
+    int rc = save_locked(path, m, ts, config_text, err);
+    dv_hdf5_unlock();
+    return rc;
+}
+
+int dv_checkpoint_load(const char *path, dv_model *m, dv_train_state *ts, int with_optimizer,
+                       char *err) {
+    dv_hdf5_lock();
+    int rc = load_locked(path, m, ts, with_optimizer, err);
+    dv_hdf5_unlock();
+    return rc;
+}
+
+char *dv_checkpoint_config(const char *path, char *err) {
+    dv_hdf5_lock();
+    char *text = config_locked(path, err);
+    dv_hdf5_unlock();
+    return text;
+}
+
+static int save_locked(const char *path, const dv_model *m, const dv_train_state *ts,
                        const char *config_text, char *err) {
     char tmp[1200];
     snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
@@ -229,7 +260,7 @@ static hid_t open_checkpoint(const char *path, char *err) {
     return f;
 }
 
-int dv_checkpoint_load(const char *path, dv_model *m, dv_train_state *ts, int with_optimizer,
+static int load_locked(const char *path, dv_model *m, dv_train_state *ts, int with_optimizer,
                        char *err) {
     hid_t f = open_checkpoint(path, err);
     if (f < 0) return -1;
@@ -270,7 +301,7 @@ int dv_checkpoint_load(const char *path, dv_model *m, dv_train_state *ts, int wi
     return rc;
 }
 
-char *dv_checkpoint_config(const char *path, char *err) {
+static char *config_locked(const char *path, char *err) {
     hid_t f = open_checkpoint(path, err);
     if (f < 0) return NULL;
     char *text = NULL;
