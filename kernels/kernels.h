@@ -162,8 +162,8 @@ struct dv_backend {
      * pointer) gives a global id per row so N ranks and 1 rank draw the
      * same masks; the trainer folds layer and step into `seed`. A NULL
      * row_id means row i has id i. */
-    void (*dropout_forward)(void *ctx, float rate, uint64_t seed, const int64_t *row_id,
-                            int rows, int cols, const float *x, float *y, float *mask);
+    void (*dropout_forward)(void *ctx, float rate, uint64_t seed, const int64_t *row_id, int rows,
+                            int cols, const float *x, float *y, float *mask);
     void (*dropout_backward)(void *ctx, const float *mask, const float *dy, float *dx, size_t n);
 
     /* Batch norm over x (B, C, S): per channel statistics over B and S.
@@ -171,9 +171,9 @@ struct dv_backend {
      * running stats with `momentum` (running = (1-m)*running + m*batch,
      * unbiased variance). Eval: uses running stats. */
     void (*batchnorm_forward)(void *ctx, int training, int B, int C, int S, float eps,
-                              float momentum, const float *x, const float *gamma,
-                              const float *beta, float *running_mean, float *running_var,
-                              float *save_mean, float *save_invstd, float *y);
+                              float momentum, const float *x, const float *gamma, const float *beta,
+                              float *running_mean, float *running_var, float *save_mean,
+                              float *save_invstd, float *y);
     /* Training-mode backward: dgamma, dbeta (C) +=, dx overwritten. */
     void (*batchnorm_backward)(void *ctx, int B, int C, int S, const float *x, const float *gamma,
                                const float *save_mean, const float *save_invstd, const float *dy,
