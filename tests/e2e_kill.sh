@@ -41,4 +41,32 @@ check "stops at step $stop" grep -q "stopped at step $stop" "$OUT"
 check "no temporary checkpoint files are left" \
     bash -c "! ls run | grep -q tmp"
 
+echo "== SIGTERM (a scheduler's time limit, Ctrl-C): checkpoint at the next step, then stop"
+"$DIVE_BIN" train kill.cfg --set train.run_dir=run_term --set train.epochs=100000 >term.log 2>&1 &
+job=$!
+sleep 1.5
+kill -TERM "$job"
+wait "$job"
+rc=$?
+check "exits with 128 + SIGTERM (got $rc)" test "$rc" -eq 143
+check "says where the checkpoint is" grep -q "interrupted by Terminated: the checkpoint of step" term.log
+tstep=$(sed -n 's/.*the checkpoint of step \([0-9]*\) is in.*/\1/p' term.log)
+e2e_run "$DIVE_BIN" info run_term/last.h5
+check "last.h5 holds that step ($tstep)" grep -q "step $tstep epoch" "$OUT"
+e2e_run "$DIVE_BIN" train kill.cfg --set train.run_dir=run_term --set "train.max_steps=$((${tstep:-0} + 5))" --resume auto
+expect_ok "resume after SIGTERM"
+check "resumes at step $tstep" grep -q "resuming from run_term/last.h5: .*step $tstep" "$OUT"
+
+echo "== SIGTERM to every rank of a 2-rank job (as srun delivers it)"
+mpirun --oversubscribe -np 2 "$DIVE_BIN" train kill.cfg --set train.run_dir=run_term2 --set train.epochs=100000 >term2.log 2>&1 &
+job=$!
+sleep 2
+pkill -TERM -P "$job"
+wait "$job"
+rc=$?
+check "the job ends non-zero (got $rc)" test "$rc" -ne 0
+check "rank 0 says where the checkpoint is" grep -q "interrupted by Terminated" term2.log
+e2e_run "$DIVE_BIN" info run_term2/last.h5
+expect_ok "its last.h5 is whole"
+
 e2e_summary

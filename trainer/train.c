@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -44,6 +45,35 @@ typedef struct run {
     char err[DV_ERR_LEN];
     int comm_failed;
 } run;
+
+/* SIGTERM / SIGINT (a scheduler's time limit, Ctrl-C): the loop notices at
+ * a step boundary, agrees with the other ranks, writes a checkpoint and
+ * stops. A signal handler can only set a flag: this is the one global. */
+static volatile sig_atomic_t g_stop_signal;
+
+static void on_stop_signal(int sig) {
+    g_stop_signal = sig;
+}
+
+static void catch_stop_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+/* The signal any rank received, agreed on by all (0: none). Collective
+ * every `every` steps, so every rank stops at the same step. */
+static int agreed_stop_signal(run *r, int64_t step, int every) {
+    if (r->world == 1) return g_stop_signal;
+    if (step % every) return 0;
+    double sig = g_stop_signal;
+    if (dv_comm_allreduce_double(r->comm, &sig, 1, DV_REDUCE_MAX, r->err))
+        dv_comm_abort(r->comm, 1, r->err);
+    return (int)sig;
+}
 
 static double now(void) {
     struct timespec ts;
@@ -525,7 +555,8 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
     int live = r->rank == 0 &&
                (r->st.progress == 1 || (r->st.progress == 0 && isatty(STDOUT_FILENO) && !launched));
     int64_t log_every = r->st.log_every ? r->st.log_every : (steps >= 10 ? steps / 10 : 1);
-    int stop = 0;
+    int stop = 0, stop_signal = 0;
+    catch_stop_signals();
     for (int64_t epoch = ts.epoch; epoch < r->st.epochs && !stop; epoch++) {
         double t0 = now(), t_train = 0, last_print = 0;
         int64_t first = epoch == ts.epoch ? ts.step_in_epoch : 0, done = 0;
@@ -567,6 +598,10 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
                 stop = 1;
                 break;
             }
+            if ((stop_signal = agreed_stop_signal(r, ts.step, 8))) {
+                stop = 1;
+                break;
+            }
             if (r->st.checkpoint_every && ts.step % r->st.checkpoint_every == 0 && s + 1 < steps) {
                 dv_train_state g;
                 global_sums(r, &ts, &g);
@@ -588,10 +623,11 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             /* stopped by max_steps inside the epoch: save where we are; the
              * epoch's metrics and early stopping wait for its end */
             if (r->rank == 0)
-                printf("stopped at step %lld (max_steps), epoch %lld at %lld/%lld | loss %.4f "
+                printf("stopped at step %lld (%s), epoch %lld at %lld/%lld | loss %.4f "
                        "acc %.4f | train %.0f samples/s\n",
-                       (long long)ts.step, (long long)epoch + 1, (long long)ts.step_in_epoch,
-                       (long long)steps, s3[0] / s3[2], s3[1] / s3[2], rate);
+                       (long long)ts.step, stop_signal ? strsignal(stop_signal) : "max_steps",
+                       (long long)epoch + 1, (long long)ts.step_in_epoch, (long long)steps,
+                       s3[0] / s3[2], s3[1] / s3[2], rate);
             dv_train_state g;
             global_sums(r, &ts, &g);
             if (save(r, &g, 0)) {
@@ -644,6 +680,10 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             break;
         }
     }
+    if (stop_signal && r->rank == 0)
+        printf("interrupted by %s: the checkpoint of step %lld is in %s/last.h5; continue "
+               "with --resume auto\n",
+               strsignal(stop_signal), (long long)ts.step, r->st.run_dir);
     if (r->rank == 0) {
         char best[1200];
         snprintf(best, sizeof(best), "%s/best.h5", r->st.run_dir);
@@ -652,7 +692,7 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
         if (metrics) fclose(metrics);
     }
     run_free(r);
-    return 0;
+    return stop_signal ? 128 + stop_signal : 0;
 }
 
 /* ---- eval and predict ------------------------------------------------------ */
