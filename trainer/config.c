@@ -286,9 +286,15 @@ int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
                 count++;
                 s = &cfg->sec[i];
             }
-        if (count > 1)
-            return dv_fail(err, "--set %s: there are %d [%s] sections; name one as %s_1 .. %s_%d",
-                           assignment, count, sec, sec, sec, count);
+        if (count > 1) {
+            char names[512] = "";
+            for (int i = 0; i < cfg->nsec; i++)
+                if (!strcmp(cfg->sec[i].type, sec))
+                    snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+                             names[0] ? ", " : "", cfg->sec[i].name);
+            return dv_fail(err, "--set %s: there are %d [%s] sections; name one of them: %s",
+                           assignment, count, sec, names);
+        }
     }
     if (!s) {
         if (strcmp(sec, "data") && strcmp(sec, "train"))
