@@ -37,7 +37,7 @@ e2e_run mpirun --oversubscribe -np 2 "$DIVE_BIN" train kill.cfg --set train.chec
     --set train.keep=2 --set "train.max_steps=$stop" --resume auto
 expect_ok "--resume auto after the kill"
 check "resumes from last.h5 at step $step" grep -q "resuming from run/last.h5: .*step $step" "$OUT"
-check "stops at step $stop" grep -q "stopped at step $stop" "$OUT"
+check "stops at step $stop" grep -q "^done: $stop steps" "$OUT"
 check "no temporary checkpoint files are left" \
     bash -c "! ls run | grep -q tmp"
 
