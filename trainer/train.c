@@ -59,6 +59,7 @@ static void catch_stop_signals(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESTART; /* HDF5 and MPI reads must not see EINTR */
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
