@@ -22,7 +22,7 @@
 
 #define IDX_IMAGES_MAGIC 0x00000803u
 #define IDX_LABELS_MAGIC 0x00000801u
-#define IDX_CHUNK_ROWS   1024
+#define IDX_CHUNK_ROWS   64
 #define IDX_BLOCK_ROWS   8192
 #define GZIP_LEVEL       4
 /* CSV chunks hold about this many elements (1 MiB of float32). */
