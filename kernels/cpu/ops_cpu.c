@@ -493,6 +493,41 @@ DV_HOT static void wg_filters(const wg_plan *p, const float *restrict w, int fli
         }
 }
 
+/* The tile transforms of the input and of dy, WG_L channels at a time:
+ * out = L t L^T, with t a K x K tile of channel vectors (element (k, j) at
+ * tile + (k * rs + j) * Cp) and L a WG_A x K matrix read as
+ * L[a][k] = m[a * sa + k * sk] (B^T for inputs; A, i.e. A^T read
+ * transposed, for dy). Element (a, b) of the result goes to
+ * dst + (a * WG_A + b) * ld. Always inlined with constant matrices, so the
+ * loops unroll and the zero coefficients drop out at compile time. */
+static inline __attribute__((always_inline)) void wg_sandwich(const float *m, int sa, int sk, int K,
+                                                              const float *restrict tile, size_t rs,
+                                                              size_t Cp, float *restrict dst,
+                                                              size_t ld) {
+    wg_vec u[WG_A][WG_A];
+    for (int a = 0; a < WG_A; a++)
+        for (int j = 0; j < K; j++)
+            u[a][j] = (wg_vec){0};
+    for (int k = 0; k < K; k++)
+        for (int j = 0; j < K; j++) {
+            wg_vec d;
+            WG_LOAD(d, tile + ((size_t)k * rs + j) * Cp);
+            for (int a = 0; a < WG_A; a++) {
+                float c = m[a * sa + k * sk];
+                if (c != 0.0f) u[a][j] += c * d;
+            }
+        }
+    for (int a = 0; a < WG_A; a++)
+        for (int b = 0; b < WG_A; b++) {
+            wg_vec v = {0};
+            for (int j = 0; j < K; j++) {
+                float c = m[b * sa + j * sk];
+                if (c != 0.0f) v += c * u[a][j];
+            }
+            memcpy(dst + (size_t)(a * WG_A + b) * ld, &v, sizeof v);
+        }
+}
+
 /* One sample x (Cin, H, W) -> V[a] rows col0 .. col0 + T - 1, each row
  * Cinp channels; ldv = the stride between the WG_A2 matrices. P is scratch
  * for the zero-padded, channel-last sample. */
@@ -509,33 +544,9 @@ DV_HOT static void wg_input(const wg_plan *p, const float *restrict x, float *re
         }
     for (int t = 0; t < p->T; t++) {
         const float *tile = P + ((size_t)(t / p->TW) * WG_M * PW + (t % p->TW) * WG_M) * Cp;
-        for (int c0 = 0; c0 < Cp; c0 += WG_L) {
-            wg_vec u[WG_A][WG_A];
-            /* u = B^T d, d read row by row */
-            for (int a = 0; a < WG_A; a++)
-                for (int b = 0; b < WG_A; b++)
-                    u[a][b] = (wg_vec){0};
-            for (int k = 0; k < WG_A; k++)
-                for (int b = 0; b < WG_A; b++) {
-                    wg_vec d;
-                    WG_LOAD(d, tile + ((size_t)k * PW + b) * Cp + c0);
-                    for (int a = 0; a < WG_A; a++) {
-                        float c = WG.BT[a][k];
-                        if (c != 0.0f) u[a][b] += c * d;
-                    }
-                }
-            /* V = u B */
-            float *dst = V + (size_t)t * Cp + c0;
-            for (int a = 0; a < WG_A; a++)
-                for (int b = 0; b < WG_A; b++) {
-                    wg_vec v = {0};
-                    for (int k = 0; k < WG_A; k++) {
-                        float c = WG.BT[b][k];
-                        if (c != 0.0f) v += c * u[a][k];
-                    }
-                    memcpy(dst + (size_t)(a * WG_A + b) * ldv, &v, sizeof v);
-                }
-        }
+        for (int c0 = 0; c0 < Cp; c0 += WG_L)
+            wg_sandwich(&WG.BT[0][0], WG_A, 1, WG_A, tile + c0, PW, Cp, V + (size_t)t * Cp + c0,
+                        ldv);
     }
 }
 
@@ -633,33 +644,9 @@ DV_HOT static void wg_dyin(const wg_plan *p, const float *restrict dy, float *re
         }
     for (int t = 0; t < p->T; t++) {
         const float *tile = D + ((size_t)(t / p->TW) * WG_M * DW + (t % p->TW) * WG_M) * Cp;
-        for (int o0 = 0; o0 < Cp; o0 += WG_L) {
-            wg_vec r[WG_A][WG_M];
-            /* r = A dy: r[a][j] = sum_i AT[i][a] dy[i][j] */
-            for (int a = 0; a < WG_A; a++)
-                for (int j = 0; j < WG_M; j++)
-                    r[a][j] = (wg_vec){0};
-            for (int i = 0; i < WG_M; i++)
-                for (int j = 0; j < WG_M; j++) {
-                    wg_vec d;
-                    WG_LOAD(d, tile + ((size_t)i * DW + j) * Cp + o0);
-                    for (int a = 0; a < WG_A; a++) {
-                        float c = WG.AT[i][a];
-                        if (c != 0.0f) r[a][j] += c * d;
-                    }
-                }
-            /* Q = r A^T */
-            float *dst = Q + (size_t)t * Cp + o0;
-            for (int a = 0; a < WG_A; a++)
-                for (int b = 0; b < WG_A; b++) {
-                    wg_vec q = {0};
-                    for (int j = 0; j < WG_M; j++) {
-                        float c = WG.AT[j][b];
-                        if (c != 0.0f) q += c * r[a][j];
-                    }
-                    memcpy(dst + (size_t)(a * WG_A + b) * ldq, &q, sizeof q);
-                }
-        }
+        for (int o0 = 0; o0 < Cp; o0 += WG_L)
+            wg_sandwich(&WG.AT[0][0], 1, WG_A, WG_M, tile + o0, DW, Cp, Q + (size_t)t * Cp + o0,
+                        ldq);
     }
 }
 
