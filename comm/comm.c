@@ -175,6 +175,13 @@ static void bar_wait(dv_comm *c, unsigned g) {
     }
 }
 
+/* Blocking: waits for generation g to pass; else only looks. */
+static int bar_ready(dv_comm *c, unsigned g, int blocking) {
+    if (!blocking) return bar_passed(c, g);
+    bar_wait(c, g);
+    return 1;
+}
+
 /* Called from comm_setup on every rank (collective over world). Shared memory
  * only pays where a node holds several ranks; the hierarchical scheme needs
  * the same number of ranks on every node (each local rank owns slice r of
@@ -296,10 +303,7 @@ static int shm_step(dv_comm *c, dv_comm_request *r, int blocking) {
             r->phase = SHM_SUMMING;
             /* fall through */
         case SHM_SUMMING:
-            if (blocking)
-                bar_wait(c, r->bar);
-            else if (!bar_passed(c, r->bar))
-                return 0;
+            if (!bar_ready(c, r->bar, blocking)) return 0;
             shm_sum(seg, L, seg[me], lo, hi, multi ? 1 : c->size);
             if (!multi) {
                 r->bar = bar_arrive(c);
@@ -327,10 +331,7 @@ static int shm_step(dv_comm *c, dv_comm_request *r, int blocking) {
             r->phase = SHM_COPYING;
             /* fall through */
         case SHM_COPYING:
-            if (blocking)
-                bar_wait(c, r->bar);
-            else if (!bar_passed(c, r->bar))
-                return 0;
+            if (!bar_ready(c, r->bar, blocking)) return 0;
             for (int q = 0; q < L; q++) {
                 size_t qlo, qhi;
                 shm_slice(c, n, q, &qlo, &qhi);

@@ -134,11 +134,7 @@ static int save_locked(const char *path, const dv_model *m, const dv_train_state
     char tmp[1200];
     snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    size_t maxp = 1;
-    for (int i = 0; i < m->nlayers; i++)
-        for (int k = 0; k < m->layers[i].nparam; k++)
-            if (m->layers[i].param[k].count > maxp) maxp = m->layers[i].param[k].count;
-    float *host = malloc(maxp * sizeof(float));
+    float *host = malloc(dv_model_max_param_count(m) * sizeof(float));
     if (!host) return dv_fail(err, "%s: out of memory", path);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (f < 0) {
@@ -268,11 +264,7 @@ static int load_locked(const char *path, dv_model *m, dv_train_state *ts, int wi
         H5Fclose(f);
         return dv_fail(err, "%s: not a Dive checkpoint (no /model group)", path);
     }
-    size_t maxp = 1;
-    for (int i = 0; i < m->nlayers; i++)
-        for (int k = 0; k < m->layers[i].nparam; k++)
-            if (m->layers[i].param[k].count > maxp) maxp = m->layers[i].param[k].count;
-    float *host = malloc(maxp * sizeof(float));
+    float *host = malloc(dv_model_max_param_count(m) * sizeof(float));
     int rc = host ? 0 : dv_fail(err, "out of memory");
     if (!rc) rc = read_tree(f, "/model", path, m, m->params, 0, host, err);
     if (!rc && with_optimizer) {

@@ -310,6 +310,23 @@ int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
     return 0;
 }
 
+void dv_config_unset(dv_config *cfg, const char *section, const char *key) {
+    dv_cfg_section *s = dv_config_find(cfg, section);
+    for (int i = 0; s && i < s->nkv; i++)
+        if (!strcmp(s->kv[i].key, key)) {
+            free(s->kv[i].value);
+            memmove(&s->kv[i], &s->kv[i + 1], sizeof(*s->kv) * (size_t)(s->nkv - i - 1));
+            s->nkv--;
+            return;
+        }
+}
+
+int dv_cfg_missing(const dv_config *cfg, const dv_cfg_section *s, const char *key, char *err) {
+    char where[1200];
+    dv_cfg_where(cfg, s, NULL, where, sizeof(where));
+    return dv_fail(err, "%s: missing key '%s'", where, key);
+}
+
 char *dv_config_text(const dv_config *cfg) {
     size_t cap = 256;
     for (int i = 0; i < cfg->nsec; i++) {
@@ -442,11 +459,8 @@ int dv_cfg_enum(const dv_config *cfg, dv_cfg_section *s, const char *key, const 
 int dv_cfg_ints(const dv_config *cfg, dv_cfg_section *s, const char *key, int *vals, int max,
                 int *n, char *err) {
     dv_cfg_kv *kv = get(s, key);
+    if (!kv) return dv_cfg_missing(cfg, s, key, err);
     char where[1200];
-    if (!kv) {
-        dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-        return dv_fail(err, "%s: missing key '%s'", where, key);
-    }
     dv_cfg_where(cfg, s, key, where, sizeof(where));
     const char *p = kv->value;
     *n = 0;

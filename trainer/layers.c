@@ -87,11 +87,7 @@ static const dv_layer_ops dense_ops = {dense_forward, dense_backward, NULL};
 static int dense_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, int perceptron, char *err) {
     long units;
     if (dv_cfg_int(cfg, s, "units", perceptron ? 1 : 0, 1, 1 << 24, &units, err)) return -1;
-    if (!units) {
-        char where[1200];
-        dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-        return dv_fail(err, "%s: missing key 'units'", where);
-    }
+    if (!units) return dv_cfg_missing(cfg, s, "units", err);
     if (!perceptron && read_act(l, cfg, s, err)) return -1;
     l->out_ndim = 1;
     l->out_shape[0] = (int)units;
@@ -155,11 +151,7 @@ static int read_window(dv_layer *l, dv_config *cfg, dv_cfg_section *s, dv_conv2d
                        long def_size, char *err) {
     long size, stride, pad;
     if (dv_cfg_int(cfg, s, "size", def_size, 1, 4096, &size, err)) return -1;
-    if (!size) {
-        char where[1200];
-        dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-        return dv_fail(err, "%s: missing key 'size'", where);
-    }
+    if (!size) return dv_cfg_missing(cfg, s, "size", err);
     if (dv_cfg_int(cfg, s, "stride", def_size ? size : 1, 1, 4096, &stride, err) ||
         dv_cfg_int(cfg, s, "pad", 0, 0, 4096, &pad, err))
         return -1;
@@ -191,11 +183,7 @@ static int conv_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) 
     if (dv_cfg_int(cfg, s, "filters", 0, 0, 1 << 20, &filters, err) ||
         read_window(l, cfg, s, &p->g, 0, err) || read_act(l, cfg, s, err))
         return -1;
-    if (!filters) {
-        char where[1200];
-        dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-        return dv_fail(err, "%s: missing key 'filters'", where);
-    }
+    if (!filters) return dv_cfg_missing(cfg, s, "filters", err);
     p->g.F = (int)filters;
     l->out_ndim = 3;
     l->out_shape[0] = p->g.F;

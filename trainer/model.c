@@ -191,11 +191,7 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
         dv_model_free(m);
         return -1;
     }
-    size_t maxp = 1;
-    for (int i = 0; i < m->nlayers; i++)
-        for (int k = 0; k < m->layers[i].nparam; k++)
-            if (m->layers[i].param[k].count > maxp) maxp = m->layers[i].param[k].count;
-    float *host = malloc(maxp * sizeof(float));
+    float *host = malloc(dv_model_max_param_count(m) * sizeof(float));
     if (!host) {
         dv_model_free(m);
         return dv_fail(err, "out of memory");
@@ -260,6 +256,14 @@ void dv_model_use_grads(dv_model *m, float *grads) {
             dv_param *p = &m->layers[i].param[k];
             if (p->trainable) p->grad = grads + p->offset;
         }
+}
+
+size_t dv_model_max_param_count(const dv_model *m) {
+    size_t maxp = 1;
+    for (int i = 0; i < m->nlayers; i++)
+        for (int k = 0; k < m->layers[i].nparam; k++)
+            if (m->layers[i].param[k].count > maxp) maxp = m->layers[i].param[k].count;
+    return maxp;
 }
 
 void dv_model_forward(dv_model *m, int B, int training) {

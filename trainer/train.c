@@ -699,19 +699,12 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
 /* ---- eval and predict ------------------------------------------------------ */
 
 int dv_eval_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *split, int json) {
-    if (split) {
-        char kv[600];
-        dv_cfg_section *d = dv_config_find(cfg, "data");
-        if (d)
-            for (int i = 0; i < d->nkv; i++)
-                if (!strcmp(d->kv[i].key, "val_x") || !strcmp(d->kv[i].key, "val_y"))
-                    d->kv[i].key[0] = '_'; /* --split replaces them */
+    if (split) { /* --split GROUP replaces the config's val split */
+        char kv[600], err[DV_ERR_LEN];
+        dv_config_unset(cfg, "data", "val_x");
+        dv_config_unset(cfg, "data", "val_y");
         snprintf(kv, sizeof(kv), "data.val=%s", split);
-        char err[DV_ERR_LEN];
         if (dv_config_set(cfg, kv, err)) return dv_agree(c, -1, err);
-        if (d)
-            for (int i = 0; i < d->nkv; i++)
-                if (d->kv[i].key[0] == '_') d->kv[i].used = 1;
     }
     run R, *r = &R;
     if (run_setup(r, c, cfg, 0)) {

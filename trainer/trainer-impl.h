@@ -58,6 +58,10 @@ void dv_config_free(dv_config *cfg);
  * layer type that appears once. */
 int dv_config_set(dv_config *cfg, const char *assignment, char *err);
 dv_cfg_section *dv_config_find(dv_config *cfg, const char *name);
+/* Removes `key` from `section`, if both exist. */
+void dv_config_unset(dv_config *cfg, const char *section, const char *key);
+/* Fails with "file:line: [section]: missing key 'key'". */
+int dv_cfg_missing(const dv_config *cfg, const dv_cfg_section *s, const char *key, char *err);
 /* The effective config as INI text (malloc'd), overrides applied. */
 char *dv_config_text(const dv_config *cfg);
 /* Fails naming file:line for the first key no one read. */
@@ -199,6 +203,8 @@ struct dv_model {
 int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss, uint64_t seed,
                    int max_batch, char *err);
 void dv_model_free(dv_model *m);
+/* Elements of the largest parameter tensor (for host staging buffers). */
+size_t dv_model_max_param_count(const dv_model *m);
 /* Moves the gradients into `grads` (nparams floats, device memory the model
  * borrows: the caller keeps it alive and frees it) and re-points the layer
  * views. */
