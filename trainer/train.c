@@ -383,14 +383,15 @@ static int cmp_long(const void *a, const void *b) {
 }
 
 /* Removes what a killed writer may have left in run_dir: temporary
- * checkpoints (<name>.h5.tmp.<pid>) and the link used to update last.h5.
+ * checkpoints (<name>.h5.tmp.<pid>) and the links used to update last.h5
+ * and best.h5.
  * Never a complete checkpoint: those only ever appear by rename. */
 static void remove_stale_temporaries(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (!strstr(e->d_name, ".h5.tmp.") && strcmp(e->d_name, ".last.h5.link")) continue;
+        if (!strstr(e->d_name, ".h5.tmp.") && !strstr(e->d_name, ".h5.link")) continue;
         char p[1200];
         snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
         unlink(p);
@@ -418,6 +419,20 @@ static void prune_checkpoints(const char *dir, long keep) {
 
 /* Rank 0 writes ckpt-<step>.h5 (and links last.h5 to it) or best.h5; every
  * rank learns whether it worked. Collective. */
+/* Makes <dir>/<name> a hard link to `src`, replacing it atomically. */
+static int link_into(const char *src, const char *dir, const char *name, char *err) {
+    char tmp[1200], dst[1200];
+    snprintf(tmp, sizeof(tmp), "%s/.%s.link", dir, name);
+    snprintf(dst, sizeof(dst), "%s/%s", dir, name);
+    unlink(tmp);
+    if (link(src, tmp) || rename(tmp, dst))
+        return dv_fail(err, "%s: cannot update %s: %s", dir, name, strerror(errno));
+    return 0;
+}
+
+/* Rank 0 writes the checkpoint once — as ckpt-<step>.h5 (as last.h5 when
+ * keep = 0) — and makes last.h5 and, for a new best, best.h5 hard links to
+ * it; every rank learns whether it worked. Collective. */
 static int save(run *r, const dv_train_state *ts, int best) {
     int rc = 0;
     /* with a sharded optimizer each rank holds only its shard's moments */
@@ -425,23 +440,16 @@ static int save(run *r, const dv_train_state *ts, int best) {
                        dv_comm_allgather(r->comm, r->m->state2, r->m->nparams, r->err)))
         dv_comm_abort(r->comm, 1, r->err);
     if (r->rank == 0) {
-        char path[1200], last[1200], tmp[1300];
+        char path[1200];
         const char *dir = r->st.run_dir;
-        snprintf(last, sizeof(last), "%s/last.h5", dir);
-        if (best) {
-            snprintf(path, sizeof(path), "%s/best.h5", dir);
-            rc = dv_checkpoint_save(path, r->m, ts, r->config_text, r->err);
-        } else if (r->st.keep == 0) {
-            rc = dv_checkpoint_save(last, r->m, ts, r->config_text, r->err);
-        } else {
+        if (r->st.keep == 0)
+            snprintf(path, sizeof(path), "%s/last.h5", dir);
+        else
             snprintf(path, sizeof(path), "%s/ckpt-%lld.h5", dir, (long long)ts->step);
-            rc = dv_checkpoint_save(path, r->m, ts, r->config_text, r->err);
-            snprintf(tmp, sizeof(tmp), "%s/.last.h5.link", dir);
-            unlink(tmp);
-            if (!rc && (link(path, tmp) || rename(tmp, last)))
-                rc = dv_fail(r->err, "%s: cannot update last.h5: %s", dir, strerror(errno));
-            if (!rc) prune_checkpoints(dir, r->st.keep);
-        }
+        rc = dv_checkpoint_save(path, r->m, ts, r->config_text, r->err);
+        if (!rc && r->st.keep) rc = link_into(path, dir, "last.h5", r->err);
+        if (!rc && best) rc = link_into(path, dir, "best.h5", r->err);
+        if (!rc && r->st.keep) prune_checkpoints(dir, r->st.keep);
     }
     return dv_agree(r->comm, rc, r->err) ? -1 : 0;
 }
@@ -668,7 +676,7 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
                 fflush(metrics);
             }
         }
-        if ((improved && save(r, &ts, 1)) || save(r, &ts, 0)) {
+        if (save(r, &ts, improved)) {
             run_free(r);
             return 1;
         }
