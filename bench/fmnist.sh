@@ -12,6 +12,12 @@
 #  2. The MLP on 1 and on 2 MPI ranks with the same global batch: samples/s
 #     of each and the speed-up.
 #
+# On a GPU: BENCH_DEVICE=cuda bench/fmnist.sh runs each model at each batch
+# of BENCH_BATCHES (default "64 512") with backend = cuda against PyTorch on
+# the same GPU (bench/fmnist_torch.py --device cuda), and skips part 2.
+# BENCH_PRECISION (fp32, tf32 or bf16; default fp32) sets Dive's precision
+# and, for tf32, PyTorch's TF32 switch.
+#
 # BENCH_MODELS (default "mlp cnn") picks the models. Needs build/bin/dive
 # (launch/build), datasets/fmnist.h5 (imported here if missing) and, for the
 # reference, python3-torch (launch/deps --bench). DIVE overrides the binary. Logs go to a temporary
@@ -31,8 +37,15 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/dive-bench.XXXXXX")
 trap 'if [[ -e "$tmp/failed" ]]; then echo "bench: logs kept in $tmp" >&2; else rm -rf "$tmp"; fi' EXIT
 
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
-common=(--set train.threads=1 --set train.epochs=1)
-torch_len=(--epochs 1)
+device=${BENCH_DEVICE:-cpu}
+common=(--set train.threads=1 --set train.epochs=1 --set train.backend="$device")
+torch_len=(--epochs 1 --device "$device")
+batches=64
+if [[ "$device" == cuda ]]; then
+  batches=${BENCH_BATCHES:-64 512}
+  common+=(--set train.precision="${BENCH_PRECISION:-fp32}")
+  [[ "${BENCH_PRECISION:-fp32}" == tf32 ]] && torch_len+=(--tf32)
+fi
 if [[ -n "${BENCH_STEPS:-}" ]]; then
   if ! [[ "$BENCH_STEPS" =~ ^[0-9]+$ ]] || ((BENCH_STEPS <= 5)); then
     echo "bench: BENCH_STEPS must be a number above 5" >&2
@@ -56,10 +69,11 @@ rate() {
     }' "$2"
 }
 
-# dive_rate NAME NP CONFIG: train on NP ranks, print samples/s or n/a.
+# dive_rate NAME NP CONFIG [BATCH]: train on NP ranks, print samples/s or n/a.
 dive_rate() {
   local name=$1 np=$2 cfg=$3 log="$tmp/$1.log"
-  local cmd=("$dive" train "$cfg" "${common[@]}" --set train.run_dir="$tmp/run-$name")
+  local cmd=("$dive" train "$cfg" "${common[@]}" --set train.run_dir="$tmp/run-$name"
+             --set train.batch="${4:-64}")
   ((np > 1)) && cmd=(./launch/mpirun -np "$np" "${cmd[@]}")
   if "${cmd[@]}" >"$log" 2>&1 && rate 'train ' "$log"; then
     return
@@ -70,15 +84,16 @@ dive_rate() {
   echo n/a
 }
 
+# torch_rate MODEL [BATCH]
 torch_rate() {
-  local model=$1 log="$tmp/torch-$1.log"
+  local model=$1 log="$tmp/torch-$1-${2:-64}.log"
   if ! /usr/bin/python3 -c 'import torch, numpy' >/dev/null 2>&1; then
     echo "bench: no PyTorch for /usr/bin/python3; run launch/deps --bench" >&2
     echo n/a
     return
   fi
   if /usr/bin/python3 bench/fmnist_torch.py --model "$model" --threads 1 "${torch_len[@]}" \
-       >"$log" 2>&1 && rate '^torch ' "$log"; then
+       --batch "${2:-64}" >"$log" 2>&1 && rate '^torch ' "$log"; then
     return
   fi
   touch "$tmp/failed"
@@ -93,24 +108,28 @@ ratio() {
     else printf "%.2f\n", a / b }'
 }
 
-echo "bench: Fashion-MNIST, batch 64, 1 thread per rank," \
+echo "bench: Fashion-MNIST on $device, batch ${batches// /, }, 1 thread per rank," \
      "$( [[ -n "${BENCH_STEPS:-}" ]] && echo "$BENCH_STEPS steps" || echo "1 epoch") per run"
+[[ "$device" == cuda ]] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 declare -A one
 rows=()
 for m in ${BENCH_MODELS:-mlp cnn}; do
   cfg=examples/fmnist_$m.cfg
   [[ -f "$cfg" ]] || { echo "bench: no $cfg" >&2; touch "$tmp/failed"; continue; }
-  echo "bench: $m: dive, 1 rank ..."
-  d=$(dive_rate "$m-1rank" 1 "$cfg")
-  one[$m]=$d
-  echo "bench: $m: torch ..."
-  t=$(torch_rate "$m")
-  rows+=("$(printf '%-6s %16s %16s %12s' "$m" "$d" "$t" "$(ratio "$d" "$t")")")
+  for b in $batches; do
+    echo "bench: $m batch $b: dive, 1 rank ..."
+    d=$(dive_rate "$m-$b-1rank" 1 "$cfg" "$b")
+    ((b == 64)) && one[$m]=$d
+    echo "bench: $m batch $b: torch ..."
+    t=$(torch_rate "$m" "$b")
+    rows+=("$(printf '%-6s %6s %16s %16s %12s' "$m" "$b" "$d" "$t" "$(ratio "$d" "$t")")")
+  done
 done
 
 echo
-printf '%-6s %16s %16s %12s\n' model "dive samples/s" "torch samples/s" "dive/torch"
+printf '%-6s %6s %16s %16s %12s\n' model batch "dive samples/s" "torch samples/s" "dive/torch"
 for r in "${rows[@]}"; do echo "$r"; done
+[[ "$device" == cuda ]] && { [[ ! -e "$tmp/failed" ]]; exit; }
 
 echo
 echo "bench: mlp: dive, 2 ranks (same global batch) ..."

@@ -1,10 +1,14 @@
 /* comm-impl.h — private to comm/ (and tests/test_comm.c, which reaches in to
  * shrink max_count so the chunking paths run on small buffers, and to switch
- * the all-reduce algorithm so both are checked in one run): the layout of the
- * world handle, of the node's shared-memory staging area and of an
- * asynchronous all-reduce request.
+ * the all-reduce algorithm so both are checked in one run; test_comm_cuda.c
+ * switches it too): the layout of the world handle, of the node's
+ * shared-memory staging area and of an asynchronous all-reduce request, and
+ * the calls between comm.c and the device side.
  *
  * Assumes MPI (mpi.h); nothing outside comm/ may depend on these fields.
+ * The device side (comm_device.c, or comm_device_none.c without CUDA) keeps
+ * its CUDA and NCCL state behind the opaque pointers below, so this header
+ * and comm.c compile without CUDA.
  */
 #ifndef DV_COMM_IMPL_H
 #define DV_COMM_IMPL_H
@@ -57,7 +61,8 @@ struct dv_comm {
     size_t max_count;
     dv_comm_algo algo; /* SHM only where comm_shm_setup succeeded */
     dv_shm shm;
-    dv_comm_request *pending; /* started, not yet waited (doubly linked) */
+    dv_comm_request *pending;   /* started, not yet waited (doubly linked) */
+    struct dv_comm_device *dev; /* comm_device.c; NULL until dv_comm_device_init */
     char host[256];
 };
 
@@ -80,6 +85,35 @@ struct dv_comm_request {
     unsigned bar;      /* shm: barrier generation it waits to see pass */
     dv_comm_request *prev, *next;
     dv_comm_request *qnext; /* shm: next in c->shm's start-order queue */
+    /* Non-NULL for a device request (x is a device pointer): its state in
+     * comm_device.c. Device requests are not on `pending`; on the MPI path
+     * each one owns a host request (on `pending`) over its staging range. */
+    struct dv_comm_dev_req *dev;
 };
+
+/* ---- between comm.c and the device side ----------------------------------
+ * comm.c calls these; comm_device.c implements them (comm_device_none.c
+ * without CUDA, where no device request can exist). */
+
+/* dv_comm_allreduce_start with a stream; req, c and x are checked. */
+dv_status dv_comm_dev_start(dv_comm *c, float *x, size_t n, void *stream, dv_comm_request **req,
+                            char *err);
+/* dv_comm_wait of a request with req->dev set; releases it. */
+dv_status dv_comm_dev_wait(dv_comm *c, dv_comm_request *req, char *err);
+/* Starts the host all-reduce of every MPI-path device request whose copy to
+ * the staging buffer has finished, in start order; never blocks on the GPU. */
+void dv_comm_dev_progress(dv_comm *c);
+/* The same, waiting for the copies: after it, every device request started
+ * so far has its host all-reduce started. Every blocking collective and every
+ * host start calls it first, so all ranks start their host all-reduces and
+ * collectives in one order. */
+void dv_comm_dev_flush(dv_comm *c);
+/* Releases the device side (before MPI is finalized); accepts c->dev NULL. */
+void dv_comm_dev_free(dv_comm *c);
+
+/* The host part of dv_comm_allreduce_start (x is host memory; req, c and x
+ * checked), without dv_comm_dev_flush: the device side starts its host
+ * all-reduces through it. */
+dv_status dv_comm_host_start(dv_comm *c, float *x, size_t n, dv_comm_request **req, char *err);
 
 #endif

@@ -38,6 +38,12 @@
  * Errors inside the functions that return dv_status come back with a
  * message; the ones that cannot (first_failed, all_equal, barrier) are the
  * job's error-agreement points, so when MPI itself fails there they abort.
+ *
+ * Device buffers (a stream given) are comm_device.c's; on its MPI path it
+ * runs this file's host all-reduce on a staging buffer through
+ * dv_comm_host_start, and dv_comm_dev_flush (called by every blocking
+ * collective and host start) keeps those host all-reduces in one order on
+ * every rank.
  */
 #include "comm-impl.h"
 
@@ -195,7 +201,9 @@ static dv_status shm_setup(dv_comm *c, char *err) {
         DV_MPI_CHECK(err, MPI_Comm_split(c->world, c->local_rank, c->rank, &c->shm.cross));
         DV_MPI_CHECK(err, MPI_Comm_set_errhandler(c->shm.cross, MPI_ERRORS_RETURN));
     }
-    MPI_Aint bytes = c->local_rank == 0 ? (MPI_Aint)sizeof(dv_shm_ctl) : 0;
+    /* MPI aligns a shared window only to 8 or 16 bytes: ask for one line
+     * more and place the block on a 64-byte boundary inside it */
+    MPI_Aint bytes = c->local_rank == 0 ? (MPI_Aint)(sizeof(dv_shm_ctl) + 64) : 0;
     void *base = NULL;
     DV_MPI_CHECK(err,
                  MPI_Win_allocate_shared(bytes, 1, MPI_INFO_NULL, c->node, &base, &c->shm.ctl_win));
@@ -203,9 +211,12 @@ static dv_status shm_setup(dv_comm *c, char *err) {
     MPI_Aint size = 0;
     int disp = 0;
     DV_MPI_CHECK(err, MPI_Win_shared_query(c->shm.ctl_win, 0, &size, &disp, &base));
-    DV_CHECK(base && (size_t)size >= sizeof(dv_shm_ctl), err, "MPI_Win_shared_query",
+    DV_CHECK(base && (size_t)size >= sizeof(dv_shm_ctl) + 64, err, "MPI_Win_shared_query",
              "local rank 0's barrier block is missing (%ld bytes)", (long)size);
-    c->shm.ctl = base;
+    /* the same offset on every rank: the shared memory is one page-aligned
+     * mapping, mapped at page-aligned addresses in each process */
+    uintptr_t at = ((uintptr_t)base + 63) & ~(uintptr_t)63;
+    c->shm.ctl = (dv_shm_ctl *)at;
     if (c->local_rank == 0) {
         atomic_init(&c->shm.ctl->count, 0);
         atomic_init(&c->shm.ctl->gen, 0);
@@ -363,8 +374,12 @@ static void shm_advance(dv_comm *c, int blocking, const dv_comm_request *until) 
 
 /* Every blocking collective first completes the shm requests started before
  * it: the other ranks may be inside that collective and, unlike MPI's own
- * requests, ours advance only when their owner calls into comm. */
+ * requests, ours advance only when their owner calls into comm. Before that
+ * it starts the host all-reduces of device requests (MPI path) started
+ * before it, which begin only once their copy to host memory is done: every
+ * rank must start them before this collective, as the others do. */
 static void shm_drain(dv_comm *c) {
+    dv_comm_dev_flush(c);
     if (c->shm.head) shm_advance(c, 1, NULL);
 }
 
@@ -475,6 +490,7 @@ dv_status dv_comm_init(dv_comm **out, int *argc, char ***argv, char *err) {
 
 void dv_comm_free(dv_comm *c) {
     if (!c) return;
+    dv_comm_dev_free(c); /* NCCL and CUDA state, before MPI goes */
     /* Requests never waited for are a caller bug; MPI forbids freeing or
      * cancelling a nonblocking collective and waiting could hang a failing
      * job, so only their memory is released. */
@@ -682,8 +698,13 @@ dv_status dv_comm_allreduce_start(dv_comm *c, float *x, size_t n, void *stream,
     DV_CHECK(req, err, "dv_comm_allreduce_start", "NULL request pointer");
     *req = NULL;
     DV_CHECK(c && (x || n == 0), err, "dv_comm_allreduce_start", "NULL comm or buffer");
-    DV_CHECK(!stream, err, "dv_comm_allreduce_start",
-             "a stream was given but this is the MPI path (host buffers, stream must be NULL)");
+    if (stream) return dv_comm_dev_start(c, x, n, stream, req, err);
+    dv_comm_dev_flush(c); /* device requests started before this one go first */
+    return dv_comm_host_start(c, x, n, req, err);
+}
+
+dv_status dv_comm_host_start(dv_comm *c, float *x, size_t n, dv_comm_request **req, char *err) {
+    *req = NULL;
     if (use_shm(c, n)) DV_TRY(shm_reserve(c, min_size(n, c->shm.chunk), err));
 
     dv_comm_request *r = calloc(1, sizeof *r);
@@ -717,6 +738,7 @@ dv_status dv_comm_allreduce_start(dv_comm *c, float *x, size_t n, void *stream,
 
 void dv_comm_progress(dv_comm *c) {
     if (!c) return;
+    dv_comm_dev_progress(c); /* may start host requests: before the loop */
     for (dv_comm_request *r = c->pending; r; r = r->next) {
         if (r->shm || r->done || r->mpi_rc != MPI_SUCCESS) continue;
         int flag = 0;
@@ -732,6 +754,7 @@ void dv_comm_progress(dv_comm *c) {
 dv_status dv_comm_wait(dv_comm *c, dv_comm_request *req, char *err) {
     DV_CHECK(c && req, err, "dv_comm_wait", "NULL comm or request");
     DV_CHECK(req->owner == c, err, "dv_comm_wait", "request belongs to another comm");
+    if (req->dev) return dv_comm_dev_wait(c, req, err);
     if (req->shm && !req->done) shm_advance(c, 1, req);
     pending_unlink(c, req);
     int rc = req->mpi_rc;

@@ -3,10 +3,12 @@
  * stops when something goes wrong.
  *
  * Works on plain pointers and byte/element counts: comm never sees a tensor.
- * Buffers are host memory on the MPI path. The asynchronous all-reduce
- * takes an opaque `stream` (a cudaStream_t on the NCCL path, NULL on the
- * MPI path) so the GPU backend can start one bucket per group of layers
- * while backward goes on.
+ * Buffers are host memory unless a stream is given. The asynchronous
+ * all-reduce takes an opaque `stream` (a cudaStream_t; NULL for host
+ * buffers) so the GPU backend can start one bucket per group of layers
+ * while backward goes on; the device side is set up by
+ * dv_comm_device_init (see "device buffers" below). No CUDA type appears
+ * here: streams are void *.
  *
  * Errors: every function returns dv_status; on failure a message that
  * already names the rank, host and call is in `err` (DV_ERR_LEN bytes).
@@ -84,14 +86,76 @@ float *dv_comm_shared_buffer(dv_comm *c, size_t n, char *err);
 dv_status dv_comm_allgather(dv_comm *c, float *x, size_t n, char *err);
 
 /* Start an in-place average of x (n floats); it completes in
- * dv_comm_wait. `stream` is NULL on the MPI path. The buffer must not be
- * touched until the wait returns. Requests are owned by comm and released by
- * the wait. */
+ * dv_comm_wait. Requests are owned by comm and released by the wait (also
+ * when the wait fails). Every rank starts the same all-reduces, host and
+ * device alike, in the same order with the same n.
+ *
+ * stream == NULL: x is host memory, which must not be touched until the
+ * wait returns.
+ *
+ * stream != NULL (a cudaStream_t, not the legacy default stream, on the
+ * device bound by dv_comm_device_init, which must have been called): x is
+ * a device pointer to n floats. The average reads x as left by all the
+ * work queued on `stream` before this call (an event orders comm's own
+ * stream after it; the host does not wait), and work queued on `stream`
+ * after dv_comm_wait returns sees the result. Nothing may write x between
+ * the start and the wait. The wait does not block the host on the NCCL
+ * path; on the MPI path it blocks until the host all-reduce is done (the
+ * copy back to x is queued, not waited for). */
 dv_status dv_comm_allreduce_start(dv_comm *c, float *x, size_t n, void *stream,
                                   dv_comm_request **req, char *err);
-/* Lets outstanding requests progress (call between layers); never blocks. */
+/* Lets outstanding requests progress (call between layers); never blocks,
+ * except that the first use of a larger buffer than ever before may wait
+ * for the node's other ranks (the shared segments grow collectively). */
 void dv_comm_progress(dv_comm *c);
 dv_status dv_comm_wait(dv_comm *c, dv_comm_request *req, char *err);
+
+/* ---- device buffers (built with CUDA) -------------------------------------
+ * NCCL serves where every rank has a GPU of its own. Where two ranks share
+ * one GPU (more ranks on a node than GPUs) only the MPI path serves: each
+ * bucket goes device -> pinned host staging -> the host all-reduce above ->
+ * device. */
+typedef enum dv_comm_device_mode {
+    DV_COMM_DEVICE_AUTO = 0, /* NCCL unless some GPU is shared by two ranks */
+    DV_COMM_DEVICE_NCCL,     /* NCCL, or fail on every rank where a GPU is shared */
+    DV_COMM_DEVICE_MPI,      /* staged through host memory, always */
+} dv_comm_device_mode;
+
+/* Sets up device all-reduces on `device`, one of the node's `ndevices`
+ * GPUs; the CUDA backend has already called cudaSetDevice(device) on this
+ * thread, normally with device = dv_comm_select_device(c, ndevices).
+ * Collective: every rank calls it with the same mode, and every rank
+ * returns the same status; on failure err holds this rank's own reason, or
+ * else the first failing rank's. A GPU counts as shared when two ranks'
+ * devices have the same PCI bus id on the same host.
+ * max_floats sizes the MPI path's pinned host staging buffer (owned by
+ * comm): the n of all device requests started and not yet waited must fit
+ * in it together (the whole gradient, for one all-reduce per bucket of it).
+ * NCCL ignores it. Reads DIVE_COMM_TIMEOUT (seconds, default 600, 0 waits
+ * forever; see dv_comm_stream_wait). Fails when called twice on one comm,
+ * and where Dive was built without CUDA. dv_comm_free releases it all (the
+ * NCCL communicator, comm's stream and events, the staging buffer); free
+ * the comm while the device is still up, not after a cudaDeviceReset. */
+dv_status dv_comm_device_init(dv_comm *c, int device, int ndevices, dv_comm_device_mode mode,
+                              size_t max_floats, char *err);
+
+/* "nccl" or "mpi" once dv_comm_device_init has succeeded; NULL before it
+ * and without CUDA. A static string. */
+const char *dv_comm_device_path(const dv_comm *c);
+
+/* Host flow control for a device stream (a cudaStream_t): records an event
+ * on `stream` into a ring of 8 kept by comm (when it is full the oldest is
+ * waited for first), then waits until every event recorded so far except
+ * the newest `keep` has completed. A training step ends with keep = 1 (the
+ * host runs at most one step ahead of the GPU); keep = 0 before the host
+ * reads results. It polls, checking NCCL for asynchronous errors; on one,
+ * or when the wait lasts longer than DIVE_COMM_TIMEOUT seconds (a rank died
+ * or hung), it aborts the NCCL communicator and fails with a message naming
+ * this rank. The device side then stays failed (later starts, waits and
+ * stream waits fail too) and the caller should end the job
+ * (dv_comm_abort). A failed kernel or copy on `stream` fails it as well.
+ * stream == NULL returns DV_OK at once. */
+dv_status dv_comm_stream_wait(dv_comm *c, void *stream, int keep, char *err);
 
 /* Broadcast `bytes` bytes from `root` to every rank. */
 dv_status dv_comm_bcast(dv_comm *c, void *buf, size_t bytes, int root, char *err);

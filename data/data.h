@@ -132,6 +132,12 @@ typedef struct dv_loader_config {
     size_t memory_budget; /* bytes: cache the rank's share in memory if it fits
                              (as float32); else HDF5's chunk cache for x */
     int prefetch;         /* 1: read the next batch on a background thread */
+    /* Allocator for the batch buffers a device copies from (x, labels,
+     * targets, global_pos): the CUDA backend's page-locked memory, so the
+     * copy is a DMA without a bounce. NULL: malloc/free. */
+    void *(*host_alloc)(void *ctx, size_t bytes);
+    void (*host_free)(void *ctx, void *p);
+    void *host_ctx;
 } dv_loader_config;
 
 /* One batch in host memory, owned by the loader; valid until the next

@@ -76,6 +76,19 @@ static int labels_of(const dv_loader *l) {
     return l->info.y_kind == DV_TARGET_LABELS;
 }
 
+/* Batch buffers that a device reads: the caller's allocator, or malloc. */
+static void *batch_alloc(dv_loader *l, size_t bytes) {
+    return l->cfg.host_alloc ? l->cfg.host_alloc(l->cfg.host_ctx, bytes) : malloc(bytes);
+}
+
+static void batch_free(dv_loader *l, void *p) {
+    if (!p) return;
+    if (l->cfg.host_free)
+        l->cfg.host_free(l->cfg.host_ctx, p);
+    else
+        free(p);
+}
+
 /* Fills slot `sl` with the batch at (epoch, step). Runs on the prefetch
  * thread or, without prefetch, on the caller's. */
 static void fill(dv_loader *l, slot *sl, int64_t epoch, int64_t step) {
@@ -231,13 +244,13 @@ dv_status dv_loader_create(dv_loader **out, dv_split *split, const dv_loader_con
     int lab = labels_of(l);
     for (int i = 0; i < 2; i++) {
         slot *sl = &l->slots[i];
-        sl->x = malloc(sizeof(float) * b * xe);
+        sl->x = batch_alloc(l, sizeof(float) * b * xe);
         sl->index = malloc(sizeof(int64_t) * b);
-        sl->global_pos = malloc(sizeof(int64_t) * b);
+        sl->global_pos = batch_alloc(l, sizeof(int64_t) * b);
         if (lab)
-            sl->labels = malloc(sizeof(int32_t) * b);
+            sl->labels = batch_alloc(l, sizeof(int32_t) * b);
         else
-            sl->targets = malloc(sizeof(float) * b * ye);
+            sl->targets = batch_alloc(l, sizeof(float) * b * ye);
         if (!sl->x || !sl->index || !sl->global_pos || !(lab ? (void *)sl->labels : sl->targets)) {
             dv_errf(err, "loader: out of memory for batch buffers of %d samples", cfg->batch);
             goto fail;
@@ -299,11 +312,11 @@ void dv_loader_free(dv_loader *l) {
         pthread_mutex_destroy(&l->mu);
     }
     for (int i = 0; i < 2; i++) {
-        free(l->slots[i].x);
-        free(l->slots[i].labels);
-        free(l->slots[i].targets);
+        batch_free(l, l->slots[i].x);
+        batch_free(l, l->slots[i].labels);
+        batch_free(l, l->slots[i].targets);
         free(l->slots[i].index);
-        free(l->slots[i].global_pos);
+        batch_free(l, l->slots[i].global_pos);
     }
     free(l->mem_x);
     free(l->mem_labels);

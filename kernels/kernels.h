@@ -56,6 +56,15 @@ typedef enum dv_act {
 
 typedef enum dv_pool { DV_POOL_MAX = 0, DV_POOL_MIN, DV_POOL_AVG } dv_pool;
 
+/* What the GEMMs compute in (CUDA; the CPU backend always uses fp32).
+ * Inputs, outputs and the master weights stay fp32 either way: TF32 and
+ * BF16 round the GEMM inputs inside cuBLAS and accumulate in fp32. */
+typedef enum dv_precision {
+    DV_PRECISION_FP32 = 0,
+    DV_PRECISION_TF32,
+    DV_PRECISION_BF16,
+} dv_precision;
+
 typedef enum dv_opt {
     DV_OPT_SGD = 0,
     DV_OPT_MOMENTUM,
@@ -102,6 +111,9 @@ typedef struct dv_backend dv_backend;
 struct dv_backend {
     const char *name; /* "cpu" or "cuda" */
     void *ctx;        /* backend's own state, passed first to every op */
+    /* The stream every op is queued on, as an opaque handle (a cudaStream_t
+     * for CUDA, NULL for the CPU, whose ops finish before they return). */
+    void *stream;
 
     /* memory (device pointers for that backend; host memory for cpu) */
     void *(*alloc)(void *ctx, size_t bytes); /* zeroed; NULL on failure */
@@ -111,6 +123,18 @@ struct dv_backend {
     void (*copy)(void *ctx, void *dst, const void *src, size_t bytes); /* device→device */
     void (*fill)(void *ctx, float *x, float value, size_t n);
     void (*sync)(void *ctx); /* wait for all queued work */
+    /* Host memory that uploads read without an extra copy (page-locked for
+     * CUDA, plain aligned memory for the CPU). */
+    void *(*host_alloc)(void *ctx, size_t bytes); /* NULL on failure */
+    void (*host_free)(void *ctx, void *p);        /* accepts NULL */
+    /* Copies n host buffers src[i] (bytes[i] each) to device dst[i] for the
+     * work queued after this call. CUDA: the copy runs on its own stream,
+     * overlapping compute queued before; returns once src may be reused. */
+    void (*upload)(void *ctx, int n, void *const *dst, const void *const *src, const size_t *bytes);
+    /* 0, or -1 with the first error an op met since the backend was created
+     * (a failed launch, a cuBLAS status) written to err. Ops return void, so
+     * callers ask here at their sync points. */
+    int (*check)(void *ctx, char *err, size_t errlen);
 
     /* C (M, N) = alpha * op(A) * op(B) + beta * C, row-major.
      * op(A) is (M, K): A is (M, K), or (K, M) when trans_a.
@@ -127,9 +151,8 @@ struct dv_backend {
      * In place (y == x) is allowed. */
     void (*act_forward)(void *ctx, dv_act act, float alpha, const float *x, float *y, size_t n,
                         int cols);
-    /* dx = dy * act'(.) given the forward's output y (and input x, which
-     * may be NULL for every act but leaky_relu/relu where y serves).
-     * dx == dy is allowed. */
+    /* dx = dy * act'(.), computed from the forward's output y (every act's
+     * derivative is a function of y). dx == dy is allowed. */
     void (*act_backward)(void *ctx, dv_act act, float alpha, const float *y, const float *dy,
                          float *dx, size_t n, int cols);
 
@@ -224,9 +247,10 @@ struct dv_backend {
  * dv_backend_free. */
 dv_backend *dv_backend_cpu_create(int threads);
 
-/* The CUDA backend on `device`, or NULL when Dive was built without CUDA or
- * the device cannot be used (the reason is written to err, if not NULL). */
-dv_backend *dv_backend_cuda_create(int device, char *err, size_t errlen);
+/* The CUDA backend on `device` (cudaSetDevice is its first CUDA call), with
+ * GEMMs in `precision`; NULL when Dive was built without CUDA or the device
+ * cannot be used (the reason is written to err, if not NULL). */
+dv_backend *dv_backend_cuda_create(int device, dv_precision precision, char *err, size_t errlen);
 
 /* Number of CUDA devices visible (0 without CUDA). */
 int dv_backend_cuda_device_count(void);

@@ -84,6 +84,21 @@ expect_fail "--set dense.units with two [dense] sections asks for dense_1 or den
 e2e_run "$D" train base.cfg --set trainepochs=3
 expect_fail "--set without section.key" "trainepochs=3" "section.key=value"
 
+echo "== GPU settings"
+e2e_run "$D" train base.cfg --set train.precision=fp16
+expect_fail "precision = fp16 lists the choices" "fp16: expected one of" "bf16"
+
+e2e_ranks 2 "$D" train base.cfg --set train.backend=cpu --set train.comm=nccl
+expect_fail "comm = nccl with the CPU backend, on every rank" "comm = nccl needs the CUDA backend"
+
+e2e_run "$D" train base.cfg --set train.backend=cuda --set train.max_steps=1 \
+    --set train.run_dir=probe_cuda
+if [ "$RC" -eq 0 ]; then
+    pass "backend = cuda where no GPU is visible (not checked: this machine has a GPU)"
+else
+    expect_fail "backend = cuda where no GPU is visible says why" "backend = cuda:"
+fi
+
 echo "== data files"
 e2e_run "$D" train base.cfg --set data.file="$WORK/missing.h5"
 expect_fail "missing data file" "$WORK/missing.h5: cannot open"

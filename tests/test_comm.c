@@ -7,9 +7,10 @@
  *
  * Every rank runs every test's collectives in the same order. Checks are
  * recorded with EXPECT (no longjmp) and the ranks agree on the outcome at the
- * end of each test (finish), so a check failing on one rank fails the test on
- * all of them together instead of leaving the others blocked in a
- * collective. main combines the failure counts so every rank exits alike.
+ * end of each test (tcheck_finish; both from test_mpi_check.h), so a check
+ * failing on one rank fails the test on all of them together instead of
+ * leaving the others blocked in a collective. main combines the failure
+ * counts so every rank exits alike.
  *
  * Reaches into comm-impl.h to shrink max_count and the shm round size, so
  * the code that splits long buffers runs on small ones, and to switch the
@@ -30,37 +31,9 @@
 #include <time.h>
 
 #include "comm-impl.h"
+#include "test_mpi_check.h"
 
 static dv_comm *g_comm;
-
-/* ---- checks that do not jump, and agreement across ranks ---------------- */
-
-typedef struct tcheck {
-    int bad;
-} tcheck;
-
-#define EXPECT(t, cond)           expect_((t), (cond), #cond, __FILE__, __LINE__)
-#define EXPECT_OK(t, status, err) expect_ok_((t), (status), (err), #status, __FILE__, __LINE__)
-
-static void expect_(tcheck *t, int ok, const char *what, const char *file, int line) {
-    if (ok) return;
-    t->bad++;
-    fprintf(stderr, "%s %s:%d: expected %s\n", dv_comm_prefix(), file, line, what);
-}
-
-static void expect_ok_(tcheck *t, dv_status s, const char *err, const char *what, const char *file,
-                       int line) {
-    if (s == DV_OK) return;
-    t->bad++;
-    fprintf(stderr, "%s %s:%d: %s failed: %s\n", dv_comm_prefix(), file, line, what, err);
-}
-
-/* Uses MPI directly rather than dv_comm_first_failed, which is under test. */
-static void finish(tcheck *t) {
-    int bad = t->bad, total = 0;
-    MPI_Allreduce(&bad, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    assert_int_equal(total, 0);
-}
 
 /* ---- identity ----------------------------------------------------------- */
 
@@ -104,7 +77,7 @@ static void test_identity(void **state) {
     MPI_Comm_get_errhandler(c->world, &eh);
     EXPECT(&t, eh == MPI_ERRORS_RETURN);
     if (eh != MPI_ERRHANDLER_NULL) MPI_Errhandler_free(&eh);
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 /* A second init while MPI is up reuses it and must not finalize it. */
@@ -128,7 +101,7 @@ static void test_init_again(void **state) {
     EXPECT(&t, finalized == 0);
     dv_comm_barrier(g_comm);
     dv_comm_free(NULL);
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 /* ---- all-reduce --------------------------------------------------------- */
@@ -205,7 +178,7 @@ static void test_allreduce_avg(void **state) {
     char err[DV_ERR_LEN] = "";
     EXPECT(&t, dv_comm_allreduce_avg(g_comm, NULL, 5, err) == DV_ERR);
     EXPECT(&t, strstr(err, "dv_comm_allreduce_avg") != NULL);
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 /* Buckets of one flat gradient buffer, started last-first as backward
@@ -306,7 +279,7 @@ static void test_sharded(void **state) {
     }
     for (int round = 0; g && round < 3; round++)
         check_sharded(&t, g_comm, g, N, round & 1, 1);
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 static void test_allreduce_async(void **state) {
@@ -338,7 +311,7 @@ static void test_allreduce_async(void **state) {
     EXPECT(&t, strstr(err, "stream") != NULL);
     EXPECT(&t, dv_comm_wait(c, NULL, err) == DV_ERR);
     EXPECT(&t, c->pending == NULL);
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 /* ---- the shm algorithm ---------------------------------------------------- */
@@ -480,7 +453,7 @@ static void test_shm(void **state) {
      * of them on one machine) */
     EXPECT(&t, c->algo == (dv_comm_size(c) > 1 ? DV_COMM_ALGO_SHM : DV_COMM_ALGO_MPI));
     for_each_algo(&t, c, check_shm_all);
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 /* A comm made under environment settings (every rank sets the same). */
@@ -538,7 +511,7 @@ static void test_shm_env(void **state) {
         for_each_algo(&t, c2, check_shm_all);
     }
     dv_comm_free(c2);
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 /* ---- bcast -------------------------------------------------------------- */
@@ -581,7 +554,7 @@ static void test_bcast(void **state) {
     EXPECT(&t, strstr(err, "root") != NULL);
     EXPECT(&t, dv_comm_bcast(c, &b, 1, -1, err) == DV_ERR);
     EXPECT_OK(&t, dv_comm_bcast(c, NULL, 0, 0, err), err);
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 /* ---- doubles, agreement ------------------------------------------------- */
@@ -608,7 +581,7 @@ static void test_allreduce_double(void **state) {
     EXPECT_OK(&t, dv_comm_allreduce_double(c, NULL, 0, DV_REDUCE_SUM, err), err);
     EXPECT(&t, dv_comm_allreduce_double(c, x, 1, (dv_reduce)99, err) == DV_ERR);
     EXPECT(&t, dv_comm_allreduce_double(c, x, -1, DV_REDUCE_SUM, err) == DV_ERR);
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 static void test_first_failed(void **state) {
@@ -621,7 +594,7 @@ static void test_first_failed(void **state) {
     EXPECT(&t, dv_comm_first_failed(c, rank != size - 1) == size - 1);
     EXPECT(&t, dv_comm_first_failed(c, rank == 0) == (size > 1 ? 1 : -1));
     EXPECT(&t, dv_comm_first_failed(c, 7) == -1); /* any non-zero is ok */
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 static void test_all_equal(void **state) {
@@ -648,7 +621,7 @@ static void test_all_equal(void **state) {
         EXPECT(&t, dv_comm_all_equal(c, buf, rank == 0 ? N - 8 : N) == 0);
         EXPECT(&t, dv_comm_all_equal(c, buf, N) == 1);
     }
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 /* ---- messages and check macros ------------------------------------------ */
@@ -731,7 +704,7 @@ static void test_format_error(void **state) {
     EXPECT(&t, positive(1, err) == DV_OK);
     EXPECT(&t, tried(-1, err) == DV_ERR);
     EXPECT(&t, strstr(err, ": positive: v = -1") != NULL);
-    finish(&t);
+    tcheck_finish(&t);
 }
 
 int main(int argc, char **argv) {

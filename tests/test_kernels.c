@@ -19,43 +19,23 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "test_rand.h"
 
 static dv_backend *be;
 
 /* ---- helpers ---------------------------------------------------------- */
 
-/* The tests' own generator, independent of dv_rand (which is under test). */
-static uint64_t rng_state = 1;
-static uint64_t rng_next(void) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static float rng_uniform(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rng_next() >> 40) * (1.0 / 16777216.0));
-}
-static void fill_uniform(float *x, size_t n, float lo, float hi) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = rng_uniform(lo, hi);
-}
 /* Distinct values spaced by at least `gap`, shuffled: FD steps smaller than
  * gap/2 never change which element a max/min picks. */
 static void fill_distinct(float *x, size_t n, float gap) {
     for (size_t i = 0; i < n; i++)
         x[i] = ((float)i - (float)n / 2) * gap;
     for (size_t i = n; i > 1; i--) {
-        size_t j = (size_t)(rng_next() % i);
+        size_t j = (size_t)(test_rand_next() % i);
         float t = x[i - 1];
         x[i - 1] = x[j];
         x[j] = t;
     }
-}
-
-static float *fbuf(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof *p);
-    assert_non_null(p);
-    return p;
 }
 
 static double dot_d(const float *a, const float *b, size_t n) {
@@ -210,7 +190,7 @@ static void test_cuda_entry_points(void **state) {
     (void)state;
     assert_true(dv_backend_cuda_device_count() >= 0);
     char err[256] = "";
-    dv_backend *c = dv_backend_cuda_create(0, err, sizeof err);
+    dv_backend *c = dv_backend_cuda_create(0, DV_PRECISION_FP32, err, sizeof err);
     if (!c) assert_true(strlen(err) > 0); /* always a reason when there is no backend */
     dv_backend_free(c);
 }
@@ -245,12 +225,13 @@ static void test_rand(void **state) {
 static void test_gemm(void **state) {
     (void)state;
     const int M = 7, N = 5, K = 9;
-    float *A = fbuf(M * K), *B = fbuf(K * N), *C = fbuf(M * N), *ref = fbuf(M * N);
+    float *A = test_fbuf(M * K), *B = test_fbuf(K * N), *C = test_fbuf(M * N),
+          *ref = test_fbuf(M * N);
     for (int ta = 0; ta < 2; ta++) {
         for (int tb = 0; tb < 2; tb++) {
-            fill_uniform(A, M * K, -1, 1);
-            fill_uniform(B, K * N, -1, 1);
-            fill_uniform(C, M * N, -1, 1);
+            test_rand_fill(A, M * K, -1, 1);
+            test_rand_fill(B, K * N, -1, 1);
+            test_rand_fill(C, M * N, -1, 1);
             const float alpha = 1.5f, beta = -0.5f;
             for (int i = 0; i < M; i++) {
                 for (int j = 0; j < N; j++) {
@@ -279,10 +260,11 @@ static void test_bias(void **state) {
     const int B = 3, C = 4;
     for (int S = 1; S <= 5; S += 4) {
         size_t n = (size_t)B * C * S;
-        float *y = fbuf(n), *y0 = fbuf(n), *bias = fbuf(C), *db = fbuf(C), *ref = fbuf(C);
-        fill_uniform(y, n, -1, 1);
+        float *y = test_fbuf(n), *y0 = test_fbuf(n), *bias = test_fbuf(C), *db = test_fbuf(C),
+              *ref = test_fbuf(C);
+        test_rand_fill(y, n, -1, 1);
         memcpy(y0, y, n * sizeof *y);
-        fill_uniform(bias, C, -1, 1);
+        test_rand_fill(bias, C, -1, 1);
         be->bias_forward(be->ctx, y, bias, B, C, S);
         for (size_t i = 0; i < n; i++)
             assert_true(fabsf(y[i] - (y0[i] + bias[(i / S) % C])) < 1e-6f);
@@ -346,14 +328,14 @@ static void test_act_backward_fd(void **state) {
     for (size_t a = 0; a < sizeof acts / sizeof acts[0]; a++) {
         for (int inplace = 0; inplace < 2; inplace++) {
             act_st s = {.act = acts[a], .alpha = 0.1f, .cols = 6, .n = n};
-            s.x = fbuf(n), s.y = fbuf(n), s.r = fbuf(n);
-            fill_uniform(s.x, n, -2, 2);
+            s.x = test_fbuf(n), s.y = test_fbuf(n), s.r = test_fbuf(n);
+            test_rand_fill(s.x, n, -2, 2);
             for (size_t i = 0; i < n; i++) /* keep clear of relu's kink */
                 if (fabsf(s.x[i]) < 0.05f) s.x[i] = 0.1f;
-            fill_uniform(s.r, n, -1, 1);
+            test_rand_fill(s.r, n, -1, 1);
             be->act_forward(be->ctx, s.act, s.alpha, s.x, s.y, n, s.cols);
-            float *dx = fbuf(n);
-            float *dy = fbuf(n);
+            float *dx = test_fbuf(n);
+            float *dy = test_fbuf(n);
             memcpy(dy, s.r, n * sizeof *dy);
             if (inplace) {
                 be->act_backward(be->ctx, s.act, s.alpha, s.y, dy, dy, n, s.cols);
@@ -417,15 +399,16 @@ static void run_conv_case_b(int B, int C, int H, int W, int F, int KH, int KW, i
     const dv_conv2d_geom *g = &s.g;
     size_t nx = (size_t)g->B * C * H * W, nw = (size_t)F * C * KH * KW;
     size_t ny = (size_t)g->B * F * g->OH * g->OW;
-    s.x = fbuf(nx), s.w = fbuf(nw), s.b = with_bias ? fbuf(F) : NULL, s.y = fbuf(ny);
-    s.r = fbuf(ny);
-    s.work = fbuf(be->conv2d_workspace(be->ctx, g));
-    fill_uniform(s.x, nx, -1, 1);
-    fill_uniform(s.w, nw, -1, 1);
-    if (s.b) fill_uniform(s.b, F, -1, 1);
-    fill_uniform(s.r, ny, -1, 1);
+    s.x = test_fbuf(nx), s.w = test_fbuf(nw), s.b = with_bias ? test_fbuf(F) : NULL,
+    s.y = test_fbuf(ny);
+    s.r = test_fbuf(ny);
+    s.work = test_fbuf(be->conv2d_workspace(be->ctx, g));
+    test_rand_fill(s.x, nx, -1, 1);
+    test_rand_fill(s.w, nw, -1, 1);
+    if (s.b) test_rand_fill(s.b, F, -1, 1);
+    test_rand_fill(s.r, ny, -1, 1);
 
-    float *ref = fbuf(ny);
+    float *ref = test_fbuf(ny);
     conv_naive(g, s.x, s.w, s.b, ref);
     be->conv2d_forward(be->ctx, g, s.x, s.w, s.b, s.y, s.work);
     char what[96];
@@ -445,7 +428,7 @@ static void run_conv_case_b(int B, int C, int H, int W, int F, int KH, int KW, i
         assert_close_arrays(s.y, ref, ny, 1e-5, what);
     }
 
-    float *dx = fbuf(nx), *dw = fbuf(nw), *db = fbuf(F);
+    float *dx = test_fbuf(nx), *dw = test_fbuf(nw), *db = test_fbuf(F);
     for (size_t i = 0; i < nx; i++)
         dx[i] = 1e30f; /* overwritten */
     for (size_t i = 0; i < nw; i++)
@@ -504,7 +487,7 @@ static void run_conv_case_b(int B, int C, int H, int W, int F, int KH, int KW, i
     }
 
     /* dx == NULL: dw still right, and nothing else touched */
-    float *dw2 = fbuf(nw);
+    float *dw2 = test_fbuf(nw);
     be->conv2d_backward(be->ctx, g, s.x, s.w, s.r, NULL, dw2, NULL, s.work);
     assert_close_arrays(dw2, dw, nw, 1e-5, "conv dw with dx = NULL");
 
@@ -563,14 +546,14 @@ static void run_pool_case(dv_pool mode, int H, int W, int K, int stride, int pad
     assert_int_equal(dv_conv2d_geom_init(&s.g), 0);
     const dv_conv2d_geom *g = &s.g;
     size_t nx = (size_t)g->B * g->C * H * W, ny = (size_t)g->B * g->C * g->OH * g->OW;
-    s.x = fbuf(nx), s.y = fbuf(ny), s.r = fbuf(ny);
+    s.x = test_fbuf(nx), s.y = test_fbuf(ny), s.r = test_fbuf(ny);
     s.arg = calloc(ny, sizeof *s.arg);
     fill_distinct(s.x, nx, 0.01f);
     /* all-negative inputs: a padding zero must never win a max */
     /* and all-positive ones: padding must never win a min either */
     for (size_t i = 0; i < nx; i++)
         s.x[i] += mode == DV_POOL_MAX ? -0.01f * nx : mode == DV_POOL_MIN ? 0.01f * nx : 0.0f;
-    fill_uniform(s.r, ny, -1, 1);
+    test_rand_fill(s.r, ny, -1, 1);
     be->pool2d_forward(be->ctx, mode, g, s.x, s.y, s.arg);
 
     char what[80];
@@ -600,7 +583,7 @@ static void run_pool_case(dv_pool mode, int H, int W, int K, int stride, int pad
                 }
             }
 
-    float *dx = fbuf(nx);
+    float *dx = test_fbuf(nx);
     for (size_t i = 0; i < nx; i++)
         dx[i] = 1e30f;
     be->pool2d_backward(be->ctx, mode, g, s.r, dx, s.arg);
@@ -655,11 +638,12 @@ static void test_dropout(void **state) {
     const int rows = 64, cols = 1000;
     const size_t n = (size_t)rows * cols;
     const float rate = 0.3f;
-    float *x = fbuf(n), *y = fbuf(n), *mask = fbuf(n), *y2 = fbuf(n), *mask2 = fbuf(n);
+    float *x = test_fbuf(n), *y = test_fbuf(n), *mask = test_fbuf(n), *y2 = test_fbuf(n),
+          *mask2 = test_fbuf(n);
     int64_t *ids = calloc(rows, sizeof *ids);
     for (int i = 0; i < rows; i++)
         ids[i] = 1000 + i;
-    fill_uniform(x, n, -1, 1);
+    test_rand_fill(x, n, -1, 1);
     be->dropout_forward(be->ctx, rate, 77, ids, rows, cols, x, y, mask);
     size_t dropped = 0;
     for (size_t i = 0; i < n; i++) {
@@ -674,7 +658,7 @@ static void test_dropout(void **state) {
     assert_true(fabs((double)dropped / n - rate) < 0.01);
     /* the mask is a function of (seed, row id, column) alone */
     for (size_t i = 0; i < 50; i++) {
-        size_t e = (size_t)(rng_next() % n);
+        size_t e = (size_t)(test_rand_next() % n);
         float u = dv_rand_uniform(77, (uint64_t)ids[e / cols] * cols + e % cols);
         assert_true((mask[e] == 0.0f) == (u < rate));
     }
@@ -691,8 +675,8 @@ static void test_dropout(void **state) {
         differ += (mask[i] == 0.0f) != (mask2[i] == 0.0f);
     assert_true(differ > n / 4);
     /* backward: dx = dy * mask, in place too */
-    float *dy = fbuf(n);
-    fill_uniform(dy, n, -1, 1);
+    float *dy = test_fbuf(n);
+    test_rand_fill(dy, n, -1, 1);
     be->dropout_backward(be->ctx, mask, dy, y2, n);
     for (size_t i = 0; i < n; i++)
         assert_true(y2[i] == dy[i] * mask[i]);
@@ -723,13 +707,13 @@ static void test_batchnorm(void **state) {
     for (int S = 1; S <= 6; S += 5) {
         bn_st s = {.B = 4, .C = 3, .S = S};
         size_t n = (size_t)s.B * s.C * S;
-        s.x = fbuf(n), s.y = fbuf(n), s.r = fbuf(n);
-        s.gamma = fbuf(3), s.beta = fbuf(3), s.rm = fbuf(3), s.rv = fbuf(3);
-        s.sm = fbuf(3), s.si = fbuf(3);
-        fill_uniform(s.x, n, -1, 3);
-        fill_uniform(s.r, n, -1, 1);
-        fill_uniform(s.gamma, 3, 0.5f, 1.5f);
-        fill_uniform(s.beta, 3, -1, 1);
+        s.x = test_fbuf(n), s.y = test_fbuf(n), s.r = test_fbuf(n);
+        s.gamma = test_fbuf(3), s.beta = test_fbuf(3), s.rm = test_fbuf(3), s.rv = test_fbuf(3);
+        s.sm = test_fbuf(3), s.si = test_fbuf(3);
+        test_rand_fill(s.x, n, -1, 3);
+        test_rand_fill(s.r, n, -1, 1);
+        test_rand_fill(s.gamma, 3, 0.5f, 1.5f);
+        test_rand_fill(s.beta, 3, -1, 1);
         for (int c = 0; c < 3; c++)
             s.rm[c] = 0.0f, s.rv[c] = 1.0f;
         be->batchnorm_forward(be->ctx, 1, s.B, s.C, S, 1e-5f, 0.1f, s.x, s.gamma, s.beta, s.rm,
@@ -758,7 +742,7 @@ static void test_batchnorm(void **state) {
             assert_true(fabs(s.rv[c] - (0.9 + 0.1 * ss / (N - 1))) < 1e-5);
         }
         /* eval mode uses the running stats */
-        float *ye = fbuf(n);
+        float *ye = test_fbuf(n);
         be->batchnorm_forward(be->ctx, 0, s.B, s.C, S, 1e-5f, 0.1f, s.x, s.gamma, s.beta, s.rm,
                               s.rv, NULL, NULL, ye);
         for (size_t i = 0; i < n; i++) {
@@ -768,7 +752,7 @@ static void test_batchnorm(void **state) {
         }
         /* training backward by finite differences */
         bn_loss(&s);
-        float *dx = fbuf(n), *dg = fbuf(3), *dbt = fbuf(3);
+        float *dx = test_fbuf(n), *dg = test_fbuf(3), *dbt = test_fbuf(3);
         for (size_t i = 0; i < n; i++)
             dx[i] = 1e30f;
         for (int c = 0; c < 3; c++)
@@ -819,12 +803,12 @@ static void test_loss_gradients(void **state) {
     for (int kind = 0; kind < 3; kind++) {
         loss_st s = {.kind = kind, .B = 4, .K = 5};
         size_t n = 20;
-        s.z = fbuf(n), s.t = fbuf(n), s.d = fbuf(n);
+        s.z = test_fbuf(n), s.t = test_fbuf(n), s.d = test_fbuf(n);
         s.labels = calloc(4, sizeof *s.labels);
-        fill_uniform(s.z, n, -2, 2);
-        fill_uniform(s.t, n, 0, 1);
+        test_rand_fill(s.z, n, -2, 2);
+        test_rand_fill(s.t, n, 0, 1);
         for (int i = 0; i < 4; i++)
-            s.labels[i] = (int32_t)(rng_next() % 5);
+            s.labels[i] = (int32_t)(test_rand_next() % 5);
         float stats[2] = {0, 0};
         run_loss(&s, 0.25f, stats);
         for (size_t i = 0; i < n; i++)
@@ -947,11 +931,12 @@ static void test_optimizers(void **state) {
                            .beta2 = 0.999f,
                            .eps = 1e-8f,
                            .weight_decay = 0.01f};
-        float *p = fbuf(n), *m = fbuf(n), *v = fbuf(n), *g1 = fbuf(n), *g2 = fbuf(n);
+        float *p = test_fbuf(n), *m = test_fbuf(n), *v = test_fbuf(n), *g1 = test_fbuf(n),
+              *g2 = test_fbuf(n);
         double rp[37], rm[37] = {0}, rv[37] = {0};
-        fill_uniform(p, n, -1, 1);
-        fill_uniform(g1, n, -1, 1);
-        fill_uniform(g2, n, -1, 1);
+        test_rand_fill(p, n, -1, 1);
+        test_rand_fill(g1, n, -1, 1);
+        test_rand_fill(g2, n, -1, 1);
         for (int i = 0; i < n; i++)
             rp[i] = p[i];
         for (int step = 1; step <= 2; step++) {
@@ -1002,8 +987,8 @@ static void test_clip_grad_norm(void **state) {
     assert_true(fabs(dv_clip_grad_norm(be, g, 2, 1.0) - 5.0) < 1e-9);
     assert_true(fabsf(g[0] - 0.6f) < 1e-6f && fabsf(g[1] - 0.8f) < 1e-6f);
     size_t n = 1001;
-    float *h = fbuf(n);
-    fill_uniform(h, n, -1, 1);
+    float *h = test_fbuf(n);
+    test_rand_fill(h, n, -1, 1);
     double want = sqrt(dot_d(h, h, n));
     double got = dv_clip_grad_norm(be, h, n, 0.5);
     assert_true(fabs(got - want) < 1e-9 * want);
@@ -1012,6 +997,7 @@ static void test_clip_grad_norm(void **state) {
 }
 
 int main(void) {
+    test_rand_seed(1); /* the inputs' generator (test_rand.h), independent of dv_rand */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tensor_and_geom),
         cmocka_unit_test(test_backend_basics),

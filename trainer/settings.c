@@ -55,6 +55,8 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
     static const char *const losses[] = {"cross_entropy", "mse", "bce", "perceptron", NULL};
     static const char *const scheds[] = {"constant", "step", "cosine", NULL};
     static const char *const progress[] = {"auto", "live", "lines", NULL};
+    static const char *const precisions[] = {"fp32", "tf32", "bf16", NULL};
+    static const char *const comms[] = {"auto", "nccl", "mpi", NULL};
     int opt, loss, sched;
     if (dv_cfg_int(cfg, t, "epochs", 1, 1, 1000000, &st->epochs, err) ||
         dv_cfg_int(cfg, t, "batch", 64, 1, 1 << 24, &st->batch, err) ||
@@ -82,7 +84,9 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
         dv_cfg_float(cfg, t, "clip_norm", 0, 0, 1e30, &st->clip_norm, err) ||
         dv_cfg_float(cfg, t, "bucket_mb", 4, 0.001, 1e6, &st->bucket_mb, err) ||
         dv_cfg_str(cfg, t, "backend", "auto", &st->backend, err) ||
-        dv_cfg_enum(cfg, t, "progress", "auto", progress, &st->progress, err))
+        dv_cfg_enum(cfg, t, "progress", "auto", progress, &st->progress, err) ||
+        dv_cfg_enum(cfg, t, "precision", "fp32", precisions, &st->precision, err) ||
+        dv_cfg_enum(cfg, t, "comm", "auto", comms, &st->comm, err))
         return -1;
     st->optimizer = (dv_opt)opt;
     st->loss = (dv_loss)loss;

@@ -42,6 +42,14 @@ typedef struct run {
     size_t bucket_floats, bucket_start;
     dv_comm_request *reqs[MAX_REQS];
     int nreq;
+    /* Per-step loss/correct pairs waiting on the device (GPU): reading them
+     * every step would make the host wait for the GPU every step, so they
+     * are copied into a ring and read in one go (at log points, epoch ends
+     * and checkpoints). The CPU reads every step (ring_cap 1). */
+    float *ring;
+    int ring_cap, ring_used;
+    int64_t ring_step0; /* step number of the ring's first entry */
+    int device_comm;    /* gradients are averaged on the device (CUDA) */
     char err[DV_ERR_LEN];
     int comm_failed;
 } run;
@@ -120,10 +128,14 @@ static int make_dirs(const char *path, char *err) {
 int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *err) {
     const char *want = st->backend;
     *out = NULL;
-    if (!strcmp(want, "cuda") || (!strcmp(want, "auto") && dv_backend_cuda_device_count() > 0)) {
-        int dev = dv_comm_select_device(c, dv_backend_cuda_device_count());
+    int ndev = dv_backend_cuda_device_count();
+    if (!strcmp(want, "cuda") || (!strcmp(want, "auto") && ndev > 0)) {
+        /* one GPU per rank by local rank; ranks beyond the GPUs share them */
+        int dev = dv_comm_select_device(c, ndev);
         char why[512] = "no CUDA device";
-        *out = dev >= 0 ? dv_backend_cuda_create(dev, why, sizeof(why)) : NULL;
+        /* with no device, creating one says why (no GPU, or no CUDA build) */
+        *out = dv_backend_cuda_create(dev >= 0 ? dev : 0, (dv_precision)st->precision, why,
+                                      sizeof(why));
         if (*out) return 0;
         if (!strcmp(want, "cuda")) return dv_fail(err, "backend = cuda: %s", why);
     }
@@ -165,25 +177,16 @@ static int make_loader(run *r, dv_split *s, int eval, dv_loader **out, char *err
     lc.x_shift = (float)r->st.x_shift;
     lc.memory_budget = (size_t)r->st.memory_mb << 20;
     lc.prefetch = (int)r->st.prefetch;
+    lc.host_alloc = r->be->host_alloc;
+    lc.host_free = r->be->host_free;
+    lc.host_ctx = r->be->ctx;
     return dv_loader_create(out, s, &lc, err);
 }
 
-/* Moves a host batch into the model's device buffers. */
-static void load_batch(run *r, const dv_batch *b) {
-    dv_model *m = r->m;
-    const dv_backend *be = r->be;
-    size_t B = (size_t)b->count;
-    be->to_device(be->ctx, m->input, b->x, B * m->in_elems * sizeof(float));
-    if (b->global_pos) be->to_device(be->ctx, m->row_id, b->global_pos, B * sizeof(int64_t));
-    if (m->loss == DV_LOSS_XENT || m->loss == DV_LOSS_PERCEPTRON) {
-        be->to_device(be->ctx, m->labels, b->labels, B * sizeof(int32_t));
-        return;
-    }
-    size_t K = (size_t)m->outputs;
-    if (b->targets) {
-        be->to_device(be->ctx, m->targets, b->targets, B * K * sizeof(float));
-        return;
-    }
+/* Float targets from labels (mse / bce on a labelled split): the value for
+ * one output, one-hot for several. */
+static const float *one_hot(run *r, const dv_batch *b) {
+    size_t B = (size_t)b->count, K = (size_t)r->m->outputs;
     float *t = r->host_targets;
     if (K == 1)
         for (size_t i = 0; i < B; i++)
@@ -193,7 +196,34 @@ static void load_batch(run *r, const dv_batch *b) {
         for (size_t i = 0; i < B; i++)
             t[i * K + (size_t)b->labels[i]] = 1.0f;
     }
-    be->to_device(be->ctx, m->targets, t, B * K * sizeof(float));
+    return t;
+}
+
+/* Moves a host batch into the model's device buffers: one upload, which on
+ * a GPU overlaps the compute still queued from the step before. */
+static void load_batch(run *r, const dv_batch *b) {
+    dv_model *m = r->m;
+    const dv_backend *be = r->be;
+    size_t B = (size_t)b->count, K = (size_t)m->outputs;
+    void *dst[3] = {m->input};
+    const void *src[3] = {b->x};
+    size_t bytes[3] = {B * m->in_elems * sizeof(float)};
+    int n = 1;
+    if (b->global_pos) {
+        dst[n] = m->row_id;
+        src[n] = b->global_pos;
+        bytes[n++] = B * sizeof(int64_t);
+    }
+    if (m->loss == DV_LOSS_XENT || m->loss == DV_LOSS_PERCEPTRON) {
+        dst[n] = m->labels;
+        src[n] = b->labels;
+        bytes[n++] = B * sizeof(int32_t);
+    } else {
+        dst[n] = m->targets;
+        src[n] = b->targets ? b->targets : one_hot(r, b);
+        bytes[n++] = B * K * sizeof(float);
+    }
+    be->upload(be->ctx, n, dst, src, bytes);
 }
 
 static void run_free(run *r) {
@@ -202,9 +232,30 @@ static void run_free(run *r) {
     dv_split_free(r->train);
     dv_split_free(r->val);
     dv_model_free(r->m);
-    if (r->be) dv_backend_free(r->be);
+    if (r->be) {
+        r->be->free(r->be->ctx, r->ring);
+        dv_backend_free(r->be);
+    }
     free(r->config_text);
     free(r->host_targets);
+}
+
+/* Every rank must run on the same kind of backend: the gradient exchange
+ * (NCCL or MPI over host memory) is chosen for all of them together. */
+static int agree_backend(run *r) {
+    double cuda = r->be->stream ? 1.0 : 0.0;
+    if (dv_comm_allreduce_double(r->comm, &cuda, 1, DV_REDUCE_SUM, r->err))
+        dv_comm_abort(r->comm, 1, r->err);
+    int rc = 0;
+    if (cuda > 0 && cuda < r->world)
+        rc = dv_fail(r->err,
+                     "backend = %s: %.0f of %d ranks found a GPU and the others did not; set "
+                     "backend = cpu, or run where every rank has a GPU",
+                     r->st.backend, cuda, r->world);
+    if (!rc && r->rank == 0 && r->st.precision != DV_PRECISION_FP32 && !r->be->stream)
+        printf("note: precision = %s applies to the CUDA backend; the CPU computes in fp32\n",
+               r->st.precision == DV_PRECISION_BF16 ? "bf16" : "tf32");
+    return dv_agree(r->comm, rc, r->err);
 }
 
 /* Everything before the first step; collective. mode: 0 train, 1 eval. */
@@ -230,6 +281,7 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
             dv_model_build(&r->m, cfg, r->be, r->st.loss, (uint64_t)r->st.seed, r->eval_batch, err);
     if (!rc) rc = dv_config_check_used(cfg, err);
     if (dv_agree(c, rc, err)) return -1;
+    if (agree_backend(r)) return -1;
     if (need_train) rc = open_split(r, r->st.train_x, r->st.train_y, &r->train, err);
     if (!rc && r->st.has_val) rc = open_split(r, r->st.val_x, r->st.val_y, &r->val, err);
     if (!rc && need_train && dv_split_info_get(r->train)->n < r->st.batch)
@@ -243,9 +295,10 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
         if (!r->host_targets || !r->config_text) rc = dv_fail(err, "out of memory");
     }
     if (dv_agree(c, rc, err)) return -1;
+    /* the sharded update works on host memory: the CPU backend's path */
     dv_comm_shard(c, r->m->nparams, &r->shard_lo, &r->shard_hi);
-    r->sharded = r->shard_hi - r->shard_lo < r->m->nparams;
-    if (r->sharded && !strcmp(r->be->name, "cpu")) {
+    r->sharded = !r->be->stream && r->shard_hi - r->shard_lo < r->m->nparams;
+    if (r->sharded) {
         /* host gradients the node's peers can read in place: no copy into
          * shared memory before the reduce-scatter */
         float *g = dv_comm_shared_buffer(c, r->m->nparams, err);
@@ -253,7 +306,80 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
     }
     r->bucket_floats = (size_t)(r->st.bucket_mb * 1048576.0 / sizeof(float));
     if (r->bucket_floats < 1) r->bucket_floats = 1;
-    return 0;
+    r->ring_cap = r->be->stream ? 64 : 1;
+    if (r->ring_cap > 1 && !(r->ring = r->be->alloc(r->be->ctx, 2 * sizeof(float) * 64)))
+        rc = dv_fail(err, "out of device memory");
+    if (!rc && need_train && r->be->stream) {
+        /* gradients live on the GPU: NCCL, or MPI through host memory */
+        int ndev = dv_backend_cuda_device_count();
+        size_t most = r->m->nparams > r->m->nbuffers ? r->m->nparams : r->m->nbuffers;
+        rc = dv_comm_device_init(c, dv_comm_select_device(c, ndev), ndev,
+                                 (dv_comm_device_mode)r->st.comm, most, err);
+        r->device_comm = !rc;
+    } else if (!rc && r->st.comm == DV_COMM_DEVICE_NCCL && need_train) {
+        rc = dv_fail(err, "%s: [train] comm = nccl needs the CUDA backend (this run uses %s)",
+                     cfg->path, r->be->name);
+    }
+    return dv_agree(c, rc, err) ? -1 : 0;
+}
+
+/* ---- device work and the metrics ring ----------------------------------- */
+
+/* Waits until at most `keep` steps' device work is still queued (the GPU
+ * may run one step behind the host), with comm's timeout and NCCL error
+ * checks when gradients travel on the device; then asks the backend for an
+ * error. A failure here is this rank's alone: it ends the job. */
+static void device_sync(run *r, int keep) {
+    if (!r->be->stream) return;
+    if (r->device_comm && dv_comm_stream_wait(r->comm, r->be->stream, keep, r->err))
+        dv_comm_abort(r->comm, 1, r->err);
+    if (r->be->check(r->be->ctx, r->err, sizeof(r->err))) dv_comm_abort(r->comm, 1, r->err);
+}
+
+/* Adds the ring's per-step (loss, correct) pairs to ts in step order, so the
+ * sums are the same whether they were read every step or in a batch. */
+static void stats_flush(run *r, dv_train_state *ts) {
+    if (!r->ring_used) return;
+    const dv_backend *be = r->be;
+    float h[2 * 64];
+    device_sync(r, 0);
+    be->to_host(be->ctx, h, r->ring_cap > 1 ? r->ring : r->m->stats,
+                2 * sizeof(float) * (size_t)r->ring_used);
+    for (int i = 0; i < r->ring_used; i++) {
+        if (!isfinite(h[2 * i])) {
+            char msg[256];
+            snprintf(msg, sizeof(msg), "the loss became %f at step %lld; lower lr or set clip_norm",
+                     h[2 * i], (long long)(r->ring_step0 + i + 1));
+            dv_comm_abort(r->comm, 1, msg);
+        }
+        ts->loss_sum += h[2 * i];
+        ts->correct_sum += h[2 * i + 1];
+    }
+    r->ring_used = 0;
+}
+
+/* Keeps the step's (loss, correct) from m->stats; reads them when the ring
+ * is full (every step on the CPU). `ts->step` is the step just taken,
+ * 0-based. */
+static void stats_push(run *r, dv_train_state *ts) {
+    const dv_backend *be = r->be;
+    if (!r->ring_used) r->ring_step0 = ts->step;
+    if (r->ring_cap > 1)
+        be->copy(be->ctx, r->ring + 2 * r->ring_used, r->m->stats, 2 * sizeof(float));
+    if (++r->ring_used == r->ring_cap) stats_flush(r, ts);
+}
+
+/* In-place average over ranks of a buffer on the backend's device. */
+static void average_on_device(run *r, float *x, size_t n) {
+    if (!r->be->stream) {
+        if (dv_comm_allreduce_avg(r->comm, x, n, r->err)) dv_comm_abort(r->comm, 1, r->err);
+        return;
+    }
+    dv_comm_request *q;
+    if (dv_comm_allreduce_start(r->comm, x, n, r->be->stream, &q, r->err) ||
+        dv_comm_wait(r->comm, q, r->err))
+        dv_comm_abort(r->comm, 1, r->err);
+    device_sync(r, 0);
 }
 
 /* ---- evaluation --------------------------------------------------------- */
@@ -279,6 +405,7 @@ static int evaluate(run *r, dv_loader *l, double *loss, double *acc, double *cou
         sums[1] += st[1];
         sums[2] += b.count;
     }
+    if (!rc && r->be->check(r->be->ctx, r->err, sizeof(r->err))) rc = -1;
     if (dv_agree(r->comm, rc, r->err)) return -1;
     if (dv_comm_allreduce_double(r->comm, sums, 3, DV_REDUCE_SUM, r->err)) {
         dv_comm_abort(r->comm, 1, r->err);
@@ -296,7 +423,9 @@ static void on_grads(void *ctx, size_t grad_end) {
     if (r->world == 1 || r->comm_failed || r->sharded) return;
     size_t n = grad_end - r->bucket_start;
     if (n && (n >= r->bucket_floats || grad_end == r->m->nparams) && r->nreq < MAX_REQS) {
-        if (dv_comm_allreduce_start(r->comm, r->m->grads + r->bucket_start, n, NULL,
+        /* on a GPU the bucket's average is queued behind the backward so
+         * far and runs beside the rest of it */
+        if (dv_comm_allreduce_start(r->comm, r->m->grads + r->bucket_start, n, r->be->stream,
                                     &r->reqs[r->nreq], r->err))
             r->comm_failed = 1;
         else
@@ -369,6 +498,7 @@ static void train_step(run *r, const dv_batch *b, double lr, int64_t step) {
     if (r->comm_failed) dv_comm_abort(r->comm, 1, r->err);
     if (r->st.clip_norm > 0) dv_clip_grad_norm(be, m->grads, m->nparams, r->st.clip_norm);
     be->opt_step(be->ctx, &op, m->params, m->grads, m->state1, m->state2, m->nparams);
+    device_sync(r, 1); /* the host runs at most one step ahead of the GPU */
 }
 
 static int ckpt_step(const char *name) {
@@ -542,10 +672,16 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
     if (r->rank == 0) {
         dv_model_print(m, stdout);
         printf("data: %s %s: %lld samples; %d rank%s x %d = global batch %ld; %lld steps/epoch; "
-               "%s; backend %s\n",
+               "%s; backend %s",
                r->st.file, r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->world,
                r->world > 1 ? "s" : "", r->local_batch, r->st.batch, (long long)steps,
                dv_loader_in_memory(r->tl) ? "in memory" : "streaming", be->name);
+        if (be->stream) {
+            static const char *const prec[] = {"fp32", "tf32", "bf16"};
+            printf(" (%s GEMMs), gradients %s", prec[r->st.precision],
+                   dv_comm_device_path(c) ? dv_comm_device_path(c) : "?");
+        }
+        printf("\n");
         char path[1200];
         snprintf(path, sizeof(path), "%s/metrics.csv", r->st.run_dir);
         int fresh = access(path, F_OK) != 0 || !ckpt[0];
@@ -578,26 +714,16 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             lr = dv_lr_at(&r->st, ts.step, steps);
             be->fill(be->ctx, m->stats, 0.0f, 2);
             train_step(r, &b, lr, ts.step);
-            float st[2];
-            be->to_host(be->ctx, st, m->stats, sizeof(st));
-            ts.loss_sum += st[0];
-            ts.correct_sum += st[1];
+            stats_push(r, &ts);
             ts.seen += b.count;
             ts.step++;
             ts.step_in_epoch = s + 1;
             done++;
             double t1 = now();
             t_train += t1 - ts0;
-            if (!isfinite(st[0])) {
-                char msg[256];
-                snprintf(msg, sizeof(msg),
-                         "the loss became %f at step %lld; lower lr or set "
-                         "clip_norm",
-                         st[0], (long long)ts.step);
-                dv_comm_abort(c, 1, msg);
-            }
             if (r->rank == 0 && ((live && t1 - last_print > 0.25) ||
                                  (!live && (s + 1) % log_every == 0 && s + 1 < steps))) {
+                stats_flush(r, &ts);
                 double rate = (double)done * (double)r->st.batch / t_train;
                 double eta = (double)(steps - s - 1) * (t_train / (double)done);
                 print_progress(r, epoch, s + 1, steps, ts.loss_sum / ts.seen, rate, eta, live);
@@ -613,6 +739,7 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             }
             if (r->st.checkpoint_every && ts.step % r->st.checkpoint_every == 0 && s + 1 < steps) {
                 dv_train_state g;
+                stats_flush(r, &ts);
                 global_sums(r, &ts, &g);
                 if (save(r, &g, 0)) {
                     run_free(r);
@@ -622,11 +749,10 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
         }
         if (live) printf("\r%100s\r", "");
         /* end of epoch (or of max_steps) */
+        stats_flush(r, &ts);
         double s3[3] = {ts.loss_sum, ts.correct_sum, ts.seen};
         if (dv_comm_allreduce_double(c, s3, 3, DV_REDUCE_SUM, r->err)) dv_comm_abort(c, 1, r->err);
-        if (m->nbuffers && r->world > 1 &&
-            dv_comm_allreduce_avg(c, m->buffers, m->nbuffers, r->err))
-            dv_comm_abort(c, 1, r->err);
+        if (m->nbuffers && r->world > 1) average_on_device(r, m->buffers, m->nbuffers);
         double rate = done ? (double)done * (double)r->st.batch / t_train : 0;
         if (ts.step_in_epoch < steps) {
             /* stopped by max_steps inside the epoch: save where we are; the

@@ -107,7 +107,9 @@ typedef struct dv_settings {
     dv_sched schedule;
     const char *run_dir;
     const char *backend;
-    int progress; /* 0 auto, 1 live, 2 lines */
+    int progress;  /* 0 auto, 1 live, 2 lines */
+    int precision; /* dv_precision: fp32, tf32, bf16 (CUDA GEMMs) */
+    int comm;      /* dv_comm_device_mode: auto, nccl, mpi (device gradients) */
 } dv_settings;
 
 int dv_settings_read(dv_config *cfg, dv_settings *st, char *err);

@@ -53,6 +53,21 @@ void dv_cpu_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float
                 trans_b ? K : N, beta, C, N);
 }
 
+/* Batches are read where they lie: an upload is a plain copy. */
+static void cpu_upload(void *ctx, int n, void *const *dst, const void *const *src,
+                       const size_t *bytes) {
+    for (int i = 0; i < n; i++)
+        dv_cpu_memcpy(ctx, dst[i], src[i], bytes[i]);
+}
+
+/* CPU ops cannot fail once their buffers exist. */
+static int cpu_check(void *ctx, char *err, size_t errlen) {
+    (void)ctx;
+    (void)err;
+    (void)errlen;
+    return 0;
+}
+
 dv_backend *dv_backend_cpu_create(int threads) {
     dv_backend_box *box = calloc(1, sizeof *box);
     dv_cpu_ctx *cx = calloc(1, sizeof *cx);
@@ -75,6 +90,10 @@ dv_backend *dv_backend_cpu_create(int threads) {
     be->copy = dv_cpu_memcpy;
     be->fill = dv_cpu_fill;
     be->sync = dv_cpu_sync;
+    be->host_alloc = dv_cpu_alloc;
+    be->host_free = dv_cpu_free;
+    be->upload = cpu_upload;
+    be->check = cpu_check;
     be->gemm = dv_cpu_gemm;
     be->bias_forward = dv_cpu_bias_forward;
     be->bias_backward = dv_cpu_bias_backward;

@@ -5,8 +5,9 @@
 
 #include <stdio.h>
 
-dv_backend *dv_backend_cuda_create(int device, char *err, size_t errlen) {
+dv_backend *dv_backend_cuda_create(int device, dv_precision precision, char *err, size_t errlen) {
     (void)device;
+    (void)precision;
     if (err && errlen > 0) snprintf(err, errlen, "Dive was built without CUDA");
     return NULL;
 }
