@@ -496,7 +496,12 @@ static void train_step(run *r, const dv_batch *b, double lr, int64_t step) {
     for (int i = 0; i < r->nreq; i++)
         if (dv_comm_wait(r->comm, r->reqs[i], r->err)) r->comm_failed = 1;
     if (r->comm_failed) dv_comm_abort(r->comm, 1, r->err);
-    if (r->st.clip_norm > 0) dv_clip_grad_norm(be, m->grads, m->nparams, r->st.clip_norm);
+    if (r->st.clip_norm > 0) {
+        /* the norm is read on the host: wait for the all-reduces here, where
+         * a dead rank is caught by comm's timeout, not inside sumsq's sync */
+        device_sync(r, 0);
+        dv_clip_grad_norm(be, m->grads, m->nparams, r->st.clip_norm);
+    }
     be->opt_step(be->ctx, &op, m->params, m->grads, m->state1, m->state2, m->nparams);
     device_sync(r, 1); /* the host runs at most one step ahead of the GPU */
 }
