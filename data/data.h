@@ -11,7 +11,8 @@
  * Layout (see docs/data.md): a split is a group holding `x` (N, ...) of
  * uint8 / int / float32 / float64 and `y`, either int labels (N) or floats
  * (N, K); any dataset paths may be given instead of the group defaults.
- * Token streams are 1-D integer datasets.
+ * Token streams are 1-D integer datasets, with their vocabulary in /vocab
+ * (docs/data.md, "Token files").
  */
 #ifndef DV_DATA_H
 #define DV_DATA_H
@@ -170,6 +171,67 @@ dv_status dv_loader_start(dv_loader *l, int64_t epoch, int64_t step, char *err);
  * error; past the end of the pass returns DV_OK with batch->count == 0. */
 dv_status dv_loader_next(dv_loader *l, dv_batch *batch, char *err);
 
+/* ---- token streams ---------------------------------------------------- */
+
+/* A 1-D integer dataset of token ids read as training windows of length T:
+ * window k covers tokens [k*T, k*T + T], T+1 tokens; its inputs are the
+ * first T and its targets the last T (the inputs shifted by one). Windows
+ * do not overlap (consecutive ones share one boundary token), so a stream
+ * of n tokens has (n - 1) / T of them and the tail is never used.
+ *
+ * Training order: a dv_sampler with n = dv_tokens_windows(t, T) yields
+ * window ids; it is used unchanged (one shuffle of the windows per epoch
+ * from the seed, rank-strided global batches, drop-last), so DESIGN.md's
+ * sampling contract holds for token streams as it does for samples. */
+typedef struct dv_tokens dv_tokens;
+
+typedef struct dv_tokens_info {
+    int64_t n;              /* tokens in the stream, >= 1 */
+    int64_t min, max;       /* smallest and largest id present */
+    int64_t min_at, max_at; /* first position holding each */
+} dv_tokens_info;
+
+/* Opens `dataset` (an absolute path, e.g. "/train/tokens") of `file`,
+ * checks it is a non-empty 1-D integer dataset and scans its id range.
+ * The reader is owned by the caller (dv_tokens_free), and keeps the file
+ * open until then. Chunked and gzip-compressed datasets work. */
+dv_status dv_tokens_open(dv_tokens **out, const char *file, const char *dataset, char *err);
+void dv_tokens_free(dv_tokens *t);
+const dv_tokens_info *dv_tokens_info_get(const dv_tokens *t);
+int64_t dv_tokens_count(const dv_tokens *t);
+/* Checks every id lies in [0, vocab_size); the message names the file,
+ * the dataset, the id and its position. */
+dv_status dv_tokens_check(const dv_tokens *t, int64_t vocab_size, char *err);
+/* Windows of length T in the stream: (n - 1) / T; 0 when T < 1. */
+int64_t dv_tokens_windows(const dv_tokens *t, int T);
+/* Reads tokens [start, start+count) into out (count). */
+dv_status dv_tokens_read(dv_tokens *t, int64_t start, int64_t count, int32_t *out, char *err);
+/* Reads the windows window_ids[0..count) (any order, any repeats; each in
+ * [0, dv_tokens_windows)) into x (count, T) inputs and y (count, T)
+ * targets: x[i][j] = tokens[w*T + j], y[i][j] = tokens[w*T + j + 1]. */
+dv_status dv_tokens_read_windows(dv_tokens *t, int T, const int64_t *window_ids, int count,
+                                 int32_t *x, int32_t *y, char *err);
+
+/* The vocabulary stored with a token file (/vocab: attributes kind and
+ * size, dataset codepoints). */
+typedef enum dv_vocab_kind {
+    DV_VOCAB_BYTES = 0, /* id = byte value; size 256 */
+    DV_VOCAB_CHARS,     /* id = index of a Unicode code point, sorted */
+} dv_vocab_kind;
+
+typedef struct dv_vocab {
+    dv_vocab_kind kind;
+    int64_t size;        /* V */
+    int32_t *codepoints; /* (V), owned: the code point (bytes: the byte) of each id */
+} dv_vocab;
+
+/* Reads and validates `group` (NULL: "/vocab") of `file` into v: kind is
+ * "bytes" or "chars", size matches codepoints; bytes are 0..255 in order;
+ * chars strictly increasing in [0, 0x10FFFF]. Free with dv_vocab_free. */
+dv_status dv_vocab_read(dv_vocab *v, const char *file, const char *group, char *err);
+/* Frees v->codepoints and zeroes v (v may be NULL). */
+void dv_vocab_free(dv_vocab *v);
+
 /* ---- importers -------------------------------------------------------- */
 
 /* IDX (MNIST / Fashion-MNIST; raw or gzip): images (N, rows, cols) uint8 and
@@ -185,6 +247,34 @@ dv_status dv_import_idx(const char *images, const char *labels, const char *out_
  * (N, F) float32 and /<split>/y (N) int32. */
 dv_status dv_import_csv(const char *csv, int label_col, int header, const char *out_file,
                         const char *split, char *err);
+
+/* Text into a token file: the regular files named by `inputs`, each a
+ * file or a directory walked recursively (symbolic links inside it are
+ * not followed) in sorted path order (byte order, like `LC_ALL=C sort`),
+ * the inputs in the order given. A file with a NUL byte, or with
+ * DV_VOCAB_CHARS one that is not valid UTF-8, is skipped (on_skip is told
+ * why). The files' tokens, concatenated in that order, are split: the last
+ * round(val_fraction * n) tokens (0 <= val_fraction < 1) go to
+ * /val/tokens, the rest to /train/tokens (int32, chunked, gzip); the
+ * vocabulary to /vocab. Those three are replaced if present; everything
+ * else in out_file is kept. Inputs are read twice (validate and count,
+ * then write), so memory does not grow with the corpus. */
+typedef struct dv_text_options {
+    dv_vocab_kind vocab;
+    double val_fraction;
+    /* Called once per skipped file (may be NULL). */
+    void (*on_skip)(void *ctx, const char *path, const char *why);
+    void *ctx;
+} dv_text_options;
+
+typedef struct dv_text_report {
+    int64_t files_read, files_skipped;
+    int64_t n_train, n_val; /* tokens */
+    int64_t vocab_size;
+} dv_text_report;
+
+dv_status dv_import_text(const char *const *inputs, int n_inputs, const dv_text_options *opt,
+                         const char *out_file, dv_text_report *report, char *err);
 
 #ifdef __cplusplus
 }

@@ -41,8 +41,7 @@ static int norm_split(const char *split, char *buf, size_t len) {
     return n > 1;
 }
 
-/* Opens (or creates) out_file for writing and removes `group` from it. */
-static hid_t open_out(const char *out_file, const char *group, char *err) {
+hid_t dv_import_open(const char *out_file, const char *const *replace, int nreplace, char *err) {
     hid_t fid;
     if (access(out_file, F_OK) == 0) {
         if (dv_h5_check_file(out_file, err) != DV_OK) return H5I_INVALID_HID;
@@ -59,11 +58,13 @@ static hid_t open_out(const char *out_file, const char *group, char *err) {
             return H5I_INVALID_HID;
         }
     }
-    hid_t obj = H5Oopen(fid, group, H5P_DEFAULT);
-    if (obj >= 0) {
+    for (int i = 0; i < nreplace; i++) {
+        /* H5Oopen also fails for a missing intermediate group: nothing to do. */
+        hid_t obj = H5Oopen(fid, replace[i], H5P_DEFAULT);
+        if (obj < 0) continue;
         H5Oclose(obj);
-        if (H5Ldelete(fid, group, H5P_DEFAULT) < 0) {
-            dv_errf(err, "%s: cannot replace the existing %s", out_file, group);
+        if (H5Ldelete(fid, replace[i], H5P_DEFAULT) < 0) {
+            dv_errf(err, "%s: cannot replace the existing %s", out_file, replace[i]);
             H5Fclose(fid);
             return H5I_INVALID_HID;
         }
@@ -71,9 +72,19 @@ static hid_t open_out(const char *out_file, const char *group, char *err) {
     return fid;
 }
 
-/* Creates a chunked, gzip-compressed dataset; missing groups are created. */
-static hid_t create_ds(hid_t fid, const char *path, hid_t type, int rank, const hsize_t *dims,
-                       hsize_t chunk_rows) {
+dv_status dv_import_close(hid_t fid, const char *const *written, int nwritten, dv_status st,
+                          const char *out_file, char *err) {
+    for (int i = 0; st != DV_OK && i < nwritten; i++)
+        H5Ldelete(fid, written[i], H5P_DEFAULT);
+    if (H5Fclose(fid) < 0 && st == DV_OK) {
+        dv_errf(err, "%s: closing failed (disk full?)", out_file);
+        st = DV_ERR;
+    }
+    return st;
+}
+
+hid_t dv_import_create_ds(hid_t fid, const char *path, hid_t type, int rank, const hsize_t *dims,
+                          hsize_t chunk_rows) {
     hsize_t chunk[8];
     for (int i = 0; i < rank; i++)
         chunk[i] = dims[i] ? dims[i] : 1;
@@ -91,8 +102,7 @@ static hid_t create_ds(hid_t fid, const char *path, hid_t type, int rank, const 
     return d;
 }
 
-/* Writes rows [at, at+count) of d from buf (memory type mtype). */
-static herr_t write_rows(hid_t d, hid_t mtype, hsize_t at, hsize_t count, const void *buf) {
+herr_t dv_import_write_rows(hid_t d, hid_t mtype, hsize_t at, hsize_t count, const void *buf) {
     hid_t fs = H5Dget_space(d);
     int r = H5Sget_simple_extent_ndims(fs);
     hsize_t dims[8], off[8] = {0}, cnt[8];
@@ -167,8 +177,8 @@ static dv_status idx_write(hid_t fid, const char *group, gzFile gi, gzFile gl, c
     snprintf(xpath, sizeof(xpath), "%s/x", group);
     snprintf(ypath, sizeof(ypath), "%s/y", group);
     hsize_t xd[3] = {id[0], id[1], id[2]}, yd[1] = {id[0]};
-    hid_t x = create_ds(fid, xpath, H5T_STD_U8LE, 3, xd, IDX_CHUNK_ROWS);
-    hid_t y = create_ds(fid, ypath, H5T_STD_U8LE, 1, yd, IDX_CHUNK_ROWS * 16);
+    hid_t x = dv_import_create_ds(fid, xpath, H5T_STD_U8LE, 3, xd, IDX_CHUNK_ROWS);
+    hid_t y = dv_import_create_ds(fid, ypath, H5T_STD_U8LE, 1, yd, IDX_CHUNK_ROWS * 16);
     size_t row = (size_t)id[1] * id[2];
     unsigned char *xb = malloc(row * IDX_BLOCK_ROWS), *yb = malloc(IDX_BLOCK_ROWS);
     dv_status st = DV_ERR;
@@ -192,8 +202,8 @@ static dv_status idx_write(hid_t fid, const char *group, gzFile gi, gzFile gl, c
                     (unsigned long long)at, id[0]);
             goto done;
         }
-        if (write_rows(x, H5T_NATIVE_UCHAR, at, c, xb) < 0 ||
-            write_rows(y, H5T_NATIVE_UCHAR, at, c, yb) < 0) {
+        if (dv_import_write_rows(x, H5T_NATIVE_UCHAR, at, c, xb) < 0 ||
+            dv_import_write_rows(y, H5T_NATIVE_UCHAR, at, c, yb) < 0) {
             dv_errf(err, "%s: writing %s failed (disk full?)", out_file, group);
             goto done;
         }
@@ -223,14 +233,10 @@ static dv_status import_idx_locked(const char *images, const char *labels, const
     } else if (id[0] == 0 || id[1] == 0 || id[2] == 0) {
         dv_errf(err, "%s: no images (dimensions %u x %u x %u)", images, id[0], id[1], id[2]);
     } else {
-        hid_t fid = open_out(out_file, group, err);
+        hid_t fid = dv_import_open(out_file, &group, 1, err);
         if (fid >= 0) {
             st = idx_write(fid, group, gi, gl, id, images, labels, out_file, err);
-            if (st != DV_OK) H5Ldelete(fid, group, H5P_DEFAULT);
-            if (H5Fclose(fid) < 0 && st == DV_OK) {
-                dv_errf(err, "%s: closing failed (disk full?)", out_file);
-                st = DV_ERR;
-            }
+            st = dv_import_close(fid, &group, 1, st, out_file, err);
         }
     }
     gzclose(gi);
@@ -378,29 +384,24 @@ static dv_status csv_parse(const char *csv, int label_col, int header, csv_data 
 }
 
 static dv_status csv_write(const csv_data *d, const char *out_file, const char *group, char *err) {
-    hid_t fid = open_out(out_file, group, err);
+    hid_t fid = dv_import_open(out_file, &group, 1, err);
     if (fid < 0) return DV_ERR;
     char xpath[300], ypath[300];
     snprintf(xpath, sizeof(xpath), "%s/x", group);
     snprintf(ypath, sizeof(ypath), "%s/y", group);
     hsize_t xd[2] = {d->n, d->f}, yd[1] = {d->n};
     hsize_t rows = CSV_CHUNK_ELEMS / d->f ? CSV_CHUNK_ELEMS / d->f : 1;
-    hid_t x = create_ds(fid, xpath, H5T_IEEE_F32LE, 2, xd, rows);
-    hid_t y = create_ds(fid, ypath, H5T_STD_I32LE, 1, yd, CSV_CHUNK_ELEMS);
+    hid_t x = dv_import_create_ds(fid, xpath, H5T_IEEE_F32LE, 2, xd, rows);
+    hid_t y = dv_import_create_ds(fid, ypath, H5T_STD_I32LE, 1, yd, CSV_CHUNK_ELEMS);
     dv_status st = DV_OK;
-    if (x < 0 || y < 0 || write_rows(x, H5T_NATIVE_FLOAT, 0, d->n, d->x) < 0 ||
-        write_rows(y, H5T_NATIVE_INT32, 0, d->n, d->y) < 0) {
+    if (x < 0 || y < 0 || dv_import_write_rows(x, H5T_NATIVE_FLOAT, 0, d->n, d->x) < 0 ||
+        dv_import_write_rows(y, H5T_NATIVE_INT32, 0, d->n, d->y) < 0) {
         dv_errf(err, "%s: writing %s failed (disk full?)", out_file, group);
         st = DV_ERR;
     }
     if (x >= 0) H5Dclose(x);
     if (y >= 0) H5Dclose(y);
-    if (st != DV_OK) H5Ldelete(fid, group, H5P_DEFAULT);
-    if (H5Fclose(fid) < 0 && st == DV_OK) {
-        dv_errf(err, "%s: closing failed (disk full?)", out_file);
-        st = DV_ERR;
-    }
-    return st;
+    return dv_import_close(fid, &group, 1, st, out_file, err);
 }
 
 dv_status dv_import_csv(const char *csv, int label_col, int header, const char *out_file,

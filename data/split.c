@@ -80,7 +80,7 @@ dv_status dv_h5_check_file(const char *file, char *err) {
     return DV_OK;
 }
 
-static char *dup_str(const char *s) {
+char *dv_str_dup(const char *s) {
     size_t n = strlen(s) + 1;
     char *d = malloc(n);
     if (d) memcpy(d, s, n);
@@ -153,10 +153,8 @@ static hid_t open_cached(hid_t fid, const char *path, size_t bytes) {
     return d;
 }
 
-/* Opens `path` as a numeric dataset of rank 1..8; *cls receives its type
- * class (H5T_INTEGER or H5T_FLOAT). */
-static dv_status open_dataset(hid_t fid, const char *file, const char *path, hid_t *out, int *rank,
-                              hsize_t *dims, H5T_class_t *cls, char *err) {
+dv_status dv_h5_open_dataset(hid_t fid, const char *file, const char *path, hid_t *out, int *rank,
+                             hsize_t *dims, H5T_class_t *cls, char *err) {
     *out = H5I_INVALID_HID;
     if (!path || !*path) {
         dv_errf(err, "%s: empty dataset path", file);
@@ -210,8 +208,7 @@ static dv_status open_dataset(hid_t fid, const char *file, const char *path, hid
     return DV_OK;
 }
 
-/* Reads rows [start, start+count) of dataset d into buf as `mtype`. */
-static herr_t read_rows(hid_t d, hid_t mtype, int64_t start, int64_t count, void *buf) {
+herr_t dv_h5_read_rows(hid_t d, hid_t mtype, int64_t start, int64_t count, void *buf) {
     hid_t fs = H5Dget_space(d);
     int r = H5Sget_simple_extent_ndims(fs);
     hsize_t dims[8], off[8] = {0}, cnt[8];
@@ -229,30 +226,33 @@ static herr_t read_rows(hid_t d, hid_t mtype, int64_t start, int64_t count, void
     return e;
 }
 
-static dv_status scan_labels(dv_split *s, char *err) {
-    int64_t n = s->info.n;
+dv_status dv_h5_scan_range(hid_t d, int64_t n, const char *file, const char *path, int64_t *lo,
+                           int64_t *lo_at, int64_t *hi, int64_t *hi_at, char *err) {
     int64_t *buf = malloc(sizeof(int64_t) * (size_t)(n < SCAN_ROWS ? n : SCAN_ROWS));
     if (!buf) {
-        dv_errf(err, "%s: out of memory scanning %s", s->file, s->y_path);
+        dv_errf(err, "%s: out of memory scanning %s", file, path);
         return DV_ERR;
     }
-    int64_t lo = INT64_MAX, hi = INT64_MIN;
+    *lo = INT64_MAX, *hi = INT64_MIN, *lo_at = *hi_at = 0;
     for (int64_t at = 0; at < n; at += SCAN_ROWS) {
         int64_t c = n - at < SCAN_ROWS ? n - at : SCAN_ROWS;
-        if (read_rows(s->y, H5T_NATIVE_INT64, at, c, buf) < 0) {
+        if (dv_h5_read_rows(d, H5T_NATIVE_INT64, at, c, buf) < 0) {
             free(buf);
-            dv_errf(err, "%s: reading %s failed (corrupt or truncated file?)", s->file, s->y_path);
+            dv_errf(err, "%s: reading %s failed (corrupt or truncated file?)", file, path);
             return DV_ERR;
         }
         for (int64_t i = 0; i < c; i++) {
-            if (buf[i] < lo) lo = buf[i], s->label_min_at = at + i;
-            if (buf[i] > hi) hi = buf[i], s->label_max_at = at + i;
+            if (buf[i] < *lo) *lo = buf[i], *lo_at = at + i;
+            if (buf[i] > *hi) *hi = buf[i], *hi_at = at + i;
         }
     }
     free(buf);
-    s->info.label_min = lo;
-    s->info.label_max = hi;
     return DV_OK;
+}
+
+static dv_status scan_labels(dv_split *s, char *err) {
+    return dv_h5_scan_range(s->y, s->info.n, s->file, s->y_path, &s->info.label_min,
+                            &s->label_min_at, &s->info.label_max, &s->label_max_at, err);
 }
 
 static dv_status open_locked(dv_split *s, char *err) {
@@ -265,12 +265,13 @@ static dv_status open_locked(dv_split *s, char *err) {
     int xr = 0, yr = 0;
     hsize_t xd[8], yd[8];
     H5T_class_t xc, yc;
-    if (open_dataset(s->fid, s->file, s->x_path, &s->x, &xr, xd, &xc, err) != DV_OK) return DV_ERR;
+    if (dv_h5_open_dataset(s->fid, s->file, s->x_path, &s->x, &xr, xd, &xc, err) != DV_OK)
+        return DV_ERR;
     if (!s->y_path[0]) { /* inputs only (prediction) */
         yr = 1;
         yd[0] = xd[0];
         yc = H5T_NO_CLASS;
-    } else if (open_dataset(s->fid, s->file, s->y_path, &s->y, &yr, yd, &yc, err) != DV_OK) {
+    } else if (dv_h5_open_dataset(s->fid, s->file, s->y_path, &s->y, &yr, yd, &yc, err) != DV_OK) {
         return DV_ERR;
     }
     if (xd[0] != yd[0]) {
@@ -324,8 +325,8 @@ dv_status dv_split_open(dv_split **out, const char *file, const char *x_path, co
                         char *err) {
     *out = NULL;
     dv_split *s = calloc(1, sizeof(*s));
-    if (!s || !(s->file = dup_str(file)) || !(s->x_path = dup_str(x_path ? x_path : "")) ||
-        !(s->y_path = dup_str(y_path ? y_path : ""))) {
+    if (!s || !(s->file = dv_str_dup(file)) || !(s->x_path = dv_str_dup(x_path ? x_path : "")) ||
+        !(s->y_path = dv_str_dup(y_path ? y_path : ""))) {
         dv_errf(err, "%s: out of memory", file);
         dv_split_free(s);
         return DV_ERR;

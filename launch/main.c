@@ -11,7 +11,7 @@ static const char usage[] =
     "  train CONFIG [--set s.k=v]... [--resume PATH|auto]   train (under mpirun for N ranks)\n"
     "  eval CONFIG --checkpoint PATH [--split GROUP] [--json] evaluate a checkpoint\n"
     "  predict CONFIG --checkpoint PATH -o OUT                write predictions (HDF5 or CSV)\n"
-    "  import idx|csv ...                                     convert data to Dive's HDF5\n"
+    "  import idx|csv|text ...                                convert data to Dive's HDF5\n"
     "  info FILE.h5                                           summarise a dataset or checkpoint\n"
     "  version                                                print the version\n";
 

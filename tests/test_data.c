@@ -1,8 +1,8 @@
 /* test_data.c — unit tests of data/: splits (values, scaling, index order,
  * every validation error), the sampler's sharding contract, the loader in
- * memory and streaming mode with and without prefetch, and the IDX and CSV
- * importers. Every test writes its own small HDF5 / IDX / CSV files with the
- * HDF5 C API and zlib into a fresh temporary directory.
+ * memory and streaming mode with and without prefetch, the IDX, CSV and
+ * text importers, and token streams (windows, vocabulary). Every test writes its own small HDF5 /
+ * IDX / CSV files with the HDF5 C API and zlib into a fresh temporary directory.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -893,6 +893,393 @@ static void test_import_csv(void **state) {
     assert_has(err, "none.csv");
 }
 
+/* ---- text import and token streams -------------------------------------- */
+
+/* Writes `len` bytes to a file in the test directory (parents must exist). */
+static void write_bytes(const char *name, const void *data, size_t len) {
+    FILE *f = fopen(tpath(name), "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+static void write_text(const char *name, const char *text) {
+    write_bytes(name, text, strlen(text));
+}
+
+static void make_dir(const char *name) {
+    assert_int_equal(mkdir(tpath(name), 0700), 0);
+}
+
+typedef struct skips {
+    int n;
+    char last[512];
+} skips;
+
+static void note_skip(void *ctx, const char *path, const char *why) {
+    skips *k = ctx;
+    k->n++;
+    snprintf(k->last, sizeof(k->last), "%s: %s", path, why);
+}
+
+/* Imports inputs into `out` (replacing the file); fails the test on error. */
+static dv_text_report import_ok(const char *const *inputs, int n, dv_vocab_kind vocab, double val,
+                                const char *out, skips *k) {
+    dv_text_options opt = {.vocab = vocab, .val_fraction = val, .on_skip = note_skip, .ctx = k};
+    dv_text_report r;
+    char err[DV_ERR_LEN];
+    unlink(out);
+    if (dv_import_text(inputs, n, &opt, out, &r, err) != DV_OK) fail_msg("%s", err);
+    return r;
+}
+
+/* The whole of dataset `path` of `file`; *n receives its length. */
+static int32_t *read_tokens(const char *file, const char *path, int64_t *n) {
+    char err[DV_ERR_LEN];
+    dv_tokens *t;
+    if (dv_tokens_open(&t, file, path, err) != DV_OK) fail_msg("%s", err);
+    *n = dv_tokens_count(t);
+    int32_t *v = malloc(sizeof(int32_t) * (size_t)*n);
+    assert_int_equal(dv_tokens_read(t, 0, *n, v, err), DV_OK);
+    dv_tokens_free(t);
+    return v;
+}
+
+static void test_import_text_bytes(void **state) {
+    (void)state;
+    make_dir("tb");
+    write_text("tb/one.txt", "Hello\n");
+    write_text("tb/two.txt", "w\xc3\xa9!\n"); /* "wé!": é is two bytes */
+    char out[512];
+    snprintf(out, sizeof(out), "%s", tpath("tb.h5"));
+    const char *in[] = {tpath("tb")};
+    skips k = {0};
+    dv_text_report r = import_ok(in, 1, DV_VOCAB_BYTES, 0, out, &k);
+    assert_int_equal(k.n, 0);
+    assert_int_equal(r.files_read, 2);
+    assert_int_equal(r.files_skipped, 0);
+    assert_int_equal(r.n_train, 11);
+    assert_int_equal(r.n_val, 0);
+    assert_int_equal(r.vocab_size, 256);
+    int64_t n;
+    int32_t *tok = read_tokens(out, "/train/tokens", &n);
+    const unsigned char want[] = "Hello\nw\xc3\xa9!\n";
+    assert_int_equal(n, 11);
+    for (int i = 0; i < 11; i++)
+        assert_int_equal(tok[i], want[i]);
+    free(tok);
+    dv_vocab v;
+    char err[DV_ERR_LEN];
+    if (dv_vocab_read(&v, out, NULL, err) != DV_OK) fail_msg("%s", err);
+    assert_int_equal(v.kind, DV_VOCAB_BYTES);
+    assert_int_equal(v.size, 256);
+    for (int i = 0; i < 256; i++)
+        assert_int_equal(v.codepoints[i], i);
+    dv_vocab_free(&v);
+    assert_null(v.codepoints);
+    /* No val split was asked for: there is none. */
+    dv_tokens *t;
+    assert_int_equal(dv_tokens_open(&t, out, "/val/tokens", err), DV_ERR);
+    assert_has(err, "/val/tokens not found");
+}
+
+static void test_import_text_chars(void **state) {
+    (void)state;
+    /* é U+00E9 (2 bytes), € U+20AC (3 bytes), 𝄞 U+1D11E (4 bytes). */
+    write_text("chars.txt", "caf\xc3\xa9 5\xe2\x82\xac \xf0\x9d\x84\x9e\n");
+    char out[512];
+    snprintf(out, sizeof(out), "%s", tpath("chars.h5"));
+    const char *in[] = {tpath("chars.txt")};
+    skips k = {0};
+    dv_text_report r = import_ok(in, 1, DV_VOCAB_CHARS, 0, out, &k);
+    const int32_t text[] = {'c', 'a', 'f', 0xE9, ' ', '5', 0x20AC, ' ', 0x1D11E, '\n'};
+    const int32_t sorted[] = {'\n', ' ', '5', 'a', 'c', 'f', 0xE9, 0x20AC, 0x1D11E};
+    assert_int_equal(r.n_train, 10);
+    assert_int_equal(r.vocab_size, 9);
+    dv_vocab v;
+    char err[DV_ERR_LEN];
+    if (dv_vocab_read(&v, out, "/vocab", err) != DV_OK) fail_msg("%s", err);
+    assert_int_equal(v.kind, DV_VOCAB_CHARS);
+    assert_int_equal(v.size, 9);
+    for (int i = 0; i < 9; i++)
+        assert_int_equal(v.codepoints[i], sorted[i]);
+    int64_t n;
+    int32_t *tok = read_tokens(out, "/train/tokens", &n);
+    assert_int_equal(n, 10);
+    for (int i = 0; i < 10; i++) /* round trip: id -> code point */
+        assert_int_equal(v.codepoints[tok[i]], text[i]);
+    free(tok);
+    dv_vocab_free(&v);
+}
+
+static void test_import_text_walk(void **state) {
+    (void)state;
+    /* Sorted by full path in byte order: "a.txt" < "a/..." ('.' < '/'). */
+    make_dir("walk");
+    make_dir("walk/a");
+    make_dir("walk/c");
+    make_dir("walk/c/d");
+    write_text("walk/b.txt", "B");
+    write_text("walk/a/z.txt", "Z");
+    write_text("walk/a.txt", "A");
+    write_text("walk/c/d/e.txt", "E");
+    write_text("walk/c/empty.txt", "");
+    write_bytes("walk/c/bin.dat", "x\0y", 3);
+    write_text("walk/c/latin1.txt", "caf\xe9");                    /* not UTF-8 */
+    assert_int_equal(symlink("b.txt", tpath("walk/link.txt")), 0); /* not followed */
+    write_text("first.txt", "F");
+    char out[512];
+    snprintf(out, sizeof(out), "%s", tpath("walk.h5"));
+    const char *in[] = {tpath("first.txt"), tpath("walk")};
+    skips k = {0};
+    dv_text_report r = import_ok(in, 2, DV_VOCAB_CHARS, 0, out, &k);
+    assert_int_equal(k.n, 2); /* bin.dat and latin1.txt, in path order */
+    assert_has(k.last, "latin1.txt: not valid UTF-8");
+    assert_int_equal(r.files_read, 6);
+    assert_int_equal(r.files_skipped, 2);
+    int64_t n;
+    int32_t *tok = read_tokens(out, "/train/tokens", &n);
+    dv_vocab v;
+    char err[DV_ERR_LEN];
+    assert_int_equal(dv_vocab_read(&v, out, NULL, err), DV_OK);
+    char got[16] = "";
+    for (int64_t i = 0; i < n && i < 15; i++)
+        got[i] = (char)v.codepoints[tok[i]];
+    assert_string_equal(got, "FAZBE");
+    free(tok);
+    dv_vocab_free(&v);
+
+    /* With bytes, Latin-1 is text; the NUL file is still skipped. */
+    k = (skips){0};
+    r = import_ok(in, 2, DV_VOCAB_BYTES, 0, out, &k);
+    assert_int_equal(k.n, 1);
+    assert_has(k.last, "bin.dat: contains a NUL byte at offset 1");
+    assert_int_equal(r.n_train, 9);
+}
+
+static void test_import_text_split(void **state) {
+    (void)state;
+    char text[101];
+    for (int i = 0; i < 100; i++)
+        text[i] = (char)('a' + i % 26);
+    text[100] = '\0';
+    write_text("split.txt", text);
+    char out[512];
+    snprintf(out, sizeof(out), "%s", tpath("split.h5"));
+    const char *in[] = {tpath("split.txt")};
+    skips k = {0};
+    dv_text_report r = import_ok(in, 1, DV_VOCAB_BYTES, 0.25, out, &k);
+    assert_int_equal(r.n_train, 75);
+    assert_int_equal(r.n_val, 25);
+    int64_t nt, nv;
+    int32_t *tr = read_tokens(out, "/train/tokens", &nt);
+    int32_t *va = read_tokens(out, "/val/tokens", &nv);
+    assert_int_equal(nt, 75);
+    assert_int_equal(nv, 25);
+    for (int i = 0; i < 100; i++) /* contiguous: train then val */
+        assert_int_equal(i < 75 ? tr[i] : va[i - 75], text[i]);
+    free(tr);
+    free(va);
+    r = import_ok(in, 1, DV_VOCAB_BYTES, 0.1, out, &k);
+    assert_int_equal(r.n_train, 90);
+    assert_int_equal(r.n_val, 10);
+
+    /* A re-import replaces the token file's parts and keeps other data:
+     * with --val 0 the old /val/tokens must go. */
+    hid_t fid = H5Fopen(out, H5F_ACC_RDWR, H5P_DEFAULT);
+    const hsize_t dims[1] = {3};
+    const uint8_t x[3] = {1, 2, 3};
+    write_ds(fid, "/train/x", H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, dims, x, 0);
+    H5Fclose(fid);
+    dv_text_options opt = {.vocab = DV_VOCAB_CHARS};
+    char err[DV_ERR_LEN];
+    assert_int_equal(dv_import_text(in, 1, &opt, out, &r, err), DV_OK);
+    assert_int_equal(r.n_train, 100);
+    assert_int_equal(r.vocab_size, 26);
+    dv_tokens *t;
+    assert_int_equal(dv_tokens_open(&t, out, "/val/tokens", err), DV_ERR);
+    dv_split *s;
+    if (dv_split_open(&s, out, "/train/x", NULL, err) != DV_OK) fail_msg("%s", err);
+    dv_split_free(s);
+}
+
+/* A stream 0..n-1 written directly, as any HDF5 writer could. */
+static void make_stream(const char *name, int n) {
+    hid_t fid = new_file(name);
+    int32_t *v = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        v[i] = i;
+    const hsize_t dims[1] = {(hsize_t)n};
+    write_ds(fid, "/train/tokens", H5T_STD_I16LE, H5T_NATIVE_INT32, 1, dims, v, 4);
+    H5Fclose(fid);
+    free(v);
+}
+
+static void test_tokens_windows(void **state) {
+    (void)state;
+    make_stream("win.h5", 10);
+    char err[DV_ERR_LEN];
+    dv_tokens *t;
+    if (dv_tokens_open(&t, tpath("win.h5"), "/train/tokens", err) != DV_OK) fail_msg("%s", err);
+    const dv_tokens_info *in = dv_tokens_info_get(t);
+    assert_int_equal(in->n, 10);
+    assert_int_equal(in->min, 0);
+    assert_int_equal(in->max, 9);
+    assert_int_equal(dv_tokens_windows(t, 3), 3); /* (10 - 1) / 3 */
+    assert_int_equal(dv_tokens_windows(t, 9), 1);
+    assert_int_equal(dv_tokens_windows(t, 10), 0);
+    assert_int_equal(dv_tokens_windows(t, 0), 0);
+    /* Any order, repeats; the last window ends on the last token. */
+    const int64_t ids[4] = {2, 0, 2, 1};
+    int32_t x[12], y[12];
+    if (dv_tokens_read_windows(t, 3, ids, 4, x, y, err) != DV_OK) fail_msg("%s", err);
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 3; j++) {
+            assert_int_equal(x[i * 3 + j], ids[i] * 3 + j);
+            assert_int_equal(y[i * 3 + j], ids[i] * 3 + j + 1);
+        }
+    assert_int_equal(y[2], 9);
+    const int64_t bad[1] = {3};
+    assert_int_equal(dv_tokens_read_windows(t, 3, bad, 1, x, y, err), DV_ERR);
+    assert_has(err, "window 3 is outside [0, 3)");
+    assert_int_equal(dv_tokens_read(t, 8, 3, x, err), DV_ERR);
+    assert_has(err, "outside");
+    assert_int_equal(dv_tokens_check(t, 10, err), DV_OK);
+    assert_int_equal(dv_tokens_check(t, 9, err), DV_ERR);
+    assert_has(err, "token id 9 in /train/tokens (position 9)");
+    dv_tokens_free(t);
+    dv_tokens_free(NULL);
+
+    /* The sampler over windows: every window once per epoch, in one order
+     * for every world size. */
+    make_stream("win2.h5", 101);
+    assert_int_equal(dv_tokens_open(&t, tpath("win2.h5"), "/train/tokens", err), DV_OK);
+    dv_sampler sm = {
+        .n = dv_tokens_windows(t, 4), .global_batch = 5, .world = 1, .seed = 3, .shuffle = 1};
+    assert_int_equal(sm.n, 25);
+    assert_int_equal(dv_sampler_steps(&sm), 5);
+    int seen[25] = {0};
+    int64_t idx[5];
+    for (int64_t step = 0; step < 5; step++) {
+        dv_sampler_indices(&sm, 0, step, NULL, NULL, idx, NULL);
+        int32_t wx[20], wy[20];
+        assert_int_equal(dv_tokens_read_windows(t, 4, idx, 5, wx, wy, err), DV_OK);
+        for (int i = 0; i < 5; i++) {
+            seen[idx[i]]++;
+            assert_int_equal(wx[i * 4], idx[i] * 4);
+            assert_int_equal(wy[i * 4 + 3], idx[i] * 4 + 4);
+        }
+    }
+    for (int i = 0; i < 25; i++)
+        assert_int_equal(seen[i], 1);
+    dv_tokens_free(t);
+}
+
+/* Writes a string attribute of fixed length (as the C API usually does). */
+static void put_fixed_str(hid_t obj, const char *name, const char *value) {
+    hid_t st = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
+    H5Tset_size(st, strlen(value));
+    hid_t a = H5Acreate2(obj, name, st, sp, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(H5Awrite(a, st, value) >= 0);
+    H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(st);
+}
+
+static void put_int_attr(hid_t obj, const char *name, int64_t value) {
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(H5Awrite(a, H5T_NATIVE_INT64, &value) >= 0);
+    H5Aclose(a);
+    H5Sclose(sp);
+}
+
+/* A /vocab group written by hand: kind, size, codepoints (n of them). */
+static void make_vocab(const char *name, const char *kind, int64_t size, const int32_t *cp, int n) {
+    hid_t fid = new_file(name);
+    const hsize_t dims[1] = {(hsize_t)n};
+    write_ds(fid, "/vocab/codepoints", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, dims, cp, 0);
+    hid_t g = H5Gopen2(fid, "/vocab", H5P_DEFAULT);
+    if (kind) put_fixed_str(g, "kind", kind);
+    put_int_attr(g, "size", size);
+    H5Gclose(g);
+    H5Fclose(fid);
+}
+
+static void test_vocab_errors(void **state) {
+    (void)state;
+    const int32_t cp[3] = {'a', 'b', 0xE9};
+    dv_vocab v;
+    char err[DV_ERR_LEN];
+    make_vocab("v_ok.h5", "chars", 3, cp, 3);
+    if (dv_vocab_read(&v, tpath("v_ok.h5"), NULL, err) != DV_OK) fail_msg("%s", err);
+    assert_int_equal(v.kind, DV_VOCAB_CHARS);
+    assert_int_equal(v.codepoints[2], 0xE9);
+    dv_vocab_free(&v);
+    make_vocab("v_kind.h5", "words", 3, cp, 3);
+    ASSERT_SILENT(assert_int_equal(dv_vocab_read(&v, tpath("v_kind.h5"), NULL, err), DV_ERR));
+    assert_has(err, "'kind', \"bytes\" or \"chars\" (it is \"words\")");
+    make_vocab("v_nokind.h5", NULL, 3, cp, 3);
+    assert_int_equal(dv_vocab_read(&v, tpath("v_nokind.h5"), NULL, err), DV_ERR);
+    assert_has(err, "'kind'");
+    make_vocab("v_size.h5", "chars", 4, cp, 3);
+    assert_int_equal(dv_vocab_read(&v, tpath("v_size.h5"), NULL, err), DV_ERR);
+    assert_has(err, "must be 4 integer code points");
+    const int32_t unsorted[3] = {'b', 'a', 'c'};
+    make_vocab("v_order.h5", "chars", 3, unsorted, 3);
+    assert_int_equal(dv_vocab_read(&v, tpath("v_order.h5"), NULL, err), DV_ERR);
+    assert_has(err, "/vocab/codepoints[1] = 97");
+    make_vocab("v_bytes.h5", "bytes", 3, cp, 3);
+    assert_int_equal(dv_vocab_read(&v, tpath("v_bytes.h5"), NULL, err), DV_ERR);
+    assert_has(err, "size 256");
+    make_stream("v_none.h5", 4);
+    ASSERT_SILENT(assert_int_equal(dv_vocab_read(&v, tpath("v_none.h5"), NULL, err), DV_ERR));
+    assert_has(err, "/vocab not found");
+    assert_null(v.codepoints);
+    dv_tokens *t;
+    assert_int_equal(dv_tokens_open(&t, tpath("v_ok.h5"), "/vocab", err), DV_ERR);
+    assert_has(err, "/vocab is a group");
+    assert_int_equal(dv_tokens_open(&t, tpath("nothing.h5"), "/train/tokens", err), DV_ERR);
+    assert_has(err, "nothing.h5: cannot open");
+}
+
+static void test_import_text_errors(void **state) {
+    (void)state;
+    char out[512];
+    snprintf(out, sizeof(out), "%s", tpath("bad_text.h5"));
+    dv_text_options opt = {.vocab = DV_VOCAB_BYTES, .val_fraction = 0.1};
+    dv_text_report r;
+    char err[DV_ERR_LEN];
+    make_dir("notext");
+    write_bytes("notext/a.bin", "\x01\x00", 2);
+    write_text("notext/empty.txt", "");
+    const char *no_text[] = {tpath("notext")};
+    ASSERT_SILENT(assert_int_equal(dv_import_text(no_text, 1, &opt, out, &r, err), DV_ERR));
+    assert_has(err, "no text to import: 1 file read, 1 skipped");
+    assert_int_equal(r.files_skipped, 1);
+    const char *missing[] = {tpath("missing.txt")};
+    assert_int_equal(dv_import_text(missing, 1, &opt, out, &r, err), DV_ERR);
+    assert_has(err, "missing.txt: cannot open: No such file");
+    assert_int_equal(access(out, F_OK), -1); /* nothing written */
+    write_text("short.txt", "abcdefghij");
+    const char *in[] = {tpath("short.txt")};
+    const double bad_val[] = {1.0, -0.1, 0.0 / 0.0};
+    for (int i = 0; i < 3; i++) {
+        opt.val_fraction = bad_val[i];
+        assert_int_equal(dv_import_text(in, 1, &opt, out, &r, err), DV_ERR);
+        assert_has(err, "outside [0, 1)");
+    }
+    opt.val_fraction = 0.1; /* one val token: no window */
+    assert_int_equal(dv_import_text(in, 1, &opt, out, &r, err), DV_ERR);
+    assert_has(err, "10 tokens of text are too few for --val 0.1");
+    assert_int_equal(dv_import_text(in, 0, &opt, out, &r, err), DV_ERR);
+    /* An existing output that is not HDF5 is left alone. */
+    write_text("not_h5.h5", "hello");
+    opt.val_fraction = 0;
+    assert_int_equal(dv_import_text(in, 1, &opt, tpath("not_h5.h5"), &r, err), DV_ERR);
+    assert_has(err, "not_h5.h5: not an HDF5 file");
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 static int setup(void **state) {
@@ -925,6 +1312,13 @@ int main(void) {
         cmocka_unit_test(test_loader_io_error),
         cmocka_unit_test(test_import_idx),
         cmocka_unit_test(test_import_csv),
+        cmocka_unit_test(test_import_text_bytes),
+        cmocka_unit_test(test_import_text_chars),
+        cmocka_unit_test(test_import_text_walk),
+        cmocka_unit_test(test_import_text_split),
+        cmocka_unit_test(test_tokens_windows),
+        cmocka_unit_test(test_vocab_errors),
+        cmocka_unit_test(test_import_text_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

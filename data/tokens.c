@@ -1,0 +1,290 @@
+/* tokens.c — token streams for language models: a 1-D integer dataset of
+ * ids read as windows of T+1 tokens (inputs and targets shifted by one),
+ * and the vocabulary stored beside it in /vocab (docs/data.md, "Token
+ * files").
+ *
+ * Each window is one hyperslab read through HDF5's chunk cache, so random
+ * windows from a gzip-compressed stream inflate each chunk once while it
+ * stays cached. Like the rest of data/, every HDF5 call holds the HDF5 lock.
+ */
+#include "data.h"
+#include "data-impl.h"
+
+#include <hdf5.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_CODE 0x10FFFF
+
+struct dv_tokens {
+    char *file, *path;
+    hid_t fid, d;
+    dv_tokens_info info;
+};
+
+static dv_status open_locked(dv_tokens *t, char *err) {
+    if (dv_h5_check_file(t->file, err) != DV_OK) return DV_ERR;
+    t->fid = H5Fopen(t->file, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (t->fid < 0) {
+        dv_errf(err, "%s: cannot open (truncated or corrupt HDF5 file?)", t->file);
+        return DV_ERR;
+    }
+    int rank = 0;
+    hsize_t dims[8];
+    H5T_class_t cls;
+    if (dv_h5_open_dataset(t->fid, t->file, t->path, &t->d, &rank, dims, &cls, err) != DV_OK)
+        return DV_ERR;
+    if (cls != H5T_INTEGER || rank != 1) {
+        dv_errf(err, "%s: %s is a %s dataset of rank %d; a token stream is 1-D integer ids",
+                t->file, t->path, cls == H5T_INTEGER ? "integer" : "float", rank);
+        return DV_ERR;
+    }
+    if (dims[0] == 0) {
+        dv_errf(err, "%s: %s holds no tokens", t->file, t->path);
+        return DV_ERR;
+    }
+    t->info.n = (int64_t)dims[0];
+    return dv_h5_scan_range(t->d, t->info.n, t->file, t->path, &t->info.min, &t->info.min_at,
+                            &t->info.max, &t->info.max_at, err);
+}
+
+dv_status dv_tokens_open(dv_tokens **out, const char *file, const char *dataset, char *err) {
+    *out = NULL;
+    dv_tokens *t = calloc(1, sizeof(*t));
+    if (!t || !(t->file = dv_str_dup(file)) || !(t->path = dv_str_dup(dataset ? dataset : ""))) {
+        dv_errf(err, "%s: out of memory", file);
+        dv_tokens_free(t);
+        return DV_ERR;
+    }
+    t->fid = t->d = H5I_INVALID_HID;
+    dv_h5_quiet q;
+    dv_h5_enter(&q);
+    dv_status st = open_locked(t, err);
+    dv_h5_leave(&q);
+    if (st != DV_OK) {
+        dv_tokens_free(t);
+        return st;
+    }
+    *out = t;
+    return DV_OK;
+}
+
+void dv_tokens_free(dv_tokens *t) {
+    if (!t) return;
+    dv_h5_quiet q;
+    dv_h5_enter(&q);
+    if (t->d >= 0) H5Dclose(t->d);
+    if (t->fid >= 0) H5Fclose(t->fid);
+    dv_h5_leave(&q);
+    free(t->file);
+    free(t->path);
+    free(t);
+}
+
+const dv_tokens_info *dv_tokens_info_get(const dv_tokens *t) {
+    return &t->info;
+}
+
+int64_t dv_tokens_count(const dv_tokens *t) {
+    return t->info.n;
+}
+
+dv_status dv_tokens_check(const dv_tokens *t, int64_t vocab_size, char *err) {
+    const dv_tokens_info *in = &t->info;
+    int64_t bad = in->min < 0 ? in->min : in->max >= vocab_size ? in->max : 0;
+    if (in->min < 0 || in->max >= vocab_size) {
+        dv_errf(err,
+                "%s: token id %lld in %s (position %lld) is outside the vocabulary of %lld; ids "
+                "must lie in [0, %lld]",
+                t->file, (long long)bad, t->path,
+                (long long)(in->min < 0 ? in->min_at : in->max_at), (long long)vocab_size,
+                (long long)vocab_size - 1);
+        return DV_ERR;
+    }
+    return DV_OK;
+}
+
+int64_t dv_tokens_windows(const dv_tokens *t, int T) {
+    return T < 1 ? 0 : (t->info.n - 1) / T;
+}
+
+static dv_status read_locked(dv_tokens *t, int64_t start, int64_t count, int32_t *out, char *err) {
+    if (start < 0 || count < 0 || start + count > t->info.n) {
+        dv_errf(err, "%s: tokens [%lld, %lld) are outside the %lld of %s", t->file,
+                (long long)start, (long long)(start + count), (long long)t->info.n, t->path);
+        return DV_ERR;
+    }
+    if (count && dv_h5_read_rows(t->d, H5T_NATIVE_INT32, start, count, out) < 0) {
+        dv_errf(err, "%s: reading %s failed (corrupt or truncated file?)", t->file, t->path);
+        return DV_ERR;
+    }
+    return DV_OK;
+}
+
+dv_status dv_tokens_read(dv_tokens *t, int64_t start, int64_t count, int32_t *out, char *err) {
+    dv_h5_quiet q;
+    dv_h5_enter(&q);
+    dv_status st = read_locked(t, start, count, out, err);
+    dv_h5_leave(&q);
+    return st;
+}
+
+dv_status dv_tokens_read_windows(dv_tokens *t, int T, const int64_t *window_ids, int count,
+                                 int32_t *x, int32_t *y, char *err) {
+    int64_t windows = dv_tokens_windows(t, T);
+    for (int i = 0; i < count; i++) {
+        if (window_ids[i] < 0 || window_ids[i] >= windows) {
+            dv_errf(err, "%s: window %lld is outside [0, %lld) of %s for length %d", t->file,
+                    (long long)window_ids[i], (long long)windows, t->path, T);
+            return DV_ERR;
+        }
+    }
+    int32_t *buf = malloc(sizeof(int32_t) * ((size_t)T + 1));
+    if (!buf) {
+        dv_errf(err, "%s: out of memory reading windows of %s", t->file, t->path);
+        return DV_ERR;
+    }
+    dv_status st = DV_OK;
+    dv_h5_quiet q;
+    dv_h5_enter(&q);
+    for (int i = 0; i < count && st == DV_OK; i++) {
+        st = read_locked(t, window_ids[i] * T, (int64_t)T + 1, buf, err);
+        if (st != DV_OK) break;
+        memcpy(x + (size_t)i * T, buf, sizeof(int32_t) * (size_t)T);
+        memcpy(y + (size_t)i * T, buf + 1, sizeof(int32_t) * (size_t)T);
+    }
+    dv_h5_leave(&q);
+    free(buf);
+    return st;
+}
+
+/* ---- the vocabulary ----------------------------------------------------- */
+
+/* Reads the string attribute `name` of obj (fixed or variable length, as
+ * the C API or h5py write it) into buf. */
+static int read_str_attr(hid_t obj, const char *name, char *buf, size_t len) {
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0) return -1;
+    hid_t ft = H5Aget_type(a);
+    int rc = -1;
+    if (H5Tget_class(ft) == H5T_STRING) {
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_cset(mt, H5Tget_cset(ft)); /* HDF5 converts no character set to another */
+        if (H5Tis_variable_str(ft) > 0) {
+            char *s = NULL;
+            H5Tset_size(mt, H5T_VARIABLE);
+            if (H5Aread(a, mt, &s) >= 0 && s) {
+                snprintf(buf, len, "%s", s);
+                H5free_memory(s);
+                rc = 0;
+            }
+        } else {
+            size_t sz = H5Tget_size(ft);
+            char *s = calloc(1, sz + 1);
+            H5Tset_size(mt, sz + 1);
+            if (s && H5Aread(a, mt, s) >= 0) {
+                snprintf(buf, len, "%s", s);
+                rc = 0;
+            }
+            free(s);
+        }
+        H5Tclose(mt);
+    }
+    H5Tclose(ft);
+    H5Aclose(a);
+    return rc;
+}
+
+static int read_int_attr(hid_t obj, const char *name, int64_t *v) {
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0) return -1;
+    hid_t ft = H5Aget_type(a), sp = H5Aget_space(a);
+    int rc = H5Tget_class(ft) == H5T_INTEGER && H5Sget_simple_extent_npoints(sp) == 1 &&
+                     H5Aread(a, H5T_NATIVE_INT64, v) >= 0
+                 ? 0
+                 : -1;
+    H5Sclose(sp);
+    H5Tclose(ft);
+    H5Aclose(a);
+    return rc;
+}
+
+static dv_status check_codepoints(const dv_vocab *v, const char *file, const char *path,
+                                  char *err) {
+    for (int64_t i = 0; i < v->size; i++) {
+        int32_t c = v->codepoints[i];
+        int bad = v->kind == DV_VOCAB_BYTES
+                      ? c != i
+                      : c < 0 || c > MAX_CODE || (i && c <= v->codepoints[i - 1]);
+        if (bad) {
+            dv_errf(err, "%s: %s[%lld] = %d; %s", file, path, (long long)i, (int)c,
+                    v->kind == DV_VOCAB_BYTES
+                        ? "a bytes vocabulary is 0..255 in order"
+                        : "code points must increase strictly and lie in [0, 0x10FFFF]");
+            return DV_ERR;
+        }
+    }
+    return DV_OK;
+}
+
+static dv_status vocab_locked(dv_vocab *v, const char *file, const char *group, char *err) {
+    char path[300], kind[32] = "";
+    snprintf(path, sizeof(path), "%s/codepoints", group);
+    if (dv_h5_check_file(file, err) != DV_OK) return DV_ERR;
+    hid_t fid = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (fid < 0) {
+        dv_errf(err, "%s: cannot open (truncated or corrupt HDF5 file?)", file);
+        return DV_ERR;
+    }
+    dv_status st = DV_ERR;
+    hid_t g = H5Oopen(fid, group, H5P_DEFAULT), d = H5I_INVALID_HID;
+    int rank = 0;
+    hsize_t dims[8];
+    H5T_class_t cls;
+    if (g < 0) {
+        dv_errf(err,
+                "%s: no vocabulary: %s not found (is this a token file from `dive import "
+                "text`?)",
+                file, group);
+    } else if (read_str_attr(g, "kind", kind, sizeof(kind)) != 0 ||
+               (strcmp(kind, "bytes") && strcmp(kind, "chars"))) {
+        dv_errf(err, "%s: %s needs a string attribute 'kind', \"bytes\" or \"chars\"%s%s%s", file,
+                group, *kind ? " (it is \"" : "", kind, *kind ? "\")" : "");
+    } else if (read_int_attr(g, "size", &v->size) != 0 || v->size < 1) {
+        dv_errf(err, "%s: %s needs a positive integer attribute 'size'", file, group);
+    } else if (dv_h5_open_dataset(fid, file, path, &d, &rank, dims, &cls, err) != DV_OK) {
+        /* message set */
+    } else if (cls != H5T_INTEGER || rank != 1 || (int64_t)dims[0] != v->size) {
+        dv_errf(err, "%s: %s must be %lld integer code points (size), one per id", file, path,
+                (long long)v->size);
+    } else if (!strcmp(kind, "bytes") && v->size != 256) {
+        dv_errf(err, "%s: a bytes vocabulary has size 256, not %lld", file, (long long)v->size);
+    } else if (!(v->codepoints = malloc(sizeof(int32_t) * (size_t)v->size))) {
+        dv_errf(err, "%s: out of memory reading %s", file, path);
+    } else if (dv_h5_read_rows(d, H5T_NATIVE_INT32, 0, v->size, v->codepoints) < 0) {
+        dv_errf(err, "%s: reading %s failed (corrupt or truncated file?)", file, path);
+    } else {
+        v->kind = !strcmp(kind, "chars") ? DV_VOCAB_CHARS : DV_VOCAB_BYTES;
+        st = check_codepoints(v, file, path, err);
+    }
+    if (d >= 0) H5Dclose(d);
+    if (g >= 0) H5Oclose(g);
+    H5Fclose(fid);
+    return st;
+}
+
+dv_status dv_vocab_read(dv_vocab *v, const char *file, const char *group, char *err) {
+    memset(v, 0, sizeof(*v));
+    dv_h5_quiet q;
+    dv_h5_enter(&q);
+    dv_status st = vocab_locked(v, file, group ? group : "/vocab", err);
+    dv_h5_leave(&q);
+    if (st != DV_OK) dv_vocab_free(v);
+    return st;
+}
+
+void dv_vocab_free(dv_vocab *v) {
+    if (!v) return;
+    free(v->codepoints);
+    memset(v, 0, sizeof(*v));
+}
