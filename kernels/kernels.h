@@ -234,6 +234,70 @@ struct dv_backend {
     void (*opt_step)(void *ctx, const dv_opt_params *p, float *params, const float *grads,
                      float *state1, float *state2, size_t n);
 
+    /* ---- sequence models ------------------------------------------------
+     * Shapes: N rows of a flattened (B, T) batch; ids are int32 device
+     * pointers. */
+
+    /* C[b] (M, N) = alpha * op(A[b]) op(B[b]) + beta * C[b] for b < batch,
+     * each matrix `stride_*` floats after the one before; row-major, op()
+     * as for gemm. */
+    void (*gemm_batched)(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                         const float *A, long long stride_a, const float *B, long long stride_b,
+                         float beta, float *C, long long stride_c, int batch);
+    /* y (N, D) = row ids[i] of table (V, D); every id in [0, V). */
+    void (*embedding_forward)(void *ctx, const int32_t *ids, int N, int D, const float *table,
+                              float *y);
+    /* dtable (V, D) += dy (N, D) scattered by ids, in a fixed order (the
+     * rows of one id summed in increasing i). */
+    void (*embedding_backward)(void *ctx, const int32_t *ids, int N, int D, int V, const float *dy,
+                               float *dtable);
+    /* Layer norm over the last dim of x (N, C): y = (x - mean) * rstd *
+     * gamma + beta, rstd = 1 / sqrt(var + eps) (biased variance); saves
+     * mean and rstd (N each). In place (y == x) is not allowed. */
+    void (*layernorm_forward)(void *ctx, int N, int C, float eps, const float *x,
+                              const float *gamma, const float *beta, float *y, float *save_mean,
+                              float *save_rstd);
+    /* dx (N, C) overwritten (may be NULL); dgamma, dbeta (C) +=. */
+    void (*layernorm_backward)(void *ctx, int N, int C, const float *x, const float *gamma,
+                               const float *save_mean, const float *save_rstd, const float *dy,
+                               float *dx, float *dgamma, float *dbeta);
+    /* GELU, tanh approximation (GPT-2): y = 0.5 x (1 + tanh(sqrt(2/pi) (x +
+     * 0.044715 x^3))). Backward needs x (GELU' is not a function of y);
+     * dx == dy is allowed. */
+    void (*gelu_forward)(void *ctx, const float *x, float *y, size_t n);
+    void (*gelu_backward)(void *ctx, const float *x, const float *dy, float *dx, size_t n);
+    /* Causal softmax in place over scores s (BH, T, T): row i becomes the
+     * softmax over j <= i of scale * s[i][j]; entries j > i become 0. */
+    void (*causal_softmax_forward)(void *ctx, int BH, int T, float scale, float *s);
+    /* ds = scale * p * (dp - sum_j p dp) on j <= i, 0 above, from the
+     * forward's output p; ds == dp is allowed. */
+    void (*causal_softmax_backward)(void *ctx, int BH, int T, float scale, const float *p,
+                                    const float *dp, float *ds);
+    /* LSTM cell, one step of B rows and H units. gates (B, 4H) holds the
+     * pre-activations (x W_ih^T + h W_hh^T + b) in the order i, f, g, o
+     * and is overwritten with the activated gates (sigmoid i, f, o; tanh
+     * g), which backward reads. c = f * c_prev + i * g, h = o * tanh(c)
+     * (B, H each); c_prev NULL means zeros. */
+    void (*lstm_cell_forward)(void *ctx, int B, int H, float *gates, const float *c_prev, float *c,
+                              float *h);
+    /* From dh and dc (B, H; dc NULL means zero) into this step: dgates
+     * (B, 4H, pre-activation gradients) and dc_prev (B, H; NULL: not
+     * needed) are overwritten. */
+    void (*lstm_cell_backward)(void *ctx, int B, int H, const float *gates, const float *c_prev,
+                               const float *c, const float *dh, const float *dc, float *dgates,
+                               float *dc_prev);
+    /* GRU cell (PyTorch's equations), gi = x W_ih^T + b_ih and gh = h_prev
+     * W_hh^T + b_hh (B, 3H each, order r, z, n): r = sigmoid(gi_r + gh_r),
+     * z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n), h = (1 - z) * n
+     * + z * h_prev (h_prev NULL means zeros). save (B, 4H) keeps r, z, n and
+     * gh_n for backward. */
+    void (*gru_cell_forward)(void *ctx, int B, int H, const float *gi, const float *gh,
+                             const float *h_prev, float *h, float *save);
+    /* From dh (B, H): dgi, dgh (B, 3H) and dh_prev (B, H; the direct path
+     * z * dh only, NULL: not needed) are overwritten. */
+    void (*gru_cell_backward)(void *ctx, int B, int H, const float *save, const float *h_prev,
+                              const float *dh, float *dgi, float *dgh, float *dh_prev);
+
     /* Sum of squares of x (n), returned on the host (syncs). */
     double (*sumsq)(void *ctx, const float *x, size_t n);
     /* x *= s */

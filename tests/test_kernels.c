@@ -38,51 +38,12 @@ static void fill_distinct(float *x, size_t n, float gap) {
     }
 }
 
-static double dot_d(const float *a, const float *b, size_t n) {
-    double s = 0.0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)a[i] * (double)b[i];
-    return s;
-}
-
-static float max_abs(const float *x, size_t n) {
-    float m = 0.0f;
-    for (size_t i = 0; i < n; i++)
-        m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
-    return m;
-}
-
 static void assert_close_arrays(const float *got, const float *want, size_t n, double tol,
                                 const char *what) {
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)got[i] - (double)want[i]);
         if (!(d <= tol * (1.0 + fabs((double)want[i])))) {
             fail_msg("%s[%zu]: got %.7g, want %.7g", what, i, got[i], want[i]);
-        }
-    }
-}
-
-/* A scalar function of the current inputs, evaluated by re-running the
- * forward op: fd_check perturbs one element of `param` at a time. */
-typedef double (*loss_fn)(void *st);
-
-static void fd_check(loss_fn f, void *st, float *param, const float *grad, size_t n, float h,
-                     double rtol, double atol_rel, const char *what) {
-    float gmax = max_abs(grad, n);
-    assert_true(gmax > 0.0f); /* a vacuous all-zero gradient never passes */
-    /* Large tensors: a fixed sample of elements keeps the test quick. */
-    size_t stride = n > 400 ? n / 397 : 1;
-    for (size_t i = 0; i < n; i += stride) {
-        float old = param[i];
-        param[i] = old + h;
-        double lp = f(st);
-        param[i] = old - h;
-        double lm = f(st);
-        param[i] = old;
-        double num = (lp - lm) / (2.0 * (double)h);
-        double err = fabs(num - (double)grad[i]);
-        if (!(err <= rtol * fabs(num) + atol_rel * gmax)) {
-            fail_msg("%s[%zu]: analytic %.7g, finite-difference %.7g", what, i, grad[i], num);
         }
     }
 }
@@ -291,7 +252,7 @@ typedef struct act_st {
 static double act_loss(void *p) {
     act_st *s = p;
     be->act_forward(be->ctx, s->act, s->alpha, s->x, s->y, s->n, s->cols);
-    return dot_d(s->y, s->r, s->n);
+    return test_dot(s->y, s->r, s->n);
 }
 
 static void test_act_forward_values(void **state) {
@@ -345,7 +306,7 @@ static void test_act_backward_fd(void **state) {
                     dx[i] = 1e30f; /* dx is overwritten */
                 be->act_backward(be->ctx, s.act, s.alpha, s.y, dy, dx, n, s.cols);
             }
-            fd_check(act_loss, &s, s.x, dx, n, 1e-3f, 1e-2, 1e-3, names[a]);
+            test_fd_check(act_loss, &s, s.x, dx, n, 1e-3f, 1e-2, 1e-3, names[a]);
             free(s.x), free(s.y), free(s.r), free(dx), free(dy);
         }
     }
@@ -361,7 +322,7 @@ typedef struct conv_st {
 static double conv_loss(void *p) {
     conv_st *s = p;
     be->conv2d_forward(be->ctx, &s->g, s->x, s->w, s->b, s->y, s->work);
-    return dot_d(s->y, s->r, (size_t)s->g.B * s->g.F * s->g.OH * s->g.OW);
+    return test_dot(s->y, s->r, (size_t)s->g.B * s->g.F * s->g.OH * s->g.OW);
 }
 
 static void conv_naive(const dv_conv2d_geom *g, const float *x, const float *w, const float *b,
@@ -420,7 +381,7 @@ static void run_conv_case_b(int B, int C, int H, int W, int F, int KH, int KW, i
      * wrong transform is off by O(1)). */
     const int wino = KH == 5 && KW == 5 && stride == 1 && C >= 8 && F >= 8;
     if (wino) {
-        float ymax = max_abs(ref, ny);
+        float ymax = test_max_abs(ref, ny);
         for (size_t i = 0; i < ny; i++)
             if (!(fabs((double)s.y[i] - ref[i]) <= 1e-4 * (1.0 + ymax)))
                 fail_msg("%s[%zu]: got %.7g, want %.7g (winograd)", what, i, s.y[i], ref[i]);
@@ -443,12 +404,12 @@ static void run_conv_case_b(int B, int C, int H, int W, int F, int KH, int KW, i
 
     /* conv is linear in each argument, so a large step is exact */
     snprintf(what + strlen(what), sizeof what - strlen(what), " dx");
-    fd_check(conv_loss, &s, s.x, dx, nx, 0.1f, 1e-3, 5e-4, what);
+    test_fd_check(conv_loss, &s, s.x, dx, nx, 0.1f, 1e-3, 5e-4, what);
     what[strlen(what) - 2] = 'w';
-    fd_check(conv_loss, &s, s.w, dw, nw, 0.1f, 1e-3, 5e-4, what);
+    test_fd_check(conv_loss, &s, s.w, dw, nw, 0.1f, 1e-3, 5e-4, what);
     if (s.b) {
         what[strlen(what) - 2] = 'b';
-        fd_check(conv_loss, &s, s.b, db, F, 0.1f, 1e-3, 5e-4, what);
+        test_fd_check(conv_loss, &s, s.b, db, F, 0.1f, 1e-3, 5e-4, what);
     }
 
     /* dx and dw against a direct sum (in double): every element, not just
@@ -536,7 +497,7 @@ typedef struct pool_st {
 static double pool_loss(void *p) {
     pool_st *s = p;
     be->pool2d_forward(be->ctx, s->mode, &s->g, s->x, s->y, s->arg);
-    return dot_d(s->y, s->r, (size_t)s->g.B * s->g.C * s->g.OH * s->g.OW);
+    return test_dot(s->y, s->r, (size_t)s->g.B * s->g.C * s->g.OH * s->g.OW);
 }
 
 static void run_pool_case(dv_pool mode, int H, int W, int K, int stride, int pad) {
@@ -588,7 +549,7 @@ static void run_pool_case(dv_pool mode, int H, int W, int K, int stride, int pad
         dx[i] = 1e30f;
     be->pool2d_backward(be->ctx, mode, g, s.r, dx, s.arg);
     strcat(what, " dx");
-    fd_check(pool_loss, &s, s.x, dx, nx, 4e-3f, 1e-2, 1e-3, what);
+    test_fd_check(pool_loss, &s, s.x, dx, nx, 4e-3f, 1e-2, 1e-3, what);
     free(s.x), free(s.y), free(s.r), free(s.arg), free(dx);
 }
 
@@ -684,7 +645,7 @@ static void test_dropout(void **state) {
     be->dropout_forward(be->ctx, 0.0f, 77, ids, rows, cols, x, y2, mask2);
     assert_memory_equal(x, y2, n * sizeof *x);
     be->dropout_forward(be->ctx, 1.0f, 77, ids, rows, cols, x, y2, mask2);
-    assert_true(max_abs(y2, n) == 0.0f && max_abs(mask2, n) == 0.0f);
+    assert_true(test_max_abs(y2, n) == 0.0f && test_max_abs(mask2, n) == 0.0f);
     free(x), free(y), free(mask), free(y2), free(mask2), free(ids), free(dy);
 }
 
@@ -699,7 +660,7 @@ static double bn_loss(void *p) {
     bn_st *s = p;
     be->batchnorm_forward(be->ctx, 1, s->B, s->C, s->S, 1e-5f, 0.1f, s->x, s->gamma, s->beta, s->rm,
                           s->rv, s->sm, s->si, s->y);
-    return dot_d(s->y, s->r, (size_t)s->B * s->C * s->S);
+    return test_dot(s->y, s->r, (size_t)s->B * s->C * s->S);
 }
 
 static void test_batchnorm(void **state) {
@@ -760,9 +721,9 @@ static void test_batchnorm(void **state) {
         be->batchnorm_backward(be->ctx, s.B, s.C, S, s.x, s.gamma, s.sm, s.si, s.r, dx, dg, dbt);
         for (int c = 0; c < 3; c++)
             dg[c] -= 0.5f, dbt[c] -= 0.5f;
-        fd_check(bn_loss, &s, s.x, dx, n, 1e-3f, 1e-2, 2e-3, "batchnorm dx");
-        fd_check(bn_loss, &s, s.gamma, dg, 3, 1e-3f, 1e-2, 1e-3, "batchnorm dgamma");
-        fd_check(bn_loss, &s, s.beta, dbt, 3, 1e-3f, 1e-2, 1e-3, "batchnorm dbeta");
+        test_fd_check(bn_loss, &s, s.x, dx, n, 1e-3f, 1e-2, 2e-3, "batchnorm dx");
+        test_fd_check(bn_loss, &s, s.gamma, dg, 3, 1e-3f, 1e-2, 1e-3, "batchnorm dgamma");
+        test_fd_check(bn_loss, &s, s.beta, dbt, 3, 1e-3f, 1e-2, 1e-3, "batchnorm dbeta");
         free(s.x), free(s.y), free(s.r), free(s.gamma), free(s.beta), free(s.rm), free(s.rv);
         free(s.sm), free(s.si), free(ye), free(dx), free(dg), free(dbt);
     }
@@ -813,7 +774,7 @@ static void test_loss_gradients(void **state) {
         run_loss(&s, 0.25f, stats);
         for (size_t i = 0; i < n; i++)
             s.d[i] *= 4.0f; /* undo grad_scale */
-        fd_check(loss_value, &s, s.z, s.d, n, 1e-2f, 1e-2, 1e-3, names[kind]);
+        test_fd_check(loss_value, &s, s.z, s.d, n, 1e-2f, 1e-2, 1e-3, names[kind]);
 
         /* the loss value itself, against a double reference */
         double want = 0.0;
@@ -989,10 +950,10 @@ static void test_clip_grad_norm(void **state) {
     size_t n = 1001;
     float *h = test_fbuf(n);
     test_rand_fill(h, n, -1, 1);
-    double want = sqrt(dot_d(h, h, n));
+    double want = sqrt(test_dot(h, h, n));
     double got = dv_clip_grad_norm(be, h, n, 0.5);
     assert_true(fabs(got - want) < 1e-9 * want);
-    assert_true(fabs(sqrt(dot_d(h, h, n)) - 0.5) < 1e-5);
+    assert_true(fabs(sqrt(test_dot(h, h, n)) - 0.5) < 1e-5);
     free(h);
 }
 

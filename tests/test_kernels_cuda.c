@@ -49,32 +49,6 @@ static char why[512], why_tf32[512], why_bf16[512];
 
 /* ---- helpers ---------------------------------------------------------- */
 
-static void *dalloc(dv_backend *G, size_t bytes) {
-    void *p = G->alloc(G->ctx, bytes);
-    assert_non_null(p);
-    return p;
-}
-
-/* A device copy of host data. */
-static void *dput(dv_backend *G, const void *h, size_t bytes) {
-    void *d = dalloc(G, bytes);
-    G->to_device(G->ctx, d, h, bytes);
-    return d;
-}
-
-/* A host copy of device data (malloc'd). */
-static void *dget(dv_backend *G, const void *d, size_t bytes) {
-    void *h = malloc(bytes ? bytes : 1);
-    assert_non_null(h);
-    G->to_host(G->ctx, h, d, bytes);
-    return h;
-}
-
-static void expect_ok(dv_backend *G, const char *where) {
-    char err[512] = "";
-    if (G->check(G->ctx, err, sizeof err) != 0) fail_msg("%s: backend error: %s", where, err);
-}
-
 static void expect_close(const float *got, const float *want, size_t n, double rtol, double atol,
                          const char *what) {
     double scale = 1.0;
@@ -93,15 +67,6 @@ static void expect_close(const float *got, const float *want, size_t n, double r
     }
 }
 
-static void expect_bits(const void *got, const void *want, size_t bytes, const char *what) {
-    if (memcmp(got, want, bytes) == 0) return;
-    const unsigned char *a = got, *b = want;
-    size_t i = 0;
-    while (a[i] == b[i])
-        i++;
-    fail_msg("%s: differs from byte %zu of %zu (word %zu)", what, i, bytes, i / 4);
-}
-
 /* One tensor on both backends: h is the CPU backend's buffer, d the CUDA
  * backend's, holding the same values until the ops under test run. */
 typedef struct pair {
@@ -112,7 +77,7 @@ typedef struct pair {
 static pair pair_from(dv_backend *G, const float *src, size_t n) {
     pair p = {test_fbuf(n), NULL, n};
     if (src) memcpy(p.h, src, n * sizeof *p.h);
-    p.d = dput(G, p.h, n * sizeof *p.h);
+    p.d = test_dput(G, p.h, n * sizeof *p.h);
     return p;
 }
 
@@ -134,14 +99,14 @@ static pair pair_fill(dv_backend *G, size_t n, float v) {
 }
 
 static void pair_expect(dv_backend *G, const pair *p, double rtol, double atol, const char *what) {
-    float *g = dget(G, p->d, p->n * sizeof *g);
+    float *g = test_dget(G, p->d, p->n * sizeof *g);
     expect_close(g, p->h, p->n, rtol, atol, what);
     free(g);
 }
 
 static void pair_expect_bits(dv_backend *G, const pair *p, const char *what) {
-    float *g = dget(G, p->d, p->n * sizeof *g);
-    expect_bits(g, p->h, p->n * sizeof *g, what);
+    float *g = test_dget(G, p->d, p->n * sizeof *g);
+    test_expect_bits(g, p->h, p->n * sizeof *g, what);
     free(g);
 }
 
@@ -237,7 +202,7 @@ static void test_table(void **state) {
 #undef SLOT
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
         if (!slots[i].set) fail_msg("table slot %s is NULL", slots[i].name);
-    expect_ok(gpu, "a fresh backend");
+    test_expect_ok(gpu, "a fresh backend");
 }
 
 static void test_memory(void **state) {
@@ -246,8 +211,8 @@ static void test_memory(void **state) {
     dv_backend *G = gpu;
     /* alloc gives zeroed memory */
     const size_t n = 1000;
-    float *d = dalloc(G, n * sizeof *d);
-    float *h = dget(G, d, n * sizeof *h);
+    float *d = test_dalloc(G, n * sizeof *d);
+    float *h = test_dget(G, d, n * sizeof *h);
     for (size_t i = 0; i < n; i++)
         if (h[i] != 0.0f) fail_msg("alloc: element %zu is %g, not 0", i, h[i]);
     free(h);
@@ -273,13 +238,13 @@ static void test_memory(void **state) {
         for (size_t k = 0; k < sizes[i]; k++)
             ((unsigned char *)want[i])[k] = (unsigned char)(test_rand_next() & 0xff);
         memcpy(src[i], want[i], sizes[i]);
-        dst[i] = dalloc(G, sizes[i]);
+        dst[i] = test_dalloc(G, sizes[i]);
     }
     G->upload(G->ctx, 3, dst, (const void *const *)src, sizes);
     for (int i = 0; i < 3; i++)
         memset(src[i], 0xab, sizes[i]); /* allowed once upload returned */
     for (int i = 0; i < 3; i++) {
-        void *got = dget(G, dst[i], sizes[i]);
+        void *got = test_dget(G, dst[i], sizes[i]);
         assert_memory_equal(got, want[i], sizes[i]);
         free(got);
     }
@@ -289,13 +254,13 @@ static void test_memory(void **state) {
         f0[k] = (float)k;
     G->upload(G->ctx, 1, dst, (const void *const *)src, sizes);
     G->scale(G->ctx, dst[0], 2.0f, 37);
-    float *s0 = dget(G, dst[0], sizes[0]);
+    float *s0 = test_dget(G, dst[0], sizes[0]);
     for (int k = 0; k < 37; k++)
         if (s0[k] != 2.0f * (float)k) fail_msg("upload then scale: [%d] = %g", k, s0[k]);
     free(s0);
     /* a larger upload than before (the staging area grows) */
     const size_t big = (size_t)3 << 20;
-    unsigned char *bsrc = G->host_alloc(G->ctx, big), *bdst = dalloc(G, big);
+    unsigned char *bsrc = G->host_alloc(G->ctx, big), *bdst = test_dalloc(G, big);
     assert_non_null(bsrc);
     for (size_t k = 0; k < big; k++)
         bsrc[k] = (unsigned char)(k * 7 + 1);
@@ -303,7 +268,7 @@ static void test_memory(void **state) {
     const void *bs[1] = {bsrc};
     size_t bb[1] = {big};
     G->upload(G->ctx, 1, bd, bs, bb);
-    unsigned char *bback = dget(G, bdst, big);
+    unsigned char *bback = test_dget(G, bdst, big);
     for (size_t k = 0; k < big; k++)
         if (bback[k] != (unsigned char)(k * 7 + 1)) fail_msg("big upload: byte %zu", k);
     free(bback);
@@ -316,7 +281,7 @@ static void test_memory(void **state) {
     }
     G->host_free(G->ctx, NULL);
     G->sync(G->ctx);
-    expect_ok(G, "memory");
+    test_expect_ok(G, "memory");
 }
 
 /* fill, copy, scale, axpy, sumsq on sub-buffers at an odd offset (params + 1
@@ -360,7 +325,7 @@ static void test_blas1(void **state) {
         pair_free(G, &x);
         pair_free(G, &y);
     }
-    expect_ok(G, "blas1");
+    test_expect_ok(G, "blas1");
 }
 
 /* ---- gemm ------------------------------------------------------------- */
@@ -384,7 +349,7 @@ static void run_gemm(dv_backend *G, int M, int N, int K, double tol, const char 
                 pair_free(G, &B);
                 pair_free(G, &C);
             }
-    expect_ok(G, tag);
+    test_expect_ok(G, tag);
 }
 
 static void test_gemm(void **state) {
@@ -417,7 +382,7 @@ static void test_bias(void **state) {
         pair_expect(G, &db, TOL_RED, TOL_RED, "bias_backward");
         pair_free(G, &y), pair_free(G, &bias), pair_free(G, &dy), pair_free(G, &db);
     }
-    expect_ok(G, "bias");
+    test_expect_ok(G, "bias");
 }
 
 /* ---- activations ------------------------------------------------------ */
@@ -475,7 +440,7 @@ static void test_act(void **state) {
     run_act(DV_ACT_SOFTMAX, "softmax", 5, 1000, 3.0f);
     run_act(DV_ACT_SOFTMAX, "softmax", 7, 129, 80.0f);
     run_act(DV_ACT_SOFTMAX, "softmax", 2, 5000, 200.0f);
-    expect_ok(gpu, "act");
+    test_expect_ok(gpu, "act");
 }
 
 /* ---- conv2d ----------------------------------------------------------- */
@@ -521,7 +486,7 @@ static void run_conv(dv_backend *G, const conv_case *c, double tol, const char *
     pair dx = pair_fill(G, nx, 1e30f);                              /* overwritten */
     pair dw = pair_fill(G, nw, 0.5f), db = pair_fill(G, g.F, 0.5f); /* accumulated */
     float *cwork = test_fbuf(cpu->conv2d_workspace(cpu->ctx, &g));
-    float *gwork = dalloc(G, G->conv2d_workspace(G->ctx, &g) * sizeof(float));
+    float *gwork = test_dalloc(G, G->conv2d_workspace(G->ctx, &g) * sizeof(float));
 
     cpu->conv2d_forward(cpu->ctx, &g, x.h, w.h, c->bias ? b.h : NULL, y.h, cwork);
     G->conv2d_forward(G->ctx, &g, x.d, w.d, c->bias ? b.d : NULL, y.d, gwork);
@@ -538,16 +503,16 @@ static void run_conv(dv_backend *G, const conv_case *c, double tol, const char *
     pair_expect(G, &db, tol, tol, what); /* untouched (0.5) without bias */
 
     /* dx == NULL (a first layer): dw alone, into fresh accumulators */
-    float *dw2 = dalloc(G, nw * sizeof(float));
+    float *dw2 = test_dalloc(G, nw * sizeof(float));
     G->fill(G->ctx, dw2, 0.5f, nw);
     G->conv2d_backward(G->ctx, &g, x.d, w.d, dy.d, NULL, dw2, NULL, gwork);
-    float *dw2h = dget(G, dw2, nw * sizeof(float));
+    float *dw2h = test_dget(G, dw2, nw * sizeof(float));
     snprintf(what, sizeof what, "%s: dw with dx = NULL", base);
     expect_close(dw2h, dw.h, nw, tol, tol, what);
     free(dw2h);
     G->free(G->ctx, dw2);
     snprintf(what, sizeof what, "%s", base);
-    expect_ok(G, what);
+    test_expect_ok(G, what);
 
     free(cwork);
     G->free(G->ctx, gwork);
@@ -623,14 +588,14 @@ static void run_pool(dv_pool mode, const pool_case *pc, int data) {
     pair y = pair_fill(G, ny, 1e30f);
     int32_t *arg_h = calloc(ny, sizeof *arg_h), *arg_d = NULL;
     assert_non_null(arg_h);
-    if (mode != DV_POOL_AVG) arg_d = dalloc(G, ny * sizeof *arg_d);
+    if (mode != DV_POOL_AVG) arg_d = test_dalloc(G, ny * sizeof *arg_d);
     cpu->pool2d_forward(cpu->ctx, mode, &g, x.h, y.h, arg_h);
     G->pool2d_forward(G->ctx, mode, &g, x.d, y.d, arg_d); /* avg: arg may be NULL */
     if (mode == DV_POOL_AVG) {
         pair_expect(G, &y, TOL_EW, TOL_EW, what);
     } else {
         pair_expect_bits(G, &y, what); /* the winner itself: exact */
-        int32_t *got = dget(G, arg_d, ny * sizeof *got);
+        int32_t *got = test_dget(G, arg_d, ny * sizeof *got);
         for (size_t i = 0; i < ny; i++)
             if (got[i] != arg_h[i])
                 fail_msg("%s: arg[%zu] cuda %d, cpu %d", what, i, (int)got[i], (int)arg_h[i]);
@@ -642,7 +607,7 @@ static void run_pool(dv_pool mode, const pool_case *pc, int data) {
     G->pool2d_backward(G->ctx, mode, &g, dy.d, dx.d, arg_d);
     strcat(what, " dx");
     pair_expect(G, &dx, TOL_EW, TOL_EW, what);
-    expect_ok(G, what);
+    test_expect_ok(G, what);
     pair_free(G, &x), pair_free(G, &y), pair_free(G, &dy), pair_free(G, &dx);
     free(arg_h);
     G->free(G->ctx, arg_d);
@@ -680,7 +645,7 @@ static void test_dropout(void **state) {
     int64_t ids[37];
     for (int i = 0; i < rows; i++) /* ids past 2^32: the counter is 64-bit */
         ids[i] = i % 2 ? 1000 + 7 * i : ((int64_t)1 << 40) + i;
-    int64_t *ids_d = dput(G, ids, sizeof ids);
+    int64_t *ids_d = test_dput(G, ids, sizeof ids);
     const float rates[] = {0.3f, 0.0f, 1.0f, 0.9f};
     for (int r = 0; r < 4; r++)
         for (int with_ids = 0; with_ids < 2; with_ids++) {
@@ -704,7 +669,7 @@ static void test_dropout(void **state) {
             pair_free(G, &dx);
         }
     G->free(G->ctx, ids_d);
-    expect_ok(G, "dropout");
+    test_expect_ok(G, "dropout");
 }
 
 /* ---- batch norm ------------------------------------------------------- */
@@ -755,7 +720,7 @@ static void test_batchnorm(void **state) {
         pair_expect(G, &dx, TOL_RED, TOL_RED, what);
         pair_expect(G, &dg, TOL_RED, TOL_RED, "batchnorm dgamma");
         pair_expect(G, &dbt, TOL_RED, TOL_RED, "batchnorm dbeta");
-        expect_ok(G, what);
+        test_expect_ok(G, what);
         pair *all[] = {&x,  &gamma, &beta, &rm, &rv, &sm, &si, &y,
                        &ye, &smc,   &sic,  &dy, &dx, &dg, &dbt};
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -802,7 +767,7 @@ static void run_loss(dv_backend *G, int kind, int B, int K, float range, double 
             t.h[i] = (float)(test_rand_next() % 2);
     G->to_device(G->ctx, z.d, z.h, n * sizeof(float));
     G->to_device(G->ctx, t.d, t.h, n * sizeof(float));
-    int32_t *lab_d = dput(G, lab, (B ? B : 1) * sizeof *lab);
+    int32_t *lab_d = test_dput(G, lab, (B ? B : 1) * sizeof *lab);
     const float gs = 1.0f / (float)(B > 0 ? B : 1);
     switch (kind) {
     case L_XENT:
@@ -823,12 +788,12 @@ static void run_loss(dv_backend *G, int kind, int B, int K, float range, double 
         break;
     }
     pair_expect(G, &d, tol, tol, what);
-    float *s = dget(G, st.d, 2 * sizeof(float));
+    float *s = test_dget(G, st.d, 2 * sizeof(float));
     if (!(fabs((double)s[0] - st.h[0]) <= tol * (1.0 + fabs((double)st.h[0]))))
         fail_msg("%s: stats[0] cuda %.9g, cpu %.9g", what, s[0], st.h[0]);
     if (s[1] != st.h[1]) fail_msg("%s: stats[1] cuda %.9g, cpu %.9g", what, s[1], st.h[1]);
     free(s);
-    expect_ok(G, what);
+    test_expect_ok(G, what);
     pair_free(G, &z), pair_free(G, &t), pair_free(G, &d), pair_free(G, &st);
     free(lab);
     G->free(G->ctx, lab_d);
@@ -885,7 +850,7 @@ static void run_opt(dv_backend *G, size_t n, float wd, double tol) {
         pair_expect(G, &m, tol, tol, what);
         snprintf(what, sizeof what, "%s n=%zu wd=%g state2", names[k], n, wd);
         pair_expect(G, &v, tol, tol, what);
-        expect_ok(G, what);
+        test_expect_ok(G, what);
         pair_free(G, &p), pair_free(G, &m), pair_free(G, &v), pair_free(G, &g);
     }
 }
@@ -957,24 +922,25 @@ static void test_determinism(void **state) {
         const size_t nx = (size_t)g.B * g.C * g.H * g.W, nw = (size_t)g.F * g.C * g.KH * g.KW;
         const size_t ny = (size_t)g.B * g.F * g.OH * g.OW;
         pair x = pair_rand(G, nx, -1, 1), w = pair_rand(G, nw, -1, 1), dy = pair_rand(G, ny, -1, 1);
-        float *work = dalloc(G, G->conv2d_workspace(G->ctx, &g) * sizeof(float));
-        float *dx = dalloc(G, nx * sizeof(float)), *dw = dalloc(G, nw * sizeof(float));
-        float *db = dalloc(G, g.F * sizeof(float));
+        float *work = test_dalloc(G, G->conv2d_workspace(G->ctx, &g) * sizeof(float));
+        float *dx = test_dalloc(G, nx * sizeof(float)), *dw = test_dalloc(G, nw * sizeof(float));
+        float *db = test_dalloc(G, g.F * sizeof(float));
         float *first[3] = {NULL, NULL, NULL};
         const size_t sz[3] = {nx * sizeof(float), nw * sizeof(float), g.F * sizeof(float)};
         for (int run = 0; run < 2; run++) {
             G->fill(G->ctx, dw, 0.0f, nw);
             G->fill(G->ctx, db, 0.0f, g.F);
             G->conv2d_backward(G->ctx, &g, x.d, w.d, dy.d, dx, dw, db, work);
-            float *out[3] = {dget(G, dx, sz[0]), dget(G, dw, sz[1]), dget(G, db, sz[2])};
+            float *out[3] = {test_dget(G, dx, sz[0]), test_dget(G, dw, sz[1]),
+                             test_dget(G, db, sz[2])};
             for (int i = 0; i < 3; i++) {
                 if (run == 0) {
                     first[i] = out[i];
                 } else {
-                    expect_bits(out[i], first[i], sz[i],
-                                i == 0   ? "conv dx"
-                                : i == 1 ? "conv dw"
-                                         : "conv db");
+                    test_expect_bits(out[i], first[i], sz[i],
+                                     i == 0   ? "conv dx"
+                                     : i == 1 ? "conv dw"
+                                              : "conv db");
                     free(out[i]);
                     free(first[i]);
                 }
@@ -992,8 +958,8 @@ static void test_determinism(void **state) {
     assert_non_null(lab);
     for (int i = 0; i < B; i++)
         lab[i] = (int32_t)(test_rand_next() % K);
-    int32_t *lab_d = dput(G, lab, B * sizeof *lab);
-    float *d = dalloc(G, n * sizeof(float)), *st = dalloc(G, 2 * sizeof(float));
+    int32_t *lab_d = test_dput(G, lab, B * sizeof *lab);
+    float *d = test_dalloc(G, n * sizeof(float)), *st = test_dalloc(G, 2 * sizeof(float));
     for (int kind = 0; kind < 4; kind++) {
         float *first_d = NULL, first_st[2] = {0, 0};
         for (int run = 0; run < 2; run++) {
@@ -1002,14 +968,14 @@ static void test_determinism(void **state) {
             if (kind == L_BCE) G->bce_loss(G->ctx, z.d, t.d, B, K, 0.5f, d, st);
             if (kind == L_MSE) G->mse_loss(G->ctx, z.d, t.d, B, K, 0.5f, d, st);
             if (kind == L_PERCEPTRON) G->perceptron_loss(G->ctx, z.d, lab_d, B, K, 0.5f, d, st);
-            float *dh = dget(G, d, n * sizeof(float)), sh[2];
+            float *dh = test_dget(G, d, n * sizeof(float)), sh[2];
             G->to_host(G->ctx, sh, st, sizeof sh);
             if (run == 0) {
                 first_d = dh;
                 memcpy(first_st, sh, sizeof sh);
             } else {
-                expect_bits(dh, first_d, n * sizeof(float), loss_names[kind]);
-                expect_bits(sh, first_st, sizeof sh, loss_names[kind]);
+                test_expect_bits(dh, first_d, n * sizeof(float), loss_names[kind]);
+                test_expect_bits(sh, first_st, sizeof sh, loss_names[kind]);
                 free(dh);
                 free(first_d);
             }
@@ -1017,23 +983,23 @@ static void test_determinism(void **state) {
     }
     /* and the other reductions: sumsq, bias and batch-norm sums */
     double s0 = G->sumsq(G->ctx, z.d, n), s1 = G->sumsq(G->ctx, z.d, n);
-    expect_bits(&s1, &s0, sizeof s0, "sumsq");
-    float *db = dalloc(G, K * sizeof(float));
+    test_expect_bits(&s1, &s0, sizeof s0, "sumsq");
+    float *db = test_dalloc(G, K * sizeof(float));
     float *dbh[2];
     for (int run = 0; run < 2; run++) {
         G->fill(G->ctx, db, 0.0f, K);
         G->bias_backward(G->ctx, z.d, db, 16, K, B / 16);
-        dbh[run] = dget(G, db, K * sizeof(float));
+        dbh[run] = test_dget(G, db, K * sizeof(float));
     }
-    expect_bits(dbh[1], dbh[0], K * sizeof(float), "bias_backward");
+    test_expect_bits(dbh[1], dbh[0], K * sizeof(float), "bias_backward");
     free(dbh[0]), free(dbh[1]);
     G->free(G->ctx, db);
     float *bn[2];
-    float *ones = dalloc(G, K * sizeof(float)), *zeros = dalloc(G, K * sizeof(float));
-    float *sm = dalloc(G, K * sizeof(float)), *si = dalloc(G, K * sizeof(float));
-    float *y = dalloc(G, n * sizeof(float)), *dxb = dalloc(G, n * sizeof(float));
-    float *dg = dalloc(G, K * sizeof(float)), *dbt = dalloc(G, K * sizeof(float));
-    float *rm = dalloc(G, K * sizeof(float)), *rv = dalloc(G, K * sizeof(float));
+    float *ones = test_dalloc(G, K * sizeof(float)), *zeros = test_dalloc(G, K * sizeof(float));
+    float *sm = test_dalloc(G, K * sizeof(float)), *si = test_dalloc(G, K * sizeof(float));
+    float *y = test_dalloc(G, n * sizeof(float)), *dxb = test_dalloc(G, n * sizeof(float));
+    float *dg = test_dalloc(G, K * sizeof(float)), *dbt = test_dalloc(G, K * sizeof(float));
+    float *rm = test_dalloc(G, K * sizeof(float)), *rv = test_dalloc(G, K * sizeof(float));
     G->fill(G->ctx, ones, 1.0f, K);
     for (int run = 0; run < 2; run++) {
         G->batchnorm_forward(G->ctx, 1, 16, K, B / 16, 1e-5f, 0.1f, z.d, ones, zeros, rm, rv, sm,
@@ -1050,7 +1016,7 @@ static void test_determinism(void **state) {
         G->to_host(G->ctx, h + n + 3 * K, dbt, K * sizeof(float));
         bn[run] = h;
     }
-    expect_bits(bn[1], bn[0], (n + 4 * (size_t)K) * sizeof(float), "batchnorm");
+    test_expect_bits(bn[1], bn[0], (n + 4 * (size_t)K) * sizeof(float), "batchnorm");
     free(bn[0]), free(bn[1]);
     float *bufs[] = {ones, zeros, sm, si, y, dxb, dg, dbt, rm, rv, d, st};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -1058,7 +1024,7 @@ static void test_determinism(void **state) {
     pair_free(G, &z), pair_free(G, &t);
     free(lab);
     G->free(G->ctx, lab_d);
-    expect_ok(G, "determinism");
+    test_expect_ok(G, "determinism");
 }
 
 /* After everything above, no error is pending. */

@@ -131,6 +131,36 @@ void dv_cuda_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, co
                             float *y, int32_t *arg);
 void dv_cuda_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
                              float *dx, const int32_t *arg);
+
+/* seq_{cpu,cuda}: gemm_batched, embedding, layernorm, gelu, causal softmax */
+void dv_cuda_gemm_batched(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                          const float *A, long long stride_a, const float *B, long long stride_b,
+                          float beta, float *C, long long stride_c, int batch);
+void dv_cuda_embedding_forward(void *ctx, const int32_t *ids, int N, int D, const float *table,
+                               float *y);
+void dv_cuda_embedding_backward(void *ctx, const int32_t *ids, int N, int D, int V, const float *dy,
+                                float *dtable);
+void dv_cuda_layernorm_forward(void *ctx, int N, int C, float eps, const float *x,
+                               const float *gamma, const float *beta, float *y, float *save_mean,
+                               float *save_rstd);
+void dv_cuda_layernorm_backward(void *ctx, int N, int C, const float *x, const float *gamma,
+                                const float *save_mean, const float *save_rstd, const float *dy,
+                                float *dx, float *dgamma, float *dbeta);
+void dv_cuda_gelu_forward(void *ctx, const float *x, float *y, size_t n);
+void dv_cuda_gelu_backward(void *ctx, const float *x, const float *dy, float *dx, size_t n);
+void dv_cuda_causal_softmax_forward(void *ctx, int BH, int T, float scale, float *s);
+void dv_cuda_causal_softmax_backward(void *ctx, int BH, int T, float scale, const float *p,
+                                     const float *dp, float *ds);
+/* rnn_{cpu,cuda}: recurrent cells */
+void dv_cuda_lstm_cell_forward(void *ctx, int B, int H, float *gates, const float *c_prev, float *c,
+                               float *h);
+void dv_cuda_lstm_cell_backward(void *ctx, int B, int H, const float *gates, const float *c_prev,
+                                const float *c, const float *dh, const float *dc, float *dgates,
+                                float *dc_prev);
+void dv_cuda_gru_cell_forward(void *ctx, int B, int H, const float *gi, const float *gh,
+                              const float *h_prev, float *h, float *save);
+void dv_cuda_gru_cell_backward(void *ctx, int B, int H, const float *save, const float *h_prev,
+                               const float *dh, float *dgi, float *dgh, float *dh_prev);
 }
 
 #endif

@@ -1248,6 +1248,29 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
     return gemm("cublasSgemm", h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, r);
 }
 
+/* The rounding a GemmEx-style call asks for (types and compute type), or
+ * -1 with a line on stderr where the emulation does not have it. */
+static int ex_rounding(const char *call, cublasHandle_t h, cudaDataType at, cudaDataType bt,
+                       cudaDataType ct, cublasComputeType_t compute) {
+    if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F) {
+        fprintf(stderr, "cuda_emu: %s: only fp32 operands are emulated\n", call);
+        return -1;
+    }
+    switch (compute) {
+    case CUBLAS_COMPUTE_32F:
+        return h->mode == CUBLAS_TF32_TENSOR_OP_MATH ? ROUND_TF32 : ROUND_NONE;
+    case CUBLAS_COMPUTE_32F_PEDANTIC:
+        return ROUND_NONE;
+    case CUBLAS_COMPUTE_32F_FAST_TF32:
+        return ROUND_TF32;
+    case CUBLAS_COMPUTE_32F_FAST_16BF:
+        return ROUND_BF16;
+    default:
+        fprintf(stderr, "cuda_emu: %s: compute type %d is not emulated\n", call, (int)compute);
+        return -1;
+    }
+}
+
 cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
                             int n, int k, const void *alpha, const void *A, cudaDataType at,
                             int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
@@ -1255,28 +1278,55 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             cublasGemmAlgo_t algo) {
     (void)algo;
     if (!blas_ok(h)) return CUBLAS_STATUS_NOT_INITIALIZED;
-    if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F) {
-        fprintf(stderr, "cuda_emu: cublasGemmEx: only fp32 operands are emulated\n");
-        return CUBLAS_STATUS_NOT_SUPPORTED;
-    }
-    int r;
-    switch (compute) {
-    case CUBLAS_COMPUTE_32F:
-        r = h->mode == CUBLAS_TF32_TENSOR_OP_MATH ? ROUND_TF32 : ROUND_NONE;
-        break;
-    case CUBLAS_COMPUTE_32F_PEDANTIC:
-        r = ROUND_NONE;
-        break;
-    case CUBLAS_COMPUTE_32F_FAST_TF32:
-        r = ROUND_TF32;
-        break;
-    case CUBLAS_COMPUTE_32F_FAST_16BF:
-        r = ROUND_BF16;
-        break;
-    default:
-        fprintf(stderr, "cuda_emu: cublasGemmEx: compute type %d is not emulated\n", (int)compute);
-        return CUBLAS_STATUS_NOT_SUPPORTED;
-    }
+    const int r = ex_rounding("cublasGemmEx", h, at, bt, ct, compute);
+    if (r < 0) return CUBLAS_STATUS_NOT_SUPPORTED;
     return gemm("cublasGemmEx", h, ta, tb, m, n, k, (const float *)alpha, (const float *)A, lda,
                 (const float *)B, ldb, (const float *)beta, (float *)C, ldc, r);
+}
+
+/* Strided batches: one checked GEMM a matrix, in order. The C matrices
+ * must not overlap one another (cuBLAS computes them concurrently). */
+static cublasStatus_t gemm_strided(const char *call, cublasHandle_t h, cublasOperation_t ta,
+                                   cublasOperation_t tb, int m, int n, int k, const float *alpha,
+                                   const float *A, int lda, long long sa, const float *B, int ldb,
+                                   long long sb, const float *beta, float *C, int ldc, long long sc,
+                                   int batch, int rounding) {
+    if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (batch > 1 && m > 0 && n > 0 && (size_t)(sc < 0 ? -sc : sc) < span(m, n, ldc)) {
+        fprintf(stderr, "cuda_emu: %s: strideC %lld makes the C matrices overlap\n", call, sc);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    for (int b = 0; b < batch; b++) {
+        cublasStatus_t st = gemm(call, h, ta, tb, m, n, k, alpha, A + b * sa, lda, B + b * sb, ldb,
+                                 beta, C + b * sc, ldc, rounding);
+        if (st != CUBLAS_STATUS_SUCCESS) return st;
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
+                                         cublasOperation_t tb, int m, int n, int k,
+                                         const float *alpha, const float *A, int lda, long long sa,
+                                         const float *B, int ldb, long long sb, const float *beta,
+                                         float *C, int ldc, long long sc, int batch) {
+    const int r = blas_ok(h) && h->mode == CUBLAS_TF32_TENSOR_OP_MATH ? ROUND_TF32 : ROUND_NONE;
+    return gemm_strided("cublasSgemmStridedBatched", h, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb,
+                        sb, beta, C, ldc, sc, batch, r);
+}
+
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta,
+                                          cublasOperation_t tb, int m, int n, int k,
+                                          const void *alpha, const void *A, cudaDataType at,
+                                          int lda, long long sa, const void *B, cudaDataType bt,
+                                          int ldb, long long sb, const void *beta, void *C,
+                                          cudaDataType ct, int ldc, long long sc, int batch,
+                                          cublasComputeType_t compute, cublasGemmAlgo_t algo) {
+    (void)algo;
+    const char *call = "cublasGemmStridedBatchedEx";
+    if (!blas_ok(h)) return CUBLAS_STATUS_NOT_INITIALIZED;
+    const int r = ex_rounding(call, h, at, bt, ct, compute);
+    if (r < 0) return CUBLAS_STATUS_NOT_SUPPORTED;
+    return gemm_strided(call, h, ta, tb, m, n, k, (const float *)alpha, (const float *)A, lda, sa,
+                        (const float *)B, ldb, sb, (const float *)beta, (float *)C, ldc, sc, batch,
+                        r);
 }

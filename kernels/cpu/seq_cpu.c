@@ -1,0 +1,197 @@
+/* seq_cpu.c — the CPU ops for sequence models: batched GEMM, token
+ * embedding, layer norm, GELU and causal softmax (contracts in kernels.h).
+ * Like ops_cpu.c these are the reference the CUDA versions
+ * (kernels/cuda/seq_cuda.cu) are tested against, so they are plain loops;
+ * the orders of their sums are the ones the CUDA kernels restate where the
+ * results should agree bit for bit (embedding backward).
+ *
+ * Assumes: host memory; sizes fit in int where the interface says int; ops
+ * never allocate (the per-column sums of layer norm backward use a small
+ * stack block of doubles).
+ */
+#include "cpu-impl.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- batched GEMM --------------------------------------------------------- */
+
+void dv_cpu_gemm_batched(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                         const float *A, long long stride_a, const float *B, long long stride_b,
+                         float beta, float *C, long long stride_c, int batch) {
+    /* One GEMM per matrix: the matrices of attention are small and many,
+     * but OpenBLAS threads each call, and dv_cpu_gemm already handles K == 0
+     * (C = beta * C, padding between the matrices untouched). */
+    for (int b = 0; b < batch; b++)
+        dv_cpu_gemm(ctx, trans_a, trans_b, M, N, K, alpha, A + (ptrdiff_t)b * stride_a,
+                    B + (ptrdiff_t)b * stride_b, beta, C + (ptrdiff_t)b * stride_c);
+}
+
+/* ---- embedding ------------------------------------------------------------ */
+
+void dv_cpu_embedding_forward(void *ctx, const int32_t *ids, int N, int D, const float *table,
+                              float *y) {
+    (void)ctx;
+    for (int i = 0; i < N; i++)
+        memcpy(y + (size_t)i * D, table + (size_t)ids[i] * D, (size_t)D * sizeof *y);
+}
+
+/* Each row of dy is added straight into its table row, in increasing i: the
+ * order the contract fixes, and the one the CUDA kernel reproduces after
+ * sorting (id, i), so both give the same bits. */
+DV_HOT void dv_cpu_embedding_backward(void *ctx, const int32_t *ids, int N, int D, int V,
+                                      const float *dy, float *dtable) {
+    (void)ctx;
+    (void)V;
+    for (int i = 0; i < N; i++) {
+        float *restrict t = dtable + (size_t)ids[i] * D;
+        const float *restrict g = dy + (size_t)i * D;
+        for (int d = 0; d < D; d++)
+            t[d] += g[d];
+    }
+}
+
+/* ---- layer norm ----------------------------------------------------------- */
+
+/* Statistics in double, two passes (mean, then the centred sum of squares),
+ * as batch norm: a large mean costs no precision. */
+void dv_cpu_layernorm_forward(void *ctx, int N, int C, float eps, const float *x,
+                              const float *gamma, const float *beta, float *y, float *save_mean,
+                              float *save_rstd) {
+    (void)ctx;
+    if (C <= 0) return;
+    for (int r = 0; r < N; r++) {
+        const float *xr = x + (size_t)r * C;
+        float *yr = y + (size_t)r * C;
+        double sum = 0.0, ss = 0.0;
+        for (int j = 0; j < C; j++)
+            sum += xr[j];
+        const double m = sum / C;
+        for (int j = 0; j < C; j++) {
+            const double d = xr[j] - m;
+            ss += d * d;
+        }
+        const float mean = (float)m;
+        const float rstd = (float)(1.0 / sqrt(ss / C + eps));
+        if (save_mean) save_mean[r] = mean;
+        if (save_rstd) save_rstd[r] = rstd;
+        for (int j = 0; j < C; j++) {
+            const float g = gamma ? gamma[j] : 1.0f, b = beta ? beta[j] : 0.0f;
+            yr[j] = (xr[j] - mean) * rstd * g + b;
+        }
+    }
+}
+
+/* Columns summed over the rows in blocks of this many, so dgamma and dbeta
+ * are double sums read row by row (no allocation, no strided walk). */
+#define LN_COLS 64
+
+void dv_cpu_layernorm_backward(void *ctx, int N, int C, const float *x, const float *gamma,
+                               const float *save_mean, const float *save_rstd, const float *dy,
+                               float *dx, float *dgamma, float *dbeta) {
+    (void)ctx;
+    if (N <= 0 || C <= 0) return;
+    /* dx = rstd * (g dy - mean(g dy) - xhat * mean(g dy xhat)) per row */
+    for (int r = 0; dx && r < N; r++) {
+        const float *xr = x + (size_t)r * C, *dr = dy + (size_t)r * C;
+        float *out = dx + (size_t)r * C;
+        const float mean = save_mean[r], rstd = save_rstd[r];
+        double a = 0.0, b = 0.0;
+        for (int j = 0; j < C; j++) {
+            const float gd = (gamma ? gamma[j] : 1.0f) * dr[j];
+            const float xh = (xr[j] - mean) * rstd;
+            a += gd;
+            b += (double)gd * xh;
+        }
+        const float ma = (float)(a / C), mb = (float)(b / C);
+        for (int j = 0; j < C; j++) {
+            const float gd = (gamma ? gamma[j] : 1.0f) * dr[j];
+            const float xh = (xr[j] - mean) * rstd;
+            out[j] = rstd * (gd - ma - xh * mb);
+        }
+    }
+    if (!dgamma && !dbeta) return;
+    for (int j0 = 0; j0 < C; j0 += LN_COLS) {
+        const int nc = C - j0 < LN_COLS ? C - j0 : LN_COLS;
+        double sg[LN_COLS] = {0}, sb[LN_COLS] = {0};
+        for (int r = 0; r < N; r++) {
+            const float *xr = x + (size_t)r * C + j0, *dr = dy + (size_t)r * C + j0;
+            const float mean = save_mean[r], rstd = save_rstd[r];
+            for (int j = 0; j < nc; j++) {
+                const float xh = (xr[j] - mean) * rstd;
+                sg[j] += (double)dr[j] * xh;
+                sb[j] += dr[j];
+            }
+        }
+        for (int j = 0; j < nc; j++) {
+            if (dgamma) dgamma[j0 + j] += (float)sg[j];
+            if (dbeta) dbeta[j0 + j] += (float)sb[j];
+        }
+    }
+}
+
+/* ---- GELU ------------------------------------------------------------------ */
+
+#define GELU_K0 0.7978845608028654f /* sqrt(2 / pi) */
+#define GELU_K1 0.044715f
+
+DV_HOT void dv_cpu_gelu_forward(void *ctx, const float *x, float *y, size_t n) {
+    (void)ctx;
+    for (size_t i = 0; i < n; i++) {
+        const float v = x[i];
+        y[i] = 0.5f * v * (1.0f + tanhf(GELU_K0 * (v + GELU_K1 * v * v * v)));
+    }
+}
+
+/* d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k0 (1 + 3 k1 x^2), t = tanh(u). */
+DV_HOT void dv_cpu_gelu_backward(void *ctx, const float *x, const float *dy, float *dx, size_t n) {
+    (void)ctx;
+    for (size_t i = 0; i < n; i++) {
+        const float v = x[i];
+        const float t = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
+        const float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);
+        dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+    }
+}
+
+/* ---- causal softmax --------------------------------------------------------- */
+
+void dv_cpu_causal_softmax_forward(void *ctx, int BH, int T, float scale, float *s) {
+    (void)ctx;
+    for (size_t r = 0; r < (size_t)BH * T; r++) {
+        const int i = (int)(r % (size_t)T); /* the row's query position */
+        float *row = s + r * T;
+        float m = -INFINITY;
+        for (int j = 0; j <= i; j++) {
+            row[j] *= scale;
+            m = row[j] > m ? row[j] : m;
+        }
+        float sum = 0.0f;
+        for (int j = 0; j <= i; j++) {
+            row[j] = expf(row[j] - m);
+            sum += row[j];
+        }
+        const float inv = 1.0f / sum;
+        for (int j = 0; j <= i; j++)
+            row[j] *= inv;
+        for (int j = i + 1; j < T; j++)
+            row[j] = 0.0f;
+    }
+}
+
+void dv_cpu_causal_softmax_backward(void *ctx, int BH, int T, float scale, const float *p,
+                                    const float *dp, float *ds) {
+    (void)ctx;
+    for (size_t r = 0; r < (size_t)BH * T; r++) {
+        const int i = (int)(r % (size_t)T);
+        const float *pr = p + r * T, *dr = dp + r * T;
+        float *out = ds + r * T;
+        float dot = 0.0f;
+        for (int j = 0; j <= i; j++)
+            dot += pr[j] * dr[j];
+        for (int j = 0; j <= i; j++) /* dr[j] is read before out[j] (== dr[j]) is written */
+            out[j] = pr[j] * (dr[j] - dot) * scale;
+        for (int j = i + 1; j < T; j++)
+            out[j] = 0.0f;
+    }
+}
