@@ -203,6 +203,20 @@ static void backoff(unsigned *polls) {
     nanosleep(&ts, NULL);
 }
 
+/* Waits for `ev` by polling, for at most the timeout (0: forever). Returns
+ * what cudaEventQuery last said: cudaErrorNotReady when time ran out. A
+ * copy that never finishes (a hung GPU) then fails the request instead of
+ * hanging the host in cudaEventSynchronize. */
+static cudaError_t event_wait(const dv_comm_device *d, cudaEvent_t ev) {
+    const double t0 = now_s();
+    for (unsigned polls = 0;;) {
+        cudaError_t rc = cudaEventQuery(ev);
+        if (rc != cudaErrorNotReady) return rc;
+        if (d->timeout > 0 && now_s() - t0 > d->timeout) return rc;
+        backoff(&polls);
+    }
+}
+
 /* Events for requests come from a pool, so steps after the first create
  * none. An event goes back once nothing will query it again; recording it
  * anew later leaves the waits already queued on it unchanged. */
@@ -583,12 +597,20 @@ static void advance(dv_comm *c, int blocking, const dev_req *until) {
     d->advancing = 1;
     for (dev_req *r = d->head; r; r = r->next) {
         if (!r->started) {
-            cudaError_t rc = blocking ? cudaEventSynchronize(r->copied) : cudaEventQuery(r->copied);
-            if (rc == cudaErrorNotReady) break;
-            if (rc != cudaSuccess) {
+            cudaError_t rc = blocking ? event_wait(d, r->copied) : cudaEventQuery(r->copied);
+            if (rc == cudaErrorNotReady && !blocking) break;
+            if (rc == cudaErrorNotReady) {
                 char msg[DV_ERR_LEN];
-                cuda_ok_(msg, rc, __FILE__, __LINE__,
-                         blocking ? "cudaEventSynchronize" : "cudaEventQuery");
+                dv_comm_format_error(msg, __FILE__, __LINE__, "cudaEventQuery",
+                                     "a bucket's copy to host memory made no progress for %g s: "
+                                     "the GPU may have hung; set DIVE_COMM_TIMEOUT to wait "
+                                     "longer (0 waits forever)",
+                                     d->timeout);
+                req_fail(r, msg);
+                device_break(d);
+            } else if (rc != cudaSuccess) {
+                char msg[DV_ERR_LEN];
+                cuda_ok_(msg, rc, __FILE__, __LINE__, "cudaEventQuery");
                 req_fail(r, msg);
                 device_break(d);
             }
