@@ -46,7 +46,6 @@
 #include <nccl.h>
 
 #include <errno.h>
-#include <limits.h>
 #include <math.h>
 #include <sched.h>
 #include <stdint.h>
@@ -360,11 +359,10 @@ static const char *mode_name(int mode) {
  * well; all get DV_OK, or all DV_ERR with err holding this rank's own
  * message where it failed, else the first failing rank's. */
 static dv_status agree(dv_comm *c, int ok, char *err) {
-    int mine = ok ? INT_MAX : c->rank, first = INT_MAX;
     char msg[DV_ERR_LEN] = "";
     if (!ok && err) snprintf(msg, sizeof msg, "%s", err);
-    DV_MPI_CHECK(err, MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, c->world));
-    if (first == INT_MAX) return DV_OK;
+    int first = dv_comm_first_failed(c, ok);
+    if (first < 0) return DV_OK;
     DV_MPI_CHECK(err, MPI_Bcast(msg, DV_ERR_LEN, MPI_CHAR, first, c->world));
     if (!ok) return DV_ERR; /* err still holds this rank's message */
     msg[DV_ERR_LEN - 1] = '\0';

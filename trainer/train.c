@@ -23,6 +23,8 @@
 #include "trainer-impl.h"
 
 #define MAX_REQS 256
+/* Steps of (loss, correct) kept on a GPU between reads (see run.ring). */
+#define RING_STEPS 64
 
 typedef struct run {
     dv_comm *comm;
@@ -306,8 +308,8 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
     }
     r->bucket_floats = (size_t)(r->st.bucket_mb * 1048576.0 / sizeof(float));
     if (r->bucket_floats < 1) r->bucket_floats = 1;
-    r->ring_cap = r->be->stream ? 64 : 1;
-    if (r->ring_cap > 1 && !(r->ring = r->be->alloc(r->be->ctx, 2 * sizeof(float) * 64)))
+    r->ring_cap = r->be->stream ? RING_STEPS : 1;
+    if (r->ring_cap > 1 && !(r->ring = r->be->alloc(r->be->ctx, 2 * sizeof(float) * RING_STEPS)))
         rc = dv_fail(err, "out of device memory");
     if (!rc && need_train && r->be->stream) {
         /* gradients live on the GPU: NCCL, or MPI through host memory */
@@ -341,7 +343,7 @@ static void device_sync(run *r, int keep) {
 static void stats_flush(run *r, dv_train_state *ts) {
     if (!r->ring_used) return;
     const dv_backend *be = r->be;
-    float h[2 * 64];
+    float h[2 * RING_STEPS];
     device_sync(r, 0);
     be->to_host(be->ctx, h, r->ring_cap > 1 ? r->ring : r->m->stats,
                 2 * sizeof(float) * (size_t)r->ring_used);

@@ -156,12 +156,17 @@ void *dv_cuda_scratch(dv_cuda_ctx *cx, size_t bytes) {
  * area is reused only after the compute stream has copied it out
  * (staging_free), and the host returns once the host->device copy is done,
  * so the caller may refill src at once. */
+/* Each upload's piece of the staging area starts on a 256-byte boundary. */
+static size_t staged_size(size_t bytes) {
+    return (bytes + 255) / 256 * 256;
+}
+
 static void cuda_upload(void *ctx, int n, void *const *dst, const void *const *src,
                         const size_t *bytes) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
     size_t total = 0;
     for (int i = 0; i < n; i++)
-        total += (bytes[i] + 255) / 256 * 256;
+        total += staged_size(bytes[i]);
     if (!total) return;
     if (total > cx->staging_bytes) {
         DV_CUDA_CHECK(cx, cudaStreamSynchronize(cx->stream));
@@ -178,7 +183,7 @@ static void cuda_upload(void *ctx, int n, void *const *dst, const void *const *s
         if (bytes[i])
             DV_CUDA_CHECK(cx, cudaMemcpyAsync(stage + off, src[i], bytes[i], cudaMemcpyHostToDevice,
                                               cx->copy_stream));
-        off += (bytes[i] + 255) / 256 * 256;
+        off += staged_size(bytes[i]);
     }
     DV_CUDA_CHECK(cx, cudaEventRecord(cx->staged, cx->copy_stream));
     DV_CUDA_CHECK(cx, cudaEventSynchronize(cx->staged));
@@ -188,7 +193,7 @@ static void cuda_upload(void *ctx, int n, void *const *dst, const void *const *s
         if (bytes[i])
             DV_CUDA_CHECK(cx, cudaMemcpyAsync(dst[i], stage + off, bytes[i],
                                               cudaMemcpyDeviceToDevice, cx->stream));
-        off += (bytes[i] + 255) / 256 * 256;
+        off += staged_size(bytes[i]);
     }
     DV_CUDA_CHECK(cx, cudaEventRecord(cx->staging_free, cx->stream));
 }
