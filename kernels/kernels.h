@@ -244,6 +244,11 @@ struct dv_backend {
     void (*gemm_batched)(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                          const float *A, long long stride_a, const float *B, long long stride_b,
                          float beta, float *C, long long stride_c, int batch);
+    /* y (A, C, B, D) = x (A, B, C, D): swaps the two middle dims, e.g.
+     * (B, T, F) <-> (T, B, F) with A = D... = 1 where needed, or a
+     * (B, T, H, Dh) head split into (B, H, T, Dh). x and y must not
+     * overlap. The inverse is the same op with B and C swapped. */
+    void (*transpose)(void *ctx, int A, int B, int C, int D, const float *x, float *y);
     /* y (N, D) = row ids[i] of table (V, D); every id in [0, V). */
     void (*embedding_forward)(void *ctx, const int32_t *ids, int N, int D, const float *table,
                               float *y);

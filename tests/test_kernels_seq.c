@@ -377,6 +377,23 @@ static double gelu_loss(void *p) {
     return test_dot(s->y, s->r, s->n);
 }
 
+static void test_transpose_cpu(void **state) {
+    (void)state;
+    const int A = 2, B = 3, C = 4, D = 5;
+    const size_t n = (size_t)A * B * C * D;
+    float *x = rand_buf(n, -1, 1), *y = test_fbuf(n), *back = test_fbuf(n);
+    cpu->transpose(cpu->ctx, A, B, C, D, x, y);
+    for (int a = 0; a < A; a++)
+        for (int b = 0; b < B; b++)
+            for (int c = 0; c < C; c++)
+                for (int d = 0; d < D; d++)
+                    assert_true(y[((a * C + c) * B + b) * D + d] ==
+                                x[((a * B + b) * C + c) * D + d]);
+    cpu->transpose(cpu->ctx, A, C, B, D, y, back); /* the inverse */
+    test_expect_bits(back, x, n * sizeof(float), "transpose there and back");
+    free(x), free(y), free(back);
+}
+
 static void test_gelu_cpu(void **state) {
     (void)state;
     const size_t n = 200;
@@ -658,6 +675,22 @@ static void test_layernorm_cuda(void **state) {
 
 /* ---- GELU ------------------------------------------------------------------------ */
 
+static void test_transpose_cuda(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+    const int A = 3, B = 5, C = 7, D = 11;
+    const size_t n = (size_t)A * B * C * D;
+    float *x = rand_buf(n, -1, 1), *y = test_fbuf(n);
+    float *xd = test_dput(gpu, x, n * sizeof(float)), *yd = test_dalloc(gpu, n * sizeof(float));
+    cpu->transpose(cpu->ctx, A, B, C, D, x, y);
+    gpu->transpose(gpu->ctx, A, B, C, D, xd, yd);
+    float *got = test_dget(gpu, yd, n * sizeof(float));
+    test_expect_bits(got, y, n * sizeof(float), "transpose");
+    test_expect_ok(gpu, "transpose");
+    free(x), free(y), free(got);
+    gpu->free(gpu->ctx, xd), gpu->free(gpu->ctx, yd);
+}
+
 static void test_gelu_cuda(void **state) {
     (void)state;
     REQUIRE_GPU();
@@ -726,6 +759,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_batched_cpu),   cmocka_unit_test(test_embedding_cpu),
         cmocka_unit_test(test_layernorm_cpu),      cmocka_unit_test(test_gelu_cpu),
+        cmocka_unit_test(test_transpose_cpu),      cmocka_unit_test(test_transpose_cuda),
         cmocka_unit_test(test_causal_softmax_cpu), cmocka_unit_test(test_gemm_batched_cuda),
         cmocka_unit_test(test_embedding_cuda),     cmocka_unit_test(test_layernorm_cuda),
         cmocka_unit_test(test_gelu_cuda),          cmocka_unit_test(test_causal_softmax_cuda),

@@ -56,7 +56,7 @@ static int write_tree(hid_t file, const char *root, const dv_model *m, const flo
         }
         for (int k = 0; k < l->nparam && !rc; k++) {
             const dv_param *p = &l->param[k];
-            if (trainable_only && !p->trainable) continue;
+            if ((trainable_only && !p->trainable) || p->tie) continue; /* tied: stored once */
             const float *src = p->trainable ? flat + p->offset : m->buffers + p->offset;
             m->be->to_host(m->be->ctx, host, src, p->count * sizeof(float));
             rc = write_dataset(lg, p->name, p, host);
@@ -192,7 +192,7 @@ static int read_tree(hid_t file, const char *root, const char *path, dv_model *m
         dv_layer *l = &m->layers[i];
         for (int k = 0; k < l->nparam; k++) {
             dv_param *p = &l->param[k];
-            if (trainable_only && !p->trainable) continue;
+            if ((trainable_only && !p->trainable) || p->tie) continue;
             char name[512];
             snprintf(name, sizeof(name), "%s/%s/%s", root, l->name, p->name);
             if (H5Lexists(file, root, H5P_DEFAULT) <= 0 ||

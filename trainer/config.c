@@ -372,6 +372,10 @@ int dv_config_check_used(const dv_config *cfg, char *err) {
     return 0;
 }
 
+int dv_config_has(const dv_cfg_section *s, const char *key) {
+    return s && find_kv(s, key) != NULL;
+}
+
 static dv_cfg_kv *get(dv_cfg_section *s, const char *key) {
     dv_cfg_kv *kv = s ? find_kv(s, key) : NULL;
     if (kv) kv->used = 1;

@@ -15,8 +15,8 @@
 static const char *const act_names[] = {"linear", "relu",    "leaky_relu", "sigmoid",
                                         "tanh",   "softmax", NULL};
 
-static dv_param *add_param(dv_layer *l, const char *name, int trainable, dv_init init, int ndim,
-                           const int *shape) {
+dv_param *dv_layer_add_param(dv_layer *l, const char *name, int trainable, dv_init init, int ndim,
+                             const int *shape) {
     dv_param *p = &l->param[l->nparam++];
     memset(p, 0, sizeof(*p));
     snprintf(p->name, sizeof(p->name), "%s", name);
@@ -31,7 +31,7 @@ static dv_param *add_param(dv_layer *l, const char *name, int trainable, dv_init
     return p;
 }
 
-static int read_act(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
+int dv_layer_read_act(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
     int a;
     double alpha;
     if (dv_cfg_enum(cfg, s, "activation", "linear", act_names, &a, err) ||
@@ -60,14 +60,19 @@ static void undo_act(dv_layer *l, dv_model *m, const float *y, float *dy, int B)
                         act_cols(l));
 }
 
-/* ---- dense / perceptron: y (B, U) = x (B, K) W^T (U, K) + b ------------ */
+/* ---- dense / perceptron: y (B, U) = x (B, K) W^T (U, K) + b ------------
+ * On a sequence (T, K) it maps every position: y (B*T, U) from x (B*T, K). */
+
+static int dense_rows(const dv_layer *l) {
+    return l->in_ndim == 2 ? l->in_shape[0] : 1;
+}
 
 static void dense_forward(dv_layer *l, dv_model *m, const float *x, float *y, int B, int training) {
     (void)training;
     const dv_backend *be = m->be;
-    int U = (int)l->out_elems, K = (int)l->in_elems;
-    be->gemm(be->ctx, 0, 1, B, U, K, 1.0f, x, l->param[0].data, 0.0f, y);
-    be->bias_forward(be->ctx, y, l->param[1].data, B, U, 1);
+    int T = dense_rows(l), U = (int)l->out_elems / T, K = (int)l->in_elems / T;
+    be->gemm(be->ctx, 0, 1, B * T, U, K, 1.0f, x, l->param[0].data, 0.0f, y);
+    be->bias_forward(be->ctx, y, l->param[1].data, B * T, U, 1);
     apply_act(l, m, y, B);
 }
 
@@ -75,30 +80,72 @@ static void dense_backward(dv_layer *l, dv_model *m, const float *x, const float
                            const float *dy_in, float *dx, int B) {
     const dv_backend *be = m->be;
     float *dy = (float *)dy_in;
-    int U = (int)l->out_elems, K = (int)l->in_elems;
+    int T = dense_rows(l), U = (int)l->out_elems / T, K = (int)l->in_elems / T;
     undo_act(l, m, y, dy, B);
-    be->gemm(be->ctx, 1, 0, U, K, B, 1.0f, dy, x, 1.0f, l->param[0].grad);
-    be->bias_backward(be->ctx, dy, l->param[1].grad, B, U, 1);
-    if (dx) be->gemm(be->ctx, 0, 0, B, K, U, 1.0f, dy, l->param[0].data, 0.0f, dx);
+    be->gemm(be->ctx, 1, 0, U, K, B * T, 1.0f, dy, x, 1.0f, l->param[0].grad);
+    be->bias_backward(be->ctx, dy, l->param[1].grad, B * T, U, 1);
+    if (dx) be->gemm(be->ctx, 0, 0, B * T, K, U, 1.0f, dy, l->param[0].data, 0.0f, dx);
 }
 
-static const dv_layer_ops dense_ops = {dense_forward, dense_backward, NULL};
+static const dv_layer_ops dense_ops = {dense_forward, dense_backward, NULL, NULL};
 
-static int dense_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, int perceptron, char *err) {
-    long units;
-    if (dv_cfg_int(cfg, s, "units", perceptron ? 1 : 0, 1, 1 << 24, &units, err)) return -1;
+/* `tie = NAME`: the weight is the (V, D) table of an earlier embedding
+ * NAME (weight tying), so units = V and the input has D features. */
+static int dense_tie(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m,
+                     const char *name, long *units, char *err) {
+    char where[1200];
+    dv_cfg_where(cfg, s, "tie", where, sizeof(where));
+    for (int i = 0; i < l->index; i++) {
+        const dv_layer *e = &m->layers[i];
+        if (strcmp(e->name, name)) continue;
+        if (strcmp(e->type, "embedding"))
+            return dv_fail(err, "%s: '%s' is a [%s]; only an [embedding] can be tied", where, name,
+                           e->type);
+        const dv_param *t = &e->param[0];
+        int K = (int)(l->in_elems / (size_t)dense_rows(l));
+        if (*units && *units != t->shape[0])
+            return dv_fail(err, "%s: units = %ld but %s has %d rows", where, *units, name,
+                           t->shape[0]);
+        if (K != t->shape[1])
+            return dv_fail(err, "%s: the input has %d features but %s has %d", where, K, name,
+                           t->shape[1]);
+        *units = t->shape[0];
+        return 0;
+    }
+    return dv_fail(err, "%s: no earlier layer is named '%s'", where, name);
+}
+
+static int dense_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m,
+                      int perceptron, char *err) {
+    long units = 0;
+    const char *ustr, *tie = NULL;
+    if (dv_cfg_str(cfg, s, "units", NULL, &ustr, err)) return -1;
+    if (!perceptron && dv_cfg_str(cfg, s, "tie", NULL, &tie, err)) return -1;
+    if (ustr && !strcmp(ustr, "vocab")) {
+        char where[1200];
+        dv_cfg_where(cfg, s, "units", where, sizeof(where));
+        if (!m->tokens) return dv_fail(err, "%s: units = vocab needs a token input", where);
+        units = m->vocab;
+    } else if (dv_cfg_int(cfg, s, "units", perceptron ? 1 : 0, 1, 1 << 24, &units, err))
+        return -1;
+    if (tie && dense_tie(l, cfg, s, m, tie, &units, err)) return -1;
     if (!units) return dv_cfg_missing(cfg, s, "units", err);
-    if (!perceptron && read_act(l, cfg, s, err)) return -1;
-    l->out_ndim = 1;
-    l->out_shape[0] = (int)units;
-    int K = (int)l->in_elems, wshape[2] = {(int)units, K}, bshape[1] = {(int)units};
+    if (!perceptron && dv_layer_read_act(l, cfg, s, err)) return -1;
+    int T = dense_rows(l), K = (int)(l->in_elems / (size_t)T);
+    l->out_ndim = l->in_ndim == 2 ? 2 : 1;
+    l->out_shape[0] = l->in_ndim == 2 ? T : (int)units;
+    l->out_shape[1] = (int)units;
+    int wshape[2] = {(int)units, K}, bshape[1] = {(int)units};
     dv_init wi = perceptron                                               ? DV_INIT_ZERO
                  : (l->act == DV_ACT_RELU || l->act == DV_ACT_LEAKY_RELU) ? DV_INIT_HE
                                                                           : DV_INIT_XAVIER;
-    dv_param *w = add_param(l, "weight", 1, wi, 2, wshape);
+    dv_param *w = dv_layer_add_param(l, "weight", 1, wi, 2, wshape);
     w->fan_in = K;
     w->fan_out = (int)units;
-    add_param(l, "bias", 1, DV_INIT_ZERO, 1, bshape);
+    if (tie)
+        for (int i = 0; i < l->index; i++)
+            if (!strcmp(m->layers[i].name, tie)) w->tie = &m->layers[i].param[0];
+    dv_layer_add_param(l, "bias", 1, DV_INIT_ZERO, 1, bshape);
     l->ops = &dense_ops;
     return 0;
 }
@@ -129,13 +176,13 @@ static void conv_backward(dv_layer *l, dv_model *m, const float *x, const float 
                            l->param[1].grad, m->work);
 }
 
-static void free_priv(dv_layer *l, dv_model *m) {
+void dv_layer_free_priv(dv_layer *l, dv_model *m) {
     (void)m;
     free(l->priv);
     l->priv = NULL;
 }
 
-static const dv_layer_ops conv_ops = {conv_forward, conv_backward, free_priv};
+static const dv_layer_ops conv_ops = {conv_forward, conv_backward, dv_layer_free_priv, NULL};
 
 static int need_chw(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
     if (l->in_ndim == 3) return 0;
@@ -181,7 +228,7 @@ static int conv_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) 
     l->ops = &conv_ops;
     long filters;
     if (dv_cfg_int(cfg, s, "filters", 0, 0, 1 << 20, &filters, err) ||
-        read_window(l, cfg, s, &p->g, 0, err) || read_act(l, cfg, s, err))
+        read_window(l, cfg, s, &p->g, 0, err) || dv_layer_read_act(l, cfg, s, err))
         return -1;
     if (!filters) return dv_cfg_missing(cfg, s, "filters", err);
     p->g.F = (int)filters;
@@ -192,10 +239,10 @@ static int conv_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) 
     int wshape[4] = {p->g.F, p->g.C, p->g.KH, p->g.KW}, bshape[1] = {p->g.F};
     dv_init wi =
         (l->act == DV_ACT_RELU || l->act == DV_ACT_LEAKY_RELU) ? DV_INIT_HE : DV_INIT_XAVIER;
-    dv_param *w = add_param(l, "weight", 1, wi, 4, wshape);
+    dv_param *w = dv_layer_add_param(l, "weight", 1, wi, 4, wshape);
     w->fan_in = p->g.C * p->g.KH * p->g.KW;
     w->fan_out = p->g.F * p->g.KH * p->g.KW;
-    add_param(l, "bias", 1, DV_INIT_ZERO, 1, bshape);
+    dv_layer_add_param(l, "bias", 1, DV_INIT_ZERO, 1, bshape);
     return 0;
 }
 
@@ -229,10 +276,10 @@ static void pool_backward(dv_layer *l, dv_model *m, const float *x, const float 
 static void pool_free(dv_layer *l, dv_model *m) {
     pool_priv *p = l->priv;
     if (p) m->be->free(m->be->ctx, p->arg);
-    free_priv(l, m);
+    dv_layer_free_priv(l, m);
 }
 
-static const dv_layer_ops pool_ops = {pool_forward, pool_backward, pool_free};
+static const dv_layer_ops pool_ops = {pool_forward, pool_backward, pool_free, NULL};
 
 static int pool_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, dv_pool mode, char *err) {
     if (need_chw(l, cfg, s, err)) return -1;
@@ -304,10 +351,10 @@ static void dropout_backward(dv_layer *l, dv_model *m, const float *x, const flo
 static void dropout_free(dv_layer *l, dv_model *m) {
     dropout_priv *p = l->priv;
     if (p) m->be->free(m->be->ctx, p->mask);
-    free_priv(l, m);
+    dv_layer_free_priv(l, m);
 }
 
-static const dv_layer_ops dropout_ops = {dropout_forward, dropout_backward, dropout_free};
+static const dv_layer_ops dropout_ops = {dropout_forward, dropout_backward, dropout_free, NULL};
 
 /* ---- batch norm ---------------------------------------------------------- */
 
@@ -340,10 +387,10 @@ static void bn_free(dv_layer *l, dv_model *m) {
         m->be->free(m->be->ctx, p->save_mean);
         m->be->free(m->be->ctx, p->save_invstd);
     }
-    free_priv(l, m);
+    dv_layer_free_priv(l, m);
 }
 
-static const dv_layer_ops bn_ops = {bn_forward, bn_backward, bn_free};
+static const dv_layer_ops bn_ops = {bn_forward, bn_backward, bn_free, NULL};
 
 static int bn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
     bn_priv *p = calloc(1, sizeof(*p));
@@ -361,27 +408,31 @@ static int bn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
     l->out_ndim = l->in_ndim;
     memcpy(l->out_shape, l->in_shape, sizeof(l->out_shape));
     int shape[1] = {p->C};
-    add_param(l, "gamma", 1, DV_INIT_ONE, 1, shape);
-    add_param(l, "beta", 1, DV_INIT_ZERO, 1, shape);
-    add_param(l, "running_mean", 0, DV_INIT_ZERO, 1, shape);
-    add_param(l, "running_var", 0, DV_INIT_ONE, 1, shape);
+    dv_layer_add_param(l, "gamma", 1, DV_INIT_ONE, 1, shape);
+    dv_layer_add_param(l, "beta", 1, DV_INIT_ZERO, 1, shape);
+    dv_layer_add_param(l, "running_mean", 0, DV_INIT_ZERO, 1, shape);
+    dv_layer_add_param(l, "running_var", 0, DV_INIT_ONE, 1, shape);
     return 0;
 }
 
 /* ---- construction -------------------------------------------------------- */
 
 int dv_layer_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m, char *err) {
-    (void)m;
     snprintf(l->type, sizeof(l->type), "%s", s->type);
     snprintf(l->name, sizeof(l->name), "%s", s->name);
     const char *t = s->type;
-    if (!strcmp(t, "dense")) return dense_init(l, cfg, s, 0, err);
-    if (!strcmp(t, "perceptron")) return dense_init(l, cfg, s, 1, err);
+    if (!strcmp(t, "dense")) return dense_init(l, cfg, s, m, 0, err);
+    if (!strcmp(t, "perceptron")) return dense_init(l, cfg, s, m, 1, err);
     if (!strcmp(t, "conv2d")) return conv_init(l, cfg, s, err);
     if (!strcmp(t, "maxpool")) return pool_init(l, cfg, s, DV_POOL_MAX, err);
     if (!strcmp(t, "minpool")) return pool_init(l, cfg, s, DV_POOL_MIN, err);
     if (!strcmp(t, "avgpool")) return pool_init(l, cfg, s, DV_POOL_AVG, err);
     if (!strcmp(t, "batchnorm")) return bn_init(l, cfg, s, err);
+    if (!strcmp(t, "rnn") || !strcmp(t, "lstm") || !strcmp(t, "gru"))
+        return dv_layer_rnn_init(l, cfg, s, m, err);
+    if (!strcmp(t, "embedding") || !strcmp(t, "layernorm") || !strcmp(t, "gelu") ||
+        !strcmp(t, "attention") || !strcmp(t, "transformer"))
+        return dv_layer_seq_init(l, cfg, s, m, err);
     l->out_ndim = l->in_ndim;
     memcpy(l->out_shape, l->in_shape, sizeof(l->out_shape));
     if (!strcmp(t, "flatten")) {
@@ -392,7 +443,7 @@ int dv_layer_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model
     }
     if (!strcmp(t, "activation")) {
         l->ops = &copy_ops;
-        if (read_act(l, cfg, s, err)) return -1;
+        if (dv_layer_read_act(l, cfg, s, err)) return -1;
         if (l->act == DV_ACT_LINEAR) {
             char where[1200];
             dv_cfg_where(cfg, s, NULL, where, sizeof(where));
@@ -417,12 +468,14 @@ int dv_layer_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model
     dv_cfg_where(cfg, s, NULL, where, sizeof(where));
     return dv_fail(err,
                    "%s: unknown section [%s] (layers: dense conv2d maxpool minpool avgpool "
-                   "flatten dropout batchnorm activation perceptron)",
+                   "flatten dropout batchnorm activation perceptron embedding rnn lstm gru "
+                   "layernorm gelu attention transformer)",
                    where, t);
 }
 
 int dv_layer_setup(dv_layer *l, dv_model *m, char *err) {
     size_t rows = (size_t)m->max_batch;
+    if (l->ops->setup) return l->ops->setup(l, m, err);
     if (l->ops == &pool_ops) {
         pool_priv *p = l->priv;
         p->arg = m->be->alloc(m->be->ctx, rows * l->out_elems * sizeof(int32_t));

@@ -69,13 +69,73 @@ static int alloc_buffers(dv_model *m, char *err) {
     m->input = be->alloc(be->ctx, B * m->in_elems * sizeof(float));
     m->dbuf[0] = be->alloc(be->ctx, B * maxe * sizeof(float));
     m->dbuf[1] = be->alloc(be->ctx, B * maxe * sizeof(float));
-    m->targets = be->alloc(be->ctx, B * (size_t)m->outputs * sizeof(float));
-    m->labels = be->alloc(be->ctx, B * sizeof(int32_t));
+    size_t P = (size_t)m->positions;
+    m->targets = be->alloc(be->ctx, B * P * (size_t)m->outputs * sizeof(float));
+    m->labels = be->alloc(be->ctx, B * P * sizeof(int32_t));
     m->row_id = be->alloc(be->ctx, B * sizeof(int64_t));
     m->stats = be->alloc(be->ctx, 2 * sizeof(float));
     if (!m->params || !m->grads || !m->state1 || !m->state2 || !m->buffers || !m->input ||
         !m->dbuf[0] || !m->dbuf[1] || !m->targets || !m->labels || !m->row_id || !m->stats)
         return dv_fail(err, "out of memory for a model of %zu parameters", m->nparams);
+    return 0;
+}
+
+/* [input]: shape = C,H,W | K | H,W (one channel) | T,F with sequence =
+ * true; or tokens = T with vocab = V (token ids for an embedding). */
+static int read_input(dv_model *m, dv_config *cfg, dv_cfg_section *in, char *err) {
+    static const char *const bools[] = {"false", "true", NULL};
+    long tokens, vocab;
+    int seq;
+    if (dv_cfg_int(cfg, in, "tokens", 0, 1, 1 << 20, &tokens, err) ||
+        dv_cfg_int(cfg, in, "vocab", 0, 2, 1 << 24, &vocab, err) ||
+        dv_cfg_enum(cfg, in, "sequence", "false", bools, &seq, err))
+        return -1;
+    char where[1200];
+    dv_cfg_where(cfg, in, NULL, where, sizeof(where));
+    if (tokens) {
+        if (!vocab)
+            return dv_fail(err,
+                           "%s: tokens = %ld needs vocab = V (the vocabulary size; dive train "
+                           "fills it in from a token file)",
+                           where, tokens);
+        if (dv_config_has(in, "shape"))
+            return dv_fail(err, "%s: give either shape or tokens, not both", where);
+        m->tokens = 1;
+        m->vocab = (int)vocab;
+        m->in_ndim = 1;
+        m->in_shape[0] = (int)tokens;
+        m->in_elems = (size_t)tokens;
+        return 0;
+    }
+    if (vocab) return dv_fail(err, "%s: vocab is for token inputs (tokens = T)", where);
+    if (dv_cfg_ints(cfg, in, "shape", m->in_shape, 3, &m->in_ndim, err)) return -1;
+    m->in_elems = 1;
+    for (int i = 0; i < m->in_ndim; i++)
+        m->in_elems *= (size_t)m->in_shape[i];
+    if (seq && m->in_ndim != 2)
+        return dv_fail(err, "%s: sequence = true needs shape = T,F (steps, features)", where);
+    if (m->in_ndim == 2 && !seq) { /* (H, W) is one channel */
+        m->in_shape[2] = m->in_shape[1];
+        m->in_shape[1] = m->in_shape[0];
+        m->in_shape[0] = 1;
+        m->in_ndim = 3;
+    }
+    return 0;
+}
+
+/* Resolves every tied param (dense `tie = LAYER`) to its target, which
+ * must have the same shape; tied params take no storage. */
+static int resolve_ties(dv_model *m, char *err) {
+    for (int i = 0; i < m->nlayers; i++)
+        for (int k = 0; k < m->layers[i].nparam; k++) {
+            dv_param *p = &m->layers[i].param[k];
+            if (!p->tie) continue;
+            const dv_param *t = p->tie;
+            if (t->count != p->count || t->ndim != p->ndim ||
+                memcmp(t->shape, p->shape, sizeof(int) * (size_t)p->ndim))
+                return dv_fail(err, "%s: cannot tie %s to a parameter of another shape",
+                               m->layers[i].name, p->name);
+        }
     return 0;
 }
 
@@ -97,18 +157,9 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
                        "shape = 1,28,28)",
                        cfg->path);
     }
-    if (dv_cfg_ints(cfg, in, "shape", m->in_shape, 3, &m->in_ndim, err)) {
+    if (read_input(m, cfg, in, err)) {
         dv_model_free(m);
         return -1;
-    }
-    m->in_elems = 1;
-    for (int i = 0; i < m->in_ndim; i++)
-        m->in_elems *= (size_t)m->in_shape[i];
-    if (m->in_ndim == 2) { /* (H, W) is one channel */
-        m->in_shape[2] = m->in_shape[1];
-        m->in_shape[1] = m->in_shape[0];
-        m->in_shape[0] = 1;
-        m->in_ndim = 3;
     }
 
     int n = 0;
@@ -146,7 +197,18 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
         in_elems = l->out_elems;
     }
     dv_layer *last = &m->layers[m->nlayers - 1];
-    m->outputs = (int)last->out_elems;
+    /* a sequence output (T, K) is scored per position */
+    m->positions = last->out_ndim == 2 ? last->out_shape[0] : 1;
+    m->outputs = (int)(last->out_elems / (size_t)m->positions);
+    if (m->tokens && strcmp(m->layers[0].type, "embedding")) {
+        dv_model_free(m);
+        return dv_fail(err, "%s: a token input (tokens = T) must start with an [embedding]",
+                       cfg->path);
+    }
+    if (resolve_ties(m, err)) {
+        dv_model_free(m);
+        return -1;
+    }
     if ((loss == DV_LOSS_XENT && last->act == DV_ACT_SOFTMAX) ||
         (loss == DV_LOSS_BCE && last->act == DV_ACT_SIGMOID))
         last->act_in_loss = 1;
@@ -177,6 +239,7 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
         dv_layer *l = &m->layers[i];
         for (int k = 0; k < l->nparam; k++) {
             dv_param *p = &l->param[k];
+            if (p->tie) continue;
             if (p->trainable) {
                 p->offset = m->nparams;
                 m->nparams += p->count;
@@ -200,6 +263,12 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
         dv_layer *l = &m->layers[i];
         for (int k = 0; k < l->nparam; k++) {
             dv_param *p = &l->param[k];
+            if (p->tie) {
+                p->offset = p->tie->offset;
+                p->data = p->tie->data;
+                p->grad = p->tie->grad;
+                continue;
+            }
             p->data = (p->trainable ? m->params : m->buffers) + p->offset;
             p->grad = p->trainable ? m->grads + p->offset : NULL;
             uint64_t pseed = dv_rand_hash(seed, ((uint64_t)i << 8) | (uint64_t)k);
@@ -254,7 +323,7 @@ void dv_model_use_grads(dv_model *m, float *grads) {
     for (int i = 0; i < m->nlayers; i++)
         for (int k = 0; k < m->layers[i].nparam; k++) {
             dv_param *p = &m->layers[i].param[k];
-            if (p->trainable) p->grad = grads + p->offset;
+            if (p->trainable) p->grad = grads + (p->tie ? p->tie->offset : p->offset);
         }
 }
 
@@ -279,6 +348,7 @@ void dv_model_loss(dv_model *m, int B, float grad_scale) {
     const dv_backend *be = m->be;
     const float *out = m->acts[m->nlayers - 1];
     int K = m->outputs;
+    B *= m->positions; /* a per-position loss scores B*T rows */
     switch (m->loss) {
     case DV_LOSS_XENT:
         be->xent_loss(be->ctx, out, m->labels, B, K, grad_scale, m->dbuf[0], m->stats);
@@ -313,7 +383,7 @@ float *dv_model_outputs(dv_model *m, int B) {
     float *out = m->acts[m->nlayers - 1];
     if (last->act_in_loss)
         m->be->act_forward(m->be->ctx, last->act, last->act_alpha, out, out,
-                           (size_t)B * (size_t)m->outputs, m->outputs);
+                           (size_t)B * (size_t)m->positions * (size_t)m->outputs, m->outputs);
     return out;
 }
 
@@ -331,7 +401,7 @@ void dv_model_print(const dv_model *m, FILE *f) {
         const dv_layer *l = &m->layers[i];
         size_t np = 0;
         for (int k = 0; k < l->nparam; k++)
-            np += l->param[k].trainable ? l->param[k].count : 0;
+            np += l->param[k].trainable && !l->param[k].tie ? l->param[k].count : 0;
         char shape[64] = "";
         for (int k = 0; k < l->out_ndim; k++)
             snprintf(shape + strlen(shape), sizeof(shape) - strlen(shape), "%s%d", k ? "," : "",

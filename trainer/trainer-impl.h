@@ -58,6 +58,8 @@ void dv_config_free(dv_config *cfg);
  * layer type that appears once. */
 int dv_config_set(dv_config *cfg, const char *assignment, char *err);
 dv_cfg_section *dv_config_find(dv_config *cfg, const char *name);
+/* 1 when s has `key` (does not mark it used). */
+int dv_config_has(const dv_cfg_section *s, const char *key);
 /* Removes `key` from `section`, if both exist. */
 void dv_config_unset(dv_config *cfg, const char *section, const char *key);
 /* Fails with "file:line: [section]: missing key 'key'". */
@@ -123,7 +125,7 @@ double dv_lr_at(const dv_settings *st, int64_t step, int64_t steps_per_epoch);
 typedef struct dv_layer dv_layer;
 typedef struct dv_model dv_model;
 
-#define DV_MAX_PARAMS 4
+#define DV_MAX_PARAMS 16
 
 typedef enum dv_init { DV_INIT_ZERO = 0, DV_INIT_ONE, DV_INIT_HE, DV_INIT_XAVIER } dv_init;
 
@@ -140,6 +142,9 @@ typedef struct dv_param {
     int fan_in, fan_out;
     float *data; /* view into the flat buffer (device) */
     float *grad; /* view, trainable only */
+    /* Weight tying: this param has no storage of its own and views the
+     * storage (and gradient) of `tie`, a param of an earlier layer. */
+    const struct dv_param *tie;
 } dv_param;
 
 typedef struct dv_layer_ops {
@@ -150,7 +155,17 @@ typedef struct dv_layer_ops {
                      float *dx, int B);
     /* Releases the layer's own scratch (not its params). */
     void (*free)(dv_layer *l, dv_model *m);
+    /* Allocates the layer's scratch once the param views exist and
+     * m->max_batch is known (NULL: nothing to allocate). */
+    int (*setup)(dv_layer *l, dv_model *m, char *err);
 } dv_layer_ops;
+
+/* Shapes. Per sample, a layer sees (C, H, W) images, (K) vectors, or
+ * (T, C) sequences: a 2-D shape is always a sequence of T positions of C
+ * features, row-major, so a batch is (B, T, C). The model's input is a
+ * sequence with [input] sequence = true, or token ids with [input]
+ * tokens = T: then the input holds B*T int32 ids (stored in the float
+ * input buffer, 4 bytes each) and the first layer must be an embedding. */
 
 struct dv_layer {
     const dv_layer_ops *ops;
@@ -197,6 +212,9 @@ struct dv_model {
     int32_t *labels;    /* (max_batch) */
     int64_t *row_id;    /* (max_batch) global ids for dropout */
     float *stats;       /* 2 floats: loss sum, correct */
+    int tokens;         /* the input is T int32 token ids per sample */
+    int vocab;          /* token models: the vocabulary size ([input] vocab) */
+    int positions;      /* labels per sample: T for a per-position loss, else 1 */
     uint64_t step_seed; /* folded per step for dropout */
 };
 
@@ -229,6 +247,17 @@ int dv_model_classes(const dv_model *m);
 void dv_model_print(const dv_model *m, FILE *f);
 
 /* Layer constructors (layers.c): read keys of `s`, set out shape and params. */
+/* Declares a parameter of l (the model lays it out); returns it. */
+dv_param *dv_layer_add_param(dv_layer *l, const char *name, int trainable, dv_init init, int ndim,
+                             const int *shape);
+/* Reads `activation` and `alpha` of s into l->act / l->act_alpha. */
+int dv_layer_read_act(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err);
+/* free(l->priv): the default `free` of a layer without device scratch. */
+void dv_layer_free_priv(dv_layer *l, dv_model *m);
+/* layers_rnn.c: rnn, lstm, gru. */
+int dv_layer_rnn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m, char *err);
+/* layers_seq.c: embedding, layernorm, gelu, attention, transformer. */
+int dv_layer_seq_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m, char *err);
 int dv_layer_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m, char *err);
 /* Creates per-layer scratch once param views and max_batch are known. */
 int dv_layer_setup(dv_layer *l, dv_model *m, char *err);

@@ -118,6 +118,7 @@ dv_backend *dv_backend_cpu_create(int threads) {
     be->embedding_backward = dv_cpu_embedding_backward;
     be->layernorm_forward = dv_cpu_layernorm_forward;
     be->layernorm_backward = dv_cpu_layernorm_backward;
+    be->transpose = dv_cpu_transpose;
     be->gelu_forward = dv_cpu_gelu_forward;
     be->gelu_backward = dv_cpu_gelu_backward;
     be->causal_softmax_forward = dv_cpu_causal_softmax_forward;

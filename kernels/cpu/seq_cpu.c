@@ -130,6 +130,17 @@ void dv_cpu_layernorm_backward(void *ctx, int N, int C, const float *x, const fl
     }
 }
 
+/* ---- transpose of the middle dims ------------------------------------------ */
+
+void dv_cpu_transpose(void *ctx, int A, int B, int C, int D, const float *x, float *y) {
+    (void)ctx;
+    const size_t d = (size_t)D * sizeof(float);
+    for (size_t a = 0; a < (size_t)A; a++)
+        for (size_t b = 0; b < (size_t)B; b++)
+            for (size_t c = 0; c < (size_t)C; c++)
+                memcpy(y + ((a * C + c) * B + b) * D, x + ((a * B + b) * C + c) * D, d);
+}
+
 /* ---- GELU ------------------------------------------------------------------ */
 
 #define GELU_K0 0.7978845608028654f /* sqrt(2 / pi) */

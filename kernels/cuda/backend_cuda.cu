@@ -346,6 +346,7 @@ extern "C" dv_backend *dv_backend_cuda_create(int device, dv_precision precision
     be->embedding_backward = dv_cuda_embedding_backward;
     be->layernorm_forward = dv_cuda_layernorm_forward;
     be->layernorm_backward = dv_cuda_layernorm_backward;
+    be->transpose = dv_cuda_transpose;
     be->gelu_forward = dv_cuda_gelu_forward;
     be->gelu_backward = dv_cuda_gelu_backward;
     be->causal_softmax_forward = dv_cuda_causal_softmax_forward;

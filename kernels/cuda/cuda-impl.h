@@ -146,6 +146,7 @@ void dv_cuda_layernorm_forward(void *ctx, int N, int C, float eps, const float *
 void dv_cuda_layernorm_backward(void *ctx, int N, int C, const float *x, const float *gamma,
                                 const float *save_mean, const float *save_rstd, const float *dy,
                                 float *dx, float *dgamma, float *dbeta);
+void dv_cuda_transpose(void *ctx, int A, int B, int C, int D, const float *x, float *y);
 void dv_cuda_gelu_forward(void *ctx, const float *x, float *y, size_t n);
 void dv_cuda_gelu_backward(void *ctx, const float *x, const float *dy, float *dx, size_t n);
 void dv_cuda_causal_softmax_forward(void *ctx, int BH, int T, float scale, float *s);

@@ -395,6 +395,24 @@ extern "C" void dv_cuda_layernorm_backward(void *ctx, int N, int C, const float 
 #define GELU_K0 0.7978845608028654f /* sqrt(2 / pi) */
 #define GELU_K1 0.044715f
 
+/* One thread per element of y (A, C, B, D), reading x (A, B, C, D). */
+static __global__ void transpose_kernel(int A, int B, int C, int D, const float *__restrict__ x,
+                                        float *__restrict__ y) {
+    const size_t n = (size_t)A * B * C * D, step = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
+        const size_t d = i % D, r = i / D, b = r % B, r2 = r / B, c = r2 % C, a = r2 / C;
+        y[i] = x[((a * B + b) * C + c) * D + d];
+    }
+}
+
+extern "C" void dv_cuda_transpose(void *ctx, int A, int B, int C, int D, const float *x, float *y) {
+    dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    const size_t n = (size_t)A * B * C * D;
+    if (!n) return;
+    transpose_kernel<<<dv_cuda_blocks(cx, n), DV_CUDA_THREADS, 0, cx->stream>>>(A, B, C, D, x, y);
+    DV_CUDA_LAUNCHED(cx, "transpose_kernel");
+}
+
 static __global__ void gelu_fwd_kernel(const float *__restrict__ x, float *__restrict__ y,
                                        size_t n) {
     const size_t step = (size_t)gridDim.x * blockDim.x;
