@@ -314,7 +314,7 @@ static void copy_backward(dv_layer *l, dv_model *m, const float *x, const float 
     m->be->copy(m->be->ctx, dx, dy, (size_t)B * l->in_elems * sizeof(float));
 }
 
-static const dv_layer_ops copy_ops = {copy_forward, copy_backward, NULL};
+static const dv_layer_ops copy_ops = {copy_forward, copy_backward, NULL, NULL};
 
 /* ---- dropout ------------------------------------------------------------ */
 
