@@ -39,6 +39,14 @@ static void init_param(const dv_param *p, uint64_t seed, float *host) {
             host[i] = sd * randn(seed, i);
         break;
     }
+    case DV_INIT_NORMAL:
+        for (size_t i = 0; i < p->count; i++)
+            host[i] = p->std * randn(seed, i);
+        break;
+    case DV_INIT_UNIFORM:
+        for (size_t i = 0; i < p->count; i++)
+            host[i] = p->std * (2.0f * dv_rand_uniform(seed, i) - 1.0f);
+        break;
     case DV_INIT_XAVIER: {
         float lim = sqrtf(6.0f / (float)(p->fan_in + p->fan_out));
         for (size_t i = 0; i < p->count; i++)

@@ -127,7 +127,16 @@ typedef struct dv_model dv_model;
 
 #define DV_MAX_PARAMS 16
 
-typedef enum dv_init { DV_INIT_ZERO = 0, DV_INIT_ONE, DV_INIT_HE, DV_INIT_XAVIER } dv_init;
+/* DV_INIT_NORMAL: normal(0, std) with the param's `std`; DV_INIT_UNIFORM:
+ * uniform(-std, std) (PyTorch's RNN init uses std = 1/sqrt(hidden)). */
+typedef enum dv_init {
+    DV_INIT_ZERO = 0,
+    DV_INIT_ONE,
+    DV_INIT_HE,
+    DV_INIT_XAVIER,
+    DV_INIT_NORMAL,
+    DV_INIT_UNIFORM,
+} dv_init;
 
 /* A named tensor of a layer, stored at `offset` of the model's flat buffer
  * (trainable: params/grads/opt state; else the model's `buffers`). */
@@ -140,6 +149,7 @@ typedef struct dv_param {
     int trainable;
     dv_init init;
     int fan_in, fan_out;
+    float std;   /* DV_INIT_NORMAL, DV_INIT_UNIFORM */
     float *data; /* view into the flat buffer (device) */
     float *grad; /* view, trainable only */
     /* Weight tying: this param has no storage of its own and views the
@@ -208,13 +218,19 @@ struct dv_model {
     float *dbuf[2]; /* ping-pong gradients, (max_batch, max elems) */
     float *work;    /* conv workspace, shared */
     size_t work_floats;
-    float *targets;     /* (max_batch, outputs) float targets */
-    int32_t *labels;    /* (max_batch) */
-    int64_t *row_id;    /* (max_batch) global ids for dropout */
-    float *stats;       /* 2 floats: loss sum, correct */
-    int tokens;         /* the input is T int32 token ids per sample */
-    int vocab;          /* token models: the vocabulary size ([input] vocab) */
-    int positions;      /* labels per sample: T for a per-position loss, else 1 */
+    float *targets;  /* (max_batch, outputs) float targets */
+    int32_t *labels; /* (max_batch) */
+    int64_t *row_id; /* (max_batch) global ids for dropout */
+    float *stats;    /* 2 floats: loss sum, correct */
+    int tokens;      /* the input is T int32 token ids per sample */
+    int vocab;       /* token models: the vocabulary size ([input] vocab) */
+    int positions;   /* labels per sample: T for a per-position loss, else 1 */
+    /* Recurrent layers with `stateful = true`: 1 when this training forward
+     * continues the streams of the previous training forward (row b goes on
+     * where row b stopped), so it starts from that forward's final state,
+     * detached (truncated BPTT); 0 starts from zeros. Eval forwards always
+     * start from zeros and leave the carried state alone. */
+    int carry;
     uint64_t step_seed; /* folded per step for dropout */
 };
 
