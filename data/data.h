@@ -59,6 +59,7 @@ typedef struct dv_split_info {
     size_t y_elems;    /* 1 for labels, K for float targets */
     int64_t label_min; /* labels only: smallest and largest label */
     int64_t label_max;
+    int x_tokens; /* x holds int32 token ids, labels (n, y_elems) the next ids */
 } dv_split_info;
 
 /* Opens `file` and the datasets `x_path` and `y_path` (absolute paths in
@@ -70,6 +71,13 @@ typedef struct dv_split_info {
  * the caller (dv_split_free). The HDF5 file stays open until then. */
 dv_status dv_split_open(dv_split **out, const char *file, const char *x_path, const char *y_path,
                         char *err);
+/* A token stream (a 1-D dataset such as "/train/tokens") as a split of its
+ * windows of length T (see "token streams" below): n = dv_tokens_windows,
+ * x (n, T) the window's ids and labels (n, T) the ids one step later.
+ * dv_split_read writes the ids into x as int32 (the same 4 bytes a float
+ * takes; x_scale is ignored), for an embedding. info.x_tokens is 1. */
+dv_status dv_split_open_tokens(dv_split **out, const char *file, const char *dataset, int T,
+                               char *err);
 void dv_split_free(dv_split *s);
 const dv_split_info *dv_split_info_get(const dv_split *s);
 
@@ -81,7 +89,7 @@ dv_status dv_split_check(const dv_split *s, size_t in_elems, int classes, char *
 
 /* Reads the samples idx[0..count) (any order, any repeats) into
  * x (count, x_elems) as float32 times x_scale, and into either
- * labels (count) or targets (count, y_elems) — whichever matches y_kind;
+ * labels (count, y_elems) or targets (count, y_elems) — whichever matches y_kind;
  * the other may be NULL. */
 dv_status dv_split_read(dv_split *s, const int64_t *idx, int count, float x_scale, float *x,
                         int32_t *labels, float *targets, char *err);
@@ -98,8 +106,16 @@ typedef struct dv_sampler {
     int global_batch; /* G, divisible by world */
     int world, rank;  /* W, r */
     uint64_t seed;
-    int shuffle; /* 0: identity order (evaluation, tests) */
+    /* DV_ORDER_SHUFFLE: one permutation per epoch. DV_ORDER_IDENTITY:
+     * sample p of the epoch is p (evaluation, tests). DV_ORDER_STREAMS: the
+     * epoch is G contiguous streams of S = n / G samples and global
+     * position k of step s reads k*S + s, so row k of consecutive steps
+     * walks through one stream (stateful recurrent training); ranks still
+     * take positions r, r + W, ... */
+    int shuffle;
 } dv_sampler;
+
+enum { DV_ORDER_IDENTITY = 0, DV_ORDER_SHUFFLE = 1, DV_ORDER_STREAMS = 2 };
 
 int64_t dv_sampler_steps(const dv_sampler *s);
 /* Writes this rank's G/W indices for `step` of `epoch` into idx. When
@@ -229,6 +245,10 @@ typedef struct dv_vocab {
  * "bytes" or "chars", size matches codepoints; bytes are 0..255 in order;
  * chars strictly increasing in [0, 0x10FFFF]. Free with dv_vocab_free. */
 dv_status dv_vocab_read(dv_vocab *v, const char *file, const char *group, char *err);
+/* Writes v as /vocab of `file` (created if missing; an existing /vocab is
+ * replaced, everything else kept), in the layout dv_vocab_read reads:
+ * checkpoints of language models carry their vocabulary this way. */
+dv_status dv_vocab_write(const dv_vocab *v, const char *file, char *err);
 /* Frees v->codepoints and zeroes v (v may be NULL). */
 void dv_vocab_free(dv_vocab *v);
 

@@ -277,8 +277,8 @@ static void write_token(void *ctx, int32_t c) {
     if ((w->fill == TOKEN_CHUNK || w->pos == w->n_train) && flush(w) != 0) w->failed = 1;
 }
 
-static dv_status write_vocab(hid_t fid, const dv_text_options *opt, const int32_t *codepoints,
-                             int64_t v, const char *out_file, char *err) {
+static dv_status write_vocab(hid_t fid, dv_vocab_kind vkind, const int32_t *codepoints, int64_t v,
+                             const char *out_file, char *err) {
     hsize_t dims[1] = {(hsize_t)v};
     hid_t d = dv_import_create_ds(fid, "/vocab/codepoints", H5T_STD_I32LE, 1, dims, (hsize_t)v);
     herr_t e = d < 0 ? -1 : dv_import_write_rows(d, H5T_NATIVE_INT32, 0, (hsize_t)v, codepoints);
@@ -286,7 +286,7 @@ static dv_status write_vocab(hid_t fid, const dv_text_options *opt, const int32_
     hid_t g = e < 0 ? H5I_INVALID_HID : H5Gopen2(fid, "/vocab", H5P_DEFAULT);
     if (g >= 0) {
         /* A variable-length UTF-8 string, as h5py writes `attrs["kind"] = "chars"`. */
-        const char *kind = opt->vocab == DV_VOCAB_CHARS ? "chars" : "bytes";
+        const char *kind = vkind == DV_VOCAB_CHARS ? "chars" : "bytes";
         hid_t st = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
         H5Tset_size(st, H5T_VARIABLE);
         H5Tset_cset(st, H5T_CSET_UTF8);
@@ -306,6 +306,20 @@ static dv_status write_vocab(hid_t fid, const dv_text_options *opt, const int32_
         return DV_ERR;
     }
     return DV_OK;
+}
+
+dv_status dv_vocab_write(const dv_vocab *v, const char *file, char *err) {
+    static const char *const vocab[] = {"/vocab"};
+    dv_h5_quiet q;
+    dv_h5_enter(&q);
+    hid_t fid = dv_import_open(file, vocab, 1, err);
+    dv_status st = DV_ERR;
+    if (fid >= 0) {
+        st = write_vocab(fid, v->kind, v->codepoints, v->size, file, err);
+        st = dv_import_close(fid, vocab, 1, st, file, err);
+    }
+    dv_h5_leave(&q);
+    return st;
 }
 
 static const char *const written[] = {"/train/tokens", "/val/tokens", "/vocab"};
@@ -344,7 +358,7 @@ static dv_status write_out(file_list *l, const dv_text_options *opt, const int32
         dv_errf(err, "%s: writing tokens failed (disk full?)", out_file);
         goto done;
     }
-    st = write_vocab(fid, opt, codepoints, v, out_file, err);
+    st = write_vocab(fid, opt->vocab, codepoints, v, out_file, err);
 done:
     if (w->train >= 0) H5Dclose(w->train);
     if (w->val >= 0) H5Dclose(w->val);

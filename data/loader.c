@@ -110,7 +110,8 @@ static void fill(dv_loader *l, slot *sl, int64_t epoch, int64_t step) {
     if (!l->in_memory) {
         sl->st = dv_split_read(l->split, idx, count, l->cfg.x_scale, sl->x, sl->labels, sl->targets,
                                sl->err);
-        if (sl->st == DV_OK) shift_inputs(sl->x, (size_t)count * l->info.x_elems, l->cfg.x_shift);
+        if (sl->st == DV_OK && !l->info.x_tokens)
+            shift_inputs(sl->x, (size_t)count * l->info.x_elems, l->cfg.x_shift);
         return;
     }
     size_t xe = l->info.x_elems, ye = l->info.y_elems;
@@ -118,7 +119,7 @@ static void fill(dv_loader *l, slot *sl, int64_t epoch, int64_t step) {
         size_t r = (size_t)(idx[i] - l->mem_base);
         memcpy(sl->x + (size_t)i * xe, l->mem_x + r * xe, sizeof(float) * xe);
         if (sl->labels)
-            sl->labels[i] = l->mem_labels[r];
+            memcpy(sl->labels + (size_t)i * ye, l->mem_labels + r * ye, sizeof(int32_t) * ye);
         else
             memcpy(sl->targets + (size_t)i * ye, l->mem_targets + r * ye, sizeof(float) * ye);
     }
@@ -171,9 +172,10 @@ static dv_status load_memory(dv_loader *l, int64_t begin, int64_t rows, char *er
         for (int i = 0; i < c; i++)
             idx[i] = begin + at + i;
         st = dv_split_read(l->split, idx, c, l->cfg.x_scale, l->mem_x + (size_t)at * xe,
-                           l->mem_labels ? l->mem_labels + at : NULL,
+                           l->mem_labels ? l->mem_labels + (size_t)at * ye : NULL,
                            l->mem_targets ? l->mem_targets + (size_t)at * ye : NULL, err);
-        if (st == DV_OK) shift_inputs(l->mem_x + (size_t)at * xe, (size_t)c * xe, l->cfg.x_shift);
+        if (st == DV_OK && !l->info.x_tokens)
+            shift_inputs(l->mem_x + (size_t)at * xe, (size_t)c * xe, l->cfg.x_shift);
     }
     free(idx);
     return st;
@@ -248,7 +250,7 @@ dv_status dv_loader_create(dv_loader **out, dv_split *split, const dv_loader_con
         sl->index = malloc(sizeof(int64_t) * b);
         sl->global_pos = batch_alloc(l, sizeof(int64_t) * b);
         if (lab)
-            sl->labels = batch_alloc(l, sizeof(int32_t) * b);
+            sl->labels = batch_alloc(l, sizeof(int32_t) * b * ye);
         else
             sl->targets = batch_alloc(l, sizeof(float) * b * ye);
         if (!sl->x || !sl->index || !sl->global_pos || !(lab ? (void *)sl->labels : sl->targets)) {
@@ -265,7 +267,7 @@ dv_status dv_loader_create(dv_loader **out, dv_split *split, const dv_loader_con
     if (rows > 0 && need <= (double)cfg->memory_budget) {
         l->mem_x = malloc(sizeof(float) * (size_t)rows * xe);
         if (lab)
-            l->mem_labels = malloc(sizeof(int32_t) * (size_t)rows);
+            l->mem_labels = malloc(sizeof(int32_t) * (size_t)rows * ye);
         else
             l->mem_targets = malloc(sizeof(float) * (size_t)rows * ye);
         if (l->mem_x && (l->mem_labels || l->mem_targets)) {

@@ -53,7 +53,7 @@ void dv_sampler_indices(const dv_sampler *s, int64_t epoch, int64_t step, int64_
     int64_t base = step * s->global_batch + s->rank;
     const int64_t *perm = NULL;
     int64_t *tmp = NULL;
-    if (s->shuffle) {
+    if (s->shuffle == DV_ORDER_SHUFFLE) {
         if (cache && cache_epoch) {
             if (*cache_epoch != epoch) {
                 dv_sampler_permutation(s->n, s->seed, epoch, cache);
@@ -71,8 +71,10 @@ void dv_sampler_indices(const dv_sampler *s, int64_t epoch, int64_t step, int64_
     for (int k = 0; k < per_rank; k++) {
         int64_t p = base + (int64_t)k * s->world;
         if (global_pos) global_pos[k] = p;
-        if (!s->shuffle)
+        if (s->shuffle == DV_ORDER_IDENTITY)
             idx[k] = p;
+        else if (s->shuffle == DV_ORDER_STREAMS)
+            idx[k] = (p % s->global_batch) * (s->n / s->global_batch) + step;
         else if (perm)
             idx[k] = perm[p];
         else

@@ -33,6 +33,8 @@ struct dv_split {
     hid_t fid, x, y;
     dv_split_info info;
     int64_t label_min_at, label_max_at; /* first sample holding min / max */
+    dv_tokens *tok;                     /* a token split: the stream, windows of T */
+    int T;
 };
 
 static pthread_mutex_t hdf5_mutex = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
@@ -344,8 +346,47 @@ dv_status dv_split_open(dv_split **out, const char *file, const char *x_path, co
     return DV_OK;
 }
 
+dv_status dv_split_open_tokens(dv_split **out, const char *file, const char *dataset, int T,
+                               char *err) {
+    *out = NULL;
+    dv_split *s = calloc(1, sizeof(*s));
+    if (!s || !(s->file = dv_str_dup(file)) || !(s->x_path = dv_str_dup(dataset)) ||
+        !(s->y_path = dv_str_dup(dataset))) {
+        dv_errf(err, "%s: out of memory", file);
+        dv_split_free(s);
+        return DV_ERR;
+    }
+    s->fid = s->x = s->y = H5I_INVALID_HID;
+    s->T = T;
+    if (dv_tokens_open(&s->tok, file, dataset, err) != DV_OK) {
+        dv_split_free(s);
+        return DV_ERR;
+    }
+    const dv_tokens_info *ti = dv_tokens_info_get(s->tok);
+    dv_split_info *in = &s->info;
+    in->n = dv_tokens_windows(s->tok, T);
+    if (in->n < 1) {
+        dv_errf(err, "%s: %s has %lld tokens, too few for one window of %d (+1)", file, dataset,
+                (long long)ti->n, T);
+        dv_split_free(s);
+        return DV_ERR;
+    }
+    in->x_rank = 2;
+    in->x_dims[0] = in->n;
+    in->x_dims[1] = T;
+    in->x_elems = (size_t)T;
+    in->y_kind = DV_TARGET_LABELS;
+    in->y_elems = (size_t)T;
+    in->label_min = ti->min;
+    in->label_max = ti->max;
+    in->x_tokens = 1;
+    *out = s;
+    return DV_OK;
+}
+
 void dv_split_free(dv_split *s) {
     if (!s) return;
+    dv_tokens_free(s->tok);
     dv_h5_quiet q;
     dv_h5_enter(&q);
     if (s->x >= 0) H5Dclose(s->x);
@@ -359,7 +400,7 @@ void dv_split_free(dv_split *s) {
 }
 
 void dv_split_set_cache(dv_split *s, size_t bytes) {
-    if (bytes <= CHUNK_CACHE_BYTES) return;
+    if (bytes <= CHUNK_CACHE_BYTES || s->tok) return;
     dv_h5_quiet q;
     dv_h5_enter(&q);
     H5Dclose(s->x);
@@ -374,6 +415,7 @@ const dv_split_info *dv_split_info_get(const dv_split *s) {
 
 dv_status dv_split_check(const dv_split *s, size_t in_elems, int classes, char *err) {
     const dv_split_info *in = &s->info;
+    if (s->tok && in->x_elems == in_elems) return dv_tokens_check(s->tok, classes, err);
     if (in->x_elems != in_elems) {
         char shape[160] = "";
         size_t at = 0;
@@ -563,6 +605,8 @@ done:
 dv_status dv_split_read(dv_split *s, const int64_t *idx, int count, float x_scale, float *x,
                         int32_t *labels, float *targets, char *err) {
     if (count <= 0) return DV_OK;
+    if (s->tok)
+        return dv_tokens_read_windows(s->tok, s->T, idx, count, (int32_t *)(void *)x, labels, err);
     dv_h5_quiet q;
     dv_h5_enter(&q);
     dv_status st = read_locked(s, idx, count, x_scale, x, labels, targets, err);

@@ -1175,6 +1175,65 @@ static void test_tokens_windows(void **state) {
     dv_tokens_free(t);
 }
 
+/* A token stream as a split of windows, through the loader (memory and
+ * streaming, with prefetch): x holds the window's int32 ids bit for bit,
+ * labels the ids one step later; and the streams order, where row k of
+ * consecutive steps walks through one contiguous stream on any world. */
+static void test_token_split_loader(void **state) {
+    (void)state;
+    make_stream("tsplit.h5", 201); /* 50 windows of 4 */
+    char err[DV_ERR_LEN];
+    dv_split *s;
+    if (dv_split_open_tokens(&s, tpath("tsplit.h5"), "/train/tokens", 4, err) != DV_OK)
+        fail_msg("%s", err);
+    const dv_split_info *in = dv_split_info_get(s);
+    assert_int_equal(in->n, 50);
+    assert_int_equal(in->x_elems, 4);
+    assert_int_equal(in->y_elems, 4);
+    assert_int_equal(in->x_tokens, 1);
+    assert_int_equal(dv_split_check(s, 4, 201, err), DV_OK);
+    assert_int_equal(dv_split_check(s, 4, 150, err), DV_ERR);
+    assert_has(err, "token id 200 in /train/tokens (position 200)");
+    assert_int_equal(dv_split_check(s, 5, 201, err), DV_ERR);
+    for (int mode = 0; mode < 4; mode++) {
+        const int G = 10, W = 2;
+        for (int r = 0; r < W; r++) {
+            dv_loader_config c = {0};
+            c.sampler =
+                (dv_sampler){50, G, W, r, 7, mode < 2 ? DV_ORDER_SHUFFLE : DV_ORDER_STREAMS};
+            c.batch = G / W;
+            c.x_scale = 0.5f; /* ignored for ids */
+            c.x_shift = 3.0f; /* ignored for ids */
+            c.memory_budget = (mode & 1) ? (size_t)1 << 30 : 0;
+            c.prefetch = 1;
+            dv_loader *l;
+            if (dv_loader_create(&l, s, &c, err) != DV_OK) fail_msg("%s", err);
+            assert_int_equal(dv_loader_steps(l), 5);
+            assert_int_equal(dv_loader_start(l, 1, 0, err), DV_OK);
+            for (int step = 0; step < 5; step++) {
+                dv_batch b;
+                assert_int_equal(dv_loader_next(l, &b, err), DV_OK);
+                assert_int_equal(b.count, G / W);
+                for (int i = 0; i < b.count; i++) {
+                    const int32_t *x = (const int32_t *)(const void *)b.x + i * 4;
+                    int64_t w = b.index[i];
+                    if (mode >= 2) /* global position k = r + i*W reads k*S + step */
+                        assert_int_equal(w, (int64_t)(r + i * W) * 5 + step);
+                    for (int j = 0; j < 4; j++) {
+                        assert_int_equal(x[j], w * 4 + j);
+                        assert_int_equal(b.labels[i * 4 + j], w * 4 + j + 1);
+                    }
+                }
+            }
+            dv_loader_free(l);
+        }
+    }
+    dv_split_free(s);
+    assert_int_equal(dv_split_open_tokens(&s, tpath("tsplit.h5"), "/train/tokens", 300, err),
+                     DV_ERR);
+    assert_has(err, "too few for one window of 300");
+}
+
 /* Writes a string attribute of fixed length (as the C API usually does). */
 static void put_fixed_str(hid_t obj, const char *name, const char *value) {
     hid_t st = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
@@ -1317,6 +1376,7 @@ int main(void) {
         cmocka_unit_test(test_import_text_walk),
         cmocka_unit_test(test_import_text_split),
         cmocka_unit_test(test_tokens_windows),
+        cmocka_unit_test(test_token_split_loader),
         cmocka_unit_test(test_vocab_errors),
         cmocka_unit_test(test_import_text_errors),
     };

@@ -165,6 +165,8 @@ static int save_locked(const char *path, const dv_model *m, const dv_train_state
     free(host);
     if (!rc && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) rc = -1;
     if (H5Fclose(f) < 0) rc = -1;
+    char verr[DV_ERR_LEN];
+    if (!rc && m->vocab_map && dv_vocab_write(m->vocab_map, tmp, verr) != DV_OK) rc = -1;
     if (!rc && fsync_path(tmp, 0)) rc = -1;
     if (rc) {
         int e = errno;

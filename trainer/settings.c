@@ -7,7 +7,8 @@
 #include "trainer-impl.h"
 
 static int split_paths(const dv_config *cfg, dv_cfg_section *s, const char *name,
-                       const char *def_group, char *x, char *y, int *present, char *err) {
+                       const char *def_group, char *x, char *y, char *tok, int *present,
+                       char *err) {
     char kx[DV_NAME_LEN], ky[DV_NAME_LEN];
     snprintf(kx, sizeof(kx), "%s_x", name);
     snprintf(ky, sizeof(ky), "%s_y", name);
@@ -23,6 +24,7 @@ static int split_paths(const dv_config *cfg, dv_cfg_section *s, const char *name
     }
     *present = group || (px && py);
     if (!*present) return 0;
+    snprintf(tok, 256, "%s/tokens", group && strcmp(group, "/") ? group : "");
     if (px)
         snprintf(x, 256, "%s", px);
     else
@@ -42,8 +44,9 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
     if (dv_cfg_str(cfg, d, "file", NULL, &st->file, err)) return -1;
     if (!st->file) return dv_fail(err, "%s:%d: [data] has no 'file' key", cfg->path, d->line);
     int has_train;
-    if (split_paths(cfg, d, "train", "/train", st->train_x, st->train_y, &has_train, err) ||
-        split_paths(cfg, d, "val", NULL, st->val_x, st->val_y, &st->has_val, err))
+    if (split_paths(cfg, d, "train", "/train", st->train_x, st->train_y, st->train_tokens,
+                    &has_train, err) ||
+        split_paths(cfg, d, "val", NULL, st->val_x, st->val_y, st->val_tokens, &st->has_val, err))
         return -1;
     if (dv_cfg_float(cfg, d, "x_scale", 1.0, -1e30, 1e30, &st->x_scale, err) ||
         dv_cfg_float(cfg, d, "x_shift", 0.0, -1e30, 1e30, &st->x_shift, err) ||

@@ -34,6 +34,8 @@ typedef struct run {
     dv_model *m;
     dv_split *train, *val;
     dv_loader *tl, *vl;
+    int tokens;     /* a token model on a token file: per-position loss */
+    dv_vocab vocab; /* the token file's vocabulary (tokens only) */
     int world, rank, local_batch, eval_batch;
     char *config_text;
     float *host_targets; /* (max_batch, outputs) */
@@ -152,7 +154,26 @@ int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *e
     return *out ? 0 : dv_fail(err, "cannot create the CPU backend");
 }
 
+/* Token models read windows of T tokens of GROUP/tokens, and score every
+ * position: the last layer must put out (T, vocab). */
+static int open_token_split(run *r, const char *dataset, dv_split **out, char *err) {
+    const dv_model *m = r->m;
+    if (m->loss != DV_LOSS_XENT)
+        return dv_fail(err, "%s: a token model learns the next token: use loss = cross_entropy",
+                       r->cfg->path);
+    if (m->positions != m->in_shape[0])
+        return dv_fail(err,
+                       "%s: a token model scores every position: the last layer must put out "
+                       "(%d, vocab), not %d value(s) per sample",
+                       r->cfg->path, m->in_shape[0], m->outputs * m->positions);
+    if (dv_split_open_tokens(out, r->st.file, dataset, m->in_shape[0], err)) return -1;
+    return dv_split_check(*out, m->in_elems, m->outputs, err) ? -1 : 0;
+}
+
 static int open_split(run *r, const char *x, const char *y, dv_split **out, char *err) {
+    if (r->tokens)
+        return open_token_split(r, x == r->st.train_x ? r->st.train_tokens : r->st.val_tokens, out,
+                                err);
     if (dv_split_open(out, r->st.file, x, y, err)) return -1;
     const dv_split_info *info = dv_split_info_get(*out);
     if (dv_split_check(*out, r->m->in_elems, r->m->outputs, err)) return -1;
@@ -172,7 +193,9 @@ static int make_loader(run *r, dv_split *s, int eval, dv_loader **out, char *err
     lc.sampler.world = r->world;
     lc.sampler.rank = r->rank;
     lc.sampler.seed = (uint64_t)r->st.seed;
-    lc.sampler.shuffle = 1;
+    lc.sampler.shuffle = DV_ORDER_SHUFFLE;
+    for (int i = 0; i < r->m->nlayers; i++)
+        if (r->m->layers[i].stateful) lc.sampler.shuffle = DV_ORDER_STREAMS;
     lc.eval = eval;
     lc.batch = eval ? r->eval_batch : r->local_batch;
     lc.x_scale = (float)r->st.x_scale;
@@ -219,7 +242,7 @@ static void load_batch(run *r, const dv_batch *b) {
     if (m->loss == DV_LOSS_XENT || m->loss == DV_LOSS_PERCEPTRON) {
         dst[n] = m->labels;
         src[n] = b->labels;
-        bytes[n++] = B * sizeof(int32_t);
+        bytes[n++] = B * (size_t)m->positions * sizeof(int32_t);
     } else {
         dst[n] = m->targets;
         src[n] = b->targets ? b->targets : one_hot(r, b);
@@ -234,6 +257,7 @@ static void run_free(run *r) {
     dv_split_free(r->train);
     dv_split_free(r->val);
     dv_model_free(r->m);
+    dv_vocab_free(&r->vocab);
     if (r->be) {
         r->be->free(r->be->ctx, r->ring);
         dv_backend_free(r->be);
@@ -260,6 +284,17 @@ static int agree_backend(run *r) {
     return dv_agree(r->comm, rc, r->err);
 }
 
+/* A token model takes its vocabulary from the token file's /vocab: its
+ * size becomes [input] vocab unless the config sets it (stored with the
+ * config in every checkpoint), and checkpoints carry the code points. */
+static int token_vocab(run *r, dv_cfg_section *in, char *err) {
+    if (dv_vocab_read(&r->vocab, r->st.file, NULL, err)) return -1;
+    if (dv_config_has(in, "vocab")) return 0;
+    char kv[64];
+    snprintf(kv, sizeof(kv), "input.vocab=%lld", (long long)r->vocab.size);
+    return dv_config_set(r->cfg, kv, err);
+}
+
 /* Everything before the first step; collective. mode: 0 train, 1 eval. */
 static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
     memset(r, 0, sizeof(*r));
@@ -278,17 +313,23 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
     r->local_batch = (int)(r->st.batch / r->world);
     r->eval_batch = r->local_batch > 256 ? r->local_batch : 256;
     rc = dv_backend_open(c, &r->st, &r->be, err);
+    dv_cfg_section *in = dv_config_find(cfg, "input");
+    r->tokens = in && dv_config_has(in, "tokens");
+    if (!rc && r->tokens) rc = token_vocab(r, in, err);
     if (!rc)
         rc =
             dv_model_build(&r->m, cfg, r->be, r->st.loss, (uint64_t)r->st.seed, r->eval_batch, err);
+    if (!rc && r->tokens) r->m->vocab_map = &r->vocab;
     if (!rc) rc = dv_config_check_used(cfg, err);
     if (dv_agree(c, rc, err)) return -1;
     if (agree_backend(r)) return -1;
     if (need_train) rc = open_split(r, r->st.train_x, r->st.train_y, &r->train, err);
     if (!rc && r->st.has_val) rc = open_split(r, r->st.val_x, r->st.val_y, &r->val, err);
     if (!rc && need_train && dv_split_info_get(r->train)->n < r->st.batch)
-        rc = dv_fail(err, "%s: %s has %lld samples, fewer than one global batch of %ld", r->st.file,
-                     r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->st.batch);
+        rc = dv_fail(err, "%s: %s has %lld %s, fewer than one global batch of %ld", r->st.file,
+                     r->tokens ? r->st.train_tokens : r->st.train_x,
+                     (long long)dv_split_info_get(r->train)->n, r->tokens ? "windows" : "samples",
+                     r->st.batch);
     if (!rc && need_train) rc = make_loader(r, r->train, 0, &r->tl, err);
     if (!rc && r->val) rc = make_loader(r, r->val, 1, &r->vl, err);
     if (!rc) {
@@ -405,7 +446,7 @@ static int evaluate(run *r, dv_loader *l, double *loss, double *acc, double *cou
         be->to_host(be->ctx, st, m->stats, sizeof(st));
         sums[0] += st[0];
         sums[1] += st[1];
-        sums[2] += b.count;
+        sums[2] += (double)b.count * m->positions;
     }
     if (!rc && r->be->check(r->be->ctx, r->err, sizeof(r->err))) rc = -1;
     if (dv_agree(r->comm, rc, r->err)) return -1;
@@ -463,7 +504,7 @@ static void train_step(run *r, const dv_batch *b, double lr, int64_t step) {
     m->step_seed = dv_rand_hash((uint64_t)r->st.seed ^ 0x5eedd0d0ULL, (uint64_t)step);
     be->fill(be->ctx, m->grads, 0.0f, m->nparams);
     dv_model_forward(m, b->count, 1);
-    dv_model_loss(m, b->count, 1.0f / (float)r->local_batch);
+    dv_model_loss(m, b->count, 1.0f / ((float)r->local_batch * (float)m->positions));
     r->bucket_start = 0;
     r->nreq = 0;
     dv_model_backward(m, b->count, on_grads, r);
@@ -606,9 +647,11 @@ static void global_sums(run *r, const dv_train_state *ts, dv_train_state *out) {
 static void print_progress(const run *r, int64_t epoch, int64_t step, int64_t steps, double loss,
                            double rate, double eta, int live) {
     int mins = (int)(eta / 60), secs = (int)eta % 60;
-    printf("%sepoch %lld/%ld  step %lld/%lld  loss %.4f  %.0f samples/s  ETA %d:%02d%s",
+    /* token models count tokens: rate * T */
+    printf("%sepoch %lld/%ld  step %lld/%lld  loss %.4f  %.0f %s/s  ETA %d:%02d%s",
            live ? "\r" : "", (long long)epoch + 1, r->st.epochs, (long long)step, (long long)steps,
-           loss, rate, mins, secs, live ? "   " : "\n");
+           loss, rate * r->m->positions, r->tokens ? "tokens" : "samples", mins, secs,
+           live ? "   " : "\n");
     fflush(stdout);
 }
 
@@ -678,10 +721,16 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
     FILE *metrics = NULL;
     if (r->rank == 0) {
         dv_model_print(m, stdout);
-        printf("data: %s %s: %lld samples; %d rank%s x %d = global batch %ld; %lld steps/epoch; "
+        if (r->tokens)
+            printf("data: %s %s: %lld windows of %d tokens (vocab %d); ", r->st.file,
+                   r->st.train_tokens, (long long)dv_split_info_get(r->train)->n, m->in_shape[0],
+                   m->vocab);
+        else
+            printf("data: %s %s: %lld samples; ", r->st.file, r->st.train_x,
+                   (long long)dv_split_info_get(r->train)->n);
+        printf("%d rank%s x %d = global batch %ld; %lld steps/epoch; "
                "%s; backend %s",
-               r->st.file, r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->world,
-               r->world > 1 ? "s" : "", r->local_batch, r->st.batch, (long long)steps,
+               r->world, r->world > 1 ? "s" : "", r->local_batch, r->st.batch, (long long)steps,
                dv_loader_in_memory(r->tl) ? "in memory" : "streaming", be->name);
         if (be->stream) {
             static const char *const prec[] = {"fp32", "tf32", "bf16"};
@@ -694,8 +743,10 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
         int fresh = access(path, F_OK) != 0 || !ckpt[0];
         metrics = fopen(path, fresh ? "w" : "a");
         if (metrics && fresh) {
-            fprintf(metrics, "epoch,step,lr,train_loss,train_acc,val_loss,val_acc,"
-                             "samples_per_s,epoch_time_s\n");
+            fprintf(metrics,
+                    "epoch,step,lr,train_loss,train_acc,val_loss,val_acc,"
+                    "samples_per_s,epoch_time_s%s\n",
+                    r->tokens ? ",tokens_per_s,train_ppl,val_ppl" : "");
             fflush(metrics);
         }
         fflush(stdout);
@@ -720,9 +771,10 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             if (dv_loader_next(r->tl, &b, r->err)) dv_comm_abort(c, 1, r->err);
             lr = dv_lr_at(&r->st, ts.step, steps);
             be->fill(be->ctx, m->stats, 0.0f, 2);
+            m->carry = s > first; /* stateful layers: streams restart each epoch */
             train_step(r, &b, lr, ts.step);
             stats_push(r, &ts);
-            ts.seen += b.count;
+            ts.seen += (double)b.count * m->positions;
             ts.step++;
             ts.step_in_epoch = s + 1;
             done++;
@@ -766,10 +818,11 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
              * epoch's metrics and early stopping wait for its end */
             if (r->rank == 0)
                 printf("stopped at step %lld (%s), epoch %lld at %lld/%lld | loss %.4f "
-                       "acc %.4f | train %.0f samples/s\n",
+                       "acc %.4f | train %.0f %s/s\n",
                        (long long)ts.step, stop_signal ? strsignal(stop_signal) : "max_steps",
                        (long long)epoch + 1, (long long)ts.step_in_epoch, (long long)steps,
-                       s3[0] / s3[2], s3[1] / s3[2], rate);
+                       s3[0] / s3[2], s3[1] / s3[2], rate * m->positions,
+                       r->tokens ? "tokens" : "samples");
             dv_train_state g;
             global_sums(r, &ts, &g);
             if (save(r, &g, 0)) {
@@ -796,16 +849,23 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
         }
         double secs = now() - t0;
         if (r->rank == 0) {
-            printf("epoch %lld/%ld | loss %.4f acc %.4f", (long long)epoch + 1, r->st.epochs,
-                   s3[0] / s3[2], s3[1] / s3[2]);
-            if (r->vl) printf(" | val loss %.4f acc %.4f", vloss, vacc);
-            printf(" | train %.0f samples/s | %.1f s%s\n", rate, secs,
-                   improved && r->vl ? " | best" : "");
+            double tloss = s3[0] / s3[2];
+            printf("epoch %lld/%ld | loss %.4f", (long long)epoch + 1, r->st.epochs, tloss);
+            if (r->tokens) printf(" ppl %.2f", exp(tloss));
+            printf(" acc %.4f", s3[1] / s3[2]);
+            if (r->vl) printf(" | val loss %.4f", vloss);
+            if (r->vl && r->tokens) printf(" ppl %.2f", exp(vloss));
+            if (r->vl) printf(" acc %.4f", vacc);
+            printf(" | train %.0f %s/s | %.1f s%s\n", rate * m->positions,
+                   r->tokens ? "tokens" : "samples", secs, improved && r->vl ? " | best" : "");
             fflush(stdout);
             if (metrics) {
-                fprintf(metrics, "%lld,%lld,%g,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f\n",
-                        (long long)epoch + 1, (long long)ts.step, lr, s3[0] / s3[2], s3[1] / s3[2],
-                        vloss, vacc, rate, secs);
+                fprintf(metrics, "%lld,%lld,%g,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f", (long long)epoch + 1,
+                        (long long)ts.step, lr, tloss, s3[1] / s3[2], vloss, vacc, rate, secs);
+                if (r->tokens)
+                    fprintf(metrics, ",%.1f,%.4f,%.4f", rate * m->positions, exp(tloss),
+                            exp(vloss));
+                fprintf(metrics, "\n");
                 fflush(metrics);
             }
         }

@@ -96,6 +96,7 @@ typedef struct dv_settings {
     /* [data] */
     const char *file;
     char train_x[256], train_y[256], val_x[256], val_y[256];
+    char train_tokens[256], val_tokens[256]; /* token models: GROUP/tokens */
     int has_val;
     double x_scale, x_shift;
     long memory_mb;
@@ -191,6 +192,7 @@ struct dv_layer {
     dv_act act;
     float act_alpha;
     int act_in_loss; /* the final softmax/sigmoid is fused into the loss */
+    int stateful;    /* carries its state across training steps (see dv_model.carry) */
     void *priv;      /* the layer's own settings and scratch */
 };
 
@@ -225,6 +227,9 @@ struct dv_model {
     int tokens;      /* the input is T int32 token ids per sample */
     int vocab;       /* token models: the vocabulary size ([input] vocab) */
     int positions;   /* labels per sample: T for a per-position loss, else 1 */
+    /* Token models trained from a token file: its vocabulary (borrowed),
+     * written into every checkpoint so `dive sample` can decode. */
+    const dv_vocab *vocab_map;
     /* Recurrent layers with `stateful = true`: 1 when this training forward
      * continues the streams of the previous training forward (row b goes on
      * where row b stopped), so it starts from that forward's final state,

@@ -17,6 +17,7 @@ int dv_cli_eval(int argc, char **argv);  /* dive eval CONFIG --checkpoint P [--s
 int dv_cli_predict(int argc, char **argv); /* dive predict CONFIG --checkpoint P -o OUT */
 int dv_cli_import(int argc, char **argv);  /* dive import idx|csv ... */
 int dv_cli_info(int argc, char **argv);    /* dive info FILE.h5 */
+int dv_cli_sample(int argc, char **argv);  /* dive sample CHECKPOINT [--prompt T] ... */
 
 /* The version string of this build. */
 const char *dv_version(void);
