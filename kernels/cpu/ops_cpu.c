@@ -167,11 +167,11 @@ DV_HOT void dv_cpu_act_forward(void *ctx, dv_act act, float alpha, const float *
         break;
     case DV_ACT_SIGMOID:
         for (size_t i = 0; i < n; i++)
-            y[i] = 1.0f / (1.0f + expf(-x[i]));
+            y[i] = dv_fast_sigmoidf(x[i]);
         break;
     case DV_ACT_TANH:
         for (size_t i = 0; i < n; i++)
-            y[i] = tanhf(x[i]);
+            y[i] = dv_fast_tanhf(x[i]);
         break;
     case DV_ACT_SOFTMAX:
         if (cols > 0) softmax_rows(x, y, n / (size_t)cols, cols);

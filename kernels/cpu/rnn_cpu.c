@@ -3,7 +3,8 @@
  * The GEMMs around a cell (x W_ih^T, h W_hh^T and their gradients) are the
  * caller's; a cell sees only the gate pre-activations. These loops are the
  * reference that kernels/cuda/rnn_cuda.cu restates, expression for
- * expression, so the two agree within the rounding of expf/tanhf.
+ * expression, so the two agree within the rounding of expf/tanhf (here
+ * the vectorizable dv_fast_* of cpu-impl.h, within 3 ulp of libm's).
  *
  * Assumes: host memory, contracts of kernels.h; every unit (b, j) is read
  * before it is written, so in place use that maps a unit onto itself (for
@@ -13,24 +14,20 @@
 
 #include <math.h>
 
-static inline float sigmoid_f(float x) {
-    return 1.0f / (1.0f + expf(-x));
-}
-
 /* ---- LSTM ---------------------------------------------------------------
  * Row b of gates holds [i | f | g | o], H each (PyTorch's order). */
 
-void dv_cpu_lstm_cell_forward(void *ctx, int B, int H, float *gates, const float *c_prev, float *c,
-                              float *h) {
+DV_HOT void dv_cpu_lstm_cell_forward(void *ctx, int B, int H, float *gates, const float *c_prev,
+                                     float *c, float *h) {
     (void)ctx;
     for (int b = 0; b < B; b++) {
         float *gr = gates + (size_t)b * 4 * H;
         const size_t row = (size_t)b * H;
         for (int j = 0; j < H; j++) {
-            const float ig = sigmoid_f(gr[j]);
-            const float fg = sigmoid_f(gr[H + j]);
-            const float gg = tanhf(gr[2 * H + j]);
-            const float og = sigmoid_f(gr[3 * H + j]);
+            const float ig = dv_fast_sigmoidf(gr[j]);
+            const float fg = dv_fast_sigmoidf(gr[H + j]);
+            const float gg = dv_fast_tanhf(gr[2 * H + j]);
+            const float og = dv_fast_sigmoidf(gr[3 * H + j]);
             const float cp = c_prev ? c_prev[row + j] : 0.0f;
             const float cn = fg * cp + ig * gg;
             gr[j] = ig;
@@ -38,7 +35,7 @@ void dv_cpu_lstm_cell_forward(void *ctx, int B, int H, float *gates, const float
             gr[2 * H + j] = gg;
             gr[3 * H + j] = og;
             c[row + j] = cn;
-            h[row + j] = og * tanhf(cn);
+            h[row + j] = og * dv_fast_tanhf(cn);
         }
     }
 }
@@ -51,11 +48,11 @@ void dv_cpu_lstm_cell_forward(void *ctx, int B, int H, float *gates, const float
  *   dc_prev = dc_tot * f
  * and through the activations (sigmoid' = s (1 - s), tanh' = 1 - g^2):
  *   dgates = [d_i i (1-i) | d_f f (1-f) | d_g (1 - g^2) | d_o o (1-o)].
- * t is recomputed from c: the same tanhf of the same float as the
+ * t is recomputed from c: the same dv_fast_tanhf of the same float as the
  * forward's, so the same bits. */
-void dv_cpu_lstm_cell_backward(void *ctx, int B, int H, const float *gates, const float *c_prev,
-                               const float *c, const float *dh, const float *dc, float *dgates,
-                               float *dc_prev) {
+DV_HOT void dv_cpu_lstm_cell_backward(void *ctx, int B, int H, const float *gates,
+                                      const float *c_prev, const float *c, const float *dh,
+                                      const float *dc, float *dgates, float *dc_prev) {
     (void)ctx;
     for (int b = 0; b < B; b++) {
         const float *gr = gates + (size_t)b * 4 * H;
@@ -64,7 +61,7 @@ void dv_cpu_lstm_cell_backward(void *ctx, int B, int H, const float *gates, cons
         for (int j = 0; j < H; j++) {
             const float ig = gr[j], fg = gr[H + j], gg = gr[2 * H + j], og = gr[3 * H + j];
             const float cp = c_prev ? c_prev[row + j] : 0.0f;
-            const float t = tanhf(c[row + j]);
+            const float t = dv_fast_tanhf(c[row + j]);
             const float dhv = dh[row + j];
             const float dct = (dc ? dc[row + j] : 0.0f) + dhv * og * (1.0f - t * t);
             const float d_o = dhv * t;
@@ -84,18 +81,18 @@ void dv_cpu_lstm_cell_backward(void *ctx, int B, int H, const float *gates, cons
  * Rows of gi, gh hold [r | z | n], H each; a row of save holds
  * [r | z | n | gh_n]. */
 
-void dv_cpu_gru_cell_forward(void *ctx, int B, int H, const float *gi, const float *gh,
-                             const float *h_prev, float *h, float *save) {
+DV_HOT void dv_cpu_gru_cell_forward(void *ctx, int B, int H, const float *gi, const float *gh,
+                                    const float *h_prev, float *h, float *save) {
     (void)ctx;
     for (int b = 0; b < B; b++) {
         const float *xi = gi + (size_t)b * 3 * H, *xh = gh + (size_t)b * 3 * H;
         float *sr = save + (size_t)b * 4 * H;
         const size_t row = (size_t)b * H;
         for (int j = 0; j < H; j++) {
-            const float r = sigmoid_f(xi[j] + xh[j]);
-            const float z = sigmoid_f(xi[H + j] + xh[H + j]);
+            const float r = dv_fast_sigmoidf(xi[j] + xh[j]);
+            const float z = dv_fast_sigmoidf(xi[H + j] + xh[H + j]);
             const float ghn = xh[2 * H + j];
-            const float n = tanhf(xi[2 * H + j] + r * ghn);
+            const float n = dv_fast_tanhf(xi[2 * H + j] + r * ghn);
             const float hp = h_prev ? h_prev[row + j] : 0.0f;
             sr[j] = r;
             sr[H + j] = z;
@@ -116,8 +113,9 @@ void dv_cpu_gru_cell_forward(void *ctx, int B, int H, const float *gi, const flo
  *   dh_prev = dh z               (direct path only: the path through
  *                                 gh = h_prev W_hh^T + b_hh is dgh W_hh,
  *                                 the caller's GEMM) */
-void dv_cpu_gru_cell_backward(void *ctx, int B, int H, const float *save, const float *h_prev,
-                              const float *dh, float *dgi, float *dgh, float *dh_prev) {
+DV_HOT void dv_cpu_gru_cell_backward(void *ctx, int B, int H, const float *save,
+                                     const float *h_prev, const float *dh, float *dgi, float *dgh,
+                                     float *dh_prev) {
     (void)ctx;
     for (int b = 0; b < B; b++) {
         const float *sr = save + (size_t)b * 4 * H;

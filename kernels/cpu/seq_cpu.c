@@ -150,7 +150,7 @@ DV_HOT void dv_cpu_gelu_forward(void *ctx, const float *x, float *y, size_t n) {
     (void)ctx;
     for (size_t i = 0; i < n; i++) {
         const float v = x[i];
-        y[i] = 0.5f * v * (1.0f + tanhf(GELU_K0 * (v + GELU_K1 * v * v * v)));
+        y[i] = 0.5f * v * (1.0f + dv_fast_tanhf(GELU_K0 * (v + GELU_K1 * v * v * v)));
     }
 }
 
@@ -159,7 +159,7 @@ DV_HOT void dv_cpu_gelu_backward(void *ctx, const float *x, const float *dy, flo
     (void)ctx;
     for (size_t i = 0; i < n; i++) {
         const float v = x[i];
-        const float t = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
+        const float t = dv_fast_tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
         const float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);
         dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
     }
