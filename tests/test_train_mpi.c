@@ -253,10 +253,10 @@ static void write_seq_config(const char *path, const char *data, const char *mod
     assert_non_null(f);
     fprintf(f,
             "[data]\nfile = %s\nval = /val\n\n"
-            "[train]\nepochs = 2\nbatch = 12\noptimizer = %s\nlr = 0.01\nseed = 5\n"
-            "loss = cross_entropy\nkeep = 0\nclip_norm = 1\n\n"
+            "[train]\nepochs = 2\nbatch = 12\noptimizer = %s\nlr = %s\nmomentum = 0.9\n"
+            "seed = 5\nloss = cross_entropy\nkeep = 0\nclip_norm = 1\n\n"
             "[input]\ntokens = 16\n\n%s",
-            data, optimizer, model);
+            data, optimizer, strcmp(optimizer, "adam") ? "0.1" : "0.01", model);
     fclose(f);
 }
 
@@ -274,7 +274,12 @@ static const char gpt_model[] = "[embedding]\nname = tok\ndim = 16\n\n"
 
 /* 1, 2 and 3 ranks train the same LSTM, stateful GRU and GPT (dropout
  * included) to the same parameters; a run stopped mid-epoch and resumed
- * ends bit for bit where the uninterrupted run ends. */
+ * ends bit for bit where the uninterrupted run ends. The world sizes are
+ * compared under momentum SGD: Adam divides by the root of each
+ * gradient's square, so on weights whose gradients are nearly zero it
+ * turns the last-bit differences of another summation order into
+ * full-size steps (1e-3 apart after 100 steps here), which says nothing
+ * about the data-parallel arithmetic. Resume is checked under Adam. */
 static void test_sequence_models(void **state) {
     (void)state;
     char data[512];
@@ -285,7 +290,7 @@ static void test_sequence_models(void **state) {
     for (int k = 0; k < 3; k++) {
         char cfg[512], r[4][512], c[4][2100];
         path_of(cfg, "seq.cfg");
-        write_seq_config(cfg, data, models[k], "adam");
+        write_seq_config(cfg, data, models[k], "momentum");
         for (int i = 0; i < 4; i++) {
             char name[16];
             snprintf(name, sizeof(name), "seq%d_%d", k, i);
@@ -298,8 +303,9 @@ static void test_sequence_models(void **state) {
         params p1 = load(c[0]), p2 = load(c[1]), p3 = load(c[2]);
         double d2 = max_rel_diff(&p1, &p2), d3 = max_rel_diff(&p1, &p3);
         printf("# %s: 1 vs 2 ranks max rel diff %.3g, 1 vs 3 ranks %.3g\n", names[k], d2, d3);
-        assert_true(d2 < 1e-4);
-        assert_true(d3 < 1e-4);
+        /* rounding only: a misplaced row or step would be ~1e-2 off */
+        assert_true(d2 < 5e-5);
+        assert_true(d3 < 5e-5);
         free(p1.v);
         free(p2.v);
         free(p3.v);
@@ -307,6 +313,8 @@ static void test_sequence_models(void **state) {
          * restarts its streams from zeros after a resume, so it is only
          * checked across world sizes) */
         if (k == 1) continue;
+        write_seq_config(cfg, data, models[k], "adam");
+        assert_int_equal(train(2, cfg, r[1], NULL), 0);
         assert_int_equal(train(2, cfg, r[3], "--set train.max_steps=70"), 0);
         assert_int_equal(train(2, cfg, r[3], "--resume auto"), 0);
         assert_true(files_equal_models(c[1], c[3]));

@@ -1,10 +1,593 @@
-/* layers_seq.c — placeholder while the layers are written. */
+/* layers_seq.c — the Transformer-side layers: [embedding], [layernorm],
+ * [gelu], [attention] and [transformer], built only from backend ops on
+ * device pointers, so the same code runs on the CPU and on CUDA.
+ *
+ * Keys (each layer reads only its own):
+ *   [embedding]   dim = D (required); positions = learned | sinusoidal | none
+ *                 (default learned); dropout = rate on the output (default 0).
+ *                 Needs a token input ([input] tokens = T, vocab = V) and must
+ *                 be the first layer. Params: weight (V, D) normal(0, 0.02);
+ *                 learned: position (T, D) normal(0, 0.02); sinusoidal: the
+ *                 non-trainable buffer sinusoid (T, D), the sin/cos table of
+ *                 Vaswani et al. (column 2i: sin(t / 10000^(2i/D)), column
+ *                 2i+1: cos of the same), written in setup and checkpointed
+ *                 with the model's buffers. Output (T, D) = weight[id] + pos[t].
+ *   [layernorm]   eps (default 1e-5); over the last dim of a (T, C) or (K)
+ *                 input. Params gamma (C) ones, beta (C) zeros.
+ *   [gelu]        no keys; GELU (tanh approximation) on any shape.
+ *   [attention]   heads (required, divides C), dropout (on the output
+ *                 projection, default 0): multi-head causal self-attention on
+ *                 (T, C). Params qkv_weight (3C, C), qkv_bias (3C),
+ *                 proj_weight (C, C), proj_bias (C); weights normal(0, 0.02),
+ *                 biases zeros. Rows [0, C) of qkv_weight make q, [C, 2C) k,
+ *                 [2C, 3C) v; head h owns features [h*Dh, (h+1)*Dh).
+ *   [transformer] heads (required), hidden (default 4C), dropout (residual
+ *                 dropout after the attention projection and after the MLP,
+ *                 default 0), eps (default 1e-5): one pre-norm GPT block,
+ *                 x1 = x + Attn(LN1(x)), y = x1 + fc2(GELU(fc(LN2(x1)))).
+ *                 Params ln1_gamma, ln1_beta (C), qkv_weight (3C, C),
+ *                 qkv_bias (3C), proj_weight (C, C), proj_bias (C),
+ *                 ln2_gamma, ln2_beta (C), fc_weight (hidden, C),
+ *                 fc_bias (hidden), fc2_weight (C, hidden), fc2_bias (C);
+ *                 as GPT-2, proj_weight and fc2_weight start with std
+ *                 0.02 / sqrt(2 * number of [transformer] sections).
+ *
+ * Attention: q, k, v come from three GEMMs on the (B*T, C) input into a
+ * (3, B, T, C) block, one transpose splits all three into heads
+ * (3, B, H, T, Dh), the scores (B*H, T, T) = q k^T are one batched GEMM that
+ * the causal softmax turns into probabilities in place; that one (T, T)
+ * tensor is kept for backward (backward needs one more, dP, in the shared
+ * workspace). The temporaries of forward and backward live in the model's
+ * shared workspace m->work (layers run one at a time), so only what
+ * backward reads is kept per layer: q, k, v, the probabilities, the merged
+ * heads, and for a block also LN1(x), x1, LN2(x1), the MLP's hidden
+ * pre- and post-GELU values, the layer-norm statistics and dropout masks.
+ *
+ * Contracts (layers.c): parameter gradients accumulate, dx is overwritten
+ * (NULL: not needed), dy may be overwritten; backward follows a training
+ * forward of the same B rows.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "trainer-impl.h"
+
+typedef enum pos_kind { POS_LEARNED = 0, POS_SINUSOIDAL, POS_NONE } pos_kind;
+
+/* One causal self-attention: shared by [attention] and [transformer]. */
+typedef struct attn {
+    int T, C, H, Dh;
+    const dv_param *p; /* qkv_weight, qkv_bias, proj_weight, proj_bias, in a row */
+    float *qkv;        /* (3, B, H, T, Dh): q, k, v split into heads */
+    float *prob;       /* (B*H, T, T): causal softmax probabilities */
+    float *merged;     /* (B, T, C): the heads' outputs, the projection's input */
+} attn;
+
+#define SEQ_MAX_DEV 16
+
+typedef struct seq_priv {
+    int T, C;   /* positions per sample and features per position */
+    int hidden; /* transformer MLP width */
+    int V;      /* embedding rows */
+    pos_kind pos;
+    float eps, rate;
+    attn at;
+    /* scratch kept from forward for backward, (max_batch, ...) */
+    float *mean1, *rstd1, *mean2, *rstd2; /* (B*T) */
+    float *ln1, *x1, *ln2;                /* (B, T, C) */
+    float *fc, *act;                      /* (B, T, hidden): before and after GELU */
+    float *mask1, *mask2;                 /* (B, T, C) dropout masks */
+    float *dev[SEQ_MAX_DEV];              /* every device allocation above */
+    int ndev;
+} seq_priv;
+
+static float *dev_alloc(seq_priv *p, dv_model *m, size_t floats) {
+    if (p->ndev == SEQ_MAX_DEV) return NULL;
+    float *d = m->be->alloc(m->be->ctx, (floats ? floats : 1) * sizeof(float));
+    if (d) p->dev[p->ndev++] = d;
+    return d;
+}
+
+static void seq_free(dv_layer *l, dv_model *m) {
+    seq_priv *p = l->priv;
+    if (p)
+        for (int i = 0; i < p->ndev; i++)
+            m->be->free(m->be->ctx, p->dev[i]);
+    dv_layer_free_priv(l, m);
+}
+
+static void need_work(dv_model *m, size_t floats) {
+    if (floats > m->work_floats) m->work_floats = floats;
+}
+
+/* The seed of dropout `which` of layer l this step: the [dropout] layer's
+ * fold of step and layer index, folded again with `which` so the two
+ * dropouts of a block draw different masks. It is a function of host
+ * values only, so every backend and every rank draws the same masks. */
+static uint64_t drop_seed(const dv_layer *l, const dv_model *m, uint64_t which) {
+    uint64_t s = dv_rand_hash(m->step_seed, (uint64_t)l->index);
+    return which ? dv_rand_hash(s, which) : s;
+}
+
+/* ---- attention ------------------------------------------------------------ */
+
+/* Floats of m->work that attn_forward / attn_backward use at B rows. */
+static size_t attn_work(const attn *a, int B) {
+    size_t n = (size_t)B * a->T * a->C;
+    return (size_t)B * a->H * a->T * a->T + 6 * n;
+}
+
+static int attn_setup(attn *a, seq_priv *p, dv_model *m) {
+    size_t B = (size_t)m->max_batch, n = B * a->T * a->C;
+    a->qkv = dev_alloc(p, m, 3 * n);
+    a->prob = dev_alloc(p, m, B * a->H * a->T * a->T);
+    a->merged = dev_alloc(p, m, n);
+    return a->qkv && a->prob && a->merged ? 0 : -1;
+}
+
+/* out (B, T, C) = beta * out + Attn(x (B, T, C)); beta is 0 or 1 (1 adds
+ * the attention to a residual already in out). work: attn_work floats. */
+static void attn_forward(const attn *a, dv_model *m, int B, const float *x, float *out, float beta,
+                         float *work) {
+    const dv_backend *be = m->be;
+    const int T = a->T, C = a->C, H = a->H, Dh = a->Dh, N = B * T, BH = B * H;
+    const size_t n = (size_t)N * C, cc = (size_t)C * C;
+    const long long sh = (long long)T * Dh, ss = (long long)T * T;
+    const float *w = a->p[0].data, *b = a->p[1].data;
+    float *lin = work; /* (3, B, T, C) */
+    for (int j = 0; j < 3; j++) {
+        be->gemm(be->ctx, 0, 1, N, C, C, 1.0f, x, w + j * cc, 0.0f, lin + j * n);
+        be->bias_forward(be->ctx, lin + j * n, b + (size_t)j * C, N, C, 1);
+    }
+    be->transpose(be->ctx, 3 * B, T, H, Dh, lin, a->qkv);
+    const float *q = a->qkv, *k = a->qkv + n, *v = a->qkv + 2 * n;
+    be->gemm_batched(be->ctx, 0, 1, T, T, Dh, 1.0f, q, sh, k, sh, 0.0f, a->prob, ss, BH);
+    be->causal_softmax_forward(be->ctx, BH, T, 1.0f / sqrtf((float)Dh), a->prob);
+    float *heads = work; /* (B, H, T, Dh); lin is done with */
+    be->gemm_batched(be->ctx, 0, 0, T, Dh, T, 1.0f, a->prob, ss, v, sh, 0.0f, heads, sh, BH);
+    be->transpose(be->ctx, B, H, T, Dh, heads, a->merged);
+    be->gemm(be->ctx, 0, 1, N, C, C, 1.0f, a->merged, a->p[2].data, beta, out);
+    be->bias_forward(be->ctx, out, a->p[3].data, N, C, 1);
+}
+
+/* From dout (B, T, C) (read only): the four params' grads +=, dx (B, T, C)
+ * overwritten unless NULL. x is the forward's input. */
+static void attn_backward(const attn *a, dv_model *m, int B, const float *x, const float *dout,
+                          float *dx, float *work) {
+    const dv_backend *be = m->be;
+    const int T = a->T, C = a->C, H = a->H, Dh = a->Dh, N = B * T, BH = B * H;
+    const size_t n = (size_t)N * C, cc = (size_t)C * C;
+    const long long sh = (long long)T * Dh, ss = (long long)T * T;
+    const float *q = a->qkv, *k = a->qkv + n, *v = a->qkv + 2 * n;
+    const float *w = a->p[0].data;
+    float *dw = a->p[0].grad, *db = a->p[1].grad;
+    float *dp = work;                          /* (B*H, T, T) */
+    float *dqkv = dp + (size_t)BH * T * T;     /* (3, B, H, T, Dh) */
+    float *dlin = dqkv + 3 * n;                /* (3, B, T, C) */
+    float *dmerged = dlin, *dheads = dlin + n; /* before dlin is written */
+
+    be->gemm(be->ctx, 1, 0, C, C, N, 1.0f, dout, a->merged, 1.0f, a->p[2].grad);
+    be->bias_backward(be->ctx, dout, a->p[3].grad, N, C, 1);
+    be->gemm(be->ctx, 0, 0, N, C, C, 1.0f, dout, a->p[2].data, 0.0f, dmerged);
+    be->transpose(be->ctx, B, T, H, Dh, dmerged, dheads);
+    /* dv = P^T dheads; dP = dheads v^T; dS in place; dq = dS k; dk = dS^T q */
+    be->gemm_batched(be->ctx, 1, 0, T, Dh, T, 1.0f, a->prob, ss, dheads, sh, 0.0f, dqkv + 2 * n, sh,
+                     BH);
+    be->gemm_batched(be->ctx, 0, 1, T, T, Dh, 1.0f, dheads, sh, v, sh, 0.0f, dp, ss, BH);
+    be->causal_softmax_backward(be->ctx, BH, T, 1.0f / sqrtf((float)Dh), a->prob, dp, dp);
+    be->gemm_batched(be->ctx, 0, 0, T, Dh, T, 1.0f, dp, ss, k, sh, 0.0f, dqkv, sh, BH);
+    be->gemm_batched(be->ctx, 1, 0, T, Dh, T, 1.0f, dp, ss, q, sh, 0.0f, dqkv + n, sh, BH);
+    be->transpose(be->ctx, 3 * B, H, T, Dh, dqkv, dlin);
+    for (int j = 0; j < 3; j++) {
+        be->gemm(be->ctx, 1, 0, C, C, N, 1.0f, dlin + j * n, x, 1.0f, dw + j * cc);
+        be->bias_backward(be->ctx, dlin + j * n, db + (size_t)j * C, N, C, 1);
+    }
+    if (dx)
+        for (int j = 0; j < 3; j++)
+            be->gemm(be->ctx, 0, 0, N, C, C, 1.0f, dlin + j * n, w + j * cc, j ? 1.0f : 0.0f, dx);
+}
+
+/* ---- forward / backward of each layer ------------------------------------- */
+
+static void emb_forward(dv_layer *l, dv_model *m, const float *x, float *y, int B, int training) {
+    const dv_backend *be = m->be;
+    seq_priv *p = l->priv;
+    const int T = p->T, D = p->C;
+    be->embedding_forward(be->ctx, (const int32_t *)x, B * T, D, l->param[0].data, y);
+    if (p->pos != POS_NONE) be->bias_forward(be->ctx, y, l->param[1].data, B, T * D, 1);
+    if (training && p->rate > 0.0f)
+        be->dropout_forward(be->ctx, p->rate, drop_seed(l, m, 0), m->row_id, B, T * D, y, y,
+                            p->mask1);
+}
+
+static void emb_backward(dv_layer *l, dv_model *m, const float *x, const float *y,
+                         const float *dy_in, float *dx, int B) {
+    (void)y;
+    (void)dx; /* token ids have no gradient */
+    const dv_backend *be = m->be;
+    seq_priv *p = l->priv;
+    const int T = p->T, D = p->C;
+    float *dy = (float *)dy_in;
+    if (p->rate > 0.0f) be->dropout_backward(be->ctx, p->mask1, dy, dy, (size_t)B * T * D);
+    be->embedding_backward(be->ctx, (const int32_t *)x, B * T, D, p->V, dy, l->param[0].grad);
+    if (p->pos == POS_LEARNED) be->bias_backward(be->ctx, dy, l->param[1].grad, B, T * D, 1);
+}
+
+static void ln_forward(dv_layer *l, dv_model *m, const float *x, float *y, int B, int training) {
+    (void)training;
+    seq_priv *p = l->priv;
+    m->be->layernorm_forward(m->be->ctx, B * p->T, p->C, p->eps, x, l->param[0].data,
+                             l->param[1].data, y, p->mean1, p->rstd1);
+}
+
+static void ln_backward(dv_layer *l, dv_model *m, const float *x, const float *y, const float *dy,
+                        float *dx, int B) {
+    (void)y;
+    seq_priv *p = l->priv;
+    m->be->layernorm_backward(m->be->ctx, B * p->T, p->C, x, l->param[0].data, p->mean1, p->rstd1,
+                              dy, dx, l->param[0].grad, l->param[1].grad);
+}
+
+static void gelu_forward(dv_layer *l, dv_model *m, const float *x, float *y, int B, int training) {
+    (void)training;
+    m->be->gelu_forward(m->be->ctx, x, y, (size_t)B * l->out_elems);
+}
+
+static void gelu_backward(dv_layer *l, dv_model *m, const float *x, const float *y, const float *dy,
+                          float *dx, int B) {
+    (void)y;
+    if (dx) m->be->gelu_backward(m->be->ctx, x, dy, dx, (size_t)B * l->out_elems);
+}
+
+static void attn_layer_forward(dv_layer *l, dv_model *m, const float *x, float *y, int B,
+                               int training) {
+    seq_priv *p = l->priv;
+    attn_forward(&p->at, m, B, x, y, 0.0f, m->work);
+    if (training && p->rate > 0.0f)
+        m->be->dropout_forward(m->be->ctx, p->rate, drop_seed(l, m, 0), m->row_id, B,
+                               (int)l->out_elems, y, y, p->mask1);
+}
+
+static void attn_layer_backward(dv_layer *l, dv_model *m, const float *x, const float *y,
+                                const float *dy_in, float *dx, int B) {
+    (void)y;
+    seq_priv *p = l->priv;
+    float *dy = (float *)dy_in;
+    if (p->rate > 0.0f)
+        m->be->dropout_backward(m->be->ctx, p->mask1, dy, dy, (size_t)B * l->out_elems);
+    attn_backward(&p->at, m, B, x, dy, dx, m->work);
+}
+
+/* Params of a block, in the order they are declared. */
+enum {
+    TB_LN1_G = 0,
+    TB_LN1_B,
+    TB_QKV_W,
+    TB_QKV_B,
+    TB_PROJ_W,
+    TB_PROJ_B,
+    TB_LN2_G,
+    TB_LN2_B,
+    TB_FC_W,
+    TB_FC_B,
+    TB_FC2_W,
+    TB_FC2_B,
+    TB_NPARAM
+};
+
+/* Workspace of a block: two (B, T, C) slots, then either the attention's
+ * temporaries or the MLP's (B, T, hidden) gradient. */
+static size_t block_work(const seq_priv *p, int B) {
+    size_t n = (size_t)B * p->T * p->C, h = (size_t)B * p->T * p->hidden;
+    size_t a = attn_work(&p->at, B);
+    return 2 * n + (a > h ? a : h);
+}
+
+static void block_forward(dv_layer *l, dv_model *m, const float *x, float *y, int B, int training) {
+    const dv_backend *be = m->be;
+    seq_priv *p = l->priv;
+    const dv_param *w = l->param;
+    const int N = B * p->T, C = p->C, Hd = p->hidden;
+    const size_t n = (size_t)N * C, bytes = n * sizeof(float);
+    const int drop = training && p->rate > 0.0f;
+    float *r1 = m->work, *r3 = m->work + 2 * n;
+
+    be->layernorm_forward(be->ctx, N, C, p->eps, x, w[TB_LN1_G].data, w[TB_LN1_B].data, p->ln1,
+                          p->mean1, p->rstd1);
+    if (!drop) { /* x1 = x + Attn(LN1(x)), the residual added by the GEMM */
+        be->copy(be->ctx, p->x1, x, bytes);
+        attn_forward(&p->at, m, B, p->ln1, p->x1, 1.0f, r3);
+    } else { /* the attention goes through y, which is free until the end */
+        attn_forward(&p->at, m, B, p->ln1, y, 0.0f, r3);
+        be->dropout_forward(be->ctx, p->rate, drop_seed(l, m, 1), m->row_id, B, p->T * C, y, y,
+                            p->mask1);
+        be->copy(be->ctx, p->x1, x, bytes);
+        be->axpy(be->ctx, 1.0f, y, p->x1, n);
+    }
+    be->layernorm_forward(be->ctx, N, C, p->eps, p->x1, w[TB_LN2_G].data, w[TB_LN2_B].data, p->ln2,
+                          p->mean2, p->rstd2);
+    be->gemm(be->ctx, 0, 1, N, Hd, C, 1.0f, p->ln2, w[TB_FC_W].data, 0.0f, p->fc);
+    be->bias_forward(be->ctx, p->fc, w[TB_FC_B].data, N, Hd, 1);
+    be->gelu_forward(be->ctx, p->fc, p->act, (size_t)N * Hd);
+    if (!drop) { /* y = x1 + MLP, the residual again added by the GEMM */
+        be->copy(be->ctx, y, p->x1, bytes);
+        be->gemm(be->ctx, 0, 1, N, C, Hd, 1.0f, p->act, w[TB_FC2_W].data, 1.0f, y);
+        be->bias_forward(be->ctx, y, w[TB_FC2_B].data, N, C, 1);
+    } else {
+        be->gemm(be->ctx, 0, 1, N, C, Hd, 1.0f, p->act, w[TB_FC2_W].data, 0.0f, r1);
+        be->bias_forward(be->ctx, r1, w[TB_FC2_B].data, N, C, 1);
+        be->dropout_forward(be->ctx, p->rate, drop_seed(l, m, 2), m->row_id, B, p->T * C, r1, r1,
+                            p->mask2);
+        be->copy(be->ctx, y, p->x1, bytes);
+        be->axpy(be->ctx, 1.0f, r1, y, n);
+    }
+}
+
+static void block_backward(dv_layer *l, dv_model *m, const float *x, const float *y,
+                           const float *dy_in, float *dx, int B) {
+    (void)y;
+    const dv_backend *be = m->be;
+    seq_priv *p = l->priv;
+    const dv_param *w = l->param;
+    const int N = B * p->T, C = p->C, Hd = p->hidden;
+    const size_t n = (size_t)N * C;
+    float *dy = (float *)dy_in;
+    float *r1 = m->work, *r2 = m->work + n, *r3 = m->work + 2 * n;
+
+    /* MLP branch: dy is the gradient of y and, through the residual, of x1 */
+    const float *df = dy;
+    if (p->rate > 0.0f) {
+        be->dropout_backward(be->ctx, p->mask2, dy, r1, n);
+        df = r1;
+    }
+    be->gemm(be->ctx, 1, 0, C, Hd, N, 1.0f, df, p->act, 1.0f, w[TB_FC2_W].grad);
+    be->bias_backward(be->ctx, df, w[TB_FC2_B].grad, N, C, 1);
+    float *dh = r3; /* (B, T, hidden) */
+    be->gemm(be->ctx, 0, 0, N, Hd, C, 1.0f, df, w[TB_FC2_W].data, 0.0f, dh);
+    be->gelu_backward(be->ctx, p->fc, dh, dh, (size_t)N * Hd);
+    be->gemm(be->ctx, 1, 0, Hd, C, N, 1.0f, dh, p->ln2, 1.0f, w[TB_FC_W].grad);
+    be->bias_backward(be->ctx, dh, w[TB_FC_B].grad, N, Hd, 1);
+    be->gemm(be->ctx, 0, 0, N, C, Hd, 1.0f, dh, w[TB_FC_W].data, 0.0f, r1);
+    be->layernorm_backward(be->ctx, N, C, p->x1, w[TB_LN2_G].data, p->mean2, p->rstd2, r1, r2,
+                           w[TB_LN2_G].grad, w[TB_LN2_B].grad);
+    be->axpy(be->ctx, 1.0f, r2, dy, n); /* dy now holds dx1 */
+
+    /* attention branch */
+    const float *dattn = dy;
+    if (p->rate > 0.0f) {
+        be->dropout_backward(be->ctx, p->mask1, dy, r1, n);
+        dattn = r1;
+    }
+    attn_backward(&p->at, m, B, p->ln1, dattn, r2, r3);
+    be->layernorm_backward(be->ctx, N, C, x, w[TB_LN1_G].data, p->mean1, p->rstd1, r2, dx,
+                           w[TB_LN1_G].grad, w[TB_LN1_B].grad);
+    if (dx) be->axpy(be->ctx, 1.0f, dy, dx, n);
+}
+
+/* ---- setup: scratch once the param views and max_batch are known --------- */
+
+static int emb_setup(dv_layer *l, dv_model *m, char *err) {
+    seq_priv *p = l->priv;
+    const int T = p->T, D = p->C;
+    if (p->rate > 0.0f && !(p->mask1 = dev_alloc(p, m, (size_t)m->max_batch * T * D)))
+        return dv_fail(err, "out of memory for %s", l->name);
+    if (p->pos != POS_SINUSOIDAL) return 0;
+    float *host = malloc((size_t)T * D * sizeof(float));
+    if (!host) return dv_fail(err, "out of memory");
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < D; j++) {
+            double a = t / pow(10000.0, (double)(j - j % 2) / D);
+            host[(size_t)t * D + j] = (float)(j % 2 ? cos(a) : sin(a));
+        }
+    m->be->to_device(m->be->ctx, l->param[1].data, host, (size_t)T * D * sizeof(float));
+    free(host);
+    return 0;
+}
+
+static int ln_setup(dv_layer *l, dv_model *m, char *err) {
+    seq_priv *p = l->priv;
+    size_t rows = (size_t)m->max_batch * p->T;
+    p->mean1 = dev_alloc(p, m, rows);
+    p->rstd1 = dev_alloc(p, m, rows);
+    if (!p->mean1 || !p->rstd1) return dv_fail(err, "out of memory for %s", l->name);
+    return 0;
+}
+
+static int attn_layer_setup(dv_layer *l, dv_model *m, char *err) {
+    seq_priv *p = l->priv;
+    size_t n = (size_t)m->max_batch * p->T * p->C;
+    if (attn_setup(&p->at, p, m) || (p->rate > 0.0f && !(p->mask1 = dev_alloc(p, m, n))))
+        return dv_fail(err, "out of memory for %s", l->name);
+    need_work(m, attn_work(&p->at, m->max_batch));
+    return 0;
+}
+
+static int block_setup(dv_layer *l, dv_model *m, char *err) {
+    seq_priv *p = l->priv;
+    size_t rows = (size_t)m->max_batch * p->T, n = rows * p->C, h = rows * p->hidden;
+    if (attn_setup(&p->at, p, m)) return dv_fail(err, "out of memory for %s", l->name);
+    p->mean1 = dev_alloc(p, m, rows);
+    p->rstd1 = dev_alloc(p, m, rows);
+    p->mean2 = dev_alloc(p, m, rows);
+    p->rstd2 = dev_alloc(p, m, rows);
+    p->ln1 = dev_alloc(p, m, n);
+    p->x1 = dev_alloc(p, m, n);
+    p->ln2 = dev_alloc(p, m, n);
+    p->fc = dev_alloc(p, m, h);
+    p->act = dev_alloc(p, m, h);
+    if (!p->mean1 || !p->rstd1 || !p->mean2 || !p->rstd2 || !p->ln1 || !p->x1 || !p->ln2 ||
+        !p->fc || !p->act)
+        return dv_fail(err, "out of memory for %s", l->name);
+    if (p->rate > 0.0f) {
+        p->mask1 = dev_alloc(p, m, n);
+        p->mask2 = dev_alloc(p, m, n);
+        if (!p->mask1 || !p->mask2) return dv_fail(err, "out of memory for %s", l->name);
+    }
+    need_work(m, block_work(p, m->max_batch));
+    return 0;
+}
+
+static const dv_layer_ops emb_ops = {emb_forward, emb_backward, seq_free, emb_setup};
+static const dv_layer_ops ln_ops = {ln_forward, ln_backward, seq_free, ln_setup};
+static const dv_layer_ops gelu_ops = {gelu_forward, gelu_backward, seq_free, NULL};
+static const dv_layer_ops attn_ops = {attn_layer_forward, attn_layer_backward, seq_free,
+                                      attn_layer_setup};
+static const dv_layer_ops block_ops = {block_forward, block_backward, seq_free, block_setup};
+
+/* ---- construction ---------------------------------------------------------- */
+
+static dv_param *add_normal(dv_layer *l, const char *name, int ndim, const int *shape, float std) {
+    dv_param *w = dv_layer_add_param(l, name, 1, DV_INIT_NORMAL, ndim, shape);
+    w->std = std;
+    return w;
+}
+
+static int need_sequence(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
+    if (l->in_ndim == 2) return 0;
+    char where[1200];
+    dv_cfg_where(cfg, s, NULL, where, sizeof(where));
+    return dv_fail(err,
+                   "%s: needs a sequence input (T, C) but gets %zu features in %d dims (set "
+                   "[input] shape = T,C with sequence = true, or start with an [embedding])",
+                   where, l->in_elems, l->in_ndim);
+}
+
+/* heads (required, divides C) and the attention's four params. */
+static int attn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, seq_priv *p, float proj_std,
+                     char *err) {
+    long heads;
+    if (dv_cfg_int(cfg, s, "heads", 0, 1, 1 << 16, &heads, err)) return -1;
+    if (!heads) return dv_cfg_missing(cfg, s, "heads", err);
+    const int C = p->C;
+    if (C % heads) {
+        char where[1200];
+        dv_cfg_where(cfg, s, "heads", where, sizeof(where));
+        return dv_fail(err, "%s: %d features do not split into %ld heads", where, C, heads);
+    }
+    attn *a = &p->at;
+    a->T = p->T;
+    a->C = C;
+    a->H = (int)heads;
+    a->Dh = C / (int)heads;
+    int wqkv[2] = {3 * C, C}, bqkv[1] = {3 * C}, wp[2] = {C, C}, bp[1] = {C};
+    a->p = add_normal(l, "qkv_weight", 2, wqkv, 0.02f);
+    dv_layer_add_param(l, "qkv_bias", 1, DV_INIT_ZERO, 1, bqkv);
+    add_normal(l, "proj_weight", 2, wp, proj_std);
+    dv_layer_add_param(l, "proj_bias", 1, DV_INIT_ZERO, 1, bp);
+    return 0;
+}
+
+static int read_rate(dv_config *cfg, dv_cfg_section *s, seq_priv *p, char *err) {
+    double rate;
+    if (dv_cfg_float(cfg, s, "dropout", 0, 0, 0.99, &rate, err)) return -1;
+    p->rate = (float)rate;
+    return 0;
+}
+
+static int read_eps(dv_config *cfg, dv_cfg_section *s, seq_priv *p, char *err) {
+    double eps;
+    if (dv_cfg_float(cfg, s, "eps", 1e-5, 1e-12, 1, &eps, err)) return -1;
+    p->eps = (float)eps;
+    return 0;
+}
+
+static int emb_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m, seq_priv *p,
+                    char *err) {
+    static const char *const pos_names[] = {"learned", "sinusoidal", "none", NULL};
+    char where[1200];
+    dv_cfg_where(cfg, s, NULL, where, sizeof(where));
+    if (!m->tokens || l->index != 0)
+        return dv_fail(err,
+                       "%s: an [embedding] reads token ids, so it must be the first layer of "
+                       "a model with a token input ([input] tokens = T, vocab = V)",
+                       where);
+    long dim;
+    int pos;
+    if (dv_cfg_int(cfg, s, "dim", 0, 1, 1 << 20, &dim, err) ||
+        dv_cfg_enum(cfg, s, "positions", "learned", pos_names, &pos, err) ||
+        read_rate(cfg, s, p, err))
+        return -1;
+    if (!dim) return dv_cfg_missing(cfg, s, "dim", err);
+    p->T = l->in_shape[0];
+    p->C = (int)dim;
+    p->V = m->vocab;
+    p->pos = (pos_kind)pos;
+    l->out_ndim = 2;
+    l->out_shape[0] = p->T;
+    l->out_shape[1] = p->C;
+    int wshape[2] = {p->V, p->C}, pshape[2] = {p->T, p->C};
+    add_normal(l, "weight", 2, wshape, 0.02f);
+    if (p->pos == POS_LEARNED) add_normal(l, "position", 2, pshape, 0.02f);
+    if (p->pos == POS_SINUSOIDAL) dv_layer_add_param(l, "sinusoid", 0, DV_INIT_ZERO, 2, pshape);
+    l->ops = &emb_ops;
+    return 0;
+}
+
+static int block_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, seq_priv *p, char *err) {
+    long hidden;
+    if (dv_cfg_int(cfg, s, "hidden", 4L * p->C, 1, 1 << 24, &hidden, err) ||
+        read_rate(cfg, s, p, err) || read_eps(cfg, s, p, err))
+        return -1;
+    p->hidden = (int)hidden;
+    int blocks = 0;
+    for (int i = 0; i < cfg->nsec; i++)
+        blocks += !strcmp(cfg->sec[i].type, "transformer");
+    const float res_std = 0.02f / sqrtf(2.0f * (float)(blocks ? blocks : 1));
+    const int C = p->C;
+    int c1[1] = {C}, wfc[2] = {p->hidden, C}, bfc[1] = {p->hidden}, wfc2[2] = {C, p->hidden};
+    dv_layer_add_param(l, "ln1_gamma", 1, DV_INIT_ONE, 1, c1);
+    dv_layer_add_param(l, "ln1_beta", 1, DV_INIT_ZERO, 1, c1);
+    if (attn_init(l, cfg, s, p, res_std, err)) return -1;
+    dv_layer_add_param(l, "ln2_gamma", 1, DV_INIT_ONE, 1, c1);
+    dv_layer_add_param(l, "ln2_beta", 1, DV_INIT_ZERO, 1, c1);
+    add_normal(l, "fc_weight", 2, wfc, 0.02f);
+    dv_layer_add_param(l, "fc_bias", 1, DV_INIT_ZERO, 1, bfc);
+    add_normal(l, "fc2_weight", 2, wfc2, res_std);
+    dv_layer_add_param(l, "fc2_bias", 1, DV_INIT_ZERO, 1, c1);
+    l->ops = &block_ops;
+    return 0;
+}
 
 int dv_layer_seq_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m,
                       char *err) {
-    (void)cfg;
-    (void)s;
-    (void)m;
-    return dv_fail(err, "[%s] is not built yet", l->type);
+    seq_priv *p = calloc(1, sizeof(*p));
+    if (!p) return dv_fail(err, "out of memory");
+    l->priv = p;
+    l->out_ndim = l->in_ndim;
+    memcpy(l->out_shape, l->in_shape, sizeof(l->out_shape));
+    /* a (T, C) sequence, or T = 1 row of a (K) vector */
+    p->T = l->in_ndim == 2 ? l->in_shape[0] : 1;
+    p->C = l->in_shape[l->in_ndim - 1];
+    const char *t = l->type;
+    if (!strcmp(t, "embedding")) {
+        return emb_init(l, cfg, s, m, p, err);
+    }
+    if (!strcmp(t, "gelu")) {
+        l->ops = &gelu_ops;
+        return 0;
+    }
+    if (!strcmp(t, "layernorm")) {
+        if (l->in_ndim > 2) {
+            char where[1200];
+            dv_cfg_where(cfg, s, NULL, where, sizeof(where));
+            return dv_fail(err,
+                           "%s: normalizes the last dim of a (T, C) or (K) input, not a "
+                           "(C, H, W) image (put a [flatten] before it)",
+                           where);
+        }
+        if (read_eps(cfg, s, p, err)) return -1;
+        int c1[1] = {p->C};
+        dv_layer_add_param(l, "gamma", 1, DV_INIT_ONE, 1, c1);
+        dv_layer_add_param(l, "beta", 1, DV_INIT_ZERO, 1, c1);
+        l->ops = &ln_ops;
+        return 0;
+    }
+    if (need_sequence(l, cfg, s, err)) return -1;
+    if (!strcmp(t, "attention")) {
+        if (read_rate(cfg, s, p, err) || attn_init(l, cfg, s, p, 0.02f, err)) return -1;
+        l->ops = &attn_ops;
+        return 0;
+    }
+    return block_init(l, cfg, s, p, err);
 }

@@ -218,7 +218,7 @@ struct dv_model {
     float **acts;
     float *input;   /* (max_batch, in_elems) */
     float *dbuf[2]; /* ping-pong gradients, (max_batch, max elems) */
-    float *work;    /* conv workspace, shared */
+    float *work;    /* workspace shared by the conv and attention layers */
     size_t work_floats;
     float *targets;  /* (max_batch, outputs) float targets */
     int32_t *labels; /* (max_batch) */
