@@ -256,7 +256,7 @@ static void write_seq_config(const char *path, const char *data, const char *mod
             "[train]\nepochs = 2\nbatch = 12\noptimizer = %s\nlr = %s\nmomentum = 0.9\n"
             "seed = 5\nloss = cross_entropy\nkeep = 0\nclip_norm = 1\n\n"
             "[input]\ntokens = 16\n\n%s",
-            data, optimizer, strcmp(optimizer, "adam") ? "0.1" : "0.01", model);
+            data, optimizer, strcmp(optimizer, "adam") ? "0.05" : "0.01", model);
     fclose(f);
 }
 
@@ -303,9 +303,11 @@ static void test_sequence_models(void **state) {
         params p1 = load(c[0]), p2 = load(c[1]), p3 = load(c[2]);
         double d2 = max_rel_diff(&p1, &p2), d3 = max_rel_diff(&p1, &p3);
         printf("# %s: 1 vs 2 ranks max rel diff %.3g, 1 vs 3 ranks %.3g\n", names[k], d2, d3);
-        /* rounding only: a misplaced row or step would be ~1e-2 off */
-        assert_true(d2 < 5e-5);
-        assert_true(d3 < 5e-5);
+        /* rounding only (it grows over the steps: ~2e-7 after one step,
+         * ~1e-5 to 6e-5 after 112 for the GPT); a misplaced row, position
+         * or mask would be ~1e-2 off */
+        assert_true(d2 < 2e-4);
+        assert_true(d3 < 2e-4);
         free(p1.v);
         free(p2.v);
         free(p3.v);
