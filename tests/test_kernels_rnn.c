@@ -574,20 +574,12 @@ static void test_gru_cuda(void **state) {
 
 static int setup(void **state) {
     (void)state;
-    cpu = dv_backend_cpu_create(1);
-    if (!cpu) return -1;
-    char err[400] = "";
-    gpu = dv_backend_cuda_create(0, DV_PRECISION_FP32, err, sizeof err);
-    if (!gpu)
-        snprintf(why, sizeof why, "%s", err[0] ? err : "dv_backend_cuda_create gave no reason");
-    return 0;
+    return test_backends_open(&cpu, &gpu, why, sizeof why);
 }
 
 static int teardown(void **state) {
     (void)state;
-    dv_backend_free(gpu);
-    dv_backend_free(cpu);
-    gpu = cpu = NULL;
+    test_backends_close(&cpu, &gpu);
     return 0;
 }
 

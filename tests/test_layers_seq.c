@@ -593,13 +593,10 @@ static void test_cuda_matches_cpu(void **state) {
 
 static int setup(void **state) {
     (void)state;
-    cpu = dv_backend_cpu_create(1);
-    if (!cpu) return -1;
-    char err[400] = "";
-    gpu = dv_backend_cuda_create(0, DV_PRECISION_FP32, err, sizeof err);
+    char why[400];
+    if (test_backends_open(&cpu, &gpu, why, sizeof why)) return -1;
     if (!gpu) {
-        printf("test_layers_seq: no CUDA device (%s); the CUDA comparison is skipped\n",
-               err[0] ? err : "no reason given");
+        printf("test_layers_seq: no CUDA device (%s); the CUDA comparison is skipped\n", why);
         fflush(stdout);
     }
     return 0;
@@ -607,9 +604,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    dv_backend_free(gpu);
-    dv_backend_free(cpu);
-    gpu = cpu = NULL;
+    test_backends_close(&cpu, &gpu);
     return 0;
 }
 

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,4 +107,19 @@ void test_expect_bits(const void *got, const void *want, size_t bytes, const cha
     while (a[i] == b[i])
         i++;
     fail_msg("%s: differs from byte %zu of %zu (word %zu)", what, i, bytes, i / 4);
+}
+
+int test_backends_open(dv_backend **cpu, dv_backend **gpu, char *why, size_t len) {
+    *cpu = dv_backend_cpu_create(1);
+    if (!*cpu) return -1;
+    char err[400] = "";
+    *gpu = dv_backend_cuda_create(0, DV_PRECISION_FP32, err, sizeof err);
+    if (!*gpu) snprintf(why, len, "%s", err[0] ? err : "dv_backend_cuda_create gave no reason");
+    return 0;
+}
+
+void test_backends_close(dv_backend **cpu, dv_backend **gpu) {
+    dv_backend_free(*gpu);
+    dv_backend_free(*cpu);
+    *cpu = *gpu = NULL;
 }

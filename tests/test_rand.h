@@ -39,6 +39,11 @@ void test_fd_check(test_loss_fn f, void *st, float *param, const float *grad, si
 /* Device memory of backend G (host memory for the CPU backend); each fails
  * the test when it cannot be had. test_dput: a device copy of host data;
  * test_dget: a malloc'd host copy of device data. */
+/* The CPU backend (1 thread) into *cpu and, where a device can be used, the
+ * CUDA one (FP32 GEMMs) into *gpu, else NULL with the reason in why (len
+ * bytes). Returns 0, or -1 when the CPU backend cannot be made. */
+int test_backends_open(dv_backend **cpu, dv_backend **gpu, char *why, size_t len);
+void test_backends_close(dv_backend **cpu, dv_backend **gpu);
 void *test_dalloc(dv_backend *G, size_t bytes);
 void *test_dput(dv_backend *G, const void *h, size_t bytes);
 void *test_dget(dv_backend *G, const void *d, size_t bytes);
