@@ -31,7 +31,9 @@
  * below |x| = 0.625, where 1 - 2/(e^2x + 1) would cancel; within 3 ulp. */
 static inline float dv_fast_expf(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-    const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+    /* round to nearest by adding and removing 1.5 * 2^23 (|x log2 e| is far
+     * below 2^22): unlike floorf, GCC vectorizes this without -ffast-math */
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693359375f; /* ln2, split so n * hi is exact */
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
