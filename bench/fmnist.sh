@@ -20,12 +20,14 @@
 #
 # BENCH_MODELS (default "mlp cnn") picks the models. Needs build/bin/dive
 # (launch/build), datasets/fmnist.h5 (imported here if missing) and, for the
-# reference, python3-torch (launch/deps --bench). DIVE overrides the binary. Logs go to a temporary
+# reference, python3-torch (launch/deps --bench). DIVE overrides the binary, PYTHON the interpreter
+# (default /usr/bin/python3). Logs go to a temporary
 # folder, kept (and named) when a run fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 dive=${DIVE:-build/bin/dive}
+python=${PYTHON:-/usr/bin/python3}
 if [[ ! -x "$dive" ]]; then
   echo "bench: $dive not found; run launch/build first" >&2
   exit 1
@@ -87,13 +89,13 @@ dive_rate() {
 # torch_rate MODEL [BATCH]
 torch_rate() {
   local model=$1 log="$tmp/torch-$1-${2:-64}.log"
-  if ! /usr/bin/python3 -c 'import torch, numpy' >/dev/null 2>&1; then
-    echo "bench: no PyTorch for /usr/bin/python3; run launch/deps --bench" >&2
+  if ! "$python" -c 'import torch, numpy, h5py' >/dev/null 2>&1; then
+    echo "bench: no PyTorch/h5py for $python; run launch/deps --bench" >&2
     echo n/a
     return
   fi
-  if /usr/bin/python3 bench/fmnist_torch.py --model "$model" --threads 1 "${torch_len[@]}" \
-       --batch "${2:-64}" >"$log" 2>&1 && rate '^torch ' "$log"; then
+  if "$python" bench/fmnist_torch.py --model "$model" --threads 1 "${torch_len[@]}" \
+       --h5 datasets/fmnist.h5 --batch "${2:-64}" >"$log" 2>&1 && rate '^torch ' "$log"; then
     return
   fi
   touch "$tmp/failed"

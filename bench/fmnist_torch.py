@@ -15,7 +15,9 @@ torch.cuda.synchronize().
 Prints exactly one line `torch <model> batch <B>: <X> samples/s`, X measured
 over the training steps after the first 5 (warm-up), and with --eval a second
 line `torch <model> test accuracy: <A>`. Reads the IDX .gz files of the Debian
-package dataset-fashion-mnist directly (launch/deps --bench --data).
+package dataset-fashion-mnist directly (launch/deps --bench --data), or with
+--h5 FILE the HDF5 file Dive trains on (bench/fmnist.sh passes
+datasets/fmnist.h5, so both sides read the same bytes).
 """
 import argparse
 import gzip
@@ -41,10 +43,15 @@ def read_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def load(data_dir, split):
-    prefix = "train" if split == "train" else "t10k"
-    x = read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz"))
-    y = read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
+def load(data_dir, split, h5=None):
+    if h5:  # the file Dive reads (launch/import-fmnist): /train or /test, x and y
+        import h5py
+        with h5py.File(h5, "r") as f:
+            x, y = f[f"{split}/x"][()], f[f"{split}/y"][()]
+    else:
+        prefix = "train" if split == "train" else "t10k"
+        x = read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz"))
+        y = read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
     x = torch.from_numpy(x.astype(np.float32) * (1.0 / 255.0)).reshape(-1, 1, 28, 28)
     return x, torch.from_numpy(y.astype(np.int64))
 
@@ -82,6 +89,8 @@ def main():
     ap.add_argument("--tf32", action="store_true", help="allow TF32 on a GPU")
     ap.add_argument("--data-dir", default=os.environ.get(
         "FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+    ap.add_argument("--h5", help="read Dive's HDF5 file (e.g. datasets/fmnist.h5) "
+                    "instead of the IDX files")
     a = ap.parse_args()
     if a.steps and a.steps <= WARMUP:
         ap.error(f"--steps must exceed the {WARMUP} warm-up steps")
@@ -94,7 +103,7 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = a.tf32
         torch.backends.cudnn.allow_tf32 = a.tf32
         torch.backends.cudnn.benchmark = True
-    x, y = load(a.data_dir, "train")
+    x, y = load(a.data_dir, "train", a.h5)
     if a.model == "mlp":
         x = x.reshape(len(x), 784)
     x, y = x.to(dev), y.to(dev)
@@ -136,7 +145,7 @@ def main():
     print(f"torch {a.model} batch {a.batch}: {timed_samples / elapsed:.1f} samples/s", flush=True)
 
     if a.eval:
-        xt, yt = load(a.data_dir, "test")
+        xt, yt = load(a.data_dir, "test", a.h5)
         if a.model == "mlp":
             xt = xt.reshape(len(xt), 784)
         xt, yt = xt.to(dev), yt.to(dev)

@@ -20,7 +20,8 @@
 # BENCH_BATCH and BENCH_T (override the config's batch and window length on
 # both sides), BENCH_DEVICE=cuda (backend = cuda against PyTorch on the same
 # GPU, fp32), BENCH_CONFIGS (folder of the fortunes_*.cfg, default
-# examples). Needs build/bin/dive (launch/build; DIVE overrides it),
+# examples), PYTHON (default /usr/bin/python3). Needs build/bin/dive
+# (launch/build; DIVE overrides it),
 # datasets/fortunes.h5 (launch/import-fortunes) and, for the reference,
 # python3-torch and python3-h5py (launch/deps --bench). Logs go to a
 # temporary folder, kept (and named) when a run fails.
@@ -28,6 +29,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 dive=${DIVE:-build/bin/dive}
+python=${PYTHON:-/usr/bin/python3}
 data=datasets/fortunes.h5
 if [[ ! -x "$dive" ]]; then
   echo "bench: $dive not found; run launch/build first (or set DIVE)" >&2
@@ -105,12 +107,12 @@ dive_run() {
 # torch_run MODEL: prints "TOKENS_PER_S VAL_LOSS", either n/a on failure.
 torch_run() {
   local m=$1 log="$tmp/torch-$1.log" line
-  if ! /usr/bin/python3 -c 'import torch, numpy, h5py' >/dev/null 2>&1; then
-    echo "bench: no PyTorch/h5py for /usr/bin/python3; run launch/deps --bench" >&2
+  if ! "$python" -c 'import torch, numpy, h5py' >/dev/null 2>&1; then
+    echo "bench: no PyTorch/h5py for $python; run launch/deps --bench" >&2
     echo n/a n/a
     return
   fi
-  if /usr/bin/python3 bench/seq_torch.py --model "$m" "${torch_args[@]}" >"$log" 2>&1 &&
+  if "$python" bench/seq_torch.py --model "$m" "${torch_args[@]}" >"$log" 2>&1 &&
      line=$(grep "^torch $m: .* tokens/s, val loss " "$log" | tail -n 1); then
     awk '{ for (i = 2; i <= NF; i++) { if ($i ~ /^tokens\/s/) r = $(i - 1)
                                        if ($i == "loss") l = $(i + 1) }

@@ -10,6 +10,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib_e2e.sh"
 make_data data.h5
 write_cfg kill.cfg data.h5 run 400
 
+# started LOG: waits (up to 60 s) until the run in the background has printed
+# a progress line, so a signal sent next reaches a training loop, not a
+# process still starting MPI (which would die without a word, rightly)
+started() {
+    for _ in $(seq 1 1200); do
+        grep -q "step [0-9]*/" "$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
 echo "== train on 2 ranks, checkpoint every 7 steps, SIGKILL the whole job"
 mpirun --oversubscribe -np 2 "$DIVE_BIN" train kill.cfg --set train.checkpoint_every=7 \
     --set train.keep=2 >train.log 2>&1 &
@@ -44,7 +55,7 @@ check "no temporary checkpoint files are left" \
 echo "== SIGTERM (a scheduler's time limit, Ctrl-C): checkpoint at the next step, then stop"
 "$DIVE_BIN" train kill.cfg --set train.run_dir=run_term --set train.epochs=100000 >term.log 2>&1 &
 job=$!
-sleep 1.5
+started term.log
 kill -TERM "$job"
 wait "$job"
 rc=$?
@@ -60,7 +71,7 @@ check "resumes at step $tstep" grep -q "resuming from run_term/last.h5: .*step $
 echo "== SIGTERM to every rank of a 2-rank job (as srun delivers it)"
 mpirun --oversubscribe -np 2 "$DIVE_BIN" train kill.cfg --set train.run_dir=run_term2 --set train.epochs=100000 >term2.log 2>&1 &
 job=$!
-sleep 2
+started term2.log
 pkill -TERM -P "$job"
 wait "$job"
 rc=$?
