@@ -10,7 +10,7 @@
  * the backward lays dy out as (F, Bc*OHW) the same way, so dw and the
  * column gradient are one GEMM each.
  *
- * Nothing here uses atomics: db is a fixed-order block reduction, col2im
+ * Nothing here uses atomics: db is a fixed-order two-stage reduction, col2im
  * and the pooling backward are gathers (one thread per input element that
  * sums, in a fixed order, what every window that saw it contributed), so
  * results are the same from run to run. Pooling adds in the CPU's order,
@@ -58,24 +58,54 @@ static int conv_plan_init(conv_plan *p, const dv_conv2d_geom *g) {
 
 /* cols (CKK, nb*OHW) of the nb samples at x (nb, C, H, W); zero where the
  * window reads padding. Column j = b*OHW + oh*OW + ow, row r = (c*KH + kh)*KW
- * + kw, as the CPU's im2col for one sample, samples side by side. */
+ * + kw, as the CPU's im2col for one sample, samples side by side. A thread
+ * owns a column and walks a run of rows (blockIdx.y picks the run): its
+ * divisions are done once, each row costs a load and a store, and a warp
+ * stores 32 consecutive floats of a row. */
 static __global__ void im2col_kernel(const float *__restrict__ x, float *__restrict__ cols, int C,
                                      int H, int W, int KH, int KW, int stride, int pad, int OW,
-                                     int ohw, int ncols, size_t total) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        size_t r = i / (size_t)ncols;
-        int j = (int)(i - r * (size_t)ncols);
-        int kw = (int)(r % (size_t)KW);
-        int kh = (int)((r / (size_t)KW) % (size_t)KH);
-        int c = (int)(r / ((size_t)KW * KH));
-        int b = j / ohw, pix = j - b * ohw;
-        int oh = pix / OW, ow = pix - oh * OW;
-        int ih = oh * stride - pad + kh, iw = ow * stride - pad + kw;
-        float v = 0.0f;
-        if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = x[(((size_t)b * C + c) * H + ih) * W + iw];
-        cols[i] = v;
+                                     int ohw, int ncols) {
+    const int ckk = C * KH * KW;
+    const int per = (ckk + (int)gridDim.y - 1) / (int)gridDim.y;
+    const int r0 = (int)blockIdx.y * per, r1 = r0 + per < ckk ? r0 + per : ckk;
+    if (r0 >= r1) return;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < ncols; j += gridDim.x * blockDim.x) {
+        const int b = j / ohw, pix = j - b * ohw;
+        const int oh = pix / OW, ow = pix - oh * OW;
+        const int h0 = oh * stride - pad, w0 = ow * stride - pad;
+        int kw = r0 % KW, kh = (r0 / KW) % KH, c = r0 / (KW * KH);
+        const float *xb = x + (size_t)b * C * H * W;
+        float *out = cols + (size_t)r0 * ncols + j;
+        for (int r = r0; r < r1; r++) {
+            const int ih = h0 + kh, iw = w0 + kw;
+            float v = 0.0f;
+            if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = xb[((size_t)c * H + ih) * W + iw];
+            *out = v;
+            out += ncols;
+            if (++kw == KW) {
+                kw = 0;
+                if (++kh == KH) {
+                    kh = 0;
+                    c++;
+                }
+            }
+        }
     }
+}
+
+/* The launch of im2col_kernel for ncols columns: enough blocks of columns,
+ * times runs of rows, to fill the GPU a few times over. */
+static void im2col_launch(dv_cuda_ctx *cx, const float *x, float *cols, const dv_conv2d_geom *g,
+                          int ohw, int ncols) {
+    const int ckk = g->C * g->KH * g->KW;
+    const unsigned bx = (unsigned)((ncols + DV_CUDA_THREADS - 1) / DV_CUDA_THREADS);
+    const unsigned want = (unsigned)(cx->num_sms > 0 ? cx->num_sms : 80) * 8;
+    unsigned by = bx >= want ? 1u : (want + bx - 1) / bx;
+    if (by > (unsigned)ckk) by = (unsigned)ckk;
+    if (by > 65535u) by = 65535u;
+    im2col_kernel<<<dim3(bx, by), DV_CUDA_THREADS, 0, cx->stream>>>(
+        x, cols, g->C, g->H, g->W, g->KH, g->KW, g->stride, g->pad, g->OW, ohw, ncols);
+    DV_CUDA_LAUNCHED(cx, "im2col_kernel");
 }
 
 /* y (nb, F, OHW) = t (F, nb*OHW) rearranged, + bias (F) if not NULL. One
@@ -106,59 +136,74 @@ static __global__ void conv_dyt_kernel(const float *__restrict__ dy, float *__re
     }
 }
 
-/* db (F) += sum over B and OHW of dy (B, F, OHW): one block per channel,
- * each thread a fixed strided subset, then a tree in shared memory, so the
- * sum's order never depends on timing. Needs blockDim.x == DV_CUDA_THREADS. */
-static __global__ void conv_db_kernel(const float *__restrict__ dy, float *__restrict__ db, int B,
-                                      int F, int ohw) {
-    __shared__ float part[DV_CUDA_THREADS];
-    const int f = blockIdx.x;
-    const size_t n = (size_t)B * ohw;
+/* db (F) += sum over B and OHW of dy (B, F, OHW), in two fixed-order
+ * stages so the sum never depends on timing: block (f, p) adds channel f
+ * over its share of the samples, [B*p/P, B*(p+1)/P), each thread a fixed
+ * strided subset and then a tree in shared memory, into part (F, P); then
+ * one thread per channel adds its P partials in order. Needs blockDim.x ==
+ * DV_CUDA_THREADS. */
+static __global__ void conv_db_part_kernel(const float *__restrict__ dy, float *__restrict__ part,
+                                           int B, int F, int ohw) {
+    __shared__ float sh[DV_CUDA_THREADS];
+    const int f = blockIdx.x, p = blockIdx.y, P = gridDim.y;
+    const int b0 = (int)((long long)B * p / P), b1 = (int)((long long)B * (p + 1) / P);
+    const long long n = (long long)(b1 - b0) * ohw;
     float s = 0.0f;
-    for (size_t k = threadIdx.x; k < n; k += blockDim.x) {
-        size_t b = k / (size_t)ohw;
-        int pix = (int)(k - b * (size_t)ohw);
-        s += dy[(b * F + f) * ohw + pix];
+    for (long long k = threadIdx.x; k < n; k += blockDim.x) {
+        const int db = (int)(k / ohw), pix = (int)(k - (long long)db * ohw);
+        s += dy[((size_t)(b0 + db) * F + f) * ohw + pix];
     }
-    part[threadIdx.x] = s;
+    sh[threadIdx.x] = s;
     __syncthreads();
     for (int h = DV_CUDA_THREADS / 2; h > 0; h >>= 1) {
-        if ((int)threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
+        if ((int)threadIdx.x < h) sh[threadIdx.x] += sh[threadIdx.x + h];
         __syncthreads();
     }
-    if (threadIdx.x == 0) db[f] += part[0];
+    if (threadIdx.x == 0) part[(size_t)f * P + p] = sh[0];
+}
+
+static __global__ void conv_db_sum_kernel(const float *__restrict__ part, float *__restrict__ db,
+                                          int F, int P) {
+    for (int f = blockIdx.x * blockDim.x + threadIdx.x; f < F; f += gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int p = 0; p < P; p++)
+            s += part[(size_t)f * P + p];
+        db[f] += s;
+    }
 }
 
 /* dx (nb, C, H, W) = the column gradient dcols (CKK, nb*OHW) folded back:
  * each thread owns one dx element and adds the columns that read it, in
  * (kh, kw) order as the CPU's col2im does, so no two threads write one
- * element and no atomics are needed. Overwrites dx. */
+ * element and no atomics are needed; blockIdx.y walks the (b, c) planes.
+ * Overwrites dx. */
 static __global__ void col2im_kernel(const float *__restrict__ dcols, float *__restrict__ dx, int C,
                                      int H, int W, int KH, int KW, int stride, int pad, int OH,
-                                     int OW, int ncols, size_t total) {
-    const int ohw = OH * OW;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        size_t plane = i / ((size_t)H * W); /* b*C + c */
-        int rem = (int)(i - plane * ((size_t)H * W));
-        int ih = rem / W, iw = rem - ih * W;
-        int b = (int)(plane / (size_t)C), c = (int)(plane - (size_t)b * C);
-        float acc = 0.0f;
-        for (int kh = 0; kh < KH; kh++) {
-            int th = ih + pad - kh; /* = oh * stride */
-            if (th < 0 || th % stride) continue;
-            int oh = th / stride;
-            if (oh >= OH) continue;
-            for (int kw = 0; kw < KW; kw++) {
-                int tw = iw + pad - kw;
-                if (tw < 0 || tw % stride) continue;
-                int ow = tw / stride;
-                if (ow >= OW) continue;
-                size_t row = ((size_t)c * KH + kh) * KW + kw;
-                acc += dcols[row * ncols + (size_t)b * ohw + (size_t)oh * OW + ow];
+                                     int OW, int ncols, int planes) {
+    const int ohw = OH * OW, hw = H * W;
+    for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) { /* b*C + c */
+        const int b = plane / C, c = plane - b * C;
+        const float *src = dcols + (size_t)b * ohw;
+        float *dst = dx + (size_t)plane * hw;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < hw; i += gridDim.x * blockDim.x) {
+            const int ih = i / W, iw = i - ih * W;
+            float acc = 0.0f;
+            for (int kh = 0; kh < KH; kh++) {
+                const int th = ih + pad - kh; /* = oh * stride */
+                if (th < 0 || th % stride) continue;
+                const int oh = th / stride;
+                if (oh >= OH) continue;
+                for (int kw = 0; kw < KW; kw++) {
+                    const int tw = iw + pad - kw;
+                    if (tw < 0 || tw % stride) continue;
+                    const int ow = tw / stride;
+                    if (ow >= OW) continue;
+                    const size_t row = ((size_t)c * KH + kh) * KW + kw;
+                    acc += src[row * ncols + oh * OW + ow];
+                }
             }
+            dst[i] = acc;
         }
-        dx[i] = acc;
     }
 }
 
@@ -178,14 +223,10 @@ extern "C" void dv_cuda_conv2d_forward(void *ctx, const dv_conv2d_geom *g, const
     for (int b0 = 0; b0 < g->B; b0 += p.bc) {
         const int nb = g->B - b0 < p.bc ? g->B - b0 : p.bc;
         const int ncols = nb * p.ohw;
-        size_t n = (size_t)p.ckk * ncols;
-        im2col_kernel<<<dv_cuda_blocks(cx, n), DV_CUDA_THREADS, 0, cx->stream>>>(
-            x + (size_t)b0 * xs, cols, g->C, g->H, g->W, g->KH, g->KW, g->stride, g->pad, g->OW,
-            p.ohw, ncols, n);
-        DV_CUDA_LAUNCHED(cx, "im2col_kernel");
+        im2col_launch(cx, x + (size_t)b0 * xs, cols, g, p.ohw, ncols);
         /* t (F, ncols) = w (F, CKK) cols (CKK, ncols) */
         dv_cuda_gemm(cx, 0, 0, g->F, ncols, p.ckk, 1.0f, w, cols, 0.0f, t);
-        n = (size_t)nb * ys;
+        size_t n = (size_t)nb * ys;
         conv_out_kernel<<<dv_cuda_blocks(cx, n), DV_CUDA_THREADS, 0, cx->stream>>>(
             t, b, y + (size_t)b0 * ys, g->F, p.ohw, ncols, n);
         DV_CUDA_LAUNCHED(cx, "conv_out_kernel");
@@ -200,9 +241,20 @@ extern "C" void dv_cuda_conv2d_backward(void *ctx, const dv_conv2d_geom *g, cons
     if (conv_plan_init(&p, g)) return;
     const size_t xs = (size_t)g->C * g->H * g->W, ys = (size_t)g->F * p.ohw;
     if (db) {
-        /* from dy itself: the same sum whatever the chunking */
-        conv_db_kernel<<<g->F, DV_CUDA_THREADS, 0, cx->stream>>>(dy, db, g->B, g->F, p.ohw);
-        DV_CUDA_LAUNCHED(cx, "conv_db_kernel");
+        /* from dy itself: the same sum whatever the chunking. P partials
+         * per channel, enough blocks to fill the GPU; they sit at the
+         * start of the workspace (F*P <= F*bc <= its temporary part) until
+         * conv_db_sum_kernel has read them. */
+        const int want = 4 * (cx->num_sms > 0 ? cx->num_sms : 80);
+        int P = (want + g->F - 1) / g->F;
+        if (P > p.bc) P = p.bc;
+        if (P > 65535) P = 65535;
+        conv_db_part_kernel<<<dim3((unsigned)g->F, (unsigned)P), DV_CUDA_THREADS, 0, cx->stream>>>(
+            dy, work, g->B, g->F, p.ohw);
+        DV_CUDA_LAUNCHED(cx, "conv_db_part_kernel");
+        conv_db_sum_kernel<<<(unsigned)((g->F + DV_CUDA_THREADS - 1) / DV_CUDA_THREADS),
+                             DV_CUDA_THREADS, 0, cx->stream>>>(work, db, g->F, P);
+        DV_CUDA_LAUNCHED(cx, "conv_db_sum_kernel");
     }
     if (!dw && !dx) return;
     float *cols = work, *dyt = work + p.cols_n;
@@ -214,11 +266,7 @@ extern "C" void dv_cuda_conv2d_backward(void *ctx, const dv_conv2d_geom *g, cons
             dy + (size_t)b0 * ys, dyt, g->F, p.ohw, ncols, n);
         DV_CUDA_LAUNCHED(cx, "conv_dyt_kernel");
         if (dw) {
-            n = (size_t)p.ckk * ncols;
-            im2col_kernel<<<dv_cuda_blocks(cx, n), DV_CUDA_THREADS, 0, cx->stream>>>(
-                x + (size_t)b0 * xs, cols, g->C, g->H, g->W, g->KH, g->KW, g->stride, g->pad, g->OW,
-                p.ohw, ncols, n);
-            DV_CUDA_LAUNCHED(cx, "im2col_kernel");
+            im2col_launch(cx, x + (size_t)b0 * xs, cols, g, p.ohw, ncols);
             /* dw (F, CKK) += dyT (F, ncols) cols^T (ncols, CKK) */
             dv_cuda_gemm(cx, 0, 1, g->F, p.ckk, ncols, 1.0f, dyt, cols, 1.0f, dw);
         }
@@ -226,10 +274,11 @@ extern "C" void dv_cuda_conv2d_backward(void *ctx, const dv_conv2d_geom *g, cons
             /* dcols (CKK, ncols) = w^T (CKK, F) dyT (F, ncols), into cols:
              * stream order puts it after the dw GEMM has read them */
             dv_cuda_gemm(cx, 1, 0, p.ckk, ncols, g->F, 1.0f, w, dyt, 0.0f, cols);
-            n = (size_t)nb * xs;
-            col2im_kernel<<<dv_cuda_blocks(cx, n), DV_CUDA_THREADS, 0, cx->stream>>>(
-                cols, dx + (size_t)b0 * xs, g->C, g->H, g->W, g->KH, g->KW, g->stride, g->pad,
-                g->OH, g->OW, ncols, n);
+            const int planes = nb * g->C, hw = g->H * g->W;
+            const unsigned bx = (unsigned)((hw + DV_CUDA_THREADS - 1) / DV_CUDA_THREADS);
+            col2im_kernel<<<dim3(bx, planes < 65535 ? (unsigned)planes : 65535u), DV_CUDA_THREADS,
+                            0, cx->stream>>>(cols, dx + (size_t)b0 * xs, g->C, g->H, g->W, g->KH,
+                                             g->KW, g->stride, g->pad, g->OH, g->OW, ncols, planes);
             DV_CUDA_LAUNCHED(cx, "col2im_kernel");
         }
     }
