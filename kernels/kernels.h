@@ -244,6 +244,15 @@ struct dv_backend {
     void (*gemm_batched)(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                          const float *A, long long stride_a, const float *B, long long stride_b,
                          float beta, float *C, long long stride_c, int batch);
+    /* GEMM against a matrix packed once and used many times (an RNN's
+     * W_hh over T steps). gemm_pack_size: the floats a packed op(B) (K, N)
+     * takes; gemm_pack lays op(B) out there (B is (K, N), or (N, K) when
+     * trans_b; the layout is the backend's); gemm_packed: C (M, N) = alpha
+     * * A (M, K) op(B) + beta * C with that packed op(B), A row-major. */
+    size_t (*gemm_pack_size)(void *ctx, int K, int N);
+    void (*gemm_pack)(void *ctx, int trans_b, int K, int N, const float *B, float *packed);
+    void (*gemm_packed)(void *ctx, int M, int N, int K, float alpha, const float *A,
+                        const float *packed, float beta, float *C);
     /* y (A, C, B, D) = x (A, B, C, D): swaps the two middle dims, e.g.
      * (B, T, F) <-> (T, B, F) with A = D... = 1 where needed, or a
      * (B, T, H, Dh) head split into (B, H, T, Dh). x and y must not

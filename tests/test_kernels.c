@@ -214,6 +214,60 @@ static void test_gemm(void **state) {
     free(A), free(B), free(C), free(ref);
 }
 
+/* gemm_packed against a double-precision reference, on a one-thread backend
+ * (where AVX-512 exists: the own kernel, panels of 32 columns) and a
+ * two-thread one (op(B) as is, OpenBLAS): M not a multiple of the kernel's
+ * 8 rows, N not of its 32 columns, both trans_b, beta 0 over NaNs (C is
+ * overwritten, never read) and beta != 0. */
+static void test_gemm_packed(void **state) {
+    (void)state;
+    static const int shapes[][3] = {{1, 1, 1},   {7, 33, 5},   {8, 32, 16},
+                                    {17, 70, 9}, {32, 96, 64}, {33, 256, 128}};
+    for (int threads = 1; threads <= 2; threads++) {
+        dv_backend *b = dv_backend_cpu_create(threads);
+        assert_non_null(b);
+#if defined(__GNUC__) && defined(__x86_64__)
+        if (threads == 1 && __builtin_cpu_supports("avx512f"))
+            assert_int_equal(b->gemm_pack_size(b->ctx, 1, 1), 32); /* the panel form */
+#endif
+        if (threads == 2) assert_int_equal(b->gemm_pack_size(b->ctx, 3, 5), 15); /* op(B) */
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            float *A = test_fbuf((size_t)M * K), *B = test_fbuf((size_t)K * N);
+            float *C = test_fbuf((size_t)M * N), *ref = test_fbuf((size_t)M * N);
+            float *P = test_fbuf(b->gemm_pack_size(b->ctx, K, N));
+            for (int tb = 0; tb < 2; tb++) {
+                for (int bz = 0; bz < 2; bz++) {
+                    test_rand_fill(A, (size_t)M * K, -1, 1);
+                    test_rand_fill(B, (size_t)K * N, -1, 1);
+                    test_rand_fill(C, (size_t)M * N, -1, 1);
+                    const float alpha = 1.5f, beta = bz ? 0.0f : -0.5f;
+                    for (int i = 0; i < M; i++) {
+                        for (int j = 0; j < N; j++) {
+                            double acc = 0.0;
+                            for (int k = 0; k < K; k++)
+                                acc += (double)A[i * K + k] * (tb ? B[j * K + k] : B[k * N + j]);
+                            ref[i * N + j] =
+                                (float)(alpha * acc + (bz ? 0.0 : beta * C[i * N + j]));
+                        }
+                    }
+                    if (bz)
+                        for (int i = 0; i < M * N; i++)
+                            C[i] = NAN;
+                    b->gemm_pack(b->ctx, tb, K, N, B, P);
+                    b->gemm_packed(b->ctx, M, N, K, alpha, A, P, beta, C);
+                    char what[96];
+                    snprintf(what, sizeof what, "gemm_packed(%dx%dx%d, tb=%d, beta=%g, %d threads)",
+                             M, N, K, tb, beta, threads);
+                    assert_close_arrays(C, ref, (size_t)M * N, 1e-5, what);
+                }
+            }
+            free(A), free(B), free(C), free(ref), free(P);
+        }
+        dv_backend_free(b);
+    }
+}
+
 /* ---- bias ------------------------------------------------------------- */
 
 static void test_bias(void **state) {
@@ -965,6 +1019,7 @@ int main(void) {
         cmocka_unit_test(test_cuda_entry_points),
         cmocka_unit_test(test_rand),
         cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_gemm_packed),
         cmocka_unit_test(test_bias),
         cmocka_unit_test(test_act_forward_values),
         cmocka_unit_test(test_act_backward_fd),

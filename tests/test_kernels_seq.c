@@ -555,6 +555,42 @@ static void test_gemm_batched_cuda(void **state) {
     run_gb_cuda(gpu, &k0z, 0.0, "fp32 K=0");
 }
 
+/* gemm_packed on the GPU against the CPU's plain gemm: both trans_b,
+ * beta 0 (C holds NaNs, never read) and beta != 0. */
+static void test_gemm_packed_cuda(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+    static const int shapes[][3] = {{1, 1, 1}, {7, 33, 5}, {32, 96, 64}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        for (int tb = 0; tb < 2; tb++) {
+            for (int bz = 0; bz < 2; bz++) {
+                const float alpha = 0.7f, beta = bz ? 0.0f : 0.3f;
+                float *A = rand_buf((size_t)M * K, -1, 1), *B = rand_buf((size_t)K * N, -1, 1);
+                float *C = rand_buf((size_t)M * N, -1, 1), *C0 = dup_buf(C, (size_t)M * N);
+                if (bz)
+                    for (int i = 0; i < M * N; i++)
+                        C0[i] = NAN;
+                float *Ad = test_dput(gpu, A, (size_t)M * K * sizeof(float));
+                float *Bd = test_dput(gpu, B, (size_t)K * N * sizeof(float));
+                float *Cd = test_dput(gpu, C0, (size_t)M * N * sizeof(float));
+                float *Pd = test_dalloc(gpu, gpu->gemm_pack_size(gpu->ctx, K, N) * sizeof(float));
+                cpu->gemm(cpu->ctx, 0, tb, M, N, K, alpha, A, B, beta, C);
+                gpu->gemm_pack(gpu->ctx, tb, K, N, Bd, Pd);
+                gpu->gemm_packed(gpu->ctx, M, N, K, alpha, Ad, Pd, beta, Cd);
+                char what[80];
+                snprintf(what, sizeof what, "gemm_packed %dx%dx%d tb=%d beta=%g", M, N, K, tb,
+                         beta);
+                dexpect(gpu, Cd, C, (size_t)M * N, TOL_RED, what);
+                test_expect_ok(gpu, what);
+                free(A), free(B), free(C), free(C0);
+                gpu->free(gpu->ctx, Ad), gpu->free(gpu->ctx, Bd), gpu->free(gpu->ctx, Cd);
+                gpu->free(gpu->ctx, Pd);
+            }
+        }
+    }
+}
+
 /* ---- embedding -------------------------------------------------------------- */
 
 /* N ids in [0, V), with long runs of one id and ids never drawn. */
@@ -763,7 +799,7 @@ int main(void) {
         cmocka_unit_test(test_causal_softmax_cpu), cmocka_unit_test(test_gemm_batched_cuda),
         cmocka_unit_test(test_embedding_cuda),     cmocka_unit_test(test_layernorm_cuda),
         cmocka_unit_test(test_gelu_cuda),          cmocka_unit_test(test_causal_softmax_cuda),
-        cmocka_unit_test(test_check_cuda),
+        cmocka_unit_test(test_check_cuda),         cmocka_unit_test(test_gemm_packed_cuda),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

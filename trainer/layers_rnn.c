@@ -67,6 +67,7 @@ typedef struct rnn_priv {
     float *dseq[2];           /* gradients w.r.t. a layer's output / input sequence,
                                  ping-pong (T, B, max(F, H)) */
     float *dstep;             /* lstm: the running dc; gru: dh_prev (B, H) */
+    float *packed;            /* W_hh packed for the T steps (gemm_pack) */
     float *state_h, *state_c; /* carried state (L, max_batch, H), stateful */
 } rnn_priv;
 
@@ -104,25 +105,27 @@ static void layer_forward(dv_layer *l, dv_model *m, int k, const float *xin, int
         be->bias_forward(ctx, p->work2, w.b_hh->data, T * B, GH, 1);
     }
 
+    /* W_hh is packed once and multiplied T times (gemm_packed) */
+    if (T > 1 || p->warm) be->gemm_pack(ctx, 1, H, GH, w.w_hh->data, p->packed);
     for (int t = 0; t < T; t++) {
         const int has_prev = t > 0 || p->warm;
         const float *h_prev = has_prev ? hs + (size_t)t * bh : NULL;
         float *h = hs + (size_t)(t + 1) * bh;
         switch (p->cell) {
         case CELL_RNN:
-            if (h_prev) be->gemm(ctx, 0, 1, B, H, H, 1.0f, h_prev, w.w_hh->data, 1.0f, h);
+            if (h_prev) be->gemm_packed(ctx, B, H, H, 1.0f, h_prev, p->packed, 1.0f, h);
             be->act_forward(ctx, DV_ACT_TANH, 0.0f, h, h, bh, H);
             break;
         case CELL_LSTM: {
             float *g = p->gates[k] + (size_t)t * bg;
             const float *c_prev = has_prev ? p->cs[k] + (size_t)t * bh : NULL;
-            if (h_prev) be->gemm(ctx, 0, 1, B, GH, H, 1.0f, h_prev, w.w_hh->data, 1.0f, g);
+            if (h_prev) be->gemm_packed(ctx, B, GH, H, 1.0f, h_prev, p->packed, 1.0f, g);
             be->lstm_cell_forward(ctx, B, H, g, c_prev, p->cs[k] + (size_t)(t + 1) * bh, h);
             break;
         }
         case CELL_GRU: {
             float *gh = p->work2 + (size_t)t * bg;
-            if (h_prev) be->gemm(ctx, 0, 1, B, GH, H, 1.0f, h_prev, w.w_hh->data, 1.0f, gh);
+            if (h_prev) be->gemm_packed(ctx, B, GH, H, 1.0f, h_prev, p->packed, 1.0f, gh);
             be->gru_cell_forward(ctx, B, H, p->work1 + (size_t)t * bg, gh, h_prev, h,
                                  p->save[k] + (size_t)t * (size_t)B * 4 * H);
             break;
@@ -182,6 +185,7 @@ static void layer_backward(dv_layer *l, dv_model *m, int k, const float *xin, in
     float *dg = p->cell == CELL_RNN ? dh : p->work1;
     float *dgh = p->cell == CELL_GRU ? p->work2 : dg; /* the part that met W_hh */
 
+    if (T > 1) be->gemm_pack(ctx, 0, GH, H, w.w_hh->data, p->packed);
     for (int t = T - 1; t >= 0; t--) {
         const int has_prev = t > 0 || p->warm;
         float *dh_t = dh + (size_t)t * bh;
@@ -205,7 +209,7 @@ static void layer_backward(dv_layer *l, dv_model *m, int k, const float *xin, in
             break;
         }
         if (dh_prev)
-            be->gemm(ctx, 0, 0, B, H, GH, 1.0f, dgh + (size_t)t * bg, w.w_hh->data, 1.0f, dh_prev);
+            be->gemm_packed(ctx, B, H, GH, 1.0f, dgh + (size_t)t * bg, p->packed, 1.0f, dh_prev);
     }
 
     /* every step's weight gradients at once; a cold start's step 0 saw
@@ -259,8 +263,8 @@ static void rnn_free(dv_layer *l, dv_model *m) {
         be->free(be->ctx, p->gates[k]);
         be->free(be->ctx, p->save[k]);
     }
-    float *shared[] = {p->xt,      p->work1, p->work2,   p->dseq[0],
-                       p->dseq[1], p->dstep, p->state_h, p->state_c};
+    float *shared[] = {p->xt,    p->work1,   p->work2,   p->dseq[0], p->dseq[1],
+                       p->dstep, p->state_h, p->state_c, p->packed};
     for (size_t i = 0; i < sizeof(shared) / sizeof(shared[0]); i++)
         be->free(be->ctx, shared[i]);
     dv_layer_free_priv(l, m);
@@ -291,6 +295,10 @@ static int rnn_setup(dv_layer *l, dv_model *m, char *err) {
         p->dstep = scratch(m, B * H, &bad);
     }
     if (p->cell == CELL_GRU) p->work2 = scratch(m, tb * 3 * H, &bad);
+    const int GH = p->G * p->H;
+    size_t pf = m->be->gemm_pack_size(m->be->ctx, p->H, GH);
+    size_t pb = m->be->gemm_pack_size(m->be->ctx, GH, p->H);
+    p->packed = scratch(m, pf > pb ? pf : pb, &bad);
     p->dseq[0] = scratch(m, tb * maxf, &bad);
     p->dseq[1] = scratch(m, tb * maxf, &bad);
     if (p->stateful) {

@@ -77,6 +77,7 @@ dv_backend *dv_backend_cpu_create(int threads) {
         return NULL;
     }
     cx->threads = threads;
+    cx->pack_own = dv_cpu_pack_own(threads);
     if (threads > 0) openblas_set_num_threads(threads);
 
     dv_backend *be = &box->be;
@@ -114,6 +115,9 @@ dv_backend *dv_backend_cpu_create(int threads) {
     be->perceptron_loss = dv_cpu_perceptron_loss;
     be->opt_step = dv_cpu_opt_step;
     be->gemm_batched = dv_cpu_gemm_batched;
+    be->gemm_pack_size = dv_cpu_gemm_pack_size;
+    be->gemm_pack = dv_cpu_gemm_pack;
+    be->gemm_packed = dv_cpu_gemm_packed;
     be->embedding_forward = dv_cpu_embedding_forward;
     be->embedding_backward = dv_cpu_embedding_backward;
     be->layernorm_forward = dv_cpu_layernorm_forward;

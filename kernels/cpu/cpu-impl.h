@@ -74,7 +74,8 @@ static inline float dv_fast_sigmoidf(float x) {
 #endif
 
 typedef struct dv_cpu_ctx {
-    int threads; /* OpenBLAS threads asked for (0: its default) */
+    int threads;  /* OpenBLAS threads asked for (0: its default) */
+    int pack_own; /* gemm_packed: own AVX-512 kernel (else OpenBLAS) */
 } dv_cpu_ctx;
 
 void *dv_cpu_alloc(void *ctx, size_t bytes);
@@ -83,6 +84,11 @@ void dv_cpu_memcpy(void *ctx, void *dst, const void *src, size_t bytes);
 void dv_cpu_fill(void *ctx, float *x, float value, size_t n);
 void dv_cpu_sync(void *ctx);
 
+int dv_cpu_pack_own(int threads);
+size_t dv_cpu_gemm_pack_size(void *ctx, int K, int N);
+void dv_cpu_gemm_pack(void *ctx, int trans_b, int K, int N, const float *B, float *packed);
+void dv_cpu_gemm_packed(void *ctx, int M, int N, int K, float alpha, const float *A,
+                        const float *packed, float beta, float *C);
 void dv_cpu_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                  const float *A, const float *B, float beta, float *C);
 void dv_cpu_bias_forward(void *ctx, float *y, const float *bias, int B, int C, int S);

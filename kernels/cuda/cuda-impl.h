@@ -147,6 +147,10 @@ void dv_cuda_layernorm_backward(void *ctx, int N, int C, const float *x, const f
                                 const float *save_mean, const float *save_rstd, const float *dy,
                                 float *dx, float *dgamma, float *dbeta);
 void dv_cuda_transpose(void *ctx, int A, int B, int C, int D, const float *x, float *y);
+size_t dv_cuda_gemm_pack_size(void *ctx, int K, int N);
+void dv_cuda_gemm_pack(void *ctx, int trans_b, int K, int N, const float *B, float *packed);
+void dv_cuda_gemm_packed(void *ctx, int M, int N, int K, float alpha, const float *A,
+                         const float *packed, float beta, float *C);
 void dv_cuda_gelu_forward(void *ctx, const float *x, float *y, size_t n);
 void dv_cuda_gelu_backward(void *ctx, const float *x, const float *dy, float *dx, size_t n);
 void dv_cuda_causal_softmax_forward(void *ctx, int BH, int T, float scale, float *s);

@@ -413,6 +413,29 @@ extern "C" void dv_cuda_transpose(void *ctx, int A, int B, int C, int D, const f
     DV_CUDA_LAUNCHED(cx, "transpose_kernel");
 }
 
+/* The GPU gains nothing from packing: the packed form is op(B) itself,
+ * row-major (K, N), and the product one cuBLAS GEMM. */
+extern "C" size_t dv_cuda_gemm_pack_size(void *ctx, int K, int N) {
+    (void)ctx;
+    return K > 0 && N > 0 ? (size_t)K * N : 0;
+}
+
+extern "C" void dv_cuda_gemm_pack(void *ctx, int trans_b, int K, int N, const float *B,
+                                  float *packed) {
+    dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    if (K <= 0 || N <= 0) return;
+    if (trans_b) /* B (N, K) -> (K, N) */
+        dv_cuda_transpose(ctx, 1, N, K, 1, B, packed);
+    else
+        DV_CUDA_CHECK(cx, cudaMemcpyAsync(packed, B, (size_t)K * N * sizeof(float),
+                                          cudaMemcpyDeviceToDevice, cx->stream));
+}
+
+extern "C" void dv_cuda_gemm_packed(void *ctx, int M, int N, int K, float alpha, const float *A,
+                                    const float *packed, float beta, float *C) {
+    dv_cuda_gemm(ctx, 0, 0, M, N, K, alpha, A, packed, beta, C);
+}
+
 static __global__ void gelu_fwd_kernel(const float *__restrict__ x, float *__restrict__ y,
                                        size_t n) {
     const size_t step = (size_t)gridDim.x * blockDim.x;
