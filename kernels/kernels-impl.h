@@ -14,6 +14,26 @@
 extern "C" {
 #endif
 
+/* The counter-based generator of dv_rand_hash and dv_rand_uniform, inline
+ * so hot loops (the CPU's dropout masks) vectorize it instead of calling
+ * out per element. splitmix64's finalizer: a bijection on 64 bits with full
+ * avalanche. The CUDA backend repeats these exact steps, so masks match
+ * across backends. */
+static inline uint64_t dv_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t dv_rand_hash_inl(uint64_t seed, uint64_t counter) {
+    return dv_mix64(seed ^ dv_mix64(counter + 0x9e3779b97f4a7c15ULL));
+}
+
+/* 24 bits fill a float mantissa exactly, so the result is < 1. */
+static inline float dv_rand_uniform_inl(uint64_t seed, uint64_t counter) {
+    return (float)(dv_rand_hash_inl(seed, counter) >> 40) * (1.0f / 16777216.0f);
+}
+
 typedef struct dv_backend_box {
     dv_backend be;                   /* must stay first */
     void (*destroy)(dv_backend *be); /* frees be->ctx; NULL: free(be->ctx) */

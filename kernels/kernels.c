@@ -39,21 +39,13 @@ int dv_conv2d_geom_init(dv_conv2d_geom *g) {
     return (g->OH < 1 || g->OW < 1) ? -1 : 0;
 }
 
-/* splitmix64's finalizer: a bijection on 64 bits with full avalanche. The
- * CUDA backend repeats these exact steps, so masks match across backends. */
-static uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
+/* The generator itself is inline in kernels-impl.h. */
 uint64_t dv_rand_hash(uint64_t seed, uint64_t counter) {
-    return mix64(seed ^ mix64(counter + 0x9e3779b97f4a7c15ULL));
+    return dv_rand_hash_inl(seed, counter);
 }
 
 float dv_rand_uniform(uint64_t seed, uint64_t counter) {
-    /* 24 bits fill a float mantissa exactly, so the result is < 1. */
-    return (float)(dv_rand_hash(seed, counter) >> 40) * (1.0f / 16777216.0f);
+    return dv_rand_uniform_inl(seed, counter);
 }
 
 void dv_backend_free(dv_backend *be) {

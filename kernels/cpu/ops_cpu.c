@@ -9,6 +9,7 @@
  * the caller) and are single-threaded apart from OpenBLAS.
  */
 #include "cpu-impl.h"
+#include "kernels-impl.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -979,8 +980,8 @@ void dv_cpu_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, co
 
 /* ---- dropout ---------------------------------------------------------- */
 
-void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t *row_id, int rows,
-                            int cols, const float *x, float *y, float *mask) {
+DV_HOT void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t *row_id,
+                                   int rows, int cols, const float *x, float *y, float *mask) {
     (void)ctx;
     /* rate >= 1 drops everything (and must not divide by zero). */
     const float keep = rate < 1.0f ? 1.0f / (1.0f - rate) : 0.0f;
@@ -988,7 +989,7 @@ void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t 
         uint64_t base = (uint64_t)(row_id ? row_id[i] : i) * (uint64_t)cols;
         float *m = mask + (size_t)i * cols;
         for (int j = 0; j < cols; j++)
-            m[j] = dv_rand_uniform(seed, base + (uint64_t)j) < rate ? 0.0f : keep;
+            m[j] = dv_rand_uniform_inl(seed, base + (uint64_t)j) < rate ? 0.0f : keep;
         const float *xi = x + (size_t)i * cols;
         float *yi = y + (size_t)i * cols;
         for (int j = 0; j < cols; j++)

@@ -55,30 +55,51 @@ DV_HOT void dv_cpu_embedding_backward(void *ctx, const int32_t *ids, int N, int 
 
 /* Statistics in double, two passes (mean, then the centred sum of squares),
  * as batch norm: a large mean costs no precision. */
-void dv_cpu_layernorm_forward(void *ctx, int N, int C, float eps, const float *x,
-                              const float *gamma, const float *beta, float *y, float *save_mean,
-                              float *save_rstd) {
+/* Row sums in double, DLANES partial sums (one per lane) so they
+ * vectorize without -ffast-math. */
+#define DLANES 8
+
+DV_HOT void dv_cpu_layernorm_forward(void *ctx, int N, int C, float eps, const float *x,
+                                     const float *gamma, const float *beta, float *y,
+                                     float *save_mean, float *save_rstd) {
     (void)ctx;
     if (C <= 0) return;
     for (int r = 0; r < N; r++) {
         const float *xr = x + (size_t)r * C;
         float *yr = y + (size_t)r * C;
-        double sum = 0.0, ss = 0.0;
-        for (int j = 0; j < C; j++)
+        double sl[DLANES] = {0}, ql[DLANES] = {0}, sum = 0.0, ss = 0.0;
+        int j = 0;
+        for (; j + DLANES <= C; j += DLANES)
+            for (int l = 0; l < DLANES; l++)
+                sl[l] += xr[j + l];
+        for (; j < C; j++)
             sum += xr[j];
+        for (int l = 0; l < DLANES; l++)
+            sum += sl[l];
         const double m = sum / C;
-        for (int j = 0; j < C; j++) {
+        for (j = 0; j + DLANES <= C; j += DLANES)
+            for (int l = 0; l < DLANES; l++) {
+                const double d = xr[j + l] - m;
+                ql[l] += d * d;
+            }
+        for (; j < C; j++) {
             const double d = xr[j] - m;
             ss += d * d;
         }
+        for (int l = 0; l < DLANES; l++)
+            ss += ql[l];
         const float mean = (float)m;
         const float rstd = (float)(1.0 / sqrt(ss / C + eps));
         if (save_mean) save_mean[r] = mean;
         if (save_rstd) save_rstd[r] = rstd;
-        for (int j = 0; j < C; j++) {
-            const float g = gamma ? gamma[j] : 1.0f, b = beta ? beta[j] : 0.0f;
-            yr[j] = (xr[j] - mean) * rstd * g + b;
-        }
+        if (gamma && beta)
+            for (j = 0; j < C; j++)
+                yr[j] = (xr[j] - mean) * rstd * gamma[j] + beta[j];
+        else
+            for (j = 0; j < C; j++) {
+                const float g = gamma ? gamma[j] : 1.0f, b = beta ? beta[j] : 0.0f;
+                yr[j] = (xr[j] - mean) * rstd * g + b;
+            }
     }
 }
 
@@ -86,9 +107,9 @@ void dv_cpu_layernorm_forward(void *ctx, int N, int C, float eps, const float *x
  * are double sums read row by row (no allocation, no strided walk). */
 #define LN_COLS 64
 
-void dv_cpu_layernorm_backward(void *ctx, int N, int C, const float *x, const float *gamma,
-                               const float *save_mean, const float *save_rstd, const float *dy,
-                               float *dx, float *dgamma, float *dbeta) {
+DV_HOT void dv_cpu_layernorm_backward(void *ctx, int N, int C, const float *x, const float *gamma,
+                                      const float *save_mean, const float *save_rstd,
+                                      const float *dy, float *dx, float *dgamma, float *dbeta) {
     (void)ctx;
     if (N <= 0 || C <= 0) return;
     /* dx = rstd * (g dy - mean(g dy) - xhat * mean(g dy xhat)) per row */
@@ -96,15 +117,25 @@ void dv_cpu_layernorm_backward(void *ctx, int N, int C, const float *x, const fl
         const float *xr = x + (size_t)r * C, *dr = dy + (size_t)r * C;
         float *out = dx + (size_t)r * C;
         const float mean = save_mean[r], rstd = save_rstd[r];
-        double a = 0.0, b = 0.0;
-        for (int j = 0; j < C; j++) {
+        double al[DLANES] = {0}, bl[DLANES] = {0}, a = 0.0, b = 0.0;
+        int j = 0;
+        for (; j + DLANES <= C; j += DLANES)
+            for (int l = 0; l < DLANES; l++) {
+                const float gd = (gamma ? gamma[j + l] : 1.0f) * dr[j + l];
+                const float xh = (xr[j + l] - mean) * rstd;
+                al[l] += gd;
+                bl[l] += (double)gd * xh;
+            }
+        for (; j < C; j++) {
             const float gd = (gamma ? gamma[j] : 1.0f) * dr[j];
             const float xh = (xr[j] - mean) * rstd;
             a += gd;
             b += (double)gd * xh;
         }
+        for (int l = 0; l < DLANES; l++)
+            a += al[l], b += bl[l];
         const float ma = (float)(a / C), mb = (float)(b / C);
-        for (int j = 0; j < C; j++) {
+        for (j = 0; j < C; j++) {
             const float gd = (gamma ? gamma[j] : 1.0f) * dr[j];
             const float xh = (xr[j] - mean) * rstd;
             out[j] = rstd * (gd - ma - xh * mb);
@@ -167,42 +198,77 @@ DV_HOT void dv_cpu_gelu_backward(void *ctx, const float *x, const float *dy, flo
 
 /* ---- causal softmax --------------------------------------------------------- */
 
-void dv_cpu_causal_softmax_forward(void *ctx, int BH, int T, float scale, float *s) {
+/* The row reductions (max, sum, dot) keep LANES partial results, one per
+ * vector lane, and combine them at the end: without -ffast-math GCC
+ * vectorizes no float reduction written as one running value, and exp is
+ * dv_fast_expf, not libm's scalar call (together a sixth of the GPT step's
+ * non-GEMM time before). */
+#define LANES 16
+
+DV_HOT void dv_cpu_causal_softmax_forward(void *ctx, int BH, int T, float scale, float *s) {
     (void)ctx;
     for (size_t r = 0; r < (size_t)BH * T; r++) {
-        const int i = (int)(r % (size_t)T); /* the row's query position */
+        const int n = (int)(r % (size_t)T) + 1; /* the row's query position + 1 */
         float *row = s + r * T;
+        float mx[LANES], sm[LANES];
+        for (int l = 0; l < LANES; l++)
+            mx[l] = -INFINITY, sm[l] = 0.0f;
+        int j = 0;
+        for (; j + LANES <= n; j += LANES)
+            for (int l = 0; l < LANES; l++) {
+                const float v = row[j + l] * scale;
+                row[j + l] = v;
+                mx[l] = v > mx[l] ? v : mx[l];
+            }
         float m = -INFINITY;
-        for (int j = 0; j <= i; j++) {
+        for (; j < n; j++) {
             row[j] *= scale;
             m = row[j] > m ? row[j] : m;
         }
+        for (int l = 0; l < LANES; l++)
+            m = mx[l] > m ? mx[l] : m;
+        for (j = 0; j + LANES <= n; j += LANES)
+            for (int l = 0; l < LANES; l++) {
+                const float e = dv_fast_expf(row[j + l] - m);
+                row[j + l] = e;
+                sm[l] += e;
+            }
         float sum = 0.0f;
-        for (int j = 0; j <= i; j++) {
-            row[j] = expf(row[j] - m);
+        for (; j < n; j++) {
+            row[j] = dv_fast_expf(row[j] - m);
             sum += row[j];
         }
+        for (int l = 0; l < LANES; l++)
+            sum += sm[l];
         const float inv = 1.0f / sum;
-        for (int j = 0; j <= i; j++)
+        for (j = 0; j < n; j++)
             row[j] *= inv;
-        for (int j = i + 1; j < T; j++)
+        for (; j < T; j++)
             row[j] = 0.0f;
     }
 }
 
-void dv_cpu_causal_softmax_backward(void *ctx, int BH, int T, float scale, const float *p,
-                                    const float *dp, float *ds) {
+DV_HOT void dv_cpu_causal_softmax_backward(void *ctx, int BH, int T, float scale, const float *p,
+                                           const float *dp, float *ds) {
     (void)ctx;
     for (size_t r = 0; r < (size_t)BH * T; r++) {
-        const int i = (int)(r % (size_t)T);
+        const int n = (int)(r % (size_t)T) + 1;
         const float *pr = p + r * T, *dr = dp + r * T;
         float *out = ds + r * T;
+        float dl[LANES] = {0};
+        int j = 0;
+        for (; j + LANES <= n; j += LANES)
+            for (int l = 0; l < LANES; l++)
+                dl[l] += pr[j + l] * dr[j + l];
         float dot = 0.0f;
-        for (int j = 0; j <= i; j++)
+        for (; j < n; j++)
             dot += pr[j] * dr[j];
-        for (int j = 0; j <= i; j++) /* dr[j] is read before out[j] (== dr[j]) is written */
+        for (int l = 0; l < LANES; l++)
+            dot += dl[l];
+#pragma GCC ivdep
+        for (j = 0; j < n; j++) /* dr[j] is read before out[j] (== dr[j]) is written */
             out[j] = pr[j] * (dr[j] - dot) * scale;
-        for (int j = i + 1; j < T; j++)
+        for (; j < T; j++)
             out[j] = 0.0f;
     }
 }
