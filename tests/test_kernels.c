@@ -183,11 +183,11 @@ static void test_rand(void **state) {
 
 /* ---- gemm ------------------------------------------------------------- */
 
-static void test_gemm(void **state) {
-    (void)state;
-    const int M = 7, N = 5, K = 9;
-    float *A = test_fbuf(M * K), *B = test_fbuf(K * N), *C = test_fbuf(M * N),
-          *ref = test_fbuf(M * N);
+/* M = 300 reaches dv_cpu_gemm's own packed path for A B (M >= 256, one
+ * thread, AVX-512), the small case OpenBLAS. */
+static void run_gemm_case(int M, int N, int K) {
+    float *A = test_fbuf((size_t)M * K), *B = test_fbuf((size_t)K * N),
+          *C = test_fbuf((size_t)M * N), *ref = test_fbuf((size_t)M * N);
     for (int ta = 0; ta < 2; ta++) {
         for (int tb = 0; tb < 2; tb++) {
             test_rand_fill(A, M * K, -1, 1);
@@ -206,12 +206,18 @@ static void test_gemm(void **state) {
                 }
             }
             be->gemm(be->ctx, ta, tb, M, N, K, alpha, A, B, beta, C);
-            char what[48];
-            snprintf(what, sizeof what, "gemm(ta=%d,tb=%d)", ta, tb);
-            assert_close_arrays(C, ref, M * N, 1e-5, what);
+            char what[64];
+            snprintf(what, sizeof what, "gemm(%dx%dx%d, ta=%d,tb=%d)", M, N, K, ta, tb);
+            assert_close_arrays(C, ref, (size_t)M * N, 1e-5, what);
         }
     }
     free(A), free(B), free(C), free(ref);
+}
+
+static void test_gemm(void **state) {
+    (void)state;
+    run_gemm_case(7, 5, 9);
+    run_gemm_case(300, 37, 20);
 }
 
 /* gemm_packed against a double-precision reference, on a one-thread backend
