@@ -252,6 +252,23 @@ dv_status dv_vocab_write(const dv_vocab *v, const char *file, char *err);
 /* Frees v->codepoints and zeroes v (v may be NULL). */
 void dv_vocab_free(dv_vocab *v);
 
+/* Incremental UTF-8 decoder, strict (no overlong forms, no surrogates,
+ * nothing above U+10FFFF), so a block boundary may fall inside a
+ * character: the text importer and `dive sample`'s prompts decode alike.
+ * Start from a zeroed dv_utf8; `need` > 0 after the last byte means the
+ * input ended inside a character. */
+typedef struct dv_utf8 {
+    int32_t cp, min;
+    int need;
+} dv_utf8;
+
+#define DV_UTF8_BAD  (-1) /* invalid input */
+#define DV_UTF8_MORE (-2) /* more bytes are needed */
+
+/* Feeds one byte: the code point when one is complete, else DV_UTF8_MORE
+ * or DV_UTF8_BAD. */
+int32_t dv_utf8_feed(dv_utf8 *u, unsigned char b);
+
 /* ---- importers -------------------------------------------------------- */
 
 /* IDX (MNIST / Fashion-MNIST; raw or gzip): images (N, rows, cols) uint8 and

@@ -22,10 +22,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define READ_BLOCK   (1 << 16)
-#define TOKEN_CHUNK  (1 << 16) /* tokens per HDF5 chunk and per write */
-#define MAX_CODE     0x110000
-#define DECODE_ERROR (-1)
+#define READ_BLOCK  (1 << 16)
+#define TOKEN_CHUNK (1 << 16) /* tokens per HDF5 chunk and per write */
+#define MAX_CODE    0x110000
 
 /* ---- the list of input files ----------------------------------------- */
 
@@ -125,17 +124,7 @@ static dv_status collect(file_list *l, const char *const *inputs, int n_inputs, 
 
 /* ---- decoding ----------------------------------------------------------- */
 
-/* Incremental UTF-8 decoder (strict: no overlong forms, no surrogates,
- * nothing above U+10FFFF), so a block boundary may fall inside a
- * character. */
-typedef struct utf8 {
-    int32_t cp, min;
-    int need;
-} utf8;
-
-/* Feeds one byte: returns the code point when one is complete, -2 when
- * more bytes are needed, DECODE_ERROR on invalid input. */
-static int32_t utf8_feed(utf8 *u, unsigned char b) {
+int32_t dv_utf8_feed(dv_utf8 *u, unsigned char b) {
     if (u->need == 0) {
         if (b < 0x80) return b;
         if (b >= 0xC2 && b <= 0xDF)
@@ -145,14 +134,14 @@ static int32_t utf8_feed(utf8 *u, unsigned char b) {
         else if (b >= 0xF0 && b <= 0xF4)
             u->need = 3, u->cp = b & 0x07, u->min = 0x10000;
         else
-            return DECODE_ERROR;
-        return -2;
+            return DV_UTF8_BAD;
+        return DV_UTF8_MORE;
     }
-    if ((b & 0xC0) != 0x80) return DECODE_ERROR;
+    if ((b & 0xC0) != 0x80) return DV_UTF8_BAD;
     u->cp = (u->cp << 6) | (b & 0x3F);
-    if (--u->need > 0) return -2;
+    if (--u->need > 0) return DV_UTF8_MORE;
     if (u->cp < u->min || u->cp >= MAX_CODE || (u->cp >= 0xD800 && u->cp <= 0xDFFF))
-        return DECODE_ERROR;
+        return DV_UTF8_BAD;
     return u->cp;
 }
 
@@ -172,7 +161,7 @@ static int scan_file(const char *path, int chars, void (*emit)(void *, int32_t),
         dv_errf(err, "%s: out of memory", path);
         return -1;
     }
-    utf8 u = {0};
+    dv_utf8 u = {0};
     int64_t at = 0;
     int rc = 0;
     size_t got;
@@ -184,8 +173,8 @@ static int scan_file(const char *path, int chars, void (*emit)(void *, int32_t),
                 rc = 1;
                 break;
             }
-            int32_t c = chars ? utf8_feed(&u, buf[i]) : buf[i];
-            if (c == DECODE_ERROR) {
+            int32_t c = chars ? dv_utf8_feed(&u, buf[i]) : buf[i];
+            if (c == DV_UTF8_BAD) {
                 snprintf(why, why_len, "not valid UTF-8 at byte offset %lld", (long long)at);
                 rc = 1;
                 break;

@@ -82,6 +82,10 @@ e2e_run "$D" sample run_lstm/best.h5 --tokens 20 --temperature 0 --top-k 3
 expect_ok "greedy sampling without a prompt"
 e2e_run "$D" sample run_lstm/best.h5 --prompt "the €"
 expect_fail "a prompt character outside the vocabulary" "U+20AC" "not in the model's vocabulary"
+e2e_run "$D" sample run_lstm/best.h5 --prompt "$(printf 'the \xe0\x80\xaf')"
+expect_fail "an overlong UTF-8 form of / in the prompt (as the importer rejects it)" "not valid UTF-8"
+e2e_run "$D" sample run_lstm/best.h5 --prompt "$(printf 'the \xe2\x82')"
+expect_fail "a prompt ending inside a character" "not valid UTF-8"
 e2e_run "$D" sample run_lstm/best.h5 --temperature -1
 expect_fail "a negative temperature" --status 2 "--temperature"
 e2e_run "$D" sample nosuch.h5

@@ -80,20 +80,6 @@ static int parse_sample(int argc, char **argv, sample_opts *o, char *err) {
     return 0;
 }
 
-/* One UTF-8 sequence at s into *cp; returns its length, 0 when invalid. */
-static int utf8_decode(const unsigned char *s, int32_t *cp) {
-    if (s[0] < 0x80) return *cp = s[0], 1;
-    int n = s[0] >= 0xF0 && s[0] < 0xF5 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC2 ? 2 : 0;
-    if (!n) return 0;
-    int32_t c = s[0] & (0x7F >> n);
-    for (int i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        c = (c << 6) | (s[i] & 0x3F);
-    }
-    *cp = c;
-    return n;
-}
-
 static void put_token(const dv_vocab *v, int32_t id) {
     if (v->kind == DV_VOCAB_BYTES) {
         putchar(id);
@@ -135,9 +121,12 @@ static long encode(const dv_vocab *v, const char *prompt, int32_t *ids, char *er
             ids[n++] = *s++;
             continue;
         }
-        int32_t c;
-        int len = utf8_decode(s, &c);
-        if (!len) return dv_fail(err, "--prompt is not valid UTF-8");
+        dv_utf8 u = {0};
+        int32_t c = DV_UTF8_MORE;
+        int len = 0;
+        while (c == DV_UTF8_MORE && s[len])
+            c = dv_utf8_feed(&u, s[len++]);
+        if (c < 0) return dv_fail(err, "--prompt is not valid UTF-8");
         int32_t id = char_id(v, c);
         if (id < 0)
             return dv_fail(err,
