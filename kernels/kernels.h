@@ -177,6 +177,12 @@ struct dv_backend {
     /* dx (B, C, H, W) overwritten. */
     void (*pool2d_backward)(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
                             float *dx, const int32_t *arg);
+    /* Nearest-neighbour upsampling of n planes (H, W) by an integer factor
+     * s: y (n, H*s, W*s)[i][j] = x (n, H, W)[i/s][j/s]. */
+    void (*upsample_forward)(void *ctx, int n, int H, int W, int s, const float *x, float *y);
+    /* dx (n, H, W) overwritten: each element the sum of the s*s gradients
+     * of the outputs it fed, added in row-major order. */
+    void (*upsample_backward)(void *ctx, int n, int H, int W, int s, const float *dy, float *dx);
 
     /* Inverted dropout over x (rows, cols): element (i, j) is dropped when
      * dv_rand_uniform(seed, (uint64_t)row_id[i] * cols + j) < rate, else

@@ -640,6 +640,35 @@ static void test_pool2d_ties(void **state) {
     }
 }
 
+/* Nearest upsampling: every output is its source, and backward is the
+ * adjoint of forward (<up(x), dy> = <x, up^T(dy)>) with exact sums. */
+static void test_upsample(void **state) {
+    (void)state;
+    const int n = 3, H = 4, W = 5;
+    for (int s = 2; s <= 3; s++) {
+        const size_t nx = (size_t)n * H * W, ny = nx * s * s;
+        float *x = test_fbuf(nx), *y = test_fbuf(ny), *dy = test_fbuf(ny), *dx = test_fbuf(nx);
+        for (size_t i = 0; i < nx; i++)
+            x[i] = (float)(i % 97) - 40.0f;
+        for (size_t i = 0; i < ny; i++)
+            dy[i] = (float)((i * 7) % 13) - 6.0f; /* small integers: sums are exact */
+        be->upsample_forward(be->ctx, n, H, W, s, x, y);
+        for (int p = 0; p < n; p++)
+            for (int i = 0; i < H * s; i++)
+                for (int j = 0; j < W * s; j++)
+                    assert_true(y[((size_t)p * H * s + i) * W * s + j] ==
+                                x[((size_t)p * H + i / s) * W + j / s]);
+        be->upsample_backward(be->ctx, n, H, W, s, dy, dx);
+        double a = 0, b = 0;
+        for (size_t i = 0; i < ny; i++)
+            a += (double)y[i] * dy[i];
+        for (size_t i = 0; i < nx; i++)
+            b += (double)x[i] * dx[i];
+        assert_true(a == b);
+        free(x), free(y), free(dy), free(dx);
+    }
+}
+
 static void test_pool2d(void **state) {
     (void)state;
     const dv_pool modes[] = {DV_POOL_MAX, DV_POOL_MIN, DV_POOL_AVG};
@@ -1031,6 +1060,7 @@ int main(void) {
         cmocka_unit_test(test_act_backward_fd),
         cmocka_unit_test(test_conv2d),
         cmocka_unit_test(test_pool2d),
+        cmocka_unit_test(test_upsample),
         cmocka_unit_test(test_pool2d_ties),
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_batchnorm),

@@ -187,6 +187,8 @@ static void test_table(void **state) {
                  SLOT(conv2d_backward),
                  SLOT(pool2d_forward),
                  SLOT(pool2d_backward),
+                 SLOT(upsample_forward),
+                 SLOT(upsample_backward),
                  SLOT(dropout_forward),
                  SLOT(dropout_backward),
                  SLOT(batchnorm_forward),
@@ -611,6 +613,29 @@ static void run_pool(dv_pool mode, const pool_case *pc, int data) {
     pair_free(G, &x), pair_free(G, &y), pair_free(G, &dy), pair_free(G, &dx);
     free(arg_h);
     G->free(G->ctx, arg_d);
+}
+
+/* Upsampling on the GPU against the CPU, bit for bit (the backward adds in
+ * the CPU's order), including planes of one row and one column. */
+static void test_upsample(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+    dv_backend *G = gpu;
+    const int cases[][4] = {{3, 4, 5, 2}, {2, 1, 7, 3}, {5, 6, 1, 2}, {64, 8, 8, 4}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int n = cases[c][0], H = cases[c][1], W = cases[c][2], s = cases[c][3];
+        const size_t nx = (size_t)n * H * W, ny = nx * s * s;
+        pair x = pair_rand(G, nx, -1, 1), y = pair_fill(G, ny, 1e30f);
+        pair dy = pair_rand(G, ny, -1, 1), dx = pair_fill(G, nx, 1e30f);
+        cpu->upsample_forward(cpu->ctx, n, H, W, s, x.h, y.h);
+        G->upsample_forward(G->ctx, n, H, W, s, x.d, y.d);
+        pair_expect_bits(G, &y, "upsample_forward");
+        cpu->upsample_backward(cpu->ctx, n, H, W, s, dy.h, dx.h);
+        G->upsample_backward(G->ctx, n, H, W, s, dy.d, dx.d);
+        pair_expect_bits(G, &dx, "upsample_backward");
+        test_expect_ok(G, "upsample");
+        pair_free(G, &x), pair_free(G, &y), pair_free(G, &dy), pair_free(G, &dx);
+    }
 }
 
 static void test_pool2d(void **state) {
@@ -1041,15 +1066,15 @@ static void test_check(void **state) {
 int main(void) {
     test_rand_seed(12345); /* the inputs' generator (test_rand.h), independent of dv_rand */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_table),     cmocka_unit_test(test_memory),
-        cmocka_unit_test(test_blas1),     cmocka_unit_test(test_gemm),
-        cmocka_unit_test(test_bias),      cmocka_unit_test(test_act),
-        cmocka_unit_test(test_conv2d),    cmocka_unit_test(test_conv2d_chunked),
-        cmocka_unit_test(test_pool2d),    cmocka_unit_test(test_dropout),
-        cmocka_unit_test(test_batchnorm), cmocka_unit_test(test_losses),
-        cmocka_unit_test(test_opt),       cmocka_unit_test(test_tf32),
-        cmocka_unit_test(test_bf16),      cmocka_unit_test(test_determinism),
-        cmocka_unit_test(test_check),
+        cmocka_unit_test(test_table),       cmocka_unit_test(test_memory),
+        cmocka_unit_test(test_blas1),       cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_bias),        cmocka_unit_test(test_act),
+        cmocka_unit_test(test_conv2d),      cmocka_unit_test(test_conv2d_chunked),
+        cmocka_unit_test(test_pool2d),      cmocka_unit_test(test_upsample),
+        cmocka_unit_test(test_dropout),     cmocka_unit_test(test_batchnorm),
+        cmocka_unit_test(test_losses),      cmocka_unit_test(test_opt),
+        cmocka_unit_test(test_tf32),        cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_determinism), cmocka_unit_test(test_check),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

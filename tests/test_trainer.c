@@ -165,10 +165,42 @@ static double batch_loss(dv_model *m, int B) {
     return m->stats[0];
 }
 
-/* The whole model's gradient (every layer, the fused loss) against central
- * differences, in training mode (batch norm on batch statistics). Max
- * pooling is swapped for average pooling here, since a finite step can move a max pool's winner (a
- * kink the kernel tests check on their own with small steps). */
+/* The worst relative error of a model's gradient (every layer, the fused
+ * loss) against central differences, in training mode (batch norm on
+ * batch statistics), over every third parameter. */
+static double model_grad_error(const char *cfg, dv_backend *be, dv_loss loss) {
+    int B = 3;
+    dv_model *m = build(cfg, be, loss, B);
+    for (size_t i = 0; i < (size_t)B * m->in_elems; i++)
+        m->input[i] = dv_rand_uniform(99, i) * 2 - 1;
+    for (int i = 0; i < B; i++) {
+        m->labels[i] = i % m->outputs;
+        for (int k = 0; k < m->outputs; k++)
+            m->targets[i * m->outputs + k] = dv_rand_uniform(5, (uint64_t)(i * 10 + k));
+    }
+    be->fill(be->ctx, m->grads, 0, m->nparams);
+    batch_loss(m, B);
+    dv_model_backward(m, B, NULL, NULL);
+    double worst = 0;
+    for (size_t i = 0; i < m->nparams; i += 3) {
+        float keep = m->params[i];
+        double h = 1e-2;
+        m->params[i] = keep + (float)h;
+        double lp = batch_loss(m, B);
+        m->params[i] = keep - (float)h;
+        double lm = batch_loss(m, B);
+        m->params[i] = keep;
+        double fd = (lp - lm) / (2 * h), an = m->grads[i];
+        double err = fabs(fd - an) / fmax(1e-2, fabs(fd) + fabs(an));
+        if (err > worst) worst = err;
+    }
+    dv_model_free(m);
+    return worst;
+}
+
+/* The CNN with every loss. Max pooling is swapped for average pooling
+ * here, since a finite step can move a max pool's winner (a kink the
+ * kernel tests check on their own with small steps). */
 static void test_model_gradient(void **state) {
     (void)state;
     dv_backend *be = dv_backend_cpu_create(1);
@@ -177,35 +209,52 @@ static void test_model_gradient(void **state) {
     memcpy(strstr(smooth, "[maxpool]"), "[avgpool]", 9);
     const dv_loss losses[] = {DV_LOSS_XENT, DV_LOSS_MSE, DV_LOSS_BCE};
     for (int li = 0; li < 3; li++) {
-        int B = 3;
-        dv_model *m = build(smooth, be, losses[li], B);
-        for (size_t i = 0; i < (size_t)B * m->in_elems; i++)
-            m->input[i] = dv_rand_uniform(99, i) * 2 - 1;
-        for (int i = 0; i < B; i++) {
-            m->labels[i] = i % m->outputs;
-            for (int k = 0; k < m->outputs; k++)
-                m->targets[i * m->outputs + k] = dv_rand_uniform(5, (uint64_t)(i * 10 + k));
-        }
-        be->fill(be->ctx, m->grads, 0, m->nparams);
-        batch_loss(m, B);
-        dv_model_backward(m, B, NULL, NULL);
-        double worst = 0;
-        for (size_t i = 0; i < m->nparams; i += 3) {
-            float keep = m->params[i];
-            double h = 1e-2;
-            m->params[i] = keep + (float)h;
-            double lp = batch_loss(m, B);
-            m->params[i] = keep - (float)h;
-            double lm = batch_loss(m, B);
-            m->params[i] = keep;
-            double fd = (lp - lm) / (2 * h), an = m->grads[i];
-            double err = fabs(fd - an) / fmax(1e-2, fabs(fd) + fabs(an));
-            if (err > worst) worst = err;
-        }
+        double worst = model_grad_error(smooth, be, losses[li]);
         printf("# loss %d: worst relative gradient error %.3g\n", li, worst);
         assert_true(worst < 1e-2);
-        dv_model_free(m);
     }
+    dv_backend_free(be);
+}
+
+/* A generator's layers: dense to a vector, reshaped to (C, H, W),
+ * upsampled, convolved with leaky ReLU, batch norm, tanh. */
+static const char gen_cfg[] = "[data]\n"
+                              "file = none.h5\n"
+                              "[train]\n"
+                              "batch = 4\n"
+                              "[input]\n"
+                              "shape = 6\n"
+                              "[dense]\n"
+                              "units = 18\n"
+                              "activation = leaky_relu\n"
+                              "[reshape]\n"
+                              "shape = 2,3,3\n"
+                              "[upsample]\n"
+                              "scale = 2\n"
+                              "[conv2d]\n"
+                              "filters = 3\n"
+                              "size = 3\n"
+                              "pad = 1\n"
+                              "[batchnorm]\n"
+                              "[activation]\n"
+                              "activation = tanh\n"
+                              "[flatten]\n"
+                              "[dense]\n"
+                              "units = 4\n";
+
+static void test_generator_layers(void **state) {
+    (void)state;
+    dv_backend *be = dv_backend_cpu_create(1);
+    dv_model *m = build(gen_cfg, be, DV_LOSS_MSE, 4);
+    assert_int_equal(m->layers[1].out_ndim, 3); /* reshape */
+    assert_int_equal(m->layers[1].out_shape[0], 2);
+    assert_int_equal(m->layers[2].out_shape[1], 6); /* upsample: 3 x 2 */
+    assert_int_equal(m->layers[2].out_shape[2], 6);
+    assert_int_equal(m->layers[3].out_elems, 3 * 6 * 6);
+    dv_model_free(m);
+    double worst = model_grad_error(gen_cfg, be, DV_LOSS_MSE);
+    printf("# generator layers: worst relative gradient error %.3g\n", worst);
+    assert_true(worst < 1e-2);
     dv_backend_free(be);
 }
 
@@ -298,6 +347,7 @@ int main(void) {
         cmocka_unit_test(test_config_text_round_trip),
         cmocka_unit_test(test_model_shapes),
         cmocka_unit_test(test_model_gradient),
+        cmocka_unit_test(test_generator_layers),
         cmocka_unit_test(test_checkpoint_round_trip),
         cmocka_unit_test(test_lr_schedules),
     };

@@ -316,6 +316,54 @@ static void copy_backward(dv_layer *l, dv_model *m, const float *x, const float 
 
 static const dv_layer_ops copy_ops = {copy_forward, copy_backward, NULL, NULL};
 
+/* ---- upsample (nearest) --------------------------------------------------- */
+
+typedef struct upsample_priv {
+    int scale;
+} upsample_priv;
+
+static void upsample_forward(dv_layer *l, dv_model *m, const float *x, float *y, int B,
+                             int training) {
+    (void)training;
+    const upsample_priv *p = l->priv;
+    m->be->upsample_forward(m->be->ctx, B * l->in_shape[0], l->in_shape[1], l->in_shape[2],
+                            p->scale, x, y);
+}
+
+static void upsample_backward(dv_layer *l, dv_model *m, const float *x, const float *y,
+                              const float *dy, float *dx, int B) {
+    (void)x;
+    (void)y;
+    const upsample_priv *p = l->priv;
+    if (dx)
+        m->be->upsample_backward(m->be->ctx, B * l->in_shape[0], l->in_shape[1], l->in_shape[2],
+                                 p->scale, dy, dx);
+}
+
+static const dv_layer_ops upsample_ops = {upsample_forward, upsample_backward, NULL, NULL};
+
+static int upsample_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
+    if (need_chw(l, cfg, s, err)) return -1;
+    long scale;
+    if (dv_cfg_int(cfg, s, "scale", 2, 2, 64, &scale, err)) return -1;
+    if ((long)l->in_shape[1] * scale > (1L << 20) || (long)l->in_shape[2] * scale > (1L << 20)) {
+        char where[1200];
+        dv_cfg_where(cfg, s, "scale", where, sizeof(where));
+        return dv_fail(err, "%s = %ld: the output (%ld x %ld) is too large", where, scale,
+                       (long)l->in_shape[1] * scale, (long)l->in_shape[2] * scale);
+    }
+    upsample_priv *p = calloc(1, sizeof(*p));
+    if (!p) return dv_fail(err, "out of memory");
+    p->scale = (int)scale;
+    l->priv = p;
+    l->ops = &upsample_ops;
+    l->out_ndim = 3;
+    l->out_shape[0] = l->in_shape[0];
+    l->out_shape[1] = l->in_shape[1] * p->scale;
+    l->out_shape[2] = l->in_shape[2] * p->scale;
+    return 0;
+}
+
 /* ---- dropout ------------------------------------------------------------ */
 
 typedef struct dropout_priv {
@@ -441,6 +489,24 @@ int dv_layer_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model
         l->ops = &copy_ops;
         return 0;
     }
+    if (!strcmp(t, "reshape")) { /* the same values, another shape: (C, H, W), (T, F) or (K) */
+        int shape[3], n;
+        if (dv_cfg_ints(cfg, s, "shape", shape, 3, &n, err)) return -1;
+        size_t e = 1;
+        for (int i = 0; i < n; i++)
+            e *= (size_t)shape[i];
+        if (e != l->in_elems) {
+            char where[1200];
+            dv_cfg_where(cfg, s, "shape", where, sizeof(where));
+            return dv_fail(err, "%s: holds %zu values, but its input has %zu", where, e,
+                           l->in_elems);
+        }
+        l->out_ndim = n;
+        memcpy(l->out_shape, shape, sizeof(shape));
+        l->ops = &copy_ops;
+        return 0;
+    }
+    if (!strcmp(t, "upsample")) return upsample_init(l, cfg, s, err);
     if (!strcmp(t, "activation")) {
         l->ops = &copy_ops;
         if (dv_layer_read_act(l, cfg, s, err)) return -1;
@@ -468,7 +534,8 @@ int dv_layer_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model
     dv_cfg_where(cfg, s, NULL, where, sizeof(where));
     return dv_fail(err,
                    "%s: unknown section [%s] (layers: dense conv2d maxpool minpool avgpool "
-                   "flatten dropout batchnorm activation perceptron embedding rnn lstm gru "
+                   "flatten reshape upsample dropout batchnorm activation perceptron embedding "
+                   "rnn lstm gru "
                    "layernorm gelu attention transformer)",
                    where, t);
 }

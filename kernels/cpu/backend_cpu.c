@@ -113,6 +113,8 @@ dv_backend *dv_backend_cpu_create(int threads) {
     be->conv2d_backward = dv_cpu_conv2d_backward;
     be->pool2d_forward = dv_cpu_pool2d_forward;
     be->pool2d_backward = dv_cpu_pool2d_backward;
+    be->upsample_forward = dv_cpu_upsample_forward;
+    be->upsample_backward = dv_cpu_upsample_backward;
     be->dropout_forward = dv_cpu_dropout_forward;
     be->dropout_backward = dv_cpu_dropout_backward;
     be->batchnorm_forward = dv_cpu_batchnorm_forward;

@@ -111,6 +111,8 @@ void dv_cpu_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, con
                            float *y, int32_t *arg);
 void dv_cpu_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
                             float *dx, const int32_t *arg);
+void dv_cpu_upsample_forward(void *ctx, int n, int H, int W, int s, const float *x, float *y);
+void dv_cpu_upsample_backward(void *ctx, int n, int H, int W, int s, const float *dy, float *dx);
 
 void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t *row_id, int rows,
                             int cols, const float *x, float *y, float *mask);

@@ -978,6 +978,37 @@ void dv_cpu_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, co
     }
 }
 
+/* ---- upsampling ------------------------------------------------------- */
+
+void dv_cpu_upsample_forward(void *ctx, int n, int H, int W, int s, const float *x, float *y) {
+    (void)ctx;
+    const int OW = W * s;
+    for (size_t p = 0; p < (size_t)n * H; p++) { /* (plane, input row) */
+        const float *xr = x + p * W;
+        float *yr = y + p * s * OW;
+        for (int j = 0; j < OW; j++)
+            yr[j] = xr[j / s];
+        for (int r = 1; r < s; r++)
+            memcpy(yr + (size_t)r * OW, yr, (size_t)OW * sizeof(float));
+    }
+}
+
+void dv_cpu_upsample_backward(void *ctx, int n, int H, int W, int s, const float *dy, float *dx) {
+    (void)ctx;
+    const int OW = W * s;
+    for (size_t p = 0; p < (size_t)n * H; p++) {
+        const float *dr = dy + p * s * OW;
+        float *out = dx + p * W;
+        for (int j = 0; j < W; j++) {
+            float acc = 0.0f;
+            for (int r = 0; r < s; r++)
+                for (int c = 0; c < s; c++)
+                    acc += dr[(size_t)r * OW + (size_t)j * s + c];
+            out[j] = acc;
+        }
+    }
+}
+
 /* ---- dropout ---------------------------------------------------------- */
 
 DV_HOT void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t *row_id,

@@ -332,6 +332,8 @@ extern "C" dv_backend *dv_backend_cuda_create(int device, dv_precision precision
     be->conv2d_backward = dv_cuda_conv2d_backward;
     be->pool2d_forward = dv_cuda_pool2d_forward;
     be->pool2d_backward = dv_cuda_pool2d_backward;
+    be->upsample_forward = dv_cuda_upsample_forward;
+    be->upsample_backward = dv_cuda_upsample_backward;
     be->dropout_forward = dv_cuda_dropout_forward;
     be->dropout_backward = dv_cuda_dropout_backward;
     be->batchnorm_forward = dv_cuda_batchnorm_forward;

@@ -389,3 +389,54 @@ extern "C" void dv_cuda_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d
         (int)mode, dy, dx, arg, g->H, g->W, g->KH, g->KW, g->stride, g->pad, g->OH, g->OW, n);
     DV_CUDA_LAUNCHED(cx, "pool_bwd_kernel");
 }
+
+/* ---- upsampling ------------------------------------------------------------ */
+
+/* One thread per output (forward) or per input element (backward, the s*s
+ * sum in the CPU's row-major order, so the same bits). */
+static __global__ void upsample_fwd_kernel(const float *__restrict__ x, float *__restrict__ y,
+                                           int H, int W, int s, size_t total) {
+    const int OH = H * s, OW = W * s;
+    for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const size_t pl = o / ((size_t)OH * OW);
+        const int pix = (int)(o - pl * (size_t)OH * OW), i = pix / OW, j = pix - i * OW;
+        y[o] = x[(pl * H + i / s) * W + j / s];
+    }
+}
+
+static __global__ void upsample_bwd_kernel(const float *__restrict__ dy, float *__restrict__ dx,
+                                           int W, int s, size_t total) {
+    const int OW = W * s;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        const size_t row = e / W; /* plane * H + i */
+        const int j = (int)(e - row * W);
+        const float *dr = dy + row * s * OW;
+        float acc = 0.0f;
+        for (int r = 0; r < s; r++)
+            for (int c = 0; c < s; c++)
+                acc += dr[(size_t)r * OW + (size_t)j * s + c];
+        dx[e] = acc;
+    }
+}
+
+extern "C" void dv_cuda_upsample_forward(void *ctx, int n, int H, int W, int s, const float *x,
+                                         float *y) {
+    dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    const size_t total = (size_t)n * H * W * s * s;
+    if (!total) return;
+    upsample_fwd_kernel<<<dv_cuda_blocks(cx, total), DV_CUDA_THREADS, 0, cx->stream>>>(x, y, H, W,
+                                                                                       s, total);
+    DV_CUDA_LAUNCHED(cx, "upsample_fwd_kernel");
+}
+
+extern "C" void dv_cuda_upsample_backward(void *ctx, int n, int H, int W, int s, const float *dy,
+                                          float *dx) {
+    dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    const size_t total = (size_t)n * H * W;
+    if (!total) return;
+    upsample_bwd_kernel<<<dv_cuda_blocks(cx, total), DV_CUDA_THREADS, 0, cx->stream>>>(dy, dx, W, s,
+                                                                                       total);
+    DV_CUDA_LAUNCHED(cx, "upsample_bwd_kernel");
+}

@@ -131,6 +131,8 @@ void dv_cuda_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, co
                             float *y, int32_t *arg);
 void dv_cuda_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
                              float *dx, const int32_t *arg);
+void dv_cuda_upsample_forward(void *ctx, int n, int H, int W, int s, const float *x, float *y);
+void dv_cuda_upsample_backward(void *ctx, int n, int H, int W, int s, const float *dy, float *dx);
 
 /* seq_{cpu,cuda}: gemm_batched, embedding, layernorm, gelu, causal softmax */
 void dv_cuda_gemm_batched(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
