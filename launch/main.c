@@ -13,6 +13,7 @@ static const char usage[] =
     "  predict CONFIG --checkpoint PATH -o OUT                write predictions (HDF5 or CSV)\n"
     "  import idx|csv|text ...                                convert data to Dive's HDF5\n"
     "  sample CHECKPOINT [--prompt TEXT] [--tokens N] ...     generate text from a language model\n"
+    "  plot RUN_DIR [-o OUT.png] [--x epoch|step]             draw metrics.csv as a PNG of curves\n"
     "  info FILE.h5                                           summarise a dataset or checkpoint\n"
     "  version                                                print the version\n";
 
@@ -29,6 +30,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "import")) return dv_cli_import(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return dv_cli_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "sample")) return dv_cli_sample(argc - 1, argv + 1);
+    if (!strcmp(cmd, "plot")) return dv_cli_plot(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("dive %s\n", dv_version());
         return 0;

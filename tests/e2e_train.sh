@@ -56,6 +56,20 @@ check "train prints the done line" grep -q '^done: 100 steps' "$OUT"
 check "run1/last.h5 and run1/best.h5 exist" test -s run1/last.h5 -a -s run1/best.h5
 check "metrics.csv: header and one line per epoch ($EPOCHS)" metrics_ok run1 "$EPOCHS"
 
+echo "== dive plot: the run's curves as a PNG"
+e2e_run "$DIVE_BIN" plot run1
+expect_ok "dive plot run1"
+check "writes run1/curves.png, a PNG (loss and accuracy panels: 900x600)" \
+    bash -c "head -c 8 run1/curves.png | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a' &&
+             [ \"\$(od -An -tu1 -j16 -N8 run1/curves.png | tr -s ' ')\" = ' 0 0 3 132 0 0 2 88' ]"
+e2e_run "$DIVE_BIN" plot run1/metrics.csv -o plot2.png --x step --width 400
+expect_ok "dive plot METRICS.csv -o --x step --width"
+check "plot2.png exists" test -s plot2.png
+e2e_run "$DIVE_BIN" plot no_such_run
+expect_fail "dive plot on a folder without metrics.csv" "no_such_run/metrics.csv: cannot open"
+e2e_run "$DIVE_BIN" plot run1 --width 10
+expect_fail "dive plot --width 10" --status 2 "--width 10: expected 320 to 4000"
+
 echo "== the same run streaming from HDF5 (memory_mb = 0) with checkpoints every 3 steps"
 e2e_run "$DIVE_BIN" train mlp.cfg --set train.run_dir=run_stream --set data.memory_mb=0 \
     --set train.checkpoint_every=3

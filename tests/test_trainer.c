@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <png.h>
 #include <unistd.h>
 
 #include "trainer-impl.h"
@@ -340,6 +341,143 @@ static void test_lr_schedules(void **state) {
     assert_true(dv_lr_at(&st, 700, 100) < dv_lr_at(&st, 600, 100));
 }
 
+/* ---- pictures ------------------------------------------------------------ */
+
+/* A PNG read back with libpng: its size, colour type and pixels (malloc'd,
+ * rows top to bottom), or NULL when it is not a readable PNG. */
+static uint8_t *png_read(const char *path, int *w, int *h, int *channels) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(png);
+    uint8_t *px = NULL;
+    if (setjmp(png_jmpbuf(png))) {
+        free(px);
+        png_destroy_read_struct(&png, &info, NULL);
+        fclose(f);
+        return NULL;
+    }
+    png_init_io(png, f);
+    png_read_info(png, info);
+    *w = (int)png_get_image_width(png, info);
+    *h = (int)png_get_image_height(png, info);
+    *channels = png_get_channels(png, info);
+    assert_int_equal(png_get_bit_depth(png, info), 8);
+    px = malloc((size_t)*w * *h * *channels);
+    for (int y = 0; y < *h; y++)
+        png_read_row(png, px + (size_t)y * *w * *channels, NULL);
+    png_read_end(png, NULL);
+    png_destroy_read_struct(&png, &info, NULL);
+    fclose(f);
+    return px;
+}
+
+/* Three 4x5 grey images in a grid: 2 per row (ceil(sqrt(3))), 2-pixel
+ * mid-grey gaps, values mapped from [-1, 1] and clamped; no PATH.tmp left;
+ * a folder that does not exist fails with its name. */
+static void test_image_grid_png(void **state) {
+    (void)state;
+    char dir[] = "/tmp/dive-png-XXXXXX", path[256], err[DV_ERR_LEN];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/grid.png", dir);
+    float imgs[3 * 4 * 5];
+    for (int i = 0; i < 60; i++)
+        imgs[i] = -1.5f + 0.05f * (float)i; /* -1.5 .. 1.45: both ends clamp */
+    assert_int_equal(dv_image_grid_png(path, imgs, 3, 1, 4, 5, -1.0f, 1.0f, 0, err), 0);
+    int w, h, ch;
+    uint8_t *px = png_read(path, &w, &h, &ch);
+    assert_non_null(px);
+    assert_int_equal(w, 2 * (5 + 2) + 2);
+    assert_int_equal(h, 2 * (4 + 2) + 2);
+    assert_int_equal(ch, 1);
+    for (int k = 0; k < 3; k++)
+        for (int y = 0; y < 4; y++)
+            for (int x = 0; x < 5; x++) {
+                float v = (imgs[(k * 4 + y) * 5 + x] + 1.0f) * 127.5f;
+                v = v < 0 ? 0 : (v > 255 ? 255 : v);
+                int ox = 2 + (k % 2) * 7, oy = 2 + (k / 2) * 6;
+                assert_int_equal(px[(oy + y) * w + ox + x], (int)lrintf(v));
+            }
+    assert_int_equal(px[0], 128);                     /* the frame */
+    assert_int_equal(px[(h - 3) * w + (w - 3)], 128); /* the empty fourth tile */
+    free(px);
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    assert_int_equal(access(tmp, F_OK), -1);
+    char bad[300];
+    snprintf(bad, sizeof bad, "%s/no/such/dir/grid.png", dir);
+    assert_int_equal(dv_image_grid_png(bad, imgs, 3, 1, 4, 5, -1.0f, 1.0f, 0, err), -1);
+    assert_non_null(strstr(err, "no/such/dir"));
+    remove(path);
+    rmdir(dir);
+}
+
+static int count_rgb(const uint8_t *px, int w, int y0, int y1, uint32_t rgb) {
+    int n = 0;
+    for (int y = y0; y < y1; y++)
+        for (int x = 0; x < w; x++) {
+            const uint8_t *p = px + ((size_t)y * w + x) * 3;
+            n +=
+                p[0] == (uint8_t)(rgb >> 16) && p[1] == (uint8_t)(rgb >> 8) && p[2] == (uint8_t)rgb;
+        }
+    return n;
+}
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A synthetic metrics.csv with a GAN's two losses and a gap: two panels
+ * (loss: train_loss, val_loss, d_loss, g_loss; accuracy), each holding the
+ * first and second palette colours; and the mistakes a file can hold. */
+static void test_plot_metrics(void **state) {
+    (void)state;
+    char dir[] = "/tmp/dive-plot-XXXXXX", csvp[256], png[256], err[DV_ERR_LEN];
+    assert_non_null(mkdtemp(dir));
+    snprintf(csvp, sizeof csvp, "%s/metrics.csv", dir);
+    snprintf(png, sizeof png, "%s/curves.png", dir);
+    write_text(csvp, "epoch,step,lr,train_loss,val_loss,train_acc,d_loss,g_loss,samples_per_s\n"
+                     "1,10,0.1,2.0,2.1,0.3,1.3,0.8,100\n"
+                     "2,20,0.1,1.5,,0.5,1.2,0.9,110\n"
+                     "3,30,0.1,1.0,1.4,0.7,1.1,1.1,120\n");
+    assert_int_equal(dv_plot_metrics(csvp, png, "epoch", 640, err), 0);
+    int w, h, ch;
+    uint8_t *px = png_read(png, &w, &h, &ch);
+    assert_non_null(px);
+    assert_int_equal(w, 640);
+    assert_int_equal(h, 2 * 300);
+    assert_int_equal(ch, 3);
+    /* curves in both panels: blue and orange lines (>= 50 pixels each) */
+    assert_true(count_rgb(px, w, 0, 300, 0x1f77b4) > 50);
+    assert_true(count_rgb(px, w, 0, 300, 0xff7f0e) > 50);
+    assert_true(count_rgb(px, w, 0, 300, 0xd62728) > 50); /* g_loss, the fourth */
+    assert_true(count_rgb(px, w, 300, 600, 0x1f77b4) > 50);
+    assert_int_equal(count_rgb(px, w, 300, 600, 0xff7f0e), 0); /* accuracy has one curve */
+    free(px);
+    assert_int_equal(dv_plot_metrics(csvp, png, "step", 640, err), 0);
+
+    write_text(csvp, "epoch,step,lr,train_loss\n");
+    assert_int_equal(dv_plot_metrics(csvp, png, "epoch", 640, err), -1);
+    assert_non_null(strstr(err, "no data rows"));
+    write_text(csvp, "epoch,step,lr,train_loss\n1,10,0.1,2.0\n2,20,0.1,abc\n");
+    assert_int_equal(dv_plot_metrics(csvp, png, "epoch", 640, err), -1);
+    assert_non_null(strstr(err, ":3: column train_loss: 'abc' is not a number"));
+    write_text(csvp, "epoch,step,lr,train_loss\n1,10,0.1\n");
+    assert_int_equal(dv_plot_metrics(csvp, png, "epoch", 640, err), -1);
+    assert_non_null(strstr(err, ":2: 3 fields, the header has 4"));
+    write_text(csvp, "epoch,step,lr\n1,10,0.1\n");
+    assert_int_equal(dv_plot_metrics(csvp, png, "epoch", 640, err), -1);
+    assert_non_null(strstr(err, "no metric columns"));
+    remove(csvp);
+    assert_int_equal(dv_plot_metrics(csvp, png, "epoch", 640, err), -1);
+    assert_non_null(strstr(err, "cannot open"));
+    remove(png);
+    rmdir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_sections_in_order),
@@ -348,6 +486,8 @@ int main(void) {
         cmocka_unit_test(test_model_shapes),
         cmocka_unit_test(test_model_gradient),
         cmocka_unit_test(test_generator_layers),
+        cmocka_unit_test(test_image_grid_png),
+        cmocka_unit_test(test_plot_metrics),
         cmocka_unit_test(test_checkpoint_round_trip),
         cmocka_unit_test(test_lr_schedules),
     };

@@ -323,4 +323,35 @@ int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_
 int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *err);
 int dv_info_run(const char *path);
 
+/* ---- pictures (image.c, plot.c) ------------------------------------------ */
+
+/* Writes a w x h PNG of 1 (grey) or 3 (RGB) channels, rows top to bottom,
+ * through PATH.tmp renamed over PATH. 0, or -1 with err. */
+int dv_png_write(const char *path, int w, int h, int channels, const uint8_t *px, char *err);
+/* n images (C = 1 or 3, H, W; planar) tiled `cols` wide (0: a square) with
+ * 2-pixel grey gaps, values mapped from [lo, hi] to 0..255 (clamped), as a
+ * PNG. */
+int dv_image_grid_png(const char *path, const float *imgs, int n, int C, int H, int W, float lo,
+                      float hi, int cols, char *err);
+
+/* An RGB canvas (w x h x 3 bytes) and what a chart needs on it; colours
+ * are 0xRRGGBB, coordinates in pixels from the top left (clipped). */
+typedef struct dv_canvas {
+    int w, h;
+    uint8_t *px;
+} dv_canvas;
+int dv_canvas_init(dv_canvas *c, int w, int h, uint32_t rgb);
+void dv_canvas_free(dv_canvas *c);
+void dv_canvas_rect(dv_canvas *c, int x0, int y0, int x1, int y1, uint32_t rgb);
+void dv_canvas_line(dv_canvas *c, double x0, double y0, double x1, double y1, uint32_t rgb,
+                    int thick);
+/* A 5x7 font scaled by `scale`; letters print lower case. Returns the width. */
+int dv_canvas_text(dv_canvas *c, int x, int y, const char *s, uint32_t rgb, int scale);
+int dv_text_width(const char *s, int scale);
+
+/* metrics.csv (csv_path) as line charts into png_path, x = "epoch" or
+ * "step" column, `width` pixels wide (dive plot). */
+int dv_plot_metrics(const char *csv_path, const char *png_path, const char *xname, int width,
+                    char *err);
+
 #endif

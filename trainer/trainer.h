@@ -18,6 +18,7 @@ int dv_cli_predict(int argc, char **argv); /* dive predict CONFIG --checkpoint P
 int dv_cli_import(int argc, char **argv);  /* dive import idx|csv ... */
 int dv_cli_info(int argc, char **argv);    /* dive info FILE.h5 */
 int dv_cli_sample(int argc, char **argv);  /* dive sample CHECKPOINT [--prompt T] ... */
+int dv_cli_plot(int argc, char **argv);    /* dive plot RUN_DIR [-o OUT.png] */
 
 /* The version string of this build. */
 const char *dv_version(void);
