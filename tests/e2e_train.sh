@@ -56,6 +56,15 @@ check "train prints the done line" grep -q '^done: 100 steps' "$OUT"
 check "run1/last.h5 and run1/best.h5 exist" test -s run1/last.h5 -a -s run1/best.h5
 check "metrics.csv: header and one line per epoch ($EPOCHS)" metrics_ok run1 "$EPOCHS"
 
+echo "== dive predict --score: the classifier's view of a set of inputs"
+e2e_run "$DIVE_BIN" predict mlp.cfg --checkpoint run1/best.h5 -o score.h5 --score
+expect_ok "dive predict --score"
+check "prints confidence, class entropy and a score between 1 and K = 3" bash -c \
+    "grep -E '^score of .*: [0-9]+ images, mean confidence 0\\.[0-9]{4}, class entropy [0-9.]+ of 1\\.0986 \\(log 3\\), inception-like score [0-9.]+ of 3' $OUT |
+     awk '{ s = \$(NF - 2); exit !(s >= 1 && s <= 3) }'"
+e2e_run "$DIVE_BIN" eval mlp.cfg --checkpoint run1/best.h5 --score
+expect_fail "dive eval --score" --status 2 "--score is an option of dive predict"
+
 echo "== dive plot: the run's curves as a PNG"
 e2e_run "$DIVE_BIN" plot run1
 expect_ok "dive plot run1"

@@ -478,6 +478,52 @@ static void test_plot_metrics(void **state) {
     rmdir(dir);
 }
 
+/* The class score's three corners: uniform outputs (confidence 1/K, score
+ * 1), confident and spread over every class (1, log K, K), confident and
+ * all one class (1, 0, 1); and a mixed case against its formula. */
+static void test_class_score(void **state) {
+    (void)state;
+    enum { K = 4, N = 8 };
+    float p[N * K];
+    dv_class_score sc;
+    double conf, ent, is;
+    for (int i = 0; i < N * K; i++)
+        p[i] = 0.25f;
+    assert_int_equal(dv_class_score_init(&sc, K), 0);
+    dv_class_score_add(&sc, p, N);
+    dv_class_score_result(&sc, &conf, &ent, &is);
+    assert_true(fabs(conf - 0.25) < 1e-9 && fabs(is - 1.0) < 1e-6);
+    dv_class_score_free(&sc);
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < K; k++)
+            p[i * K + k] = k == i % K ? 1.0f : 0.0f;
+    assert_int_equal(dv_class_score_init(&sc, K), 0);
+    dv_class_score_add(&sc, p, 5); /* batch by batch: 5 + 3 */
+    dv_class_score_add(&sc, p + 5 * K, 3);
+    dv_class_score_result(&sc, &conf, &ent, &is);
+    assert_int_equal(sc.n, N);
+    assert_true(fabs(conf - 1.0) < 1e-9 && fabs(ent - log(K)) < 1e-9 && fabs(is - K) < 1e-6);
+    dv_class_score_free(&sc);
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < K; k++)
+            p[i * K + k] = k == 2 ? 1.0f : 0.0f;
+    assert_int_equal(dv_class_score_init(&sc, K), 0);
+    dv_class_score_add(&sc, p, N);
+    dv_class_score_result(&sc, &conf, &ent, &is);
+    assert_true(fabs(conf - 1.0) < 1e-9 && fabs(ent) < 1e-12 && fabs(is - 1.0) < 1e-6);
+    dv_class_score_free(&sc);
+    /* two images, (0.7, 0.1, 0.1, 0.1) and (0.1, 0.7, 0.1, 0.1) */
+    const float q[2 * K] = {0.7f, 0.1f, 0.1f, 0.1f, 0.1f, 0.7f, 0.1f, 0.1f};
+    assert_int_equal(dv_class_score_init(&sc, K), 0);
+    dv_class_score_add(&sc, q, 2);
+    dv_class_score_result(&sc, &conf, &ent, &is);
+    const double hp = -(0.7 * log(0.7) + 3 * 0.1 * log(0.1));     /* each image's entropy */
+    const double hm = -(2 * 0.4 * log(0.4) + 2 * 0.1 * log(0.1)); /* the mean's */
+    assert_true(fabs(conf - 0.7) < 1e-6 && fabs(ent - log(2.0)) < 1e-9);
+    assert_true(fabs(is - exp(hm - hp)) < 1e-5);
+    dv_class_score_free(&sc);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_sections_in_order),
@@ -488,6 +534,7 @@ int main(void) {
         cmocka_unit_test(test_generator_layers),
         cmocka_unit_test(test_image_grid_png),
         cmocka_unit_test(test_plot_metrics),
+        cmocka_unit_test(test_class_score),
         cmocka_unit_test(test_checkpoint_round_trip),
         cmocka_unit_test(test_lr_schedules),
     };

@@ -32,12 +32,16 @@ static const char eval_help[] =
 
 static const char predict_help[] =
     "usage: dive predict CONFIG --checkpoint PATH -o OUT.h5|OUT.csv [--split GROUP]\n"
-    "                    [--input FILE.h5] [--x DATASET] [--set s.k=v]...\n"
+    "                    [--input FILE.h5] [--x DATASET] [--score] [--set s.k=v]...\n"
     "\n"
     "Writes the model's outputs for every sample of a dataset: by default the\n"
     "config's val split; --input/--x name another file and inputs dataset.\n"
     "HDF5 output: /pred (N) int32 predicted class, /output (N, K) float32\n"
-    "(probabilities after the final softmax/sigmoid). CSV: index,pred,out0..outK-1.\n";
+    "(probabilities after the final softmax/sigmoid). CSV: index,pred,out0..outK-1.\n"
+    "--score: also print how the classifier sees the inputs as a set: mean\n"
+    "top-class confidence, the entropy of the predicted-class histogram, and an\n"
+    "Inception-like score exp(H(mean p) - mean H(p)), 1 to K (e.g. real test\n"
+    "images against a GAN's samples).\n";
 
 static const char import_help[] =
     "usage: dive import idx IMAGES LABELS -o OUT.h5 [--split NAME]\n"
@@ -71,7 +75,7 @@ static int wants_help(int argc, char **argv) {
 typedef struct opts {
     const char *config, *checkpoint, *resume, *split, *out, *input, *x;
     const char *sets[256];
-    int nsets, json;
+    int nsets, json, score;
     char err[DV_ERR_LEN];
 } opts;
 
@@ -94,6 +98,10 @@ static int parse_opts(int argc, char **argv, opts *o) {
         }
         if (!strcmp(a, "--json")) {
             o->json = 1;
+            continue;
+        }
+        if (!strcmp(a, "--score")) {
+            o->score = 1;
             continue;
         }
         if (!strcmp(a, "--checkpoint"))
@@ -152,11 +160,16 @@ static int finish(dv_comm *comm, dv_config *cfg, int status) {
     return status < 0 ? 0 : status;
 }
 
+static int no_score(opts *o) {
+    if (o->score) return dv_fail(o->err, "--score is an option of dive predict");
+    return 0;
+}
+
 int dv_cli_train(int argc, char **argv) {
     opts o;
     dv_comm *comm = NULL;
     dv_config cfg = {0};
-    int rc = start(argc, argv, train_help, &o, &comm, &cfg, NULL);
+    int rc = start(argc, argv, train_help, &o, &comm, &cfg, no_score);
     if (!rc) rc = dv_train_run(comm, &cfg, o.resume);
     return finish(comm, &cfg, rc);
 }
@@ -166,11 +179,16 @@ static int need_checkpoint(opts *o) {
     return 0;
 }
 
+static int need_eval(opts *o) {
+    if (o->score) return dv_fail(o->err, "--score is an option of dive predict");
+    return need_checkpoint(o);
+}
+
 int dv_cli_eval(int argc, char **argv) {
     opts o;
     dv_comm *comm = NULL;
     dv_config cfg = {0};
-    int rc = start(argc, argv, eval_help, &o, &comm, &cfg, need_checkpoint);
+    int rc = start(argc, argv, eval_help, &o, &comm, &cfg, need_eval);
     if (!rc) rc = dv_eval_run(comm, &cfg, o.checkpoint, o.split, o.json);
     return finish(comm, &cfg, rc);
 }
@@ -186,7 +204,7 @@ int dv_cli_predict(int argc, char **argv) {
     dv_comm *comm = NULL;
     dv_config cfg = {0};
     int rc = start(argc, argv, predict_help, &o, &comm, &cfg, need_predict);
-    if (!rc) rc = dv_predict_run(comm, &cfg, o.checkpoint, o.input, o.split, o.x, o.out);
+    if (!rc) rc = dv_predict_run(comm, &cfg, o.checkpoint, o.input, o.split, o.x, o.out, o.score);
     return finish(comm, &cfg, rc);
 }
 

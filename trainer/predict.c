@@ -4,6 +4,7 @@
  * under mpirun as alone. */
 #include <errno.h>
 #include <hdf5.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,7 +85,7 @@ static int sink_close(sink *s) {
 }
 
 static int predict_rank0(dv_model *m, const char *file, const char *x, float x_scale, float x_shift,
-                         const char *out, char *err) {
+                         const char *out, int score, char *err) {
     dv_split *split = NULL;
     if (dv_split_open(&split, file, x, NULL, err)) return -1;
     const dv_split_info *info = dv_split_info_get(split);
@@ -99,7 +100,12 @@ static int predict_rank0(dv_model *m, const char *file, const char *x, float x_s
     int32_t *hp = malloc((size_t)B * sizeof(int32_t));
     int64_t *idx = malloc((size_t)B * sizeof(int64_t));
     sink s = {.file = -1, .pred = -1, .output = -1};
-    int rc = hx && ho && hp && idx ? 0 : dv_fail(err, "out of memory");
+    dv_class_score sc = {0};
+    float *prob = score ? malloc((size_t)B * (size_t)K * sizeof(float)) : NULL;
+    int rc = hx && ho && hp && idx && (!score || prob) ? 0 : dv_fail(err, "out of memory");
+    if (!rc && score && K < 2)
+        rc = dv_fail(err, "--score needs a classifier (2 or more outputs); this model has %d", K);
+    if (!rc && score && dv_class_score_init(&sc, K)) rc = dv_fail(err, "out of memory");
     if (!rc) rc = sink_open(&s, out, info->n, K, err);
     /* one output: a probability after a sigmoid (fused or not) or an MSE
      * regression is split at 0.5; raw scores and logits at 0 */
@@ -127,12 +133,36 @@ static int predict_rank0(dv_model *m, const char *file, const char *x, float x_s
                     if (row[k] > row[best]) best = k;
             hp[i] = best;
         }
+        if (score) { /* probabilities: the outputs after a softmax, else softmax(logits) */
+            const int soft = m->layers[m->nlayers - 1].act == DV_ACT_SOFTMAX;
+            for (int i = 0; i < count; i++) {
+                const float *row = ho + (size_t)i * K;
+                float *p = prob + (size_t)i * K, mx = row[0];
+                double sum = 0;
+                for (int k = 1; k < K; k++)
+                    mx = row[k] > mx ? row[k] : mx;
+                for (int k = 0; k < K; k++)
+                    sum += p[k] = soft ? row[k] : expf(row[k] - mx);
+                for (int k = 0; !soft && k < K; k++)
+                    p[k] = (float)(p[k] / sum);
+            }
+            dv_class_score_add(&sc, prob, count);
+        }
         if (sink_write(&s, first, count, hp, ho)) rc = dv_fail(err, "%s: write failed", out);
     }
     if (sink_close(&s) && !rc) rc = dv_fail(err, "%s: write failed", out);
     if (!rc)
         printf("wrote predictions for %lld samples of %s %s to %s\n", (long long)info->n, file, x,
                out);
+    if (!rc && score) {
+        double conf, ent, is;
+        dv_class_score_result(&sc, &conf, &ent, &is);
+        printf("score of %s %s: %lld images, mean confidence %.4f, class entropy %.4f of %.4f "
+               "(log %d), inception-like score %.3f of %d\n",
+               file, x, (long long)sc.n, conf, ent, log((double)K), K, is, K);
+    }
+    dv_class_score_free(&sc);
+    free(prob);
     free(hx);
     free(ho);
     free(hp);
@@ -142,7 +172,7 @@ static int predict_rank0(dv_model *m, const char *file, const char *x, float x_s
 }
 
 int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_file,
-                   const char *split, const char *x_path, const char *out) {
+                   const char *split, const char *x_path, const char *out, int score) {
     char err[DV_ERR_LEN];
     dv_settings st;
     dv_backend *be = NULL;
@@ -167,7 +197,7 @@ int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_
     if (!dv_agree(c, rc, err)) {
         if (dv_comm_rank(c) == 0)
             rc = predict_rank0(m, in_file ? in_file : st.file, x, (float)st.x_scale,
-                               (float)st.x_shift, out, err);
+                               (float)st.x_shift, out, score, err);
         rc = dv_agree(c, rc, err) ? -1 : 0;
     } else {
         rc = -1;
@@ -175,4 +205,52 @@ int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_
     dv_model_free(m);
     if (be) dv_backend_free(be);
     return rc ? 1 : 0;
+}
+
+/* ---- class score ------------------------------------------------------------ */
+
+int dv_class_score_init(dv_class_score *s, int K) {
+    memset(s, 0, sizeof(*s));
+    s->K = K;
+    s->hist = calloc((size_t)K, sizeof(double));
+    s->sum_p = calloc((size_t)K, sizeof(double));
+    if (!s->hist || !s->sum_p) {
+        dv_class_score_free(s);
+        return -1;
+    }
+    return 0;
+}
+
+void dv_class_score_add(dv_class_score *s, const float *probs, int count) {
+    for (int i = 0; i < count; i++) {
+        const float *p = probs + (size_t)i * s->K;
+        int best = 0;
+        for (int k = 0; k < s->K; k++) {
+            if (p[k] > p[best]) best = k;
+            s->sum_p[k] += p[k];
+            if (p[k] > 0) s->sum_neg_h += (double)p[k] * log((double)p[k]);
+        }
+        s->sum_conf += p[best];
+        s->hist[best] += 1;
+        s->n++;
+    }
+}
+
+void dv_class_score_result(const dv_class_score *s, double *confidence, double *class_entropy,
+                           double *inception) {
+    double hc = 0, hm = 0;
+    for (int k = 0; s->n && k < s->K; k++) {
+        double q = s->hist[k] / (double)s->n, m = s->sum_p[k] / (double)s->n;
+        if (q > 0) hc -= q * log(q);
+        if (m > 0) hm -= m * log(m);
+    }
+    *confidence = s->n ? s->sum_conf / (double)s->n : 0;
+    *class_entropy = hc;
+    *inception = s->n ? exp(hm + s->sum_neg_h / (double)s->n) : 0;
+}
+
+void dv_class_score_free(dv_class_score *s) {
+    free(s->hist);
+    free(s->sum_p);
+    s->hist = s->sum_p = NULL;
 }

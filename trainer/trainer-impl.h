@@ -317,7 +317,7 @@ int dv_agree(dv_comm *c, int rc, const char *err);
 int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume);
 int dv_eval_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *split, int json);
 int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_file,
-                   const char *split, const char *x_path, const char *out);
+                   const char *split, const char *x_path, const char *out, int score);
 /* The CPU or CUDA backend per [train] backend (threads: 0 = cores / ranks on
  * this node). */
 int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *err);
@@ -348,6 +348,25 @@ void dv_canvas_line(dv_canvas *c, double x0, double y0, double x1, double y1, ui
 /* A 5x7 font scaled by `scale`; letters print lower case. Returns the width. */
 int dv_canvas_text(dv_canvas *c, int x, int y, const char *s, uint32_t rgb, int scale);
 int dv_text_width(const char *s, int scale);
+
+/* A classifier's verdict on a set of images (the Inception-Score idea with
+ * a Dive classifier): p(y|x) for each image, accumulated batch by batch.
+ * confidence: mean of max_y p(y|x); class_entropy: entropy (nats) of the
+ * histogram of argmax classes, log K when every class is drawn equally;
+ * inception: exp(H(mean p) - mean H(p(y|x))), 1 (uninformative or one
+ * class) to K (confident and spread evenly). */
+typedef struct dv_class_score {
+    int K;
+    int64_t n;
+    double sum_conf, sum_neg_h; /* sum of max p, sum of sum_y p log p */
+    double *hist, *sum_p;       /* (K) each */
+} dv_class_score;
+int dv_class_score_init(dv_class_score *s, int K);
+/* Adds `count` rows of K probabilities (each row sums to 1). */
+void dv_class_score_add(dv_class_score *s, const float *probs, int count);
+void dv_class_score_result(const dv_class_score *s, double *confidence, double *class_entropy,
+                           double *inception);
+void dv_class_score_free(dv_class_score *s);
 
 /* metrics.csv (csv_path) as line charts into png_path, x = "epoch" or
  * "step" column, `width` pixels wide (dive plot). */
