@@ -41,8 +41,7 @@ void dv_cpu_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float
                  const float *A, const float *B, float beta, float *C) {
     (void)ctx;
     if (M <= 0 || N <= 0) return;
-    if (!trans_a && !trans_b && K > 0 && dv_cpu_gemm_nn_own(ctx, M, N, K, alpha, A, B, beta, C))
-        return;
+    if (!trans_a && K > 0 && dv_cpu_gemm_own(ctx, trans_b, M, N, K, alpha, A, B, beta, C)) return;
     if (K <= 0) { /* BLAS returns early here; the contract says C = beta*C */
         if (beta == 0.0f)
             dv_cpu_fill(ctx, C, 0.0f, (size_t)M * N);

@@ -76,7 +76,7 @@ static inline float dv_fast_sigmoidf(float x) {
 typedef struct dv_cpu_ctx {
     int threads;     /* OpenBLAS threads asked for (0: its default) */
     int pack_own;    /* gemm_packed: own AVX-512 kernel (else OpenBLAS) */
-    float *pack_buf; /* dv_cpu_gemm's packed B (dv_cpu_gemm_nn_own) */
+    float *pack_buf; /* dv_cpu_gemm's packed B (dv_cpu_gemm_own) */
     size_t pack_cap; /* floats in pack_buf */
 } dv_cpu_ctx;
 
@@ -87,8 +87,8 @@ void dv_cpu_fill(void *ctx, float *x, float value, size_t n);
 void dv_cpu_sync(void *ctx);
 
 int dv_cpu_pack_own(int threads);
-int dv_cpu_gemm_nn_own(void *ctx, int M, int N, int K, float alpha, const float *A, const float *B,
-                       float beta, float *C);
+int dv_cpu_gemm_own(void *ctx, int trans_b, int M, int N, int K, float alpha, const float *A,
+                    const float *B, float beta, float *C);
 size_t dv_cpu_gemm_pack_size(void *ctx, int K, int N);
 void dv_cpu_gemm_pack(void *ctx, int trans_b, int K, int N, const float *B, float *packed);
 void dv_cpu_gemm_packed(void *ctx, int M, int N, int K, float alpha, const float *A,

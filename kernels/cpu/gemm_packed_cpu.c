@@ -74,18 +74,23 @@ typedef __m512 v16;
  * contracts nothing, so a * w + c would stay a multiply and an add */
 #define FMA(a, w, c) _mm512_fmadd_ps(_mm512_set1_ps(a), (w), (c))
 
-/* C (1 row, w <= 32 columns) = alpha * acc + beta * C. */
+/* C (1 row, w <= 32 columns) = alpha * acc + beta * C, in vector registers
+ * with masks for a narrow last panel (a scalar loop here cost as much as
+ * the K loop of a K = 128 tile). beta * C + alpha * acc is one FMA. */
 __attribute__((target("arch=x86-64-v4"))) static inline void
 store_row(float *c, v16 a0, v16 a1, float alpha, float beta, int w) {
-    float tile[NR];
-    memcpy(tile, &a0, sizeof a0);
-    memcpy(tile + 16, &a1, sizeof a1);
-    if (beta == 0.0f)
-        for (int j = 0; j < w; j++)
-            c[j] = alpha * tile[j];
-    else
-        for (int j = 0; j < w; j++)
-            c[j] = alpha * tile[j] + beta * c[j];
+    const __mmask16 m0 = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1);
+    const __mmask16 m1 =
+        w <= 16 ? (__mmask16)0 : (w >= 32 ? (__mmask16)0xFFFF : (__mmask16)((1u << (w - 16)) - 1));
+    const v16 al = _mm512_set1_ps(alpha);
+    v16 r0 = _mm512_mul_ps(a0, al), r1 = _mm512_mul_ps(a1, al);
+    if (beta != 0.0f) {
+        const v16 be = _mm512_set1_ps(beta);
+        r0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, c), be, r0);
+        r1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, c + 16), be, r1);
+    }
+    _mm512_mask_storeu_ps(c, m0, r0);
+    _mm512_mask_storeu_ps(c + 16, m1, r1);
 }
 
 /* Rows [0, 8) x columns [0, w) of one panel: C = alpha * A P + beta * C.
@@ -166,8 +171,8 @@ __attribute__((target("arch=x86-64-v4"))) static void packed_avx512(int M, int N
 #define OWN_MIN_M 256
 #define OWN_MAX_B ((size_t)1 << 22) /* 16 MB of packed B */
 
-int dv_cpu_gemm_nn_own(void *ctx, int M, int N, int K, float alpha, const float *A, const float *B,
-                       float beta, float *C) {
+int dv_cpu_gemm_own(void *ctx, int trans_b, int M, int N, int K, float alpha, const float *A,
+                    const float *B, float beta, float *C) {
     dv_cpu_ctx *cx = ctx;
     if (!cx->pack_own || M < OWN_MIN_M) return 0;
     const size_t need = dv_cpu_gemm_pack_size(ctx, K, N);
@@ -179,7 +184,7 @@ int dv_cpu_gemm_nn_own(void *ctx, int M, int N, int K, float alpha, const float 
         cx->pack_buf = p;
         cx->pack_cap = need;
     }
-    dv_cpu_gemm_pack(ctx, 0, K, N, B, cx->pack_buf);
+    dv_cpu_gemm_pack(ctx, trans_b, K, N, B, cx->pack_buf);
     dv_cpu_gemm_packed(ctx, M, N, K, alpha, A, cx->pack_buf, beta, C);
     return 1;
 }
