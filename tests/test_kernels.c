@@ -183,8 +183,8 @@ static void test_rand(void **state) {
 
 /* ---- gemm ------------------------------------------------------------- */
 
-/* M = 300 reaches dv_cpu_gemm's own packed path for A B (M >= 256, one
- * thread, AVX-512), the small case OpenBLAS. */
+/* On one thread with AVX-512, M = 300 and K = 260 take dv_cpu_gemm's own
+ * packed path for A op(B) (M >= 256, K >= 256); the others OpenBLAS. */
 static void run_gemm_case(int M, int N, int K) {
     float *A = test_fbuf((size_t)M * K), *B = test_fbuf((size_t)K * N),
           *C = test_fbuf((size_t)M * N), *ref = test_fbuf((size_t)M * N);
@@ -217,7 +217,8 @@ static void run_gemm_case(int M, int N, int K) {
 static void test_gemm(void **state) {
     (void)state;
     run_gemm_case(7, 5, 9);
-    run_gemm_case(300, 37, 20);
+    run_gemm_case(300, 37, 20);  /* K < 256: OpenBLAS */
+    run_gemm_case(300, 37, 260); /* the packed path */
 }
 
 /* gemm_packed against a double-precision reference, on a one-thread backend

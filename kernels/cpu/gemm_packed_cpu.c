@@ -161,20 +161,23 @@ __attribute__((target("arch=x86-64-v4"))) static void packed_avx512(int M, int N
 }
 #endif
 
-/* dv_cpu_gemm's C = alpha A B + beta C (neither transposed) through the
- * packed kernel, B packed into the ctx's buffer on each call: where M is
- * large the packing is a sliver of the work, and for these products (a
- * layer's dx = dy W; bench_gemm_packed: 4096 x 128 x 512 at 1.15x and
- * 4096 x 32 x 128 at 1.37x OpenBLAS's rate) the kernel beats OpenBLAS;
- * with op(B) transposed (a layer's forward) it does not, so those stay with
- * OpenBLAS. Returns 1 when it did the product, 0 to leave it to OpenBLAS. */
+/* dv_cpu_gemm's C = alpha A op(B) + beta C (A not transposed) through the
+ * packed kernel, op(B) packed into the ctx's buffer on each call: where M
+ * is large the packing is a sliver of the work. Measured through
+ * dv_cpu_gemm against cblas_sgemm, one thread: K >= 512 gains 1.17-1.5x
+ * (4096 x 128 x 512, 4096 x 64 x 1024: a layer's dx, an LSTM's input
+ * gradient), K = 256 about 1.02x, K = 128 0.89-0.99x; so only M >= 256
+ * and K >= 256 come here, and A^T B (weight gradients) never (OpenBLAS's
+ * 88-95 GFLOP/s there beat this kernel). Returns 1 when it did the
+ * product, 0 to leave it to OpenBLAS. */
 #define OWN_MIN_M 256
+#define OWN_MIN_K 256
 #define OWN_MAX_B ((size_t)1 << 22) /* 16 MB of packed B */
 
 int dv_cpu_gemm_own(void *ctx, int trans_b, int M, int N, int K, float alpha, const float *A,
                     const float *B, float beta, float *C) {
     dv_cpu_ctx *cx = ctx;
-    if (!cx->pack_own || M < OWN_MIN_M) return 0;
+    if (!cx->pack_own || M < OWN_MIN_M || K < OWN_MIN_K) return 0;
     const size_t need = dv_cpu_gemm_pack_size(ctx, K, N);
     if (need > OWN_MAX_B) return 0;
     if (need > cx->pack_cap) {
