@@ -8,6 +8,8 @@
  *                                   seed, best_val_loss, bad_epochs, and the
  *                                   epoch's running metrics
  *   /config                         the effective config text
+ *   /streams                        stateful recurrent layers: each stream's
+ *                                   carried state (global batch, floats)
  *
  * A checkpoint is written to a temporary file in the same directory,
  * flushed, fsync'd and renamed over its name, so a crash at any moment
@@ -162,6 +164,17 @@ static int save_locked(const char *path, const dv_model *m, const dv_train_state
         if (tg >= 0) H5Gclose(tg);
     }
     if (!rc) rc = write_string(f, "/config", config_text ? config_text : "");
+    if (!rc && m->stream_state) {
+        hsize_t dims[2] = {(hsize_t)m->stream_rows, (hsize_t)m->stream_cols};
+        hid_t space = H5Screate_simple(2, dims, NULL);
+        hid_t ds =
+            H5Dcreate2(f, "/streams", H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (ds < 0 ||
+            H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, m->stream_state) < 0)
+            rc = -1;
+        if (ds >= 0) H5Dclose(ds);
+        H5Sclose(space);
+    }
     free(host);
     if (!rc && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) rc = -1;
     if (H5Fclose(f) < 0) rc = -1;
@@ -316,4 +329,47 @@ static char *config_locked(const char *path, char *err) {
     H5Fclose(f);
     if (!text) dv_fail(err, "%s: checkpoint holds no readable /config", path);
     return text;
+}
+
+/* /streams of a checkpoint as (rows, cols) floats into *out (malloc'd), or
+ * *out = NULL when it has none. */
+static int streams_locked(const char *path, float **out, int *rows, int *cols, char *err) {
+    *out = NULL;
+    *rows = *cols = 0;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return dv_fail(err, "%s: cannot open", path);
+    int rc = 0;
+    if (H5Lexists(f, "/streams", H5P_DEFAULT) > 0) {
+        hid_t ds = H5Dopen2(f, "/streams", H5P_DEFAULT);
+        hid_t space = ds < 0 ? -1 : H5Dget_space(ds);
+        hsize_t dims[2] = {0, 0};
+        if (space < 0 || H5Sget_simple_extent_ndims(space) != 2 ||
+            H5Sget_simple_extent_dims(space, dims, NULL) < 0 || dims[0] > (1u << 30) ||
+            dims[1] > (1u << 30)) {
+            rc = dv_fail(err, "%s: /streams is not a 2-D dataset", path);
+        } else {
+            *out = malloc((size_t)(dims[0] * dims[1]) * sizeof(float) + 1);
+            if (!*out)
+                rc = dv_fail(err, "%s: out of memory", path);
+            else if (H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0)
+                rc = dv_fail(err, "%s: cannot read /streams", path);
+            *rows = (int)dims[0], *cols = (int)dims[1];
+        }
+        if (space >= 0) H5Sclose(space);
+        if (ds >= 0) H5Dclose(ds);
+    }
+    H5Fclose(f);
+    if (rc) {
+        free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+int dv_checkpoint_streams(const char *path, float **out, int *rows, int *cols, char *err) {
+    dv_hdf5_lock();
+    int rc = streams_locked(path, out, rows, cols, err);
+    dv_hdf5_unlock();
+    return rc;
 }

@@ -87,7 +87,8 @@ static void dense_backward(dv_layer *l, dv_model *m, const float *x, const float
     if (dx) be->gemm(be->ctx, 0, 0, B * T, K, U, 1.0f, dy, l->param[0].data, 0.0f, dx);
 }
 
-static const dv_layer_ops dense_ops = {dense_forward, dense_backward, NULL, NULL};
+static const dv_layer_ops dense_ops = {
+    .forward = dense_forward, .backward = dense_backward, .free = NULL, .setup = NULL};
 
 /* `tie = NAME`: the weight is the (V, D) table of an earlier embedding
  * NAME (weight tying), so units = V and the input has D features. */
@@ -182,7 +183,8 @@ void dv_layer_free_priv(dv_layer *l, dv_model *m) {
     l->priv = NULL;
 }
 
-static const dv_layer_ops conv_ops = {conv_forward, conv_backward, dv_layer_free_priv, NULL};
+static const dv_layer_ops conv_ops = {
+    .forward = conv_forward, .backward = conv_backward, .free = dv_layer_free_priv, .setup = NULL};
 
 static int need_chw(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
     if (l->in_ndim == 3) return 0;
@@ -279,7 +281,8 @@ static void pool_free(dv_layer *l, dv_model *m) {
     dv_layer_free_priv(l, m);
 }
 
-static const dv_layer_ops pool_ops = {pool_forward, pool_backward, pool_free, NULL};
+static const dv_layer_ops pool_ops = {
+    .forward = pool_forward, .backward = pool_backward, .free = pool_free, .setup = NULL};
 
 static int pool_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, dv_pool mode, char *err) {
     if (need_chw(l, cfg, s, err)) return -1;
@@ -314,7 +317,8 @@ static void copy_backward(dv_layer *l, dv_model *m, const float *x, const float 
     m->be->copy(m->be->ctx, dx, dy, (size_t)B * l->in_elems * sizeof(float));
 }
 
-static const dv_layer_ops copy_ops = {copy_forward, copy_backward, NULL, NULL};
+static const dv_layer_ops copy_ops = {
+    .forward = copy_forward, .backward = copy_backward, .free = NULL, .setup = NULL};
 
 /* ---- upsample (nearest) --------------------------------------------------- */
 
@@ -340,7 +344,8 @@ static void upsample_backward(dv_layer *l, dv_model *m, const float *x, const fl
                                  p->scale, dy, dx);
 }
 
-static const dv_layer_ops upsample_ops = {upsample_forward, upsample_backward, NULL, NULL};
+static const dv_layer_ops upsample_ops = {
+    .forward = upsample_forward, .backward = upsample_backward, .free = NULL, .setup = NULL};
 
 static int upsample_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
     if (need_chw(l, cfg, s, err)) return -1;
@@ -402,7 +407,8 @@ static void dropout_free(dv_layer *l, dv_model *m) {
     dv_layer_free_priv(l, m);
 }
 
-static const dv_layer_ops dropout_ops = {dropout_forward, dropout_backward, dropout_free, NULL};
+static const dv_layer_ops dropout_ops = {
+    .forward = dropout_forward, .backward = dropout_backward, .free = dropout_free, .setup = NULL};
 
 /* ---- batch norm ---------------------------------------------------------- */
 
@@ -438,7 +444,8 @@ static void bn_free(dv_layer *l, dv_model *m) {
     dv_layer_free_priv(l, m);
 }
 
-static const dv_layer_ops bn_ops = {bn_forward, bn_backward, bn_free, NULL};
+static const dv_layer_ops bn_ops = {
+    .forward = bn_forward, .backward = bn_backward, .free = bn_free, .setup = NULL};
 
 static int bn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
     bn_priv *p = calloc(1, sizeof(*p));

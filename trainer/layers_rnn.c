@@ -309,7 +309,45 @@ static int rnn_setup(dv_layer *l, dv_model *m, char *err) {
     return 0;
 }
 
-static const dv_layer_ops rnn_ops = {rnn_forward, rnn_backward, rnn_free, rnn_setup};
+/* A stream's carried state: for each stacked layer k, h_k (H) and, for an
+ * LSTM, c_k (H). Only stateful layers carry any. */
+static size_t rnn_state_floats(const dv_layer *l) {
+    const rnn_priv *p = l->priv;
+    return p->stateful ? (size_t)p->L * p->H * (p->cell == CELL_LSTM ? 2 : 1) : 0;
+}
+
+static int rnn_state_io(dv_layer *l, dv_model *m, int B, float *host, int save) {
+    rnn_priv *p = l->priv;
+    if (!p->stateful) return 0;
+    const dv_backend *be = m->be;
+    const size_t H = (size_t)p->H, per = rnn_state_floats(l), state = (size_t)m->max_batch * H;
+    float *tmp = malloc((size_t)B * H * sizeof(float));
+    if (!tmp) return -1;
+    for (int k = 0; k < p->L; k++)
+        for (int w = 0; w < (p->cell == CELL_LSTM ? 2 : 1); w++) {
+            float *dev = (w ? p->state_c : p->state_h) + k * state;
+            const size_t col = ((size_t)k * (p->cell == CELL_LSTM ? 2 : 1) + w) * H;
+            if (save) be->to_host(be->ctx, tmp, dev, (size_t)B * H * sizeof(float));
+            for (int b = 0; b < B; b++)
+                for (size_t j = 0; j < H; j++) {
+                    float *h = host + (size_t)b * per + col + j;
+                    if (save)
+                        *h = tmp[(size_t)b * H + j];
+                    else
+                        tmp[(size_t)b * H + j] = *h;
+                }
+            if (!save) be->to_device(be->ctx, dev, tmp, (size_t)B * H * sizeof(float));
+        }
+    free(tmp);
+    return 0;
+}
+
+static const dv_layer_ops rnn_ops = {.forward = rnn_forward,
+                                     .backward = rnn_backward,
+                                     .free = rnn_free,
+                                     .setup = rnn_setup,
+                                     .state_floats = rnn_state_floats,
+                                     .state_io = rnn_state_io};
 
 int dv_layer_rnn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m,
                       char *err) {

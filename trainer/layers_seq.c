@@ -428,12 +428,18 @@ static int block_setup(dv_layer *l, dv_model *m, char *err) {
     return 0;
 }
 
-static const dv_layer_ops emb_ops = {emb_forward, emb_backward, seq_free, emb_setup};
-static const dv_layer_ops ln_ops = {ln_forward, ln_backward, seq_free, ln_setup};
-static const dv_layer_ops gelu_ops = {gelu_forward, gelu_backward, seq_free, NULL};
-static const dv_layer_ops attn_ops = {attn_layer_forward, attn_layer_backward, seq_free,
-                                      attn_layer_setup};
-static const dv_layer_ops block_ops = {block_forward, block_backward, seq_free, block_setup};
+static const dv_layer_ops emb_ops = {
+    .forward = emb_forward, .backward = emb_backward, .free = seq_free, .setup = emb_setup};
+static const dv_layer_ops ln_ops = {
+    .forward = ln_forward, .backward = ln_backward, .free = seq_free, .setup = ln_setup};
+static const dv_layer_ops gelu_ops = {
+    .forward = gelu_forward, .backward = gelu_backward, .free = seq_free, .setup = NULL};
+static const dv_layer_ops attn_ops = {.forward = attn_layer_forward,
+                                      .backward = attn_layer_backward,
+                                      .free = seq_free,
+                                      .setup = attn_layer_setup};
+static const dv_layer_ops block_ops = {
+    .forward = block_forward, .backward = block_backward, .free = seq_free, .setup = block_setup};
 
 /* ---- construction ---------------------------------------------------------- */
 

@@ -52,8 +52,9 @@ typedef struct run {
      * and checkpoints). The CPU reads every step (ring_cap 1). */
     float *ring;
     int ring_cap, ring_used;
-    int64_t ring_step0; /* step number of the ring's first entry */
-    int device_comm;    /* gradients are averaged on the device (CUDA) */
+    int64_t ring_step0;  /* step number of the ring's first entry */
+    int device_comm;     /* gradients are averaged on the device (CUDA) */
+    int streams_resumed; /* the stateful layers' state came from the checkpoint */
     char err[DV_ERR_LEN];
     int comm_failed;
 } run;
@@ -608,6 +609,81 @@ static int link_into(const char *src, const char *dir, const char *name, char *e
     return 0;
 }
 
+/* ---- stateful streams across checkpoints -------------------------------- */
+
+/* Floats of carried state per stream (batch row) over the stateful layers. */
+static size_t stream_cols(const dv_model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->nlayers; i++) {
+        const dv_layer *l = &m->layers[i];
+        if (l->stateful && l->ops->state_floats) n += l->ops->state_floats(l);
+    }
+    return n;
+}
+
+/* Every stream's carried state, (global batch, cols): local row k of rank
+ * r is stream r + k*W (the streams order of the sampler), so each rank puts
+ * its rows in place and a sum over ranks (exact: the other ranks add
+ * zeros) gives everyone the whole table. Collective; NULL when no layer is
+ * stateful. */
+static float *streams_gather(run *r) {
+    const size_t cols = stream_cols(r->m);
+    if (!cols) return NULL;
+    const int G = (int)r->st.batch, B = r->local_batch;
+    float *local = malloc((size_t)B * cols * sizeof(float)), *rows = NULL;
+    double *all = calloc((size_t)G * cols, sizeof(double));
+    if (!local || !all) dv_comm_abort(r->comm, 1, "out of memory for the carried state");
+    size_t off = 0;
+    for (int i = 0; i < r->m->nlayers; i++) {
+        dv_layer *l = &r->m->layers[i];
+        if (!l->stateful || !l->ops->state_floats) continue;
+        const size_t per = l->ops->state_floats(l);
+        rows = malloc((size_t)B * per * sizeof(float));
+        if (!rows || l->ops->state_io(l, r->m, B, rows, 1))
+            dv_comm_abort(r->comm, 1, "out of memory for the carried state");
+        for (int k = 0; k < B; k++)
+            memcpy(local + (size_t)k * cols + off, rows + (size_t)k * per, per * sizeof(float));
+        free(rows);
+        off += per;
+    }
+    for (int k = 0; k < B; k++)
+        for (size_t j = 0; j < cols; j++)
+            all[((size_t)r->rank + (size_t)k * r->world) * cols + j] = local[(size_t)k * cols + j];
+    if (dv_comm_allreduce_double(r->comm, all, (int)((size_t)G * cols), DV_REDUCE_SUM, r->err))
+        dv_comm_abort(r->comm, 1, r->err);
+    free(local);
+    float *out = malloc((size_t)G * cols * sizeof(float));
+    if (!out) dv_comm_abort(r->comm, 1, "out of memory for the carried state");
+    for (size_t i = 0; i < (size_t)G * cols; i++)
+        out[i] = (float)all[i];
+    free(all);
+    return out;
+}
+
+/* Puts this rank's streams of a checkpoint's table (global batch, cols)
+ * back into the stateful layers. */
+static int streams_scatter(run *r, const float *table) {
+    const size_t cols = stream_cols(r->m);
+    const int B = r->local_batch;
+    size_t off = 0;
+    for (int i = 0; i < r->m->nlayers; i++) {
+        dv_layer *l = &r->m->layers[i];
+        if (!l->stateful || !l->ops->state_floats) continue;
+        const size_t per = l->ops->state_floats(l);
+        float *rows = malloc((size_t)B * per * sizeof(float));
+        if (!rows) return dv_fail(r->err, "out of memory for the carried state");
+        for (int k = 0; k < B; k++)
+            memcpy(rows + (size_t)k * per,
+                   table + ((size_t)r->rank + (size_t)k * r->world) * cols + off,
+                   per * sizeof(float));
+        int rc = l->ops->state_io(l, r->m, B, rows, 0);
+        free(rows);
+        if (rc) return dv_fail(r->err, "out of memory for the carried state");
+        off += per;
+    }
+    return 0;
+}
+
 /* Rank 0 writes the checkpoint once — as ckpt-<step>.h5 (as last.h5 when
  * keep = 0) — and makes last.h5 and, for a new best, best.h5 hard links to
  * it; every rank learns whether it worked. Collective. */
@@ -617,6 +693,10 @@ static int save(run *r, const dv_train_state *ts, int best) {
     if (r->sharded && (dv_comm_allgather(r->comm, r->m->state1, r->m->nparams, r->err) ||
                        dv_comm_allgather(r->comm, r->m->state2, r->m->nparams, r->err)))
         dv_comm_abort(r->comm, 1, r->err);
+    float *streams = streams_gather(r);
+    r->m->stream_state = streams;
+    r->m->stream_rows = (int)r->st.batch;
+    r->m->stream_cols = (int)stream_cols(r->m);
     if (r->rank == 0) {
         char path[1200];
         const char *dir = r->st.run_dir;
@@ -629,6 +709,8 @@ static int save(run *r, const dv_train_state *ts, int best) {
         if (!rc && best) rc = link_into(path, dir, "best.h5", r->err);
         if (!rc && r->st.keep) prune_checkpoints(dir, r->st.keep);
     }
+    r->m->stream_state = NULL;
+    free(streams);
     return dv_agree(r->comm, rc, r->err) ? -1 : 0;
 }
 
@@ -700,6 +782,23 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             }
             ts.world_size = r->world;
             if (r->rank) ts.loss_sum = ts.correct_sum = ts.seen = 0;
+            /* stateful layers: the streams go on from the saved state (the
+             * rows are re-sharded when the number of ranks changed) */
+            const size_t cols = stream_cols(m);
+            if (!rc && cols) {
+                float *table = NULL;
+                int rows = 0, tc = 0;
+                rc = dv_checkpoint_streams(ckpt, &table, &rows, &tc, r->err);
+                if (!rc && table && rows == (int)r->st.batch && (size_t)tc == cols) {
+                    rc = streams_scatter(r, table);
+                    r->streams_resumed = !rc;
+                } else if (!rc && r->rank == 0) {
+                    printf("%s: no carried state for these stateful layers: the streams "
+                           "restart from zeros\n",
+                           ckpt);
+                }
+                free(table);
+            }
         } else if (r->rank == 0) {
             printf("no checkpoint in %s yet: starting a new run\n", r->st.run_dir);
         }
@@ -771,7 +870,9 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             if (dv_loader_next(r->tl, &b, r->err)) dv_comm_abort(c, 1, r->err);
             lr = dv_lr_at(&r->st, ts.step, steps);
             be->fill(be->ctx, m->stats, 0.0f, 2);
-            m->carry = s > first; /* stateful layers: streams restart each epoch */
+            /* stateful layers: streams restart each epoch, and go on from
+             * the checkpoint's state on the first step of a resumed one */
+            m->carry = s > first || (s == first && first > 0 && r->streams_resumed);
             train_step(r, &b, lr, ts.step);
             stats_push(r, &ts);
             ts.seen += (double)b.count * m->positions;

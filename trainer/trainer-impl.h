@@ -169,6 +169,11 @@ typedef struct dv_layer_ops {
     /* Allocates the layer's scratch once the param views exist and
      * m->max_batch is known (NULL: nothing to allocate). */
     int (*setup)(dv_layer *l, dv_model *m, char *err);
+    /* Stateful layers: floats of carried state per stream (batch row), and
+     * the state of B rows copied out to `host` (B, floats) when `save`, or
+     * in from it (NULL when the layer carries nothing); -1: out of memory. */
+    size_t (*state_floats)(const dv_layer *l);
+    int (*state_io)(dv_layer *l, dv_model *m, int B, float *host, int save);
 } dv_layer_ops;
 
 /* Shapes. Per sample, a layer sees (C, H, W) images, (K) vectors, or
@@ -236,6 +241,11 @@ struct dv_model {
      * detached (truncated BPTT); 0 starts from zeros. Eval forwards always
      * start from zeros and leave the carried state alone. */
     int carry;
+    /* Set by train.c around a checkpoint save: the stateful layers' carried
+     * state of every stream, (stream_rows = global batch, stream_cols), host;
+     * written as /streams so a resumed run continues the streams. */
+    const float *stream_state;
+    int stream_rows, stream_cols;
     uint64_t step_seed; /* folded per step for dropout */
 };
 
@@ -307,6 +317,9 @@ int dv_checkpoint_load(const char *path, dv_model *m, dv_train_state *ts, int wi
                        char *err);
 /* The config text stored in a checkpoint (malloc'd), or NULL. */
 char *dv_checkpoint_config(const char *path, char *err);
+/* The carried stream state a checkpoint holds (/streams, rows x cols,
+ * malloc'd), or *out = NULL when it holds none. */
+int dv_checkpoint_streams(const char *path, float **out, int *rows, int *cols, char *err);
 
 /* ---- helpers shared by the subcommands (cli.c / train.c) --------------- */
 
