@@ -250,6 +250,13 @@ struct dv_backend {
     void (*gemm_batched)(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                          const float *A, long long stride_a, const float *B, long long stride_b,
                          float beta, float *C, long long stride_c, int batch);
+    /* The same with leading dimensions (row strides, in floats) of the
+     * stored A, B and C, so each matrix may be a block of a larger one
+     * (causal attention skips the blocks above the diagonal). */
+    void (*gemm_batched_ld)(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                            const float *A, int lda, long long stride_a, const float *B, int ldb,
+                            long long stride_b, float beta, float *C, int ldc, long long stride_c,
+                            int batch);
     /* GEMM against a matrix packed once and used many times (an RNN's
      * W_hh over T steps). gemm_pack_size: the floats a packed op(B) (K, N)
      * takes; gemm_pack lays op(B) out there (B is (K, N), or (N, K) when

@@ -235,6 +235,71 @@ static void run_gb_grad(int ta, int tb) {
     free(s.A), free(s.B), free(s.C), free(s.R), free(dA), free(dB);
 }
 
+/* gemm_batched_ld on blocks of larger matrices (each ld a few floats
+ * wider than the block): the result against a double reference, and every
+ * float outside C's blocks untouched. run_gbl returns the result (malloc'd)
+ * for the CUDA comparison below. */
+static float *run_gbl(dv_backend *G, int ta, int tb, int M, int N, int K, float beta) {
+    const int batch = 3, ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+    const int lda = ac + 3, ldb = bc + 2, ldc = N + 4;
+    const long long sa = (long long)ar * lda + 1, sb = (long long)br * ldb + 2,
+                    sc = (long long)M * ldc + 3;
+    const size_t na = (size_t)sa * batch, nb = (size_t)sb * batch, nc = (size_t)sc * batch;
+    float *A = rand_buf(na, -1, 1), *B = rand_buf(nb, -1, 1), *C = test_fbuf(nc);
+    for (size_t i = 0; i < nc; i++)
+        C[i] = PAD_VALUE;
+    for (int b = 0; b < batch; b++)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++)
+                C[(size_t)b * sc + (size_t)i * ldc + j] = (float)(i - j) * 0.25f;
+    float *want = dup_buf(C, nc);
+    for (int b = 0; b < batch; b++)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                double acc = 0;
+                for (int k = 0; k < K; k++) {
+                    const float a =
+                        ta ? A[b * sa + (size_t)k * lda + i] : A[b * sa + (size_t)i * lda + k];
+                    const float v =
+                        tb ? B[b * sb + (size_t)j * ldb + k] : B[b * sb + (size_t)k * ldb + j];
+                    acc += (double)a * v;
+                }
+                float *w = want + (size_t)b * sc + (size_t)i * ldc + j;
+                *w = (float)(0.5 * acc + beta * *w);
+            }
+    float *got;
+    if (G == cpu) {
+        cpu->gemm_batched_ld(cpu->ctx, ta, tb, M, N, K, 0.5f, A, lda, sa, B, ldb, sb, beta, C, ldc,
+                             sc, batch);
+        got = dup_buf(C, nc);
+    } else {
+        float *dA = test_dput(G, A, na * sizeof(float)), *dB = test_dput(G, B, nb * sizeof(float));
+        float *dC = test_dput(G, C, nc * sizeof(float));
+        G->gemm_batched_ld(G->ctx, ta, tb, M, N, K, 0.5f, dA, lda, sa, dB, ldb, sb, beta, dC, ldc,
+                           sc, batch);
+        test_expect_ok(G, "gemm_batched_ld");
+        got = test_dget(G, dC, nc * sizeof(float));
+        G->free(G->ctx, dA), G->free(G->ctx, dB), G->free(G->ctx, dC);
+    }
+    char what[96];
+    snprintf(what, sizeof what, "%s gemm_batched_ld ta=%d tb=%d beta=%g", G->name, ta, tb, beta);
+    for (size_t i = 0; i < nc; i++)
+        if (want[i] == PAD_VALUE && got[i] != PAD_VALUE)
+            fail_msg("%s: float %zu outside the blocks changed to %g", what, i, got[i]);
+    expect_close(got, want, nc, 1e-5, what);
+    free(A), free(B), free(C), free(want);
+    return got;
+}
+
+static void test_gemm_batched_ld_cpu(void **state) {
+    (void)state;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            free(run_gbl(cpu, ta, tb, 5, 6, 7, 0.0f));
+            free(run_gbl(cpu, ta, tb, 5, 6, 7, 0.5f));
+        }
+}
+
 static void test_gemm_batched_cpu(void **state) {
     (void)state;
     for (int ta = 0; ta < 2; ta++)
@@ -537,6 +602,14 @@ static void run_gb_cuda(dv_backend *G, const gb_case *g, double tol, const char 
     G->free(G->ctx, dA), G->free(G->ctx, dB), G->free(G->ctx, dC);
 }
 
+static void test_gemm_batched_ld_cuda(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            free(run_gbl(gpu, ta, tb, 5, 6, 7, 0.5f));
+}
+
 static void test_gemm_batched_cuda(void **state) {
     (void)state;
     REQUIRE_GPU();
@@ -793,13 +866,14 @@ static void test_check_cuda(void **state) {
 int main(void) {
     test_rand_seed(4242);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gemm_batched_cpu),   cmocka_unit_test(test_embedding_cpu),
-        cmocka_unit_test(test_layernorm_cpu),      cmocka_unit_test(test_gelu_cpu),
-        cmocka_unit_test(test_transpose_cpu),      cmocka_unit_test(test_transpose_cuda),
-        cmocka_unit_test(test_causal_softmax_cpu), cmocka_unit_test(test_gemm_batched_cuda),
-        cmocka_unit_test(test_embedding_cuda),     cmocka_unit_test(test_layernorm_cuda),
-        cmocka_unit_test(test_gelu_cuda),          cmocka_unit_test(test_causal_softmax_cuda),
-        cmocka_unit_test(test_check_cuda),         cmocka_unit_test(test_gemm_packed_cuda),
+        cmocka_unit_test(test_gemm_batched_cpu),    cmocka_unit_test(test_embedding_cpu),
+        cmocka_unit_test(test_layernorm_cpu),       cmocka_unit_test(test_gelu_cpu),
+        cmocka_unit_test(test_transpose_cpu),       cmocka_unit_test(test_transpose_cuda),
+        cmocka_unit_test(test_causal_softmax_cpu),  cmocka_unit_test(test_gemm_batched_cuda),
+        cmocka_unit_test(test_embedding_cuda),      cmocka_unit_test(test_layernorm_cuda),
+        cmocka_unit_test(test_gelu_cuda),           cmocka_unit_test(test_causal_softmax_cuda),
+        cmocka_unit_test(test_gemm_batched_ld_cpu), cmocka_unit_test(test_gemm_batched_ld_cuda),
+        cmocka_unit_test(test_check_cuda),          cmocka_unit_test(test_gemm_packed_cuda),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -126,6 +126,50 @@ static int attn_setup(attn *a, seq_priv *p, dv_model *m) {
     return a->qkv && a->prob && a->merged ? 0 : -1;
 }
 
+/* ---- causal products: the blocks above the diagonal skipped -------------
+ * Per head, the (T, T) scores and probabilities are needed only at j <= i.
+ * Rows split at h = T/2: rows [0, h) use columns [0, h) only, rows [h, T)
+ * all of them, so each product does 3/4 of the full work. The block never
+ * computed (rows [0, h), columns [h, T)) is zeroed by the causal softmax
+ * and its backward, which write every j > i. */
+
+/* S (T, T) = X Y^T at j <= i (X, Y: (T, Dh) per head). */
+static void causal_xyt(const dv_backend *be, int T, int Dh, int BH, const float *X, const float *Y,
+                       float *S) {
+    const int h = T / 2;
+    const long long sh = (long long)T * Dh, ss = (long long)T * T;
+    if (h > 0)
+        be->gemm_batched_ld(be->ctx, 0, 1, h, h, Dh, 1.0f, X, Dh, sh, Y, Dh, sh, 0.0f, S, T, ss,
+                            BH);
+    be->gemm_batched_ld(be->ctx, 0, 1, T - h, T, Dh, 1.0f, X + (size_t)h * Dh, Dh, sh, Y, Dh, sh,
+                        0.0f, S + (size_t)h * T, T, ss, BH);
+}
+
+/* O (T, Dh) = P Z, P (T, T) zero above the diagonal. */
+static void causal_pz(const dv_backend *be, int T, int Dh, int BH, const float *P, const float *Z,
+                      float *O) {
+    const int h = T / 2;
+    const long long sh = (long long)T * Dh, ss = (long long)T * T;
+    if (h > 0)
+        be->gemm_batched_ld(be->ctx, 0, 0, h, Dh, h, 1.0f, P, T, ss, Z, Dh, sh, 0.0f, O, Dh, sh,
+                            BH);
+    be->gemm_batched_ld(be->ctx, 0, 0, T - h, Dh, T, 1.0f, P + (size_t)h * T, T, ss, Z, Dh, sh,
+                        0.0f, O + (size_t)h * Dh, Dh, sh, BH);
+}
+
+/* O (T, Dh) = P^T Z, P zero above the diagonal: row j of O sums P[i][j]
+ * Z[i] over i >= j, so rows [h, T) need only P's rows [h, T). */
+static void causal_ptz(const dv_backend *be, int T, int Dh, int BH, const float *P, const float *Z,
+                       float *O) {
+    const int h = T / 2;
+    const long long sh = (long long)T * Dh, ss = (long long)T * T;
+    if (h > 0)
+        be->gemm_batched_ld(be->ctx, 1, 0, h, Dh, T, 1.0f, P, T, ss, Z, Dh, sh, 0.0f, O, Dh, sh,
+                            BH);
+    be->gemm_batched_ld(be->ctx, 1, 0, T - h, Dh, T - h, 1.0f, P + (size_t)h * T + h, T, ss,
+                        Z + (size_t)h * Dh, Dh, sh, 0.0f, O + (size_t)h * Dh, Dh, sh, BH);
+}
+
 /* out (B, T, C) = beta * out + Attn(x (B, T, C)); beta is 0 or 1 (1 adds
  * the attention to a residual already in out). work: attn_work floats. */
 static void attn_forward(const attn *a, dv_model *m, int B, const float *x, float *out, float beta,
@@ -133,7 +177,6 @@ static void attn_forward(const attn *a, dv_model *m, int B, const float *x, floa
     const dv_backend *be = m->be;
     const int T = a->T, C = a->C, H = a->H, Dh = a->Dh, N = B * T, BH = B * H;
     const size_t n = (size_t)N * C, cc = (size_t)C * C;
-    const long long sh = (long long)T * Dh, ss = (long long)T * T;
     const float *w = a->p[0].data, *b = a->p[1].data;
     float *lin = work; /* (3, B, T, C) */
     for (int j = 0; j < 3; j++) {
@@ -142,10 +185,10 @@ static void attn_forward(const attn *a, dv_model *m, int B, const float *x, floa
     }
     be->transpose(be->ctx, 3 * B, T, H, Dh, lin, a->qkv);
     const float *q = a->qkv, *k = a->qkv + n, *v = a->qkv + 2 * n;
-    be->gemm_batched(be->ctx, 0, 1, T, T, Dh, 1.0f, q, sh, k, sh, 0.0f, a->prob, ss, BH);
+    causal_xyt(be, T, Dh, BH, q, k, a->prob);
     be->causal_softmax_forward(be->ctx, BH, T, 1.0f / sqrtf((float)Dh), a->prob);
     float *heads = work; /* (B, H, T, Dh); lin is done with */
-    be->gemm_batched(be->ctx, 0, 0, T, Dh, T, 1.0f, a->prob, ss, v, sh, 0.0f, heads, sh, BH);
+    causal_pz(be, T, Dh, BH, a->prob, v, heads);
     be->transpose(be->ctx, B, H, T, Dh, heads, a->merged);
     be->gemm(be->ctx, 0, 1, N, C, C, 1.0f, a->merged, a->p[2].data, beta, out);
     be->bias_forward(be->ctx, out, a->p[3].data, N, C, 1);
@@ -158,7 +201,6 @@ static void attn_backward(const attn *a, dv_model *m, int B, const float *x, con
     const dv_backend *be = m->be;
     const int T = a->T, C = a->C, H = a->H, Dh = a->Dh, N = B * T, BH = B * H;
     const size_t n = (size_t)N * C, cc = (size_t)C * C;
-    const long long sh = (long long)T * Dh, ss = (long long)T * T;
     const float *q = a->qkv, *k = a->qkv + n, *v = a->qkv + 2 * n;
     const float *w = a->p[0].data;
     float *dw = a->p[0].grad, *db = a->p[1].grad;
@@ -172,12 +214,11 @@ static void attn_backward(const attn *a, dv_model *m, int B, const float *x, con
     be->gemm(be->ctx, 0, 0, N, C, C, 1.0f, dout, a->p[2].data, 0.0f, dmerged);
     be->transpose(be->ctx, B, T, H, Dh, dmerged, dheads);
     /* dv = P^T dheads; dP = dheads v^T; dS in place; dq = dS k; dk = dS^T q */
-    be->gemm_batched(be->ctx, 1, 0, T, Dh, T, 1.0f, a->prob, ss, dheads, sh, 0.0f, dqkv + 2 * n, sh,
-                     BH);
-    be->gemm_batched(be->ctx, 0, 1, T, T, Dh, 1.0f, dheads, sh, v, sh, 0.0f, dp, ss, BH);
+    causal_ptz(be, T, Dh, BH, a->prob, dheads, dqkv + 2 * n);
+    causal_xyt(be, T, Dh, BH, dheads, v, dp);
     be->causal_softmax_backward(be->ctx, BH, T, 1.0f / sqrtf((float)Dh), a->prob, dp, dp);
-    be->gemm_batched(be->ctx, 0, 0, T, Dh, T, 1.0f, dp, ss, k, sh, 0.0f, dqkv, sh, BH);
-    be->gemm_batched(be->ctx, 1, 0, T, Dh, T, 1.0f, dp, ss, q, sh, 0.0f, dqkv + n, sh, BH);
+    causal_pz(be, T, Dh, BH, dp, k, dqkv);
+    causal_ptz(be, T, Dh, BH, dp, q, dqkv + n);
     be->transpose(be->ctx, 3 * B, H, T, Dh, dqkv, dlin);
     for (int j = 0; j < 3; j++) {
         be->gemm(be->ctx, 1, 0, C, C, N, 1.0f, dlin + j * n, x, 1.0f, dw + j * cc);

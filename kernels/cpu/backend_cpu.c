@@ -124,6 +124,7 @@ dv_backend *dv_backend_cpu_create(int threads) {
     be->perceptron_loss = dv_cpu_perceptron_loss;
     be->opt_step = dv_cpu_opt_step;
     be->gemm_batched = dv_cpu_gemm_batched;
+    be->gemm_batched_ld = dv_cpu_gemm_batched_ld;
     be->gemm_pack_size = dv_cpu_gemm_pack_size;
     be->gemm_pack = dv_cpu_gemm_pack;
     be->gemm_packed = dv_cpu_gemm_packed;

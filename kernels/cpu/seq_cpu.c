@@ -11,6 +11,7 @@
  */
 #include "cpu-impl.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -25,6 +26,27 @@ void dv_cpu_gemm_batched(void *ctx, int trans_a, int trans_b, int M, int N, int 
     for (int b = 0; b < batch; b++)
         dv_cpu_gemm(ctx, trans_a, trans_b, M, N, K, alpha, A + (ptrdiff_t)b * stride_a,
                     B + (ptrdiff_t)b * stride_b, beta, C + (ptrdiff_t)b * stride_c);
+}
+
+void dv_cpu_gemm_batched_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                            const float *A, int lda, long long stride_a, const float *B, int ldb,
+                            long long stride_b, float beta, float *C, int ldc, long long stride_c,
+                            int batch) {
+    (void)ctx;
+    if (M <= 0 || N <= 0) return;
+    for (int b = 0; b < batch; b++) {
+        float *Cb = C + (ptrdiff_t)b * stride_c;
+        if (K <= 0) { /* C = beta * C, row by row (the gaps between rows untouched) */
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++)
+                    Cb[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * Cb[(size_t)i * ldc + j];
+            continue;
+        }
+        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                    trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+                    A + (ptrdiff_t)b * stride_a, lda, B + (ptrdiff_t)b * stride_b, ldb, beta, Cb,
+                    ldc);
+    }
 }
 
 /* ---- embedding ------------------------------------------------------------ */

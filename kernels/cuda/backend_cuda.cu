@@ -344,6 +344,7 @@ extern "C" dv_backend *dv_backend_cuda_create(int device, dv_precision precision
     be->perceptron_loss = dv_cuda_perceptron_loss;
     be->opt_step = dv_cuda_opt_step;
     be->gemm_batched = dv_cuda_gemm_batched;
+    be->gemm_batched_ld = dv_cuda_gemm_batched_ld;
     be->gemm_pack_size = dv_cuda_gemm_pack_size;
     be->gemm_pack = dv_cuda_gemm_pack;
     be->gemm_packed = dv_cuda_gemm_packed;

@@ -149,6 +149,10 @@ void dv_cuda_layernorm_backward(void *ctx, int N, int C, const float *x, const f
                                 const float *save_mean, const float *save_rstd, const float *dy,
                                 float *dx, float *dgamma, float *dbeta);
 void dv_cuda_transpose(void *ctx, int A, int B, int C, int D, const float *x, float *y);
+void dv_cuda_gemm_batched_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                             const float *A, int lda, long long stride_a, const float *B, int ldb,
+                             long long stride_b, float beta, float *C, int ldc, long long stride_c,
+                             int batch);
 size_t dv_cuda_gemm_pack_size(void *ctx, int K, int N);
 void dv_cuda_gemm_pack(void *ctx, int trans_b, int K, int N, const float *B, float *packed);
 void dv_cuda_gemm_packed(void *ctx, int M, int N, int K, float alpha, const float *A,

@@ -78,13 +78,19 @@ static __global__ void scale_batched_kernel(float *C, long long stride_c, size_t
 /* cuBLAS is column-major: as in dv_cuda_gemm, row-major C = op(A) op(B) is
  * column-major C^T = op(B)^T op(A)^T, so the operands (and M, N) swap and
  * the flags stay. */
-extern "C" void dv_cuda_gemm_batched(void *ctx, int trans_a, int trans_b, int M, int N, int K,
-                                     float alpha, const float *A, long long stride_a,
-                                     const float *B, long long stride_b, float beta, float *C,
-                                     long long stride_c, int batch) {
+extern "C" void dv_cuda_gemm_batched_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K,
+                                        float alpha, const float *A, int lda, long long stride_a,
+                                        const float *B, int ldb, long long stride_b, float beta,
+                                        float *C, int ldc, long long stride_c, int batch) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
     if (M <= 0 || N <= 0 || batch <= 0) return;
     if (K <= 0) {
+        if (ldc != N) { /* rows with gaps: scale each matrix row by row */
+            for (int i = 0; i < M; i++)
+                dv_cuda_gemm_batched_ld(ctx, 0, 0, 1, N, 0, alpha, A, lda, stride_a, B, ldb,
+                                        stride_b, beta, C + (size_t)i * ldc, N, stride_c, batch);
+            return;
+        }
         const size_t mn = (size_t)M * N;
         scale_batched_kernel<<<dv_cuda_blocks(cx, mn * batch), DV_CUDA_THREADS, 0, cx->stream>>>(
             C, stride_c, mn, batch, beta);
@@ -93,10 +99,9 @@ extern "C" void dv_cuda_gemm_batched(void *ctx, int trans_a, int trans_b, int M,
     }
     const cublasOperation_t opa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t opb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
     if (cx->precision == DV_PRECISION_FP32) {
         DV_CUBLAS_CHECK(cx, cublasSgemmStridedBatched(cx->blas, opb, opa, N, M, K, &alpha, B, ldb,
-                                                      stride_b, A, lda, stride_a, &beta, C, N,
+                                                      stride_b, A, lda, stride_a, &beta, C, ldc,
                                                       stride_c, batch));
         return;
     }
@@ -105,8 +110,16 @@ extern "C" void dv_cuda_gemm_batched(void *ctx, int trans_a, int trans_b, int M,
                                        : CUBLAS_COMPUTE_32F_FAST_TF32;
     DV_CUBLAS_CHECK(cx, cublasGemmStridedBatchedEx(cx->blas, opb, opa, N, M, K, &alpha, B,
                                                    CUDA_R_32F, ldb, stride_b, A, CUDA_R_32F, lda,
-                                                   stride_a, &beta, C, CUDA_R_32F, N, stride_c,
+                                                   stride_a, &beta, C, CUDA_R_32F, ldc, stride_c,
                                                    batch, ct, CUBLAS_GEMM_DEFAULT));
+}
+
+extern "C" void dv_cuda_gemm_batched(void *ctx, int trans_a, int trans_b, int M, int N, int K,
+                                     float alpha, const float *A, long long stride_a,
+                                     const float *B, long long stride_b, float beta, float *C,
+                                     long long stride_c, int batch) {
+    dv_cuda_gemm_batched_ld(ctx, trans_a, trans_b, M, N, K, alpha, A, trans_a ? M : K, stride_a, B,
+                            trans_b ? K : N, stride_b, beta, C, N, stride_c, batch);
 }
 
 /* ---- embedding ---------------------------------------------------------------- */
