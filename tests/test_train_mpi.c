@@ -143,6 +143,15 @@ static double max_rel_diff(const params *a, const params *b) {
     return worst;
 }
 
+/* The largest relative difference between the params of two checkpoints. */
+static double ckpt_rel_diff(const char *a_path, const char *b_path) {
+    params a = load(a_path), b = load(b_path);
+    double d = max_rel_diff(&a, &b);
+    free(a.v);
+    free(b.v);
+    return d;
+}
+
 static void path_of(char *out, const char *name) {
     snprintf(out, 512, "%s/%s", dir, name);
 }
@@ -211,12 +220,9 @@ static void test_resume_is_exact(void **state) {
     assert_int_equal(train(2, cfg, other, "--set train.max_steps=40"), 0);
     assert_int_equal(train(3, cfg, other, "--resume auto"), 0);
     snprintf(c[2], 600, "%s/last.h5", other);
-    params a = load(c[0]), b = load(c[2]);
-    double d = max_rel_diff(&a, &b);
+    double d = ckpt_rel_diff(c[0], c[2]);
     printf("# resumed 2 -> 3 ranks vs uninterrupted: max rel diff %.3g\n", d);
     assert_true(d < 1e-5);
-    free(a.v);
-    free(b.v);
     /* metrics.csv of the resumed run matches the uninterrupted one's losses */
     char cmd[4096];
     snprintf(cmd, sizeof(cmd),
@@ -319,12 +325,9 @@ static void test_sequence_models(void **state) {
              * apart); restarting the streams from zeros would be ~1e-2 off */
             assert_int_equal(train(2, cfg, r[3], "--set train.max_steps=70"), 0);
             assert_int_equal(train(3, cfg, r[3], "--resume auto"), 0);
-            params a = load(c[1]), b = load(c[3]);
-            double d = max_rel_diff(&a, &b);
+            double d = ckpt_rel_diff(c[1], c[3]);
             printf("# stateful gru: stopped on 2 ranks, resumed on 3, vs uninterrupted: %.3g\n", d);
             assert_true(d < 2e-4);
-            free(a.v);
-            free(b.v);
         }
         /* stop in the middle of epoch 2 and resume: bit for bit (the
          * stateful GRU's streams go on from the checkpoint's state) */
