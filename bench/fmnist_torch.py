@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from torch_setup import torch_setup
+
 WARMUP = 5
 
 
@@ -95,14 +97,7 @@ def main():
     if a.steps and a.steps <= WARMUP:
         ap.error(f"--steps must exceed the {WARMUP} warm-up steps")
 
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    dev = torch.device(a.device)
-    gpu = dev.type == "cuda"
-    if gpu:
-        torch.backends.cuda.matmul.allow_tf32 = a.tf32
-        torch.backends.cudnn.allow_tf32 = a.tf32
-        torch.backends.cudnn.benchmark = True
+    dev, gpu = torch_setup(a)
     x, y = load(a.data_dir, "train", a.h5)
     if a.model == "mlp":
         x = x.reshape(len(x), 784)

@@ -59,6 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch_setup import torch_setup
+
 WARMUP = 2
 
 
@@ -239,14 +241,7 @@ def main():
     if a.steps <= WARMUP:
         ap.error(f"--steps must exceed the {WARMUP} warm-up steps")
 
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    dev = torch.device(a.device)
-    gpu = dev.type == "cuda"
-    if gpu:
-        torch.backends.cuda.matmul.allow_tf32 = a.tf32
-        torch.backends.cudnn.allow_tf32 = a.tf32
-        torch.backends.cudnn.benchmark = True
+    dev, gpu = torch_setup(a)
 
     train, V = load_tokens(a.data, "train", dev)
     val, _ = load_tokens(a.data, "val", dev)

@@ -32,8 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "test_model.h"
 #include "test_rand.h"
-#include "trainer-impl.h"
 
 static dv_backend *cpu, *gpu;
 static char why[512];
@@ -60,22 +60,10 @@ static void spec_text(const spec *s, char *buf, size_t len) {
     if (s->dense) snprintf(buf + n, len - (size_t)n, "[dense]\nunits = %d\n", s->dense);
 }
 
-/* Builds `text` or returns NULL with the message in err. */
-static dv_model *try_build(const char *text, dv_backend *be, dv_loss loss, int B, char *err) {
-    dv_config cfg;
-    if (dv_config_load_text(&cfg, "t.cfg", text, err)) return NULL;
-    dv_model *m = NULL;
-    int rc = dv_model_build(&m, &cfg, be, loss, 3, B, err);
-    dv_config_free(&cfg);
-    return rc ? NULL : m;
-}
-
 static dv_model *build(const spec *s, dv_backend *be, dv_loss loss, int B) {
-    char text[512], err[DV_ERR_LEN];
+    char text[512];
     spec_text(s, text, sizeof text);
-    dv_model *m = try_build(text, be, loss, B, err);
-    if (!m) fail_msg("building\n%s: %s", text, err);
-    return m;
+    return test_model_build(text, be, loss, B, 0);
 }
 
 static const dv_param *find_param(const dv_layer *l, const char *name) {
@@ -132,7 +120,9 @@ static void run_free(run *r) {
     free(r->targets);
 }
 
-static void forward_windows(run *r) {
+/* The first window (if any), then the second with *slot = value when slot
+ * is not NULL (restored after), so a carried state is the unperturbed one. */
+static void forward_windows(run *r, float *slot, float value) {
     dv_model *m = r->m;
     const size_t bytes = (size_t)r->B * m->in_elems * sizeof(float);
     if (r->x1) {
@@ -140,9 +130,12 @@ static void forward_windows(run *r) {
         m->carry = 0;
         dv_model_forward(m, r->B, 1);
     }
+    const float base = slot ? *slot : 0.0f;
+    if (slot) *slot = value;
     upload(m, r->x, m->input, bytes);
     m->carry = r->x1 != NULL;
     dv_model_forward(m, r->B, 1);
+    if (slot) *slot = base;
 }
 
 static float *last_output(dv_model *m, int B) {
@@ -196,7 +189,7 @@ static void backward_with_dx(dv_model *m, int B, float *dx) {
 static void grad_step(run *r, float *dx) {
     dv_model *m = r->m;
     m->be->fill(m->be->ctx, m->grads, 0.0f, m->nparams);
-    forward_windows(r);
+    forward_windows(r, NULL, 0.0f);
     m->be->fill(m->be->ctx, m->stats, 0.0f, 2);
     dv_model_loss(m, r->B, 1.0f);
     backward_with_dx(m, r->B, dx);
@@ -207,19 +200,7 @@ static void grad_step(run *r, float *dx) {
 /* The loss with *slot = value in the last window only: a first window runs
  * at the unperturbed value, so a carried state stays what it was. */
 static double loss_at(run *r, float *slot, float value) {
-    const float base = *slot;
-    dv_model *m = r->m;
-    const size_t bytes = (size_t)r->B * m->in_elems * sizeof(float);
-    if (r->x1) {
-        upload(m, r->x1, m->input, bytes);
-        m->carry = 0;
-        dv_model_forward(m, r->B, 1);
-    }
-    *slot = value;
-    upload(m, r->x, m->input, bytes);
-    m->carry = r->x1 != NULL;
-    dv_model_forward(m, r->B, 1);
-    *slot = base;
+    forward_windows(r, slot, value);
     return host_loss(r);
 }
 
@@ -367,7 +348,7 @@ static void test_config(void **state) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = 0;
-        dv_model *m = try_build(bad[i][0], cpu, DV_LOSS_MSE, 2, err);
+        dv_model *m = test_model_try(bad[i][0], cpu, DV_LOSS_MSE, 2, 0, err);
         if (m) fail_msg("built a bad config:\n%s", bad[i][0]);
         printf("# %s\n", err);
         assert_non_null(strstr(err, "t.cfg:"));

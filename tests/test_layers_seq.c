@@ -27,8 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "test_model.h"
 #include "test_rand.h"
-#include "trainer-impl.h"
 
 static dv_backend *cpu, *gpu;
 
@@ -151,19 +151,9 @@ static const char stack_cfg[] = "[input]\n"
 
 /* ---- helpers ------------------------------------------------------------ */
 
+/* every documented key must be read */
 static dv_model *build(dv_backend *be, const char *text, dv_loss loss, int B) {
-    dv_config cfg;
-    char err[DV_ERR_LEN];
-    assert_int_equal(dv_config_load_text(&cfg, "t.cfg", text, err), 0);
-    dv_model *m = NULL;
-    int rc = dv_model_build(&m, &cfg, be, loss, 3, B, err);
-    if (rc) fprintf(stderr, "%s\n", err);
-    assert_int_equal(rc, 0);
-    rc = dv_config_check_used(&cfg, err); /* every documented key is read */
-    if (rc) fprintf(stderr, "%s\n", err);
-    assert_int_equal(rc, 0);
-    dv_config_free(&cfg);
-    return m;
+    return test_model_build(text, be, loss, B, 1);
 }
 
 /* The message of a config that must not build. */

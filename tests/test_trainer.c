@@ -15,7 +15,7 @@
 #include <png.h>
 #include <unistd.h>
 
-#include "trainer-impl.h"
+#include "test_model.h"
 
 static const char cnn_cfg[] = "[data]\n"
                               "file = none.h5\n"
@@ -128,15 +128,7 @@ static void test_config_text_round_trip(void **state) {
 }
 
 static dv_model *build(const char *text, dv_backend *be, dv_loss loss, int B) {
-    dv_config cfg;
-    char err[DV_ERR_LEN];
-    assert_int_equal(dv_config_load_text(&cfg, "t.cfg", text, err), 0);
-    dv_model *m = NULL;
-    int rc = dv_model_build(&m, &cfg, be, loss, 3, B, err);
-    if (rc) fprintf(stderr, "%s\n", err);
-    assert_int_equal(rc, 0);
-    dv_config_free(&cfg);
-    return m;
+    return test_model_build(text, be, loss, B, 0);
 }
 
 static void test_model_shapes(void **state) {

@@ -621,48 +621,11 @@ static size_t stream_cols(const dv_model *m) {
     return n;
 }
 
-/* Every stream's carried state, (global batch, cols): local row k of rank
- * r is stream r + k*W (the streams order of the sampler), so each rank puts
- * its rows in place and a sum over ranks (exact: the other ranks add
- * zeros) gives everyone the whole table. Collective; NULL when no layer is
- * stateful. */
-static float *streams_gather(run *r) {
-    const size_t cols = stream_cols(r->m);
-    if (!cols) return NULL;
-    const int G = (int)r->st.batch, B = r->local_batch;
-    float *local = malloc((size_t)B * cols * sizeof(float)), *rows = NULL;
-    double *all = calloc((size_t)G * cols, sizeof(double));
-    if (!local || !all) dv_comm_abort(r->comm, 1, "out of memory for the carried state");
-    size_t off = 0;
-    for (int i = 0; i < r->m->nlayers; i++) {
-        dv_layer *l = &r->m->layers[i];
-        if (!l->stateful || !l->ops->state_floats) continue;
-        const size_t per = l->ops->state_floats(l);
-        rows = malloc((size_t)B * per * sizeof(float));
-        if (!rows || l->ops->state_io(l, r->m, B, rows, 1))
-            dv_comm_abort(r->comm, 1, "out of memory for the carried state");
-        for (int k = 0; k < B; k++)
-            memcpy(local + (size_t)k * cols + off, rows + (size_t)k * per, per * sizeof(float));
-        free(rows);
-        off += per;
-    }
-    for (int k = 0; k < B; k++)
-        for (size_t j = 0; j < cols; j++)
-            all[((size_t)r->rank + (size_t)k * r->world) * cols + j] = local[(size_t)k * cols + j];
-    if (dv_comm_allreduce_double(r->comm, all, (int)((size_t)G * cols), DV_REDUCE_SUM, r->err))
-        dv_comm_abort(r->comm, 1, r->err);
-    free(local);
-    float *out = malloc((size_t)G * cols * sizeof(float));
-    if (!out) dv_comm_abort(r->comm, 1, "out of memory for the carried state");
-    for (size_t i = 0; i < (size_t)G * cols; i++)
-        out[i] = (float)all[i];
-    free(all);
-    return out;
-}
-
-/* Puts this rank's streams of a checkpoint's table (global batch, cols)
- * back into the stateful layers. */
-static int streams_scatter(run *r, const float *table) {
+/* This rank's streams between the stateful layers and `table` (global
+ * batch, cols): local row k of rank r is stream r + k*W (the streams order
+ * of the sampler), each layer's floats at its column offset. save: layers
+ * -> table rows; else table rows -> layers. -1: out of memory. */
+static int streams_io(run *r, float *table, int save) {
     const size_t cols = stream_cols(r->m);
     const int B = r->local_batch;
     size_t off = 0;
@@ -671,17 +634,42 @@ static int streams_scatter(run *r, const float *table) {
         if (!l->stateful || !l->ops->state_floats) continue;
         const size_t per = l->ops->state_floats(l);
         float *rows = malloc((size_t)B * per * sizeof(float));
-        if (!rows) return dv_fail(r->err, "out of memory for the carried state");
-        for (int k = 0; k < B; k++)
-            memcpy(rows + (size_t)k * per,
-                   table + ((size_t)r->rank + (size_t)k * r->world) * cols + off,
-                   per * sizeof(float));
-        int rc = l->ops->state_io(l, r->m, B, rows, 0);
+        if (!rows || (save && l->ops->state_io(l, r->m, B, rows, 1))) {
+            free(rows);
+            return -1;
+        }
+        for (int k = 0; k < B; k++) {
+            float *t = table + ((size_t)r->rank + (size_t)k * r->world) * cols + off;
+            float *w = rows + (size_t)k * per;
+            memcpy(save ? t : w, save ? w : t, per * sizeof(float));
+        }
+        int rc = save ? 0 : l->ops->state_io(l, r->m, B, rows, 0);
         free(rows);
-        if (rc) return dv_fail(r->err, "out of memory for the carried state");
+        if (rc) return -1;
         off += per;
     }
     return 0;
+}
+
+/* Every stream's carried state, (global batch, cols), on every rank: each
+ * rank fills its rows of a zeroed table and a sum over ranks (exact: the
+ * others add zeros) completes it. Collective; NULL when no layer is
+ * stateful. */
+static float *streams_gather(run *r) {
+    const size_t n = (size_t)r->st.batch * stream_cols(r->m);
+    if (!n) return NULL;
+    float *table = calloc(n, sizeof(float));
+    double *sum = malloc(n * sizeof(double));
+    if (!table || !sum || streams_io(r, table, 1))
+        dv_comm_abort(r->comm, 1, "out of memory for the carried state");
+    for (size_t i = 0; i < n; i++)
+        sum[i] = table[i];
+    if (dv_comm_allreduce_double(r->comm, sum, (int)n, DV_REDUCE_SUM, r->err))
+        dv_comm_abort(r->comm, 1, r->err);
+    for (size_t i = 0; i < n; i++)
+        table[i] = (float)sum[i];
+    free(sum);
+    return table;
 }
 
 /* Rank 0 writes the checkpoint once — as ckpt-<step>.h5 (as last.h5 when
@@ -790,7 +778,9 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
                 int rows = 0, tc = 0;
                 rc = dv_checkpoint_streams(ckpt, &table, &rows, &tc, r->err);
                 if (!rc && table && rows == (int)r->st.batch && (size_t)tc == cols) {
-                    rc = streams_scatter(r, table);
+                    rc = streams_io(r, table, 0)
+                             ? dv_fail(r->err, "out of memory for the carried state")
+                             : 0;
                     r->streams_resumed = !rc;
                 } else if (!rc && r->rank == 0) {
                     printf("%s: no carried state for these stateful layers: the streams "

@@ -17,15 +17,13 @@
 
 /* ---- batched GEMM --------------------------------------------------------- */
 
+/* One GEMM per matrix: the matrices of attention are small and many, but
+ * OpenBLAS threads each call. */
 void dv_cpu_gemm_batched(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                          const float *A, long long stride_a, const float *B, long long stride_b,
                          float beta, float *C, long long stride_c, int batch) {
-    /* One GEMM per matrix: the matrices of attention are small and many,
-     * but OpenBLAS threads each call, and dv_cpu_gemm already handles K == 0
-     * (C = beta * C, padding between the matrices untouched). */
-    for (int b = 0; b < batch; b++)
-        dv_cpu_gemm(ctx, trans_a, trans_b, M, N, K, alpha, A + (ptrdiff_t)b * stride_a,
-                    B + (ptrdiff_t)b * stride_b, beta, C + (ptrdiff_t)b * stride_c);
+    dv_cpu_gemm_batched_ld(ctx, trans_a, trans_b, M, N, K, alpha, A, trans_a ? M : K, stride_a, B,
+                           trans_b ? K : N, stride_b, beta, C, N, stride_c, batch);
 }
 
 void dv_cpu_gemm_batched_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
