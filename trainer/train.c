@@ -10,14 +10,9 @@
  * collective and end every rank with one message; an error only one rank
  * sees in the middle of training (an I/O error) aborts the job.
  */
-#include <dirent.h>
-#include <errno.h>
 #include <math.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "trainer-impl.h"
@@ -59,101 +54,7 @@ typedef struct run {
     int comm_failed;
 } run;
 
-/* SIGTERM / SIGINT (a scheduler's time limit, Ctrl-C): the loop notices at
- * a step boundary, agrees with the other ranks, writes a checkpoint and
- * stops. A signal handler can only set a flag: this is the one global. */
-static volatile sig_atomic_t g_stop_signal;
-
-static void on_stop_signal(int sig) {
-    g_stop_signal = sig;
-}
-
-static void catch_stop_signals(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_stop_signal;
-    sa.sa_flags = SA_RESTART; /* HDF5 and MPI reads must not see EINTR */
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-}
-
-/* The signal any rank received, agreed on by all (0: none). Collective
- * every `every` steps, so every rank stops at the same step. */
-static int agreed_stop_signal(run *r, int64_t step, int every) {
-    if (r->world == 1) return g_stop_signal;
-    if (step % every) return 0;
-    double sig = g_stop_signal;
-    if (dv_comm_allreduce_double(r->comm, &sig, 1, DV_REDUCE_MAX, r->err))
-        dv_comm_abort(r->comm, 1, r->err);
-    return (int)sig;
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-int dv_agree(dv_comm *c, int rc, const char *err) {
-    int first = dv_comm_first_failed(c, rc == 0);
-    if (first < 0) return 0;
-    if (first == dv_comm_rank(c)) {
-        if (first > 0)
-            fprintf(stderr, "dive: error: %s (rank %d)\n", err, first);
-        else
-            fprintf(stderr, "dive: error: %s\n", err);
-        fflush(stderr);
-    }
-    return 1;
-}
-
 /* ---- setup ---------------------------------------------------------------- */
-
-static int make_dirs(const char *path, char *err) {
-    char buf[1024];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || !*p) {
-            char c = *p;
-            *p = 0;
-            if (mkdir(buf, 0777) && errno != EEXIST)
-                return dv_fail(err, "run_dir %s: cannot create %s: %s", path, buf, strerror(errno));
-            *p = c;
-            if (!c) break;
-        }
-    }
-    struct stat sb;
-    if (stat(path, &sb) || !S_ISDIR(sb.st_mode))
-        return dv_fail(err, "run_dir %s: not a directory", path);
-    if (access(path, W_OK)) return dv_fail(err, "run_dir %s: not writable", path);
-    return 0;
-}
-
-int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *err) {
-    const char *want = st->backend;
-    *out = NULL;
-    int ndev = dv_backend_cuda_device_count();
-    if (!strcmp(want, "cuda") || (!strcmp(want, "auto") && ndev > 0)) {
-        /* one GPU per rank by local rank; ranks beyond the GPUs share them */
-        int dev = dv_comm_select_device(c, ndev);
-        char why[512] = "no CUDA device";
-        /* with no device, creating one says why (no GPU, or no CUDA build) */
-        *out = dv_backend_cuda_create(dev >= 0 ? dev : 0, (dv_precision)st->precision, why,
-                                      sizeof(why));
-        if (*out) return 0;
-        if (!strcmp(want, "cuda")) return dv_fail(err, "backend = cuda: %s", why);
-    }
-    int threads = (int)st->threads;
-    if (!threads) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        int local = dv_comm_local_size(c);
-        threads = (int)(cores / (local > 0 ? local : 1));
-        if (threads < 1) threads = 1;
-    }
-    *out = dv_backend_cpu_create(threads);
-    return *out ? 0 : dv_fail(err, "cannot create the CPU backend");
-}
 
 /* Token models read windows of T tokens of GROUP/tokens, and score every
  * position: the last layer must put out (T, vocab). */
@@ -369,24 +270,13 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
 
 /* ---- device work and the metrics ring ----------------------------------- */
 
-/* Waits until at most `keep` steps' device work is still queued (the GPU
- * may run one step behind the host), with comm's timeout and NCCL error
- * checks when gradients travel on the device; then asks the backend for an
- * error. A failure here is this rank's alone: it ends the job. */
-static void device_sync(run *r, int keep) {
-    if (!r->be->stream) return;
-    if (r->device_comm && dv_comm_stream_wait(r->comm, r->be->stream, keep, r->err))
-        dv_comm_abort(r->comm, 1, r->err);
-    if (r->be->check(r->be->ctx, r->err, sizeof(r->err))) dv_comm_abort(r->comm, 1, r->err);
-}
-
 /* Adds the ring's per-step (loss, correct) pairs to ts in step order, so the
  * sums are the same whether they were read every step or in a batch. */
 static void stats_flush(run *r, dv_train_state *ts) {
     if (!r->ring_used) return;
     const dv_backend *be = r->be;
     float h[2 * RING_STEPS];
-    device_sync(r, 0);
+    dv_device_sync(r->comm, r->be, r->device_comm, 0);
     be->to_host(be->ctx, h, r->ring_cap > 1 ? r->ring : r->m->stats,
                 2 * sizeof(float) * (size_t)r->ring_used);
     for (int i = 0; i < r->ring_used; i++) {
@@ -411,19 +301,6 @@ static void stats_push(run *r, dv_train_state *ts) {
     if (r->ring_cap > 1)
         be->copy(be->ctx, r->ring + 2 * r->ring_used, r->m->stats, 2 * sizeof(float));
     if (++r->ring_used == r->ring_cap) stats_flush(r, ts);
-}
-
-/* In-place average over ranks of a buffer on the backend's device. */
-static void average_on_device(run *r, float *x, size_t n) {
-    if (!r->be->stream) {
-        if (dv_comm_allreduce_avg(r->comm, x, n, r->err)) dv_comm_abort(r->comm, 1, r->err);
-        return;
-    }
-    dv_comm_request *q;
-    if (dv_comm_allreduce_start(r->comm, x, n, r->be->stream, &q, r->err) ||
-        dv_comm_wait(r->comm, q, r->err))
-        dv_comm_abort(r->comm, 1, r->err);
-    device_sync(r, 0);
 }
 
 /* ---- evaluation --------------------------------------------------------- */
@@ -543,70 +420,12 @@ static void train_step(run *r, const dv_batch *b, double lr, int64_t step) {
     if (r->st.clip_norm > 0) {
         /* the norm is read on the host: wait for the all-reduces here, where
          * a dead rank is caught by comm's timeout, not inside sumsq's sync */
-        device_sync(r, 0);
+        dv_device_sync(r->comm, r->be, r->device_comm, 0);
         dv_clip_grad_norm(be, m->grads, m->nparams, r->st.clip_norm);
     }
     be->opt_step(be->ctx, &op, m->params, m->grads, m->state1, m->state2, m->nparams);
-    device_sync(r, 1); /* the host runs at most one step ahead of the GPU */
-}
-
-static int ckpt_step(const char *name) {
-    long s;
-    char tail[8];
-    return sscanf(name, "ckpt-%ld.h%1[5]", &s, tail) == 2 ? (int)(s >= 0) : 0;
-}
-
-static int cmp_long(const void *a, const void *b) {
-    long x = *(const long *)a, y = *(const long *)b;
-    return (x > y) - (x < y);
-}
-
-/* Removes what a killed writer may have left in run_dir: temporary
- * checkpoints (<name>.h5.tmp.<pid>) and the links used to update last.h5
- * and best.h5.
- * Never a complete checkpoint: those only ever appear by rename. */
-static void remove_stale_temporaries(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!strstr(e->d_name, ".h5.tmp.") && !strstr(e->d_name, ".h5.link")) continue;
-        char p[1200];
-        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-}
-
-/* Keeps the newest `keep` ckpt-<step>.h5 files of run_dir. */
-static void prune_checkpoints(const char *dir, long keep) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    long steps[4096];
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < 4096)
-        if (ckpt_step(e->d_name)) steps[n++] = strtol(e->d_name + 5, NULL, 10);
-    closedir(d);
-    qsort(steps, (size_t)n, sizeof(long), cmp_long);
-    for (int i = 0; i + keep < n; i++) {
-        char p[1200];
-        snprintf(p, sizeof(p), "%s/ckpt-%ld.h5", dir, steps[i]);
-        unlink(p);
-    }
-}
-
-/* Rank 0 writes ckpt-<step>.h5 (and links last.h5 to it) or best.h5; every
- * rank learns whether it worked. Collective. */
-/* Makes <dir>/<name> a hard link to `src`, replacing it atomically. */
-static int link_into(const char *src, const char *dir, const char *name, char *err) {
-    char tmp[1200], dst[1200];
-    snprintf(tmp, sizeof(tmp), "%s/.%s.link", dir, name);
-    snprintf(dst, sizeof(dst), "%s/%s", dir, name);
-    unlink(tmp);
-    if (link(src, tmp) || rename(tmp, dst))
-        return dv_fail(err, "%s: cannot update %s: %s", dir, name, strerror(errno));
-    return 0;
+    dv_device_sync(r->comm, r->be, r->device_comm,
+                   1); /* the host runs at most one step ahead of the GPU */
 }
 
 /* ---- stateful streams across checkpoints -------------------------------- */
@@ -687,15 +506,9 @@ static int save(run *r, const dv_train_state *ts, int best) {
     r->m->stream_cols = (int)stream_cols(r->m);
     if (r->rank == 0) {
         char path[1200];
-        const char *dir = r->st.run_dir;
-        if (r->st.keep == 0)
-            snprintf(path, sizeof(path), "%s/last.h5", dir);
-        else
-            snprintf(path, sizeof(path), "%s/ckpt-%lld.h5", dir, (long long)ts->step);
+        dv_checkpoint_path(r->st.run_dir, r->st.keep, ts->step, path, sizeof(path));
         rc = dv_checkpoint_save(path, r->m, ts, r->config_text, r->err);
-        if (!rc && r->st.keep) rc = link_into(path, dir, "last.h5", r->err);
-        if (!rc && best) rc = link_into(path, dir, "best.h5", r->err);
-        if (!rc && r->st.keep) prune_checkpoints(dir, r->st.keep);
+        if (!rc) rc = dv_checkpoint_publish(r->st.run_dir, path, r->st.keep, best, r->err);
     }
     r->m->stream_state = NULL;
     free(streams);
@@ -737,8 +550,8 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
                          .global_batch = r->st.batch,
                          .seed = r->st.seed,
                          .best_val_loss = INFINITY};
-    int rc = make_dirs(r->st.run_dir, r->err);
-    if (!rc && r->rank == 0) remove_stale_temporaries(r->st.run_dir);
+    int rc = dv_run_dir_make(r->st.run_dir, r->err);
+    if (!rc && r->rank == 0) dv_run_dir_clean(r->st.run_dir);
     char ckpt[1200] = "";
     if (!rc && resume) {
         if (!strcmp(resume, "auto")) {
@@ -848,14 +661,14 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
                (r->st.progress == 1 || (r->st.progress == 0 && isatty(STDOUT_FILENO) && !launched));
     int64_t log_every = r->st.log_every ? r->st.log_every : (steps >= 10 ? steps / 10 : 1);
     int stop = 0, stop_signal = 0;
-    catch_stop_signals();
+    dv_stop_signals_catch();
     for (int64_t epoch = ts.epoch; epoch < r->st.epochs && !stop; epoch++) {
-        double t0 = now(), t_train = 0, last_print = 0;
+        double t0 = dv_now(), t_train = 0, last_print = 0;
         int64_t first = epoch == ts.epoch ? ts.step_in_epoch : 0, done = 0;
         if (dv_loader_start(r->tl, epoch, first, r->err)) dv_comm_abort(c, 1, r->err);
         double lr = r->st.lr;
         for (int64_t s = first; s < steps; s++) {
-            double ts0 = now();
+            double ts0 = dv_now();
             dv_batch b;
             if (dv_loader_next(r->tl, &b, r->err)) dv_comm_abort(c, 1, r->err);
             lr = dv_lr_at(&r->st, ts.step, steps);
@@ -869,7 +682,7 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             ts.step++;
             ts.step_in_epoch = s + 1;
             done++;
-            double t1 = now();
+            double t1 = dv_now();
             t_train += t1 - ts0;
             if (r->rank == 0 && ((live && t1 - last_print > 0.25) ||
                                  (!live && (s + 1) % log_every == 0 && s + 1 < steps))) {
@@ -883,7 +696,7 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
                 stop = 1;
                 break;
             }
-            if ((stop_signal = agreed_stop_signal(r, ts.step, 8))) {
+            if ((stop_signal = dv_stop_signal_agreed(c, ts.step, 8))) {
                 stop = 1;
                 break;
             }
@@ -902,7 +715,8 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
         stats_flush(r, &ts);
         double s3[3] = {ts.loss_sum, ts.correct_sum, ts.seen};
         if (dv_comm_allreduce_double(c, s3, 3, DV_REDUCE_SUM, r->err)) dv_comm_abort(c, 1, r->err);
-        if (m->nbuffers && r->world > 1) average_on_device(r, m->buffers, m->nbuffers);
+        if (m->nbuffers && r->world > 1)
+            dv_average_on_device(c, be, r->device_comm, m->buffers, m->nbuffers);
         double rate = done ? (double)done * (double)r->st.batch / t_train : 0;
         if (ts.step_in_epoch < steps) {
             /* stopped by max_steps inside the epoch: save where we are; the
@@ -938,7 +752,7 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
         } else {
             ts.bad_epochs++;
         }
-        double secs = now() - t0;
+        double secs = dv_now() - t0;
         if (r->rank == 0) {
             double tloss = s3[0] / s3[2];
             printf("epoch %lld/%ld | loss %.4f", (long long)epoch + 1, r->st.epochs, tloss);

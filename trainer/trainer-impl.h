@@ -321,11 +321,41 @@ char *dv_checkpoint_config(const char *path, char *err);
  * malloc'd), or *out = NULL when it holds none. */
 int dv_checkpoint_streams(const char *path, float **out, int *rows, int *cols, char *err);
 
-/* ---- helpers shared by the subcommands (cli.c / train.c) --------------- */
+/* ---- what the subcommands and training loops share (runtime.c) ---------- */
 
 /* Agree across ranks: if any rank failed, the lowest failing rank prints
  * "dive: error: <err>" and every rank returns 1; else 0. */
 int dv_agree(dv_comm *c, int rc, const char *err);
+/* Seconds on a monotonic clock. */
+double dv_now(void);
+/* SIGTERM / SIGINT set a flag that the loops read at step boundaries. */
+void dv_stop_signals_catch(void);
+/* The signal any rank received, agreed on by all (0: none). Collective
+ * every `every` steps (on one rank: every step), so every rank stops at the
+ * same step. */
+int dv_stop_signal_agreed(dv_comm *c, int64_t step, int every);
+/* Creates run_dir (and its parents); fails unless it is a writable
+ * directory. */
+int dv_run_dir_make(const char *path, char *err);
+/* Removes what a killed writer may have left in run_dir: temporary
+ * checkpoints and pictures (*.h5.tmp.<pid>, *.png.tmp) and the links used
+ * to update last.h5 and best.h5 — never a complete file: those only ever
+ * appear by rename. */
+void dv_run_dir_clean(const char *dir);
+/* Where rank 0 writes the checkpoint of `step`: run_dir/ckpt-<step>.h5, or
+ * last.h5 when keep = 0. */
+void dv_checkpoint_path(const char *dir, long keep, int64_t step, char *path, size_t len);
+/* After `path` is written: last.h5 (keep > 0) and, for a new best, best.h5
+ * become hard links to it, and only the newest `keep` ckpt-*.h5 stay. */
+int dv_checkpoint_publish(const char *dir, const char *path, long keep, int best, char *err);
+/* Waits until at most `keep` steps' device work is still queued (the GPU
+ * may run one step behind the host), with comm's timeout and NCCL error
+ * checks when gradients travel on the device (device_comm); then asks the
+ * backend for an error. A failure here is this rank's alone: it ends the
+ * job. Nothing to do on the CPU. */
+void dv_device_sync(dv_comm *c, const dv_backend *be, int device_comm, int keep);
+/* In-place average over ranks of n floats on the backend's device. */
+void dv_average_on_device(dv_comm *c, const dv_backend *be, int device_comm, float *x, size_t n);
 
 int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume);
 int dv_eval_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *split, int json);

@@ -1,0 +1,201 @@
+/* runtime.c — what every training loop (train.c, gan.c) shares: the rank
+ * agreement on errors, the backend choice, the run directory and its
+ * checkpoint files, stop signals, and device work across ranks.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "trainer-impl.h"
+
+double dv_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int dv_agree(dv_comm *c, int rc, const char *err) {
+    int first = dv_comm_first_failed(c, rc == 0);
+    if (first < 0) return 0;
+    if (first == dv_comm_rank(c)) {
+        if (first > 0)
+            fprintf(stderr, "dive: error: %s (rank %d)\n", err, first);
+        else
+            fprintf(stderr, "dive: error: %s\n", err);
+        fflush(stderr);
+    }
+    return 1;
+}
+
+int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *err) {
+    const char *want = st->backend;
+    *out = NULL;
+    int ndev = dv_backend_cuda_device_count();
+    if (!strcmp(want, "cuda") || (!strcmp(want, "auto") && ndev > 0)) {
+        /* one GPU per rank by local rank; ranks beyond the GPUs share them */
+        int dev = dv_comm_select_device(c, ndev);
+        char why[512] = "no CUDA device";
+        /* with no device, creating one says why (no GPU, or no CUDA build) */
+        *out = dv_backend_cuda_create(dev >= 0 ? dev : 0, (dv_precision)st->precision, why,
+                                      sizeof(why));
+        if (*out) return 0;
+        if (!strcmp(want, "cuda")) return dv_fail(err, "backend = cuda: %s", why);
+    }
+    int threads = (int)st->threads;
+    if (!threads) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int local = dv_comm_local_size(c);
+        threads = (int)(cores / (local > 0 ? local : 1));
+        if (threads < 1) threads = 1;
+    }
+    *out = dv_backend_cpu_create(threads);
+    return *out ? 0 : dv_fail(err, "cannot create the CPU backend");
+}
+
+/* ---- stop signals ---------------------------------------------------------- */
+
+/* SIGTERM / SIGINT (a scheduler's time limit, Ctrl-C): the loop notices at
+ * a step boundary, agrees with the other ranks, writes a checkpoint and
+ * stops. A signal handler can only set a flag: this is the one global. */
+static volatile sig_atomic_t g_stop_signal;
+
+static void on_stop_signal(int sig) {
+    g_stop_signal = sig;
+}
+
+void dv_stop_signals_catch(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESTART; /* HDF5 and MPI reads must not see EINTR */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+int dv_stop_signal_agreed(dv_comm *c, int64_t step, int every) {
+    if (dv_comm_size(c) == 1) return g_stop_signal;
+    if (step % every) return 0;
+    double sig = g_stop_signal;
+    char err[DV_ERR_LEN];
+    if (dv_comm_allreduce_double(c, &sig, 1, DV_REDUCE_MAX, err)) dv_comm_abort(c, 1, err);
+    return (int)sig;
+}
+
+/* ---- the run directory ------------------------------------------------------ */
+
+int dv_run_dir_make(const char *path, char *err) {
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || !*p) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0777) && errno != EEXIST)
+                return dv_fail(err, "run_dir %s: cannot create %s: %s", path, buf, strerror(errno));
+            *p = c;
+            if (!c) break;
+        }
+    }
+    struct stat sb;
+    if (stat(path, &sb) || !S_ISDIR(sb.st_mode))
+        return dv_fail(err, "run_dir %s: not a directory", path);
+    if (access(path, W_OK)) return dv_fail(err, "run_dir %s: not writable", path);
+    return 0;
+}
+
+void dv_run_dir_clean(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strstr(e->d_name, ".h5.tmp.") && !strstr(e->d_name, ".h5.link") &&
+            !strstr(e->d_name, ".png.tmp"))
+            continue;
+        char p[1200];
+        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+}
+
+static int ckpt_step(const char *name) {
+    long s;
+    char tail[8];
+    return sscanf(name, "ckpt-%ld.h%1[5]", &s, tail) == 2 ? (int)(s >= 0) : 0;
+}
+
+static int cmp_long(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x > y) - (x < y);
+}
+
+/* Keeps the newest `keep` ckpt-<step>.h5 files of run_dir. */
+static void prune_checkpoints(const char *dir, long keep) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    long steps[4096];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 4096)
+        if (ckpt_step(e->d_name)) steps[n++] = strtol(e->d_name + 5, NULL, 10);
+    closedir(d);
+    qsort(steps, (size_t)n, sizeof(long), cmp_long);
+    for (int i = 0; i + keep < n; i++) {
+        char p[1200];
+        snprintf(p, sizeof(p), "%s/ckpt-%ld.h5", dir, steps[i]);
+        unlink(p);
+    }
+}
+
+/* Makes <dir>/<name> a hard link to `src`, replacing it atomically. */
+static int link_into(const char *src, const char *dir, const char *name, char *err) {
+    char tmp[1200], dst[1200];
+    snprintf(tmp, sizeof(tmp), "%s/.%s.link", dir, name);
+    snprintf(dst, sizeof(dst), "%s/%s", dir, name);
+    unlink(tmp);
+    if (link(src, tmp) || rename(tmp, dst))
+        return dv_fail(err, "%s: cannot update %s: %s", dir, name, strerror(errno));
+    return 0;
+}
+
+void dv_checkpoint_path(const char *dir, long keep, int64_t step, char *path, size_t len) {
+    if (keep == 0)
+        snprintf(path, len, "%s/last.h5", dir);
+    else
+        snprintf(path, len, "%s/ckpt-%lld.h5", dir, (long long)step);
+}
+
+int dv_checkpoint_publish(const char *dir, const char *path, long keep, int best, char *err) {
+    int rc = 0;
+    if (keep) rc = link_into(path, dir, "last.h5", err);
+    if (!rc && best) rc = link_into(path, dir, "best.h5", err);
+    if (!rc && keep) prune_checkpoints(dir, keep);
+    return rc;
+}
+
+/* ---- device work across ranks ----------------------------------------------- */
+
+void dv_device_sync(dv_comm *c, const dv_backend *be, int device_comm, int keep) {
+    if (!be->stream) return;
+    char err[DV_ERR_LEN];
+    if (device_comm && dv_comm_stream_wait(c, be->stream, keep, err)) dv_comm_abort(c, 1, err);
+    if (be->check(be->ctx, err, sizeof(err))) dv_comm_abort(c, 1, err);
+}
+
+void dv_average_on_device(dv_comm *c, const dv_backend *be, int device_comm, float *x, size_t n) {
+    char err[DV_ERR_LEN];
+    if (!be->stream) {
+        if (dv_comm_allreduce_avg(c, x, n, err)) dv_comm_abort(c, 1, err);
+        return;
+    }
+    dv_comm_request *q;
+    if (dv_comm_allreduce_start(c, x, n, be->stream, &q, err) || dv_comm_wait(c, q, err))
+        dv_comm_abort(c, 1, err);
+    dv_device_sync(c, be, device_comm, 0);
+}
