@@ -526,6 +526,7 @@ static dv_status read_locked(dv_split *s, const int64_t *idx, int count, float x
     int32_t *sl = labels;
     dv_status st = DV_ERR;
     int want_y = in->y_kind == DV_TARGET_LABELS ? labels != NULL : targets != NULL;
+    if (!in->y_elems) want_y = 0; /* inputs alone (a GAN's images, prediction) */
 
     if (!sorted) {
         ip = malloc(sizeof(*ip) * (size_t)count);

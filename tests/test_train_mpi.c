@@ -3,7 +3,8 @@
  * with the same parameters (within 1e-5 relative: only the summation order
  * differs), and a run stopped mid-epoch and resumed continues bit for bit
  * as the run that was never stopped (and within tolerance when resumed on
- * another number of ranks).
+ * another number of ranks). The same for sequence models and for a GAN's
+ * two models, whose losses must also move the right way.
  *
  * Runs `dive` through mpirun (DIVE_BIN from CTest); the data is a small
  * generated HDF5 file. Label: mpi.
@@ -120,16 +121,22 @@ static herr_t collect(hid_t obj, const char *name, const H5O_info_t *info, void 
     return 0;
 }
 
-static params load(const char *path) {
+/* Every dataset under `group` of a checkpoint, in visit order. */
+static params load_group(const char *path, const char *group) {
     params p = {0};
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     assert_true(f >= 0);
-    hid_t g = H5Gopen2(f, "/model", H5P_DEFAULT);
+    hid_t g = H5Gopen2(f, group, H5P_DEFAULT);
+    assert_true(g >= 0);
     H5Ovisit2(g, H5_INDEX_NAME, H5_ITER_INC, collect, &p, H5O_INFO_BASIC);
     H5Gclose(g);
     H5Fclose(f);
     assert_true(p.n > 0);
     return p;
+}
+
+static params load(const char *path) {
+    return load_group(path, "/model");
 }
 
 static double max_rel_diff(const params *a, const params *b) {
@@ -339,6 +346,157 @@ static void test_sequence_models(void **state) {
     }
 }
 
+/* ---- a GAN -------------------------------------------------------------- */
+
+/* 8x8 images in [-1, 1]: a bright horizontal or vertical bar on a dark
+ * background, at a random row or column. */
+static void make_image_data(const char *path) {
+    enum { N = 192, S = 8 };
+    static float x[N][1][S][S];
+    uint64_t s = 99;
+    for (int i = 0; i < N; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        int at = (int)((s >> 33) % S), vertical = (int)((s >> 40) & 1);
+        for (int r = 0; r < S; r++)
+            for (int c = 0; c < S; c++)
+                x[i][0][r][c] = (vertical ? c : r) == at ? 0.9f : -0.9f;
+    }
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t g = H5Gcreate2(f, "/train", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t dx[4] = {N, 1, S, S};
+    write_ds(f, "/train/x", H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 4, dx, x);
+    H5Gclose(g);
+    H5Fclose(f);
+}
+
+/* A GAN on those images: G dense -> reshape -> tanh, D a strided conv with
+ * dropout (its masks follow global rows, so 1 and N ranks agree). */
+static void write_gan_config(const char *path, const char *data, const char *extra) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "[data]\nfile = %s\ntrain = /train\n\n"
+            "[train]\nepochs = 3\nbatch = 12\nlr = 0.002\nbeta1 = 0.5\nseed = 11\nkeep = 0\n\n"
+            "[gan]\nlatent = 6\nsamples = 10\n\n"
+            "[generator.dense]\nunits = 32\nactivation = relu\n\n"
+            "[generator.dense]\nunits = 64\nactivation = tanh\n\n"
+            "[generator.reshape]\nshape = 1,8,8\n\n"
+            "[discriminator.conv2d]\nfilters = 4\nsize = 3\nstride = 2\npad = 1\n"
+            "activation = leaky_relu\nalpha = 0.2\n\n"
+            "[discriminator.flatten]\n\n"
+            "[discriminator.dropout]\nrate = 0.2\n\n"
+            "[discriminator.dense]\nunits = 1\n%s",
+            data, extra ? extra : "");
+    fclose(f);
+}
+
+/* Both models' parameters of a GAN checkpoint. */
+static double gan_rel_diff(const char *a, const char *b) {
+    double worst = 0;
+    const char *groups[] = {"/generator/model", "/discriminator/model"};
+    for (int i = 0; i < 2; i++) {
+        params pa = load_group(a, groups[i]), pb = load_group(b, groups[i]);
+        double d = max_rel_diff(&pa, &pb);
+        worst = d > worst ? d : worst;
+        free(pa.v);
+        free(pb.v);
+    }
+    return worst;
+}
+
+/* Column `col` (1-based) of metrics.csv row `row` (1 = the first epoch). */
+static double metric(const char *run_dir, int row, int col) {
+    char path[600], line[1024];
+    snprintf(path, sizeof(path), "%s/metrics.csv", run_dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    for (int i = 0; i <= row; i++)
+        assert_non_null(fgets(line, sizeof(line), f));
+    fclose(f);
+    char *p = line;
+    for (int c = 1; c < col; c++) {
+        p = strchr(p, ',');
+        assert_non_null(p);
+        p++;
+    }
+    return strtod(p, NULL);
+}
+
+static void test_gan_contracts(void **state) {
+    (void)state;
+    char data[512], cfg[512], r1[512], r2[512], part[512], c[3][600];
+    path_of(data, "images.h5");
+    make_image_data(data);
+    path_of(cfg, "gan.cfg");
+    write_gan_config(cfg, data, NULL);
+    path_of(r1, "gan1");
+    path_of(r2, "gan2");
+    path_of(part, "ganpart");
+    /* 1 rank and 2 ranks with the same global batch: the same two models */
+    assert_int_equal(train(0, cfg, r1, NULL), 0);
+    assert_int_equal(train(2, cfg, r2, NULL), 0);
+    snprintf(c[0], 600, "%s/last.h5", r1);
+    snprintf(c[1], 600, "%s/last.h5", r2);
+    double d = gan_rel_diff(c[0], c[1]);
+    printf("# GAN: 1 vs 2 ranks max rel diff %.3g\n", d);
+    assert_true(d < 1e-5);
+    /* 16 steps per epoch: stopped at 20 and resumed, bit for bit */
+    assert_int_equal(train(2, cfg, part, "--set train.max_steps=20"), 0);
+    assert_int_equal(train(2, cfg, part, "--resume auto"), 0);
+    snprintf(c[2], 600, "%s/last.h5", part);
+    assert_true(gan_rel_diff(c[1], c[2]) == 0.0);
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd),
+             "cmp -s %s/metrics.csv %s/metrics.csv || "
+             "(cut -d, -f1-7 %s/metrics.csv > %s/ga.txt && cut -d, -f1-7 %s/metrics.csv > "
+             "%s/gb.txt && cmp %s/ga.txt %s/gb.txt)",
+             r2, part, r2, dir, part, dir, dir, dir);
+    assert_int_equal(system(cmd), 0);
+    /* a grid per epoch; dive sample of the run's seed draws the last one */
+    for (int e = 1; e <= 3; e++) {
+        snprintf(cmd, sizeof(cmd), "test -s %s/samples-epoch-%03d.png", r1, e);
+        assert_int_equal(system(cmd), 0);
+    }
+    snprintf(cmd, sizeof(cmd),
+             "%s sample %s -o %s/again.png --count 10 > /dev/null && cmp %s/again.png "
+             "%s/samples-epoch-003.png",
+             dive, c[0], dir, dir, r1);
+    assert_int_equal(system(cmd), 0);
+    /* 10 images of 8x8 in a 4-wide grid with 2-pixel gaps: 42 x 32 */
+    char png[600];
+    snprintf(png, sizeof(png), "%s/again.png", dir);
+    FILE *f = fopen(png, "rb");
+    assert_non_null(f);
+    unsigned char h[24];
+    assert_int_equal(fread(h, 1, 24, f), 24);
+    fclose(f);
+    assert_memory_equal(h, "\x89PNG\r\n\x1a\n", 8);
+    assert_int_equal((h[16] << 24) | (h[17] << 16) | (h[18] << 8) | h[19], 4 * 10 + 2);
+    assert_int_equal((h[20] << 24) | (h[21] << 16) | (h[22] << 8) | h[23], 3 * 10 + 2);
+}
+
+/* Each model learns against a frozen other: with D's lr at 0 G's loss
+ * falls, with G's at 0 D's loss falls. */
+static void test_gan_losses_move(void **state) {
+    (void)state;
+    char data[512], cfg[512], run[512];
+    path_of(data, "images.h5");
+    path_of(cfg, "frozen_d.cfg");
+    write_gan_config(cfg, data, "\n[discriminator.train]\nlr = 0\n");
+    path_of(run, "frozen_d");
+    assert_int_equal(train(0, cfg, run, "--set train.epochs=4"), 0);
+    double g1 = metric(run, 1, 5), g4 = metric(run, 4, 5);
+    printf("# D frozen: g_loss %.4f -> %.4f\n", g1, g4);
+    assert_true(g4 < 0.7 * g1);
+    path_of(cfg, "frozen_g.cfg");
+    write_gan_config(cfg, data, "\n[generator.train]\nlr = 0\n");
+    path_of(run, "frozen_g");
+    assert_int_equal(train(0, cfg, run, "--set train.epochs=4"), 0);
+    double d1 = metric(run, 1, 4), d4 = metric(run, 4, 4);
+    printf("# G frozen: d_loss %.4f -> %.4f\n", d1, d4);
+    assert_true(d4 < 0.7 * d1);
+}
+
 int main(void) {
     dive = getenv("DIVE_BIN");
     if (!dive) {
@@ -351,9 +509,9 @@ int main(void) {
     path_of(data, "data.h5");
     make_data(data);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_world_sizes_agree),
-        cmocka_unit_test(test_resume_is_exact),
-        cmocka_unit_test(test_sequence_models),
+        cmocka_unit_test(test_world_sizes_agree), cmocka_unit_test(test_resume_is_exact),
+        cmocka_unit_test(test_sequence_models),   cmocka_unit_test(test_gan_contracts),
+        cmocka_unit_test(test_gan_losses_move),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     if (!failed) {

@@ -6,7 +6,11 @@
  *   /train (attributes)             step, epoch, step_in_epoch, world_size,
  *                                   global_batch,
  *                                   seed, best_val_loss, bad_epochs, and the
- *                                   epoch's running metrics
+ *                                   epoch's running metrics (`sums`: more of
+ *                                   them, a GAN's losses)
+ *
+ * A checkpoint of several models (a GAN) holds each model's /model and
+ * /optimizer under a group of its own: /generator/model/..., and so on.
  *   /config                         the effective config text
  *   /streams                        stateful recurrent layers: each stream's
  *                                   carried state (global batch, floats)
@@ -102,24 +106,37 @@ static int fsync_path(const char *path, int dir) {
 
 /* HDF5 here is not thread-safe, and a streaming loader may be reading on
  * its prefetch thread: every HDF5 call of the trainer holds data's lock. */
-static int save_locked(const char *path, const dv_model *m, const dv_train_state *ts,
-                       const char *config_text, char *err);
-static int load_locked(const char *path, dv_model *m, dv_train_state *ts, int with_optimizer,
-                       char *err);
+static int save_locked(const char *path, int n, dv_model *const *models, const char *const *roots,
+                       const dv_train_state *ts, const char *config_text, char *err);
+static int load_locked(const char *path, const char *root, dv_model *m, dv_train_state *ts,
+                       int with_optimizer, char *err);
 static char *config_locked(const char *path, char *err);
 
 int dv_checkpoint_save(const char *path, const dv_model *m, const dv_train_state *ts,
                        const char *config_text, char *err) {
+    static const char *const root[] = {""};
+    dv_model *const models[] = {(dv_model *)m};
+    return dv_checkpoint_save_models(path, 1, models, root, ts, config_text, err);
+}
+
+int dv_checkpoint_save_models(const char *path, int n, dv_model *const *models,
+                              const char *const *roots, const dv_train_state *ts,
+                              const char *config_text, char *err) {
     dv_hdf5_lock();
-    int rc = save_locked(path, m, ts, config_text, err);
+    int rc = save_locked(path, n, models, roots, ts, config_text, err);
     dv_hdf5_unlock();
     return rc;
 }
 
 int dv_checkpoint_load(const char *path, dv_model *m, dv_train_state *ts, int with_optimizer,
                        char *err) {
+    return dv_checkpoint_load_model(path, "", m, ts, with_optimizer, err);
+}
+
+int dv_checkpoint_load_model(const char *path, const char *root, dv_model *m, dv_train_state *ts,
+                             int with_optimizer, char *err) {
     dv_hdf5_lock();
-    int rc = load_locked(path, m, ts, with_optimizer, err);
+    int rc = load_locked(path, root, m, ts, with_optimizer, err);
     dv_hdf5_unlock();
     return rc;
 }
@@ -131,26 +148,47 @@ char *dv_checkpoint_config(const char *path, char *err) {
     return text;
 }
 
-static int save_locked(const char *path, const dv_model *m, const dv_train_state *ts,
-                       const char *config_text, char *err) {
+static int make_group(hid_t f, const char *name) {
+    hid_t g = H5Gcreate2(f, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) return -1;
+    H5Gclose(g);
+    return 0;
+}
+
+/* One model's <root>/model and <root>/optimizer/{m,v}. */
+static int write_model(hid_t f, const char *root, const dv_model *m, float *host) {
+    char name[256];
+    int rc = root[0] ? make_group(f, root) : 0;
+    snprintf(name, sizeof(name), "%s/model", root);
+    if (!rc) rc = write_tree(f, name, m, m->params, 0, host);
+    snprintf(name, sizeof(name), "%s/optimizer", root);
+    if (!rc) rc = make_group(f, name);
+    snprintf(name, sizeof(name), "%s/optimizer/m", root);
+    if (!rc) rc = write_tree(f, name, m, m->state1, 1, host);
+    snprintf(name, sizeof(name), "%s/optimizer/v", root);
+    if (!rc) rc = write_tree(f, name, m, m->state2, 1, host);
+    return rc;
+}
+
+static int save_locked(const char *path, int n, dv_model *const *models, const char *const *roots,
+                       const dv_train_state *ts, const char *config_text, char *err) {
+    const dv_model *m = models[0]; /* the one that may carry streams and a vocabulary */
     char tmp[1200];
     snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    float *host = malloc(dv_model_max_param_count(m) * sizeof(float));
+    size_t most = 1;
+    for (int i = 0; i < n; i++)
+        if (dv_model_max_param_count(models[i]) > most) most = dv_model_max_param_count(models[i]);
+    float *host = malloc(most * sizeof(float));
     if (!host) return dv_fail(err, "%s: out of memory", path);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (f < 0) {
         free(host);
         return dv_fail(err, "%s: cannot create checkpoint file (%s)", tmp, strerror(errno));
     }
-    int rc = write_tree(f, "/model", m, m->params, 0, host);
-    if (!rc) {
-        hid_t og = H5Gcreate2(f, "/optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        rc = og < 0 ? -1 : 0;
-        if (og >= 0) H5Gclose(og);
-    }
-    if (!rc) rc = write_tree(f, "/optimizer/m", m, m->state1, 1, host);
-    if (!rc) rc = write_tree(f, "/optimizer/v", m, m->state2, 1, host);
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++)
+        rc = write_model(f, roots[i], models[i], host);
     if (!rc) {
         hid_t tg = H5Gcreate2(f, "/train", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         if (tg < 0) rc = -1;
@@ -161,6 +199,14 @@ static int save_locked(const char *path, const dv_model *m, const dv_train_state
             rc = write_attr(tg, train_attrs[i], H5T_NATIVE_INT64, &iv[i]);
         for (int i = 0; i < 4 && !rc; i++)
             rc = write_attr(tg, train_dattrs[i], H5T_NATIVE_DOUBLE, &dvals[i]);
+        if (!rc && ts->nsums) {
+            hsize_t dim = (hsize_t)ts->nsums;
+            hid_t space = H5Screate_simple(1, &dim, NULL);
+            hid_t a = H5Acreate2(tg, "sums", H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+            if (a < 0 || H5Awrite(a, H5T_NATIVE_DOUBLE, ts->sums) < 0) rc = -1;
+            if (a >= 0) H5Aclose(a);
+            H5Sclose(space);
+        }
         if (tg >= 0) H5Gclose(tg);
     }
     if (!rc) rc = write_string(f, "/config", config_text ? config_text : "");
@@ -271,20 +317,30 @@ static hid_t open_checkpoint(const char *path, char *err) {
     return f;
 }
 
-static int load_locked(const char *path, dv_model *m, dv_train_state *ts, int with_optimizer,
-                       char *err) {
+static int load_locked(const char *path, const char *root, dv_model *m, dv_train_state *ts,
+                       int with_optimizer, char *err) {
     hid_t f = open_checkpoint(path, err);
     if (f < 0) return -1;
-    if (H5Lexists(f, "/model", H5P_DEFAULT) <= 0) {
+    char model[256], om[256], ov[256];
+    snprintf(model, sizeof(model), "%s/model", root);
+    snprintf(om, sizeof(om), "%s/optimizer/m", root);
+    snprintf(ov, sizeof(ov), "%s/optimizer/v", root);
+    if ((root[0] && H5Lexists(f, root, H5P_DEFAULT) <= 0) ||
+        H5Lexists(f, model, H5P_DEFAULT) <= 0) {
+        int gan = !root[0] && H5Lexists(f, "/generator", H5P_DEFAULT) > 0;
         H5Fclose(f);
-        return dv_fail(err, "%s: not a Dive checkpoint (no /model group)", path);
+        if (gan)
+            return dv_fail(
+                err, "%s: a GAN checkpoint (its models are /generator and /discriminator)", path);
+        return dv_fail(err, "%s: not a Dive checkpoint%s (no %s group)", path,
+                       root[0] ? " of this kind" : "", model);
     }
     float *host = malloc(dv_model_max_param_count(m) * sizeof(float));
     int rc = host ? 0 : dv_fail(err, "out of memory");
-    if (!rc) rc = read_tree(f, "/model", path, m, m->params, 0, host, err);
+    if (!rc) rc = read_tree(f, model, path, m, m->params, 0, host, err);
     if (!rc && with_optimizer) {
-        rc = read_tree(f, "/optimizer/m", path, m, m->state1, 1, host, err);
-        if (!rc) rc = read_tree(f, "/optimizer/v", path, m, m->state2, 1, host, err);
+        rc = read_tree(f, om, path, m, m->state1, 1, host, err);
+        if (!rc) rc = read_tree(f, ov, path, m, m->state2, 1, host, err);
     }
     free(host);
     if (!rc && ts) {
@@ -302,6 +358,17 @@ static int load_locked(const char *path, dv_model *m, dv_train_state *ts, int wi
             if (read_attr(tg, train_dattrs[i], H5T_NATIVE_DOUBLE, dvals[i]))
                 rc = dv_fail(err, "%s: checkpoint lacks /train attribute '%s'", path,
                              train_dattrs[i]);
+        if (!rc && H5Aexists(tg, "sums") > 0) {
+            hid_t a = H5Aopen(tg, "sums", H5P_DEFAULT);
+            hid_t space = a < 0 ? -1 : H5Aget_space(a);
+            hssize_t n = space < 0 ? -1 : H5Sget_simple_extent_npoints(space);
+            if (n < 0 || n > DV_TRAIN_SUMS || H5Aread(a, H5T_NATIVE_DOUBLE, ts->sums) < 0)
+                rc = dv_fail(err, "%s: /train attribute 'sums' is damaged", path);
+            else
+                ts->nsums = (int)n;
+            if (space >= 0) H5Sclose(space);
+            if (a >= 0) H5Aclose(a);
+        }
         if (tg >= 0) H5Gclose(tg);
     }
     H5Fclose(f);

@@ -96,6 +96,7 @@ static dv_cfg_section *add_section(dv_config *cfg, const char *type, int line) {
     memset(s, 0, sizeof(*s));
     snprintf(s->type, sizeof(s->type), "%s", type);
     s->line = line;
+    s->origin = -1;
     return s;
 }
 
@@ -168,8 +169,8 @@ static int name_sections(dv_config *cfg, char *err) {
     for (int i = 0; i < cfg->nsec; i++) {
         dv_cfg_section *s = &cfg->sec[i];
         dv_cfg_kv *kv = find_kv(s, "name");
-        int fixed =
-            !strcmp(s->type, "data") || !strcmp(s->type, "train") || !strcmp(s->type, "input");
+        int fixed = !strcmp(s->type, "data") || !strcmp(s->type, "train") ||
+                    !strcmp(s->type, "input") || !strcmp(s->type, "gan");
         if (kv && fixed)
             return dv_fail(err, "%s:%d: [%s] cannot be renamed: 'name' is for layer sections",
                            cfg->path, kv->line, s->type);
@@ -178,7 +179,7 @@ static int name_sections(dv_config *cfg, char *err) {
             snprintf(s->name, sizeof(s->name), "%s", kv->value);
             continue;
         }
-        if (!strcmp(s->type, "data") || !strcmp(s->type, "train") || !strcmp(s->type, "input")) {
+        if (fixed) {
             snprintf(s->name, sizeof(s->name), "%s", s->type);
             continue;
         }
@@ -273,6 +274,21 @@ int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
     const char *dot = strchr(assignment, '.');
     if (!eq || !dot || dot > eq || dot == assignment || eq == dot + 1)
         return dv_fail(err, "--set %s: expected section.key=value", assignment);
+    /* a section name may hold dots itself (generator.dense_1): take the
+     * longest one that names a section */
+    for (const char *p = eq - 1; p > dot; p--) {
+        if (*p != '.') continue;
+        char name[DV_NAME_LEN];
+        snprintf(name, sizeof(name), "%.*s", (int)(p - assignment), assignment);
+        int known = dv_config_find(cfg, name) != NULL;
+        for (int i = 0; !known && i < cfg->nsec; i++)
+            known = !strcmp(cfg->sec[i].type, name);
+        if (known) {
+            dot = p;
+            break;
+        }
+    }
+    if (eq == dot + 1) return dv_fail(err, "--set %s: expected section.key=value", assignment);
     char sec[DV_NAME_LEN], key[DV_NAME_LEN];
     snprintf(sec, sizeof(sec), "%.*s", (int)(dot - assignment), assignment);
     snprintf(key, sizeof(key), "%.*s", (int)(eq - dot - 1), dot + 1);
@@ -353,9 +369,9 @@ void dv_cfg_where(const dv_config *cfg, const dv_cfg_section *s, const char *key
     if (kv && line == 0)
         snprintf(buf, len, "--set %s.%s", s->name, key);
     else if (key)
-        snprintf(buf, len, "%s:%d: [%s] %s", cfg->path, line, s->type, key);
+        snprintf(buf, len, "%s:%d: [%s%s] %s", cfg->path, line, cfg->prefix, s->type, key);
     else
-        snprintf(buf, len, "%s:%d: [%s]", cfg->path, line, s->type);
+        snprintf(buf, len, "%s:%d: [%s%s]", cfg->path, line, cfg->prefix, s->type);
 }
 
 int dv_config_check_used(const dv_config *cfg, char *err) {
@@ -370,6 +386,47 @@ int dv_config_check_used(const dv_config *cfg, char *err) {
                            kv->line, kv->key, cfg->sec[i].type);
         }
     return 0;
+}
+
+int dv_config_sub(const dv_config *cfg, const char *prefix, const int *shape, int ndim,
+                  dv_config *out, char *err) {
+    memset(out, 0, sizeof(*out));
+    snprintf(out->path, sizeof(out->path), "%s", cfg->path);
+    snprintf(out->prefix, sizeof(out->prefix), "%s.", prefix);
+    const size_t np = strlen(out->prefix);
+    dv_cfg_section *in = add_section(out, "input", 0);
+    char dims[64] = "";
+    for (int i = 0; i < ndim; i++)
+        snprintf(dims + strlen(dims), sizeof(dims) - strlen(dims), "%s%d", i ? "," : "", shape[i]);
+    if (!in || put_kv(in, "shape", dims, 0)) return dv_fail(err, "out of memory");
+    in->kv[0].used = 0;
+    for (int i = 0; i < cfg->nsec; i++) {
+        const dv_cfg_section *s = &cfg->sec[i];
+        if (strncmp(s->type, out->prefix, np) || !strcmp(s->type + np, "train")) continue;
+        if (!strcmp(s->type + np, "input") || !strcmp(s->type + np, "data"))
+            return dv_fail(err,
+                           "%s:%d: [%s]: a GAN's models take their inputs from [gan] (the "
+                           "generator's latent size; the discriminator sees images)",
+                           cfg->path, s->line, s->type);
+        dv_cfg_section *d = add_section(out, s->type + np, s->line);
+        if (!d) return dv_fail(err, "out of memory");
+        d->origin = i;
+        for (int k = 0; k < s->nkv; k++)
+            if (put_kv(d, s->kv[k].key, s->kv[k].value, s->kv[k].line))
+                return dv_fail(err, "out of memory");
+    }
+    return name_sections(out, err);
+}
+
+void dv_config_sub_done(dv_config *cfg, const dv_config *sub) {
+    for (int i = 0; i < sub->nsec; i++) {
+        const dv_cfg_section *s = &sub->sec[i];
+        if (s->origin < 0 || s->origin >= cfg->nsec) continue;
+        for (int k = 0; k < s->nkv; k++) {
+            dv_cfg_kv *kv = find_kv(&cfg->sec[s->origin], s->kv[k].key);
+            if (kv && s->kv[k].used) kv->used = 1;
+        }
+    }
 }
 
 int dv_config_has(const dv_cfg_section *s, const char *key) {

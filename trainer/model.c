@@ -14,11 +14,11 @@
 #include "trainer-impl.h"
 
 static int is_layer_section(const dv_cfg_section *s) {
-    return strcmp(s->type, "data") && strcmp(s->type, "train") && strcmp(s->type, "input");
+    return strcmp(s->type, "data") && strcmp(s->type, "train") && strcmp(s->type, "input") &&
+           strcmp(s->type, "gan");
 }
 
-/* Normal(0, 1) from two counter-based uniforms (Box-Muller). */
-static float randn(uint64_t seed, uint64_t i) {
+float dv_randn(uint64_t seed, uint64_t i) {
     double u1 = dv_rand_uniform(seed, 2 * i) + 1.0 / 16777216.0;
     double u2 = dv_rand_uniform(seed, 2 * i + 1);
     return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
@@ -36,12 +36,12 @@ static void init_param(const dv_param *p, uint64_t seed, float *host) {
     case DV_INIT_HE: {
         float sd = sqrtf(2.0f / (float)p->fan_in);
         for (size_t i = 0; i < p->count; i++)
-            host[i] = sd * randn(seed, i);
+            host[i] = sd * dv_randn(seed, i);
         break;
     }
     case DV_INIT_NORMAL:
         for (size_t i = 0; i < p->count; i++)
-            host[i] = p->std * randn(seed, i);
+            host[i] = p->std * dv_randn(seed, i);
         break;
     case DV_INIT_UNIFORM:
         for (size_t i = 0; i < p->count; i++)
@@ -379,7 +379,7 @@ void dv_model_backward(dv_model *m, int B, void (*on_grads)(void *ctx, size_t gr
     for (int i = m->nlayers - 1; i >= 0; i--) {
         dv_layer *l = &m->layers[i];
         const float *x = i ? m->acts[i - 1] : m->input;
-        float *dx = i ? m->dbuf[cur ^ 1] : NULL;
+        float *dx = i ? m->dbuf[cur ^ 1] : m->dinput;
         l->ops->backward(l, m, x, m->acts[i], m->dbuf[cur], dx, B);
         cur ^= 1;
         if (on_grads) on_grads(ctx, l->grad_end);

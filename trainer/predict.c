@@ -133,19 +133,8 @@ static int predict_rank0(dv_model *m, const char *file, const char *x, float x_s
                     if (row[k] > row[best]) best = k;
             hp[i] = best;
         }
-        if (score) { /* probabilities: the outputs after a softmax, else softmax(logits) */
-            const int soft = m->layers[m->nlayers - 1].act == DV_ACT_SOFTMAX;
-            for (int i = 0; i < count; i++) {
-                const float *row = ho + (size_t)i * K;
-                float *p = prob + (size_t)i * K, mx = row[0];
-                double sum = 0;
-                for (int k = 1; k < K; k++)
-                    mx = row[k] > mx ? row[k] : mx;
-                for (int k = 0; k < K; k++)
-                    sum += p[k] = soft ? row[k] : expf(row[k] - mx);
-                for (int k = 0; !soft && k < K; k++)
-                    p[k] = (float)(p[k] / sum);
-            }
+        if (score) {
+            dv_class_probs(m, ho, prob, count);
             dv_class_score_add(&sc, prob, count);
         }
         if (sink_write(&s, first, count, hp, ho)) rc = dv_fail(err, "%s: write failed", out);
@@ -208,6 +197,21 @@ int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_
 }
 
 /* ---- class score ------------------------------------------------------------ */
+
+void dv_class_probs(const dv_model *m, const float *out, float *probs, int count) {
+    const int K = m->outputs, soft = m->layers[m->nlayers - 1].act == DV_ACT_SOFTMAX;
+    for (int i = 0; i < count; i++) {
+        const float *row = out + (size_t)i * K;
+        float *p = probs + (size_t)i * K, mx = row[0];
+        double sum = 0;
+        for (int k = 1; k < K; k++)
+            mx = row[k] > mx ? row[k] : mx;
+        for (int k = 0; k < K; k++)
+            sum += p[k] = soft ? row[k] : expf(row[k] - mx);
+        for (int k = 0; !soft && k < K; k++)
+            p[k] = (float)(p[k] / sum);
+    }
+}
 
 int dv_class_score_init(dv_class_score *s, int K) {
     memset(s, 0, sizeof(*s));

@@ -57,6 +57,67 @@ int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *e
     return *out ? 0 : dv_fail(err, "cannot create the CPU backend");
 }
 
+int dv_make_loader(dv_split *s, const dv_settings *st, dv_comm *c, int batch, int eval, int streams,
+                   const dv_backend *be, dv_loader **out, char *err) {
+    dv_loader_config lc = {0};
+    lc.sampler.n = dv_split_info_get(s)->n;
+    lc.sampler.global_batch = (int)st->batch;
+    lc.sampler.world = dv_comm_size(c);
+    lc.sampler.rank = dv_comm_rank(c);
+    lc.sampler.seed = (uint64_t)st->seed;
+    lc.sampler.shuffle = streams ? DV_ORDER_STREAMS : DV_ORDER_SHUFFLE;
+    lc.eval = eval;
+    lc.batch = batch;
+    lc.x_scale = (float)st->x_scale;
+    lc.x_shift = (float)st->x_shift;
+    lc.memory_budget = (size_t)st->memory_mb << 20;
+    lc.prefetch = (int)st->prefetch;
+    lc.host_alloc = be->host_alloc;
+    lc.host_free = be->host_free;
+    lc.host_ctx = be->ctx;
+    return dv_loader_create(out, s, &lc, err);
+}
+
+/* ---- resuming ------------------------------------------------------------- */
+
+void dv_resume_path(const char *resume, const char *run_dir, char *ckpt, size_t len) {
+    if (strcmp(resume, "auto")) {
+        snprintf(ckpt, len, "%s", resume);
+        return;
+    }
+    snprintf(ckpt, len, "%s/last.h5", run_dir);
+    if (access(ckpt, F_OK)) ckpt[0] = 0;
+}
+
+int dv_resume_state(dv_comm *c, const char *ckpt, const dv_settings *st, dv_train_state *ts,
+                    char *err) {
+    const int world = dv_comm_size(c), rank = dv_comm_rank(c);
+    if (ts->global_batch != st->batch)
+        return dv_fail(err,
+                       "%s: trained with a global batch of %lld but the config says batch = "
+                       "%ld; a resumed run must keep the global batch (it may change the "
+                       "number of ranks)",
+                       ckpt, (long long)ts->global_batch, st->batch);
+    if (ts->seed != st->seed)
+        return dv_fail(err, "%s: written with seed %lld but the config says seed = %ld", ckpt,
+                       (long long)ts->seed, st->seed);
+    if (rank == 0) {
+        printf("resuming from %s: epoch %lld, step %lld", ckpt, (long long)ts->epoch + 1,
+               (long long)ts->step);
+        if (ts->world_size != world)
+            printf(" (written on %lld ranks, now %d; same global batch %ld)",
+                   (long long)ts->world_size, world, st->batch);
+        printf("\n");
+    }
+    ts->world_size = world;
+    if (rank) { /* rank 0 carries the epoch's running sums on */
+        ts->loss_sum = ts->correct_sum = ts->seen = 0;
+        for (int i = 0; i < ts->nsums; i++)
+            ts->sums[i] = 0;
+    }
+    return 0;
+}
+
 /* ---- stop signals ---------------------------------------------------------- */
 
 /* SIGTERM / SIGINT (a scheduler's time limit, Ctrl-C): the loop notices at

@@ -20,17 +20,24 @@
 static const char sample_help[] =
     "usage: dive sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T]\n"
     "                   [--top-k K] [--seed S] [--backend cpu|cuda]\n"
+    "       dive sample GAN_CHECKPOINT -o GRID.png [--count N] [--seed S]\n"
+    "                   [--backend cpu|cuda]\n"
     "\n"
     "Generates text from a language model checkpoint (a model with [input]\n"
     "tokens = T, trained on a token file from `dive import text`). The prompt\n"
     "(default: empty) is printed, then N tokens (default 200) drawn from\n"
     "softmax(logits / T) (default 0.8; 0 takes the most likely token), over the\n"
     "K most likely tokens only when --top-k is given. --seed (default 1) makes\n"
-    "the text repeatable.\n";
+    "the text repeatable.\n"
+    "\n"
+    "From a GAN checkpoint it draws N images (default 64) from its generator\n"
+    "as a PNG grid. The noise comes from --seed (default: the run's seed, which\n"
+    "gives the images of the run's samples-epoch-*.png grids).\n";
 
 typedef struct sample_opts {
-    const char *ckpt, *prompt, *backend;
-    long tokens, top_k, seed;
+    const char *ckpt, *prompt, *backend, *out;
+    long tokens, top_k, seed, count;
+    int seed_given;
     double temperature;
 } sample_opts;
 
@@ -44,8 +51,8 @@ static int parse_num(const char *opt, const char *v, double lo, double hi, doubl
 }
 
 static int parse_sample(int argc, char **argv, sample_opts *o, char *err) {
-    *o =
-        (sample_opts){.prompt = "", .backend = "cpu", .tokens = 200, .seed = 1, .temperature = 0.8};
+    *o = (sample_opts){
+        .prompt = "", .backend = "cpu", .tokens = 200, .seed = 1, .count = 64, .temperature = 0.8};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-') {
@@ -60,7 +67,12 @@ static int parse_sample(int argc, char **argv, sample_opts *o, char *err) {
             o->prompt = v;
         else if (!strcmp(a, "--backend"))
             o->backend = v;
-        else if (!strcmp(a, "--tokens")) {
+        else if (!strcmp(a, "-o"))
+            o->out = v;
+        else if (!strcmp(a, "--count")) {
+            if (parse_num(a, v, 1, 4096, &x, err)) return -1;
+            o->count = (long)x;
+        } else if (!strcmp(a, "--tokens")) {
             if (parse_num(a, v, 0, 1e7, &x, err)) return -1;
             o->tokens = (long)x;
         } else if (!strcmp(a, "--top-k")) {
@@ -69,6 +81,7 @@ static int parse_sample(int argc, char **argv, sample_opts *o, char *err) {
         } else if (!strcmp(a, "--seed")) {
             if (parse_num(a, v, 0, 9e15, &x, err)) return -1;
             o->seed = (long)x;
+            o->seed_given = 1;
         } else if (!strcmp(a, "--temperature")) {
             if (parse_num(a, v, 0, 100, &o->temperature, err)) return -1;
         } else
@@ -189,21 +202,40 @@ static int run_sample(const sample_opts *o, char *err) {
     char *text = dv_checkpoint_config(o->ckpt, err);
     if (!text) return -1;
     if (dv_config_load_text(&cfg, o->ckpt, text, err)) goto done;
+    const int gan = dv_config_find(&cfg, "gan") != NULL;
     dv_cfg_section *in = dv_config_find(&cfg, "input");
-    if (!in || !dv_config_has(in, "tokens")) {
-        dv_fail(err,
-                "%s: not a language model (its [input] has no tokens = T); dive sample "
-                "generates text from models trained on a token file",
+    if (gan && !o->out) {
+        dv_fail(err, "%s: a GAN checkpoint: name the picture of its samples with -o GRID.png",
                 o->ckpt);
         goto done;
     }
-    if (dv_vocab_read(&voc, o->ckpt, NULL, err)) goto done;
+    if (!gan && o->out) {
+        dv_fail(err, "-o: %s is not a GAN checkpoint; a language model's text goes to stdout",
+                o->ckpt);
+        goto done;
+    }
+    if (!gan && (!in || !dv_config_has(in, "tokens"))) {
+        dv_fail(err,
+                "%s: not a language model (its [input] has no tokens = T) nor a GAN; dive "
+                "sample generates text from models trained on a token file",
+                o->ckpt);
+        goto done;
+    }
+    if (!gan && dv_vocab_read(&voc, o->ckpt, NULL, err)) goto done;
     if (!strcmp(o->backend, "cuda"))
         be = dv_backend_cuda_create(0, DV_PRECISION_FP32, err, DV_ERR_LEN);
     else
         be = dv_backend_cpu_create(0);
     if (!be) {
         if (strcmp(o->backend, "cuda")) dv_fail(err, "cannot create the CPU backend");
+        goto done;
+    }
+    if (gan) { /* by default the run's own seed: the images of its grids */
+        long seed = o->seed;
+        if (!o->seed_given &&
+            dv_cfg_int(&cfg, dv_config_find(&cfg, "train"), "seed", 42, 0, 1L << 62, &seed, err))
+            goto done;
+        rc = dv_gan_sample(o->ckpt, text, o->out, o->count, seed, be, err);
         goto done;
     }
     if (dv_model_build(&m, &cfg, be, DV_LOSS_XENT, 0, 1, err) ||

@@ -54,22 +54,22 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
         dv_cfg_int(cfg, d, "prefetch", 1, 0, 1, &st->prefetch, err))
         return -1;
 
-    static const char *const opts[] = {"sgd", "momentum", "nesterov", "adam", "adamw", NULL};
     static const char *const losses[] = {"cross_entropy", "mse", "bce", "perceptron", NULL};
     static const char *const scheds[] = {"constant", "step", "cosine", NULL};
     static const char *const progress[] = {"auto", "live", "lines", NULL};
     static const char *const precisions[] = {"fp32", "tf32", "bf16", NULL};
     static const char *const comms[] = {"auto", "nccl", "mpi", NULL};
-    int opt, loss, sched;
-    if (dv_cfg_int(cfg, t, "epochs", 1, 1, 1000000, &st->epochs, err) ||
+    int loss, sched;
+    /* the optimizer's defaults, read over by [train] */
+    st->optimizer = DV_OPT_ADAM;
+    st->lr = 1e-3;
+    st->momentum = 0.9;
+    st->beta1 = 0.9;
+    st->beta2 = 0.999;
+    st->eps = 1e-8;
+    if (dv_settings_read_optimizer(cfg, t, st, err) ||
+        dv_cfg_int(cfg, t, "epochs", 1, 1, 1000000, &st->epochs, err) ||
         dv_cfg_int(cfg, t, "batch", 64, 1, 1 << 24, &st->batch, err) ||
-        dv_cfg_enum(cfg, t, "optimizer", "adam", opts, &opt, err) ||
-        dv_cfg_float(cfg, t, "lr", 1e-3, 0, 1e6, &st->lr, err) ||
-        dv_cfg_float(cfg, t, "momentum", 0.9, 0, 1, &st->momentum, err) ||
-        dv_cfg_float(cfg, t, "beta1", 0.9, 0, 0.999999, &st->beta1, err) ||
-        dv_cfg_float(cfg, t, "beta2", 0.999, 0, 0.99999999, &st->beta2, err) ||
-        dv_cfg_float(cfg, t, "eps", 1e-8, 0, 1, &st->eps, err) ||
-        dv_cfg_float(cfg, t, "weight_decay", 0, 0, 1e3, &st->weight_decay, err) ||
         dv_cfg_int(cfg, t, "seed", 42, 0, 1L << 62, &st->seed, err) ||
         dv_cfg_enum(cfg, t, "loss", "cross_entropy", losses, &loss, err) ||
         dv_cfg_str(cfg, t, "run_dir", "runs/default", &st->run_dir, err) ||
@@ -84,14 +84,12 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
         dv_cfg_int(cfg, t, "lr_step_epochs", 1, 1, 1000000, &st->lr_step_epochs, err) ||
         dv_cfg_float(cfg, t, "lr_gamma", 0.1, 0, 1, &st->lr_gamma, err) ||
         dv_cfg_float(cfg, t, "lr_min", 0, 0, 1e6, &st->lr_min, err) ||
-        dv_cfg_float(cfg, t, "clip_norm", 0, 0, 1e30, &st->clip_norm, err) ||
         dv_cfg_float(cfg, t, "bucket_mb", 4, 0.001, 1e6, &st->bucket_mb, err) ||
         dv_cfg_str(cfg, t, "backend", "auto", &st->backend, err) ||
         dv_cfg_enum(cfg, t, "progress", "auto", progress, &st->progress, err) ||
         dv_cfg_enum(cfg, t, "precision", "fp32", precisions, &st->precision, err) ||
         dv_cfg_enum(cfg, t, "comm", "auto", comms, &st->comm, err))
         return -1;
-    st->optimizer = (dv_opt)opt;
     st->loss = (dv_loss)loss;
     st->schedule = (dv_sched)sched;
     if (strcmp(st->backend, "auto") && strcmp(st->backend, "cpu") && strcmp(st->backend, "cuda")) {
@@ -99,5 +97,21 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
         dv_cfg_where(cfg, t, "backend", where, sizeof(where));
         return dv_fail(err, "%s = %s: expected auto | cpu | cuda", where, st->backend);
     }
+    return 0;
+}
+
+int dv_settings_read_optimizer(dv_config *cfg, dv_cfg_section *s, dv_settings *st, char *err) {
+    static const char *const opts[] = {"sgd", "momentum", "nesterov", "adam", "adamw", NULL};
+    int opt;
+    if (dv_cfg_enum(cfg, s, "optimizer", opts[st->optimizer], opts, &opt, err) ||
+        dv_cfg_float(cfg, s, "lr", st->lr, 0, 1e6, &st->lr, err) ||
+        dv_cfg_float(cfg, s, "momentum", st->momentum, 0, 1, &st->momentum, err) ||
+        dv_cfg_float(cfg, s, "beta1", st->beta1, 0, 0.999999, &st->beta1, err) ||
+        dv_cfg_float(cfg, s, "beta2", st->beta2, 0, 0.99999999, &st->beta2, err) ||
+        dv_cfg_float(cfg, s, "eps", st->eps, 0, 1, &st->eps, err) ||
+        dv_cfg_float(cfg, s, "weight_decay", st->weight_decay, 0, 1e3, &st->weight_decay, err) ||
+        dv_cfg_float(cfg, s, "clip_norm", st->clip_norm, 0, 1e30, &st->clip_norm, err))
+        return -1;
+    st->optimizer = (dv_opt)opt;
     return 0;
 }

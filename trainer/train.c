@@ -89,25 +89,11 @@ static int open_split(run *r, const char *x, const char *y, dv_split **out, char
 }
 
 static int make_loader(run *r, dv_split *s, int eval, dv_loader **out, char *err) {
-    dv_loader_config lc = {0};
-    lc.sampler.n = dv_split_info_get(s)->n;
-    lc.sampler.global_batch = (int)r->st.batch;
-    lc.sampler.world = r->world;
-    lc.sampler.rank = r->rank;
-    lc.sampler.seed = (uint64_t)r->st.seed;
-    lc.sampler.shuffle = DV_ORDER_SHUFFLE;
+    int streams = 0;
     for (int i = 0; i < r->m->nlayers; i++)
-        if (r->m->layers[i].stateful) lc.sampler.shuffle = DV_ORDER_STREAMS;
-    lc.eval = eval;
-    lc.batch = eval ? r->eval_batch : r->local_batch;
-    lc.x_scale = (float)r->st.x_scale;
-    lc.x_shift = (float)r->st.x_shift;
-    lc.memory_budget = (size_t)r->st.memory_mb << 20;
-    lc.prefetch = (int)r->st.prefetch;
-    lc.host_alloc = r->be->host_alloc;
-    lc.host_free = r->be->host_free;
-    lc.host_ctx = r->be->ctx;
-    return dv_loader_create(out, s, &lc, err);
+        streams |= r->m->layers[i].stateful;
+    return dv_make_loader(s, &r->st, r->comm, eval ? r->eval_batch : r->local_batch, eval, streams,
+                          r->be, out, err);
 }
 
 /* Float targets from labels (mse / bce on a labelled split): the value for
@@ -205,6 +191,15 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
     r->world = dv_comm_size(c);
     r->rank = dv_comm_rank(c);
     char *err = r->err;
+    if (dv_config_find(cfg, "gan"))
+        return dv_agree(c,
+                        dv_fail(err,
+                                "%s: a GAN config: dive eval scores classifiers; look at a "
+                                "GAN's samples with dive sample CHECKPOINT -o grid.png",
+                                cfg->path),
+                        err)
+                   ? -1
+                   : 0;
     int rc = dv_settings_read(cfg, &r->st, err);
     if (!rc && r->st.batch % r->world)
         rc = dv_fail(err,
@@ -539,6 +534,7 @@ static void print_progress(const run *r, int64_t epoch, int64_t step, int64_t st
 }
 
 int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
+    if (dv_config_find(cfg, "gan")) return dv_gan_run(c, cfg, resume);
     run R, *r = &R;
     if (run_setup(r, c, cfg, 1)) {
         run_free(r);
@@ -554,35 +550,10 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
     if (!rc && r->rank == 0) dv_run_dir_clean(r->st.run_dir);
     char ckpt[1200] = "";
     if (!rc && resume) {
-        if (!strcmp(resume, "auto")) {
-            snprintf(ckpt, sizeof(ckpt), "%s/last.h5", r->st.run_dir);
-            if (access(ckpt, F_OK)) ckpt[0] = 0;
-        } else {
-            snprintf(ckpt, sizeof(ckpt), "%s", resume);
-        }
+        dv_resume_path(resume, r->st.run_dir, ckpt, sizeof(ckpt));
         if (ckpt[0]) {
-            int64_t saved_world;
             rc = dv_checkpoint_load(ckpt, m, &ts, 1, r->err);
-            saved_world = ts.world_size;
-            if (!rc && ts.global_batch != r->st.batch)
-                rc = dv_fail(r->err,
-                             "%s: trained with a global batch of %lld but the config says "
-                             "batch = %ld; a resumed run must keep the global batch (it "
-                             "may change the number of ranks)",
-                             ckpt, (long long)ts.global_batch, r->st.batch);
-            if (!rc && ts.seed != r->st.seed)
-                rc = dv_fail(r->err, "%s: written with seed %lld but the config says seed = %ld",
-                             ckpt, (long long)ts.seed, r->st.seed);
-            if (!rc && r->rank == 0) {
-                printf("resuming from %s: epoch %lld, step %lld", ckpt, (long long)ts.epoch + 1,
-                       (long long)ts.step);
-                if (saved_world != r->world)
-                    printf(" (written on %lld ranks, now %d; same global batch %ld)",
-                           (long long)saved_world, r->world, r->st.batch);
-                printf("\n");
-            }
-            ts.world_size = r->world;
-            if (r->rank) ts.loss_sum = ts.correct_sum = ts.seen = 0;
+            if (!rc) rc = dv_resume_state(c, ckpt, &r->st, &ts, r->err);
             /* stateful layers: the streams go on from the saved state (the
              * rows are re-sharded when the number of ranks changed) */
             const size_t cols = stream_cols(m);

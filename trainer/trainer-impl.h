@@ -39,12 +39,14 @@ typedef struct dv_cfg_section {
     char type[DV_NAME_LEN]; /* "data", "train", "dense", ... */
     char name[DV_NAME_LEN]; /* unique: "data", "dense_2", or the `name` key */
     int line;
+    int origin; /* a sub-config's section: index of its section in the whole config, or -1 */
     dv_cfg_kv *kv;
     int nkv, cap;
 } dv_cfg_section;
 
 typedef struct dv_config {
     char path[1024];
+    char prefix[DV_NAME_LEN]; /* a sub-config's "generator." as its messages name sections */
     dv_cfg_section *sec;
     int nsec;
 } dv_config;
@@ -68,6 +70,15 @@ int dv_cfg_missing(const dv_config *cfg, const dv_cfg_section *s, const char *ke
 char *dv_config_text(const dv_config *cfg);
 /* Fails naming file:line for the first key no one read. */
 int dv_config_check_used(const dv_config *cfg, char *err);
+/* One model of a config that holds several (a GAN): the sections
+ * [<prefix>.<type>] of cfg, except [<prefix>.train], as a config of their
+ * own — types without the prefix, named as if they stood alone — after an
+ * [input] of `shape` (ndim values). Its messages still name the file, its
+ * lines and the prefixed sections. */
+int dv_config_sub(const dv_config *cfg, const char *prefix, const int *shape, int ndim,
+                  dv_config *out, char *err);
+/* Marks as read in cfg every key that was read in its sub-config `sub`. */
+void dv_config_sub_done(dv_config *cfg, const dv_config *sub);
 
 /* Typed getters: a missing key gives `def`; a bad value fails naming
  * file:line. Reading a key marks it used. */
@@ -116,6 +127,10 @@ typedef struct dv_settings {
 } dv_settings;
 
 int dv_settings_read(dv_config *cfg, dv_settings *st, char *err);
+/* The optimizer keys of section s (optimizer, lr, momentum, beta1, beta2,
+ * eps, weight_decay, clip_norm) over the values already in st: [train]'s,
+ * or a GAN model's own [generator.train] on top of [train]. */
+int dv_settings_read_optimizer(dv_config *cfg, dv_cfg_section *s, dv_settings *st, char *err);
 /* The learning rate of optimizer step `step` (0-based): linear warm-up, then
  * the schedule (step decay every lr_step_epochs, or cosine to lr_min over
  * the run). */
@@ -247,7 +262,15 @@ struct dv_model {
     const float *stream_state;
     int stream_rows, stream_cols;
     uint64_t step_seed; /* folded per step for dropout */
+    /* When set, backward also writes the gradient of the loss with respect
+     * to the input here, (B, in_elems): a GAN's discriminator hands it to
+     * the generator. */
+    float *dinput;
 };
+
+/* Normal(0, 1) number i of the counter-based stream `seed` (Box-Muller):
+ * the same on every rank and machine. */
+float dv_randn(uint64_t seed, uint64_t i);
 
 /* Builds the model of `cfg`'s layer sections for inputs of `shape`. The
  * params are initialised from `seed`; scratch is sized for max_batch. */
@@ -295,6 +318,8 @@ int dv_layer_setup(dv_layer *l, dv_model *m, char *err);
 
 /* ---- checkpoints (checkpoint.c) ---------------------------------------- */
 
+#define DV_TRAIN_SUMS 8
+
 typedef struct dv_train_state {
     int64_t step;          /* optimizer steps taken */
     int64_t epoch;         /* current epoch (0-based) */
@@ -305,6 +330,8 @@ typedef struct dv_train_state {
     double best_val_loss;
     int64_t bad_epochs;
     double loss_sum, correct_sum, seen; /* this epoch's running train metrics */
+    int nsums;                          /* more running metrics (a GAN's): sums[0..nsums) */
+    double sums[DV_TRAIN_SUMS];
 } dv_train_state;
 
 /* Writes an atomic checkpoint: a temporary file in the same directory,
@@ -315,6 +342,15 @@ int dv_checkpoint_save(const char *path, const dv_model *m, const dv_train_state
  * every layer's shapes; fills ts if not NULL. */
 int dv_checkpoint_load(const char *path, dv_model *m, dv_train_state *ts, int with_optimizer,
                        char *err);
+/* Several models in one checkpoint, model i under the group roots[i]
+ * ("/generator"; "" is the single model's layout). The first model's
+ * streams and vocabulary are written, if it has them. */
+int dv_checkpoint_save_models(const char *path, int n, dv_model *const *models,
+                              const char *const *roots, const dv_train_state *ts,
+                              const char *config_text, char *err);
+/* dv_checkpoint_load of the model stored under `root`. */
+int dv_checkpoint_load_model(const char *path, const char *root, dv_model *m, dv_train_state *ts,
+                             int with_optimizer, char *err);
 /* The config text stored in a checkpoint (malloc'd), or NULL. */
 char *dv_checkpoint_config(const char *path, char *err);
 /* The carried stream state a checkpoint holds (/streams, rows x cols,
@@ -328,6 +364,15 @@ int dv_checkpoint_streams(const char *path, float **out, int *rows, int *cols, c
 int dv_agree(dv_comm *c, int rc, const char *err);
 /* Seconds on a monotonic clock. */
 double dv_now(void);
+/* The checkpoint --resume names: PATH, or run_dir/last.h5 for "auto"
+ * (ckpt[0] = 0 when there is none yet: a new run). */
+void dv_resume_path(const char *resume, const char *run_dir, char *ckpt, size_t len);
+/* Checks the train state loaded from ckpt against this run (the global
+ * batch and seed must stay), prints "resuming from ..." on rank 0 and makes
+ * ts this rank's: today's world size, the epoch's running sums on rank 0
+ * only. */
+int dv_resume_state(dv_comm *c, const char *ckpt, const dv_settings *st, dv_train_state *ts,
+                    char *err);
 /* SIGTERM / SIGINT set a flag that the loops read at step boundaries. */
 void dv_stop_signals_catch(void);
 /* The signal any rank received, agreed on by all (0: none). Collective
@@ -358,9 +403,19 @@ void dv_device_sync(dv_comm *c, const dv_backend *be, int device_comm, int keep)
 void dv_average_on_device(dv_comm *c, const dv_backend *be, int device_comm, float *x, size_t n);
 
 int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume);
+/* dive train of a GAN config ([gan] section; gan.c). */
+int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume);
+/* `count` samples of a GAN checkpoint's generator from the noise of `seed`
+ * as a PNG grid at `out` (dive sample CKPT -o grid.png); be is borrowed. */
+int dv_gan_sample(const char *ckpt, const char *config_text, const char *out, long count, long seed,
+                  dv_backend *be, char *err);
 int dv_eval_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *split, int json);
 int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_file,
                    const char *split, const char *x_path, const char *out, int score);
+/* A loader of `batch` rows per rank over split s with st's seed, scaling
+ * and memory budget; streams: the stateful-RNN order (DV_ORDER_STREAMS). */
+int dv_make_loader(dv_split *s, const dv_settings *st, dv_comm *c, int batch, int eval, int streams,
+                   const dv_backend *be, dv_loader **out, char *err);
 /* The CPU or CUDA backend per [train] backend (threads: 0 = cores / ranks on
  * this node). */
 int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *err);
@@ -410,6 +465,10 @@ void dv_class_score_add(dv_class_score *s, const float *probs, int count);
 void dv_class_score_result(const dv_class_score *s, double *confidence, double *class_entropy,
                            double *inception);
 void dv_class_score_free(dv_class_score *s);
+/* Class probabilities of `count` rows of a classifier's outputs (from
+ * dv_model_outputs): the outputs themselves after a softmax layer, else
+ * softmax(outputs). */
+void dv_class_probs(const dv_model *m, const float *out, float *probs, int count);
 
 /* metrics.csv (csv_path) as line charts into png_path, x = "epoch" or
  * "step" column, `width` pixels wide (dive plot). */

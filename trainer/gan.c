@@ -1,0 +1,776 @@
+/* gan.c — `dive train` of a GAN config: a generator G and a discriminator
+ * D, each from its own [generator.<layer>] / [discriminator.<layer>]
+ * sections, trained against each other over MPI ranks (docs/gan.md).
+ *
+ * One step, with G/W real images and as many noise vectors per rank:
+ *
+ *   z ~ N(0, 1) from (seed, step, global row); fake = G(z)
+ *   D: BCE-with-logits of D(real) against real_label and of D(fake) against
+ *      0 — fake detached: G gets nothing from this pass — then D's
+ *      gradients are averaged over ranks and D's optimizer steps;
+ *   G: the non-saturating loss BCE(D(fake), 1) through the updated D, whose
+ *      input gradient flows back into G; G's gradients are averaged and
+ *      G's optimizer steps. The D parameter gradients of this pass are
+ *      dropped (D's gradients are zeroed before its next step).
+ *
+ * Noise and dropout masks depend only on (seed, step, global row), so 1 rank
+ * and N ranks with the same global batch take the same steps — except
+ * through batch norm, whose statistics are per rank (as with PyTorch DDP).
+ *
+ * Every epoch rank 0 draws a grid of samples from one fixed noise batch
+ * (run_dir/samples-epoch-NNN.png). With [gan] score_classifier (a Dive
+ * classifier checkpoint) every rank scores its share of score_samples
+ * generated images, and the score of real images is printed at the start
+ * as the reference.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "trainer-impl.h"
+
+/* salts of the counter-based streams, so no two draw the same numbers */
+#define SALT_NOISE 0x6e6f697365ULL
+#define SALT_GRID  0x67726964ULL
+#define SALT_SCORE 0x73636f7265ULL
+#define SALT_G     0x47ULL
+#define SALT_D     0x44ULL
+
+/* the running sums of an epoch (dv_train_state.sums): D's loss and
+ * correct count on real images, on generated ones, and G's */
+enum { D_REAL_LOSS, D_REAL_OK, D_FAKE_LOSS, D_FAKE_OK, G_LOSS, G_FOOLED, NSUMS };
+
+typedef struct side {
+    const char *name; /* "generator" or "discriminator" */
+    dv_config cfg;    /* its own layer sections after an [input] */
+    dv_settings st;   /* [train] with [<name>.train] on top */
+    dv_model *m;
+} side;
+
+typedef struct gan {
+    dv_comm *comm;
+    dv_config *cfg;
+    dv_settings st;
+    dv_backend *be;
+    side g, d;
+    dv_split *train;
+    dv_loader *tl;
+    int world, rank, local_batch, eval_batch, device_comm;
+    long latent, grid, score_n;
+    double real_label;
+    const char *classifier; /* [gan] score_classifier */
+    dv_config ccfg;
+    dv_settings cst;
+    dv_model *cls;
+    float *stats;        /* device: NSUMS floats, summed since the last read */
+    float *d_stats;      /* D's own stats buffer (D->stats points into `stats`) */
+    float *hz;           /* host noise (eval_batch, latent) */
+    int64_t *hrow;       /* host global rows (eval_batch) */
+    float *himg, *hprob; /* host images (eval_batch, elems), classes (eval_batch, K) */
+    char *config_text;
+    char err[DV_ERR_LEN];
+} gan;
+
+/* ---- setup ------------------------------------------------------------------ */
+
+/* The model of [<name>.<layer>] for inputs of `shape`, with its optimizer
+ * settings. */
+static int side_build(gan *r, side *s, const char *name, const int *shape, int ndim, dv_loss loss,
+                      uint64_t salt, char *err) {
+    s->name = name;
+    s->st = r->st;
+    char tname[DV_NAME_LEN];
+    snprintf(tname, sizeof(tname), "%s.train", name);
+    dv_cfg_section *t = NULL;
+    for (int i = 0; i < r->cfg->nsec; i++) {
+        if (strcmp(r->cfg->sec[i].type, tname)) continue;
+        if (t)
+            return dv_fail(err, "%s:%d: a second [%s] (the first is at line %d)", r->cfg->path,
+                           r->cfg->sec[i].line, tname, t->line);
+        t = &r->cfg->sec[i];
+    }
+    if (t && dv_settings_read_optimizer(r->cfg, t, &s->st, err)) return -1;
+    if (dv_config_sub(r->cfg, name, shape, ndim, &s->cfg, err)) return -1;
+    if (s->cfg.nsec < 2)
+        return dv_fail(err, "%s: no [%s.<layer>] sections: a GAN needs the layers of both models",
+                       r->cfg->path, name);
+    int rc = dv_model_build(&s->m, &s->cfg, r->be, loss, dv_rand_hash((uint64_t)r->st.seed, salt),
+                            r->eval_batch, err);
+    dv_config_sub_done(r->cfg, &s->cfg);
+    return rc;
+}
+
+static int read_gan_section(gan *r, char *err) {
+    dv_config *cfg = r->cfg;
+    dv_cfg_section *g = dv_config_find(cfg, "gan"), *t = dv_config_find(cfg, "train");
+    if (dv_config_has(t, "loss")) {
+        char where[1200];
+        dv_cfg_where(cfg, t, "loss", where, sizeof(where));
+        return dv_fail(err,
+                       "%s: a GAN's losses are fixed (BCE with logits for the discriminator, "
+                       "the non-saturating loss for the generator): remove it",
+                       where);
+    }
+    if (dv_cfg_int(cfg, g, "latent", 100, 1, 1 << 16, &r->latent, err) ||
+        dv_cfg_int(cfg, g, "samples", 64, 1, 1024, &r->grid, err) ||
+        dv_cfg_int(cfg, g, "score_samples", 1000, 1, 1 << 24, &r->score_n, err) ||
+        dv_cfg_float(cfg, g, "real_label", 1.0, 0.5, 1.0, &r->real_label, err) ||
+        dv_cfg_str(cfg, g, "score_classifier", NULL, &r->classifier, err))
+        return -1;
+    for (int i = 0; i < cfg->nsec; i++) {
+        const char *type = cfg->sec[i].type;
+        if (strcmp(type, "data") && strcmp(type, "train") && strcmp(type, "gan") &&
+            strncmp(type, "generator.", 10) && strncmp(type, "discriminator.", 14))
+            return dv_fail(err,
+                           "%s:%d: [%s] in a GAN config: its sections are [data], [train], "
+                           "[gan], [generator.<layer>] and [discriminator.<layer>]",
+                           cfg->path, cfg->sec[i].line, type);
+    }
+    return 0;
+}
+
+/* Both models: G from noise of [gan] latent to images of the data's size,
+ * D from those images to one logit. */
+static int build_models(gan *r, char *err) {
+    const int lat = (int)r->latent;
+    if (side_build(r, &r->g, "generator", &lat, 1, DV_LOSS_MSE, SALT_G, err)) return -1;
+    const dv_layer *gl = &r->g.m->layers[r->g.m->nlayers - 1];
+    const size_t elems = dv_split_info_get(r->train)->x_elems;
+    char shape[64] = "";
+    for (int k = 0; k < gl->out_ndim; k++)
+        snprintf(shape + strlen(shape), sizeof(shape) - strlen(shape), "%s%d", k ? "," : "",
+                 gl->out_shape[k]);
+    if (gl->out_ndim != 3 || (gl->out_shape[0] != 1 && gl->out_shape[0] != 3))
+        return dv_fail(err,
+                       "%s: the generator puts out (%s): it must make images of 1 or 3 "
+                       "channels, (C,H,W) — end it with a conv or a [reshape]",
+                       r->cfg->path, shape);
+    if (gl->out_elems != elems)
+        return dv_fail(err,
+                       "%s: the generator puts out (%s) = %zu values per image but %s %s has "
+                       "%zu",
+                       r->cfg->path, shape, gl->out_elems, r->st.file, r->st.train_x, elems);
+    if (side_build(r, &r->d, "discriminator", gl->out_shape, 3, DV_LOSS_BCE, SALT_D, err))
+        return -1;
+    if (r->d.m->outputs != 1 || r->d.m->positions != 1)
+        return dv_fail(err,
+                       "%s: the discriminator must end in one output (the logit of \"real\"), "
+                       "not %d",
+                       r->cfg->path, r->d.m->outputs * r->d.m->positions);
+    r->d_stats = r->d.m->stats;
+    return 0;
+}
+
+/* [gan] score_classifier: a Dive classifier checkpoint, built from its own
+ * config on this backend. */
+static int load_classifier(gan *r, char *err) {
+    char *text = dv_checkpoint_config(r->classifier, err);
+    if (!text) return -1;
+    int rc = dv_config_load_text(&r->ccfg, r->classifier, text, err);
+    free(text);
+    if (!rc) rc = dv_settings_read(&r->ccfg, &r->cst, err);
+    if (!rc && dv_config_find(&r->ccfg, "gan"))
+        rc = dv_fail(err, "[gan] score_classifier = %s: a GAN checkpoint, not a classifier",
+                     r->classifier);
+    if (!rc) rc = dv_model_build(&r->cls, &r->ccfg, r->be, r->cst.loss, 0, r->eval_batch, err);
+    if (!rc) rc = dv_checkpoint_load(r->classifier, r->cls, NULL, 0, err);
+    if (!rc && r->st.x_scale == 0)
+        rc = dv_fail(err, "%s: [data] x_scale = 0: the score cannot map samples back to pixels",
+                     r->cfg->path);
+    if (!rc && r->cls->in_elems != r->d.m->in_elems)
+        rc = dv_fail(err,
+                     "[gan] score_classifier = %s: the classifier takes %zu values per image, "
+                     "the generator makes %zu",
+                     r->classifier, r->cls->in_elems, r->d.m->in_elems);
+    if (!rc && (r->cls->outputs < 2 || r->cls->positions != 1))
+        rc = dv_fail(err,
+                     "[gan] score_classifier = %s: not a classifier (it puts out %d values, "
+                     "not one probability per class)",
+                     r->classifier, r->cls->outputs * r->cls->positions);
+    return rc;
+}
+
+static void gan_free(gan *r) {
+    dv_loader_free(r->tl);
+    dv_split_free(r->train);
+    if (r->d.m) r->d.m->stats = r->d_stats;
+    dv_model_free(r->g.m);
+    dv_model_free(r->d.m);
+    dv_model_free(r->cls);
+    dv_config_free(&r->g.cfg);
+    dv_config_free(&r->d.cfg);
+    dv_config_free(&r->ccfg);
+    if (r->be) {
+        r->be->free(r->be->ctx, r->stats);
+        dv_backend_free(r->be);
+    }
+    free(r->hz);
+    free(r->hrow);
+    free(r->himg);
+    free(r->hprob);
+    free(r->config_text);
+}
+
+static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
+    memset(r, 0, sizeof(*r));
+    r->comm = c;
+    r->cfg = cfg;
+    r->world = dv_comm_size(c);
+    r->rank = dv_comm_rank(c);
+    char *err = r->err;
+    int rc = read_gan_section(r, err);
+    if (!rc) rc = dv_settings_read(cfg, &r->st, err);
+    if (!rc && r->st.patience)
+        rc = dv_fail(err,
+                     "%s: [train] patience: a GAN has no validation loss to stop on; remove "
+                     "it",
+                     cfg->path);
+    if (!rc && r->st.batch % r->world)
+        rc = dv_fail(err,
+                     "%s: [train] batch = %ld does not divide across %d ranks (each rank "
+                     "takes batch / ranks samples); use a multiple of %d",
+                     cfg->path, r->st.batch, r->world, r->world);
+    if (dv_agree(c, rc, err)) return -1;
+    r->local_batch = (int)(r->st.batch / r->world);
+    r->eval_batch = r->local_batch > 256 ? r->local_batch : 256;
+    rc = dv_backend_open(c, &r->st, &r->be, err);
+    /* the images alone: a GAN reads no labels */
+    if (!rc) rc = dv_split_open(&r->train, r->st.file, r->st.train_x, NULL, err) ? -1 : 0;
+    if (!rc && dv_split_info_get(r->train)->n < r->st.batch)
+        rc = dv_fail(err, "%s: %s has %lld images, fewer than one global batch of %ld", r->st.file,
+                     r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->st.batch);
+    if (!rc) rc = build_models(r, err);
+    if (!rc) rc = dv_config_check_used(cfg, err);
+    if (!rc && r->classifier) rc = load_classifier(r, err);
+    if (dv_agree(c, rc, err)) return -1;
+    rc = dv_make_loader(r->train, &r->st, c, r->local_batch, 0, 0, r->be, &r->tl, err);
+    const size_t B = (size_t)r->eval_batch;
+    const int K = r->cls ? r->cls->outputs : 1;
+    r->hz = malloc(B * (size_t)r->latent * sizeof(float));
+    r->hrow = malloc(B * sizeof(int64_t));
+    r->himg =
+        malloc(B * (r->d.m->in_elems > (size_t)K ? r->d.m->in_elems : (size_t)K) * sizeof(float));
+    r->hprob = malloc(B * (size_t)K * sizeof(float));
+    r->config_text = dv_config_text(cfg);
+    r->stats = r->be->alloc(r->be->ctx, NSUMS * sizeof(float));
+    if (!rc && (!r->hz || !r->hrow || !r->himg || !r->hprob || !r->config_text || !r->stats))
+        rc = dv_fail(err, "out of memory");
+    if (!rc) r->be->fill(r->be->ctx, r->stats, 0.0f, NSUMS);
+    if (!rc && r->be->stream) {
+        /* gradients live on the GPU: NCCL, or MPI through host memory */
+        int ndev = dv_backend_cuda_device_count();
+        size_t most = 1;
+        const dv_model *ms[] = {r->g.m, r->d.m};
+        for (int i = 0; i < 2; i++) {
+            most = ms[i]->nparams > most ? ms[i]->nparams : most;
+            most = ms[i]->nbuffers > most ? ms[i]->nbuffers : most;
+        }
+        rc = dv_comm_device_init(c, dv_comm_select_device(c, ndev), ndev,
+                                 (dv_comm_device_mode)r->st.comm, most, err);
+        r->device_comm = !rc;
+    } else if (!rc && r->st.comm == DV_COMM_DEVICE_NCCL) {
+        rc = dv_fail(err, "%s: [train] comm = nccl needs the CUDA backend (this run uses %s)",
+                     cfg->path, r->be->name);
+    }
+    return dv_agree(c, rc, err) ? -1 : 0;
+}
+
+/* ---- generating ------------------------------------------------------------- */
+
+/* Noise rows r->hrow[0..n) of the stream `seed` into G's input: row j is
+ * the same vector on every rank and machine. */
+static void noise_to_g(gan *r, uint64_t seed, int n) {
+    const size_t L = (size_t)r->latent;
+    for (int k = 0; k < n; k++)
+        for (size_t i = 0; i < L; i++)
+            r->hz[(size_t)k * L + i] = dv_randn(seed, (uint64_t)r->hrow[k] * L + i);
+    r->be->to_device(r->be->ctx, r->g.m->input, r->hz, (size_t)n * L * sizeof(float));
+}
+
+/* G's images for noise rows r->hrow[0..n) of `seed` (eval mode) into
+ * r->himg. */
+static void generate(gan *r, uint64_t seed, int n) {
+    dv_model *G = r->g.m;
+    noise_to_g(r, seed, n);
+    dv_model_forward(G, n, 0);
+    r->be->to_host(r->be->ctx, r->himg, G->acts[G->nlayers - 1],
+                   (size_t)n * G->layers[G->nlayers - 1].out_elems * sizeof(float));
+}
+
+/* `count` images from the noise stream of `seed` (rows 0..count-1; eval
+ * mode), tiled into a PNG at `path`. Values map to grey levels by G's
+ * output activation: tanh from [-1, 1], sigmoid from [0, 1], else the
+ * samples' own range. The training grid and `dive sample` of the same seed
+ * draw the same images. */
+static int write_samples(gan *r, uint64_t seed, long count, const char *path, char *err) {
+    const dv_layer *gl = &r->g.m->layers[r->g.m->nlayers - 1];
+    const size_t elems = gl->out_elems;
+    float *all = malloc((size_t)count * elems * sizeof(float));
+    if (!all) return dv_fail(err, "out of memory");
+    const uint64_t nseed = dv_rand_hash(seed ^ SALT_GRID, 0);
+    for (long first = 0; first < count; first += r->eval_batch) {
+        int n = (int)(count - first < r->eval_batch ? count - first : r->eval_batch);
+        for (int k = 0; k < n; k++)
+            r->hrow[k] = first + k;
+        generate(r, nseed, n);
+        memcpy(all + (size_t)first * elems, r->himg, (size_t)n * elems * sizeof(float));
+    }
+    float lo = -1, hi = 1;
+    if (gl->act == DV_ACT_SIGMOID) {
+        lo = 0;
+    } else if (gl->act != DV_ACT_TANH) {
+        lo = hi = all[0];
+        for (size_t i = 1; i < (size_t)count * elems; i++) {
+            lo = all[i] < lo ? all[i] : lo;
+            hi = all[i] > hi ? all[i] : hi;
+        }
+        if (hi <= lo) hi = lo + 1;
+    }
+    int rc = r->be->check(r->be->ctx, err, DV_ERR_LEN);
+    if (!rc)
+        rc = dv_image_grid_png(path, all, (int)count, gl->out_shape[0], gl->out_shape[1],
+                               gl->out_shape[2], lo, hi, 0, err);
+    free(all);
+    return rc;
+}
+
+/* The classifier's verdict on n images — generated from the score noise
+ * (split NULL) or the first n of `split` — each rank taking rows rank,
+ * rank + W, ...; summed over ranks. out: confidence, class entropy, score.
+ * Collective. */
+static int score(gan *r, dv_split *split, int64_t n, double out[3]) {
+    dv_model *cls = r->cls;
+    const dv_backend *be = r->be;
+    const int K = cls->outputs;
+    const size_t elems = cls->in_elems;
+    /* generator space -> the data's raw values -> the classifier's input */
+    const double a = r->cst.x_scale / r->st.x_scale,
+                 b = r->cst.x_shift - r->st.x_shift * r->cst.x_scale / r->st.x_scale;
+    const uint64_t seed = dv_rand_hash((uint64_t)r->st.seed ^ SALT_SCORE, 0);
+    dv_class_score sc;
+    int rc = dv_class_score_init(&sc, K) ? dv_fail(r->err, "out of memory") : 0;
+    int64_t j = r->rank;
+    while (!rc && j < n) {
+        int count = 0;
+        for (; count < r->eval_batch && j < n; j += r->world)
+            r->hrow[count++] = j;
+        if (split) {
+            rc = dv_split_read(split, r->hrow, count, (float)r->st.x_scale, r->himg, NULL, NULL,
+                               r->err)
+                     ? -1
+                     : 0;
+            for (size_t i = 0; i < (size_t)count * elems; i++)
+                r->himg[i] += (float)r->st.x_shift;
+        } else {
+            generate(r, seed, count);
+        }
+        for (size_t i = 0; i < (size_t)count * elems; i++)
+            r->himg[i] = (float)(a * r->himg[i] + b);
+        be->to_device(be->ctx, cls->input, r->himg, (size_t)count * elems * sizeof(float));
+        dv_model_forward(cls, count, 0);
+        be->to_host(be->ctx, r->himg, dv_model_outputs(cls, count),
+                    (size_t)count * (size_t)K * sizeof(float));
+        dv_class_probs(cls, r->himg, r->hprob, count);
+        dv_class_score_add(&sc, r->hprob, count);
+    }
+    if (dv_agree(r->comm, rc, r->err)) {
+        dv_class_score_free(&sc);
+        return -1;
+    }
+    /* the sums of every rank: n, confidences, sum p log p, histogram, mean p */
+    const int len = 3 + 2 * K;
+    double *v = malloc((size_t)len * sizeof(double));
+    if (!v) dv_comm_abort(r->comm, 1, "out of memory");
+    v[0] = (double)sc.n, v[1] = sc.sum_conf, v[2] = sc.sum_neg_h;
+    memcpy(v + 3, sc.hist, (size_t)K * sizeof(double));
+    memcpy(v + 3 + K, sc.sum_p, (size_t)K * sizeof(double));
+    if (dv_comm_allreduce_double(r->comm, v, len, DV_REDUCE_SUM, r->err))
+        dv_comm_abort(r->comm, 1, r->err);
+    sc.n = (int64_t)v[0], sc.sum_conf = v[1], sc.sum_neg_h = v[2];
+    memcpy(sc.hist, v + 3, (size_t)K * sizeof(double));
+    memcpy(sc.sum_p, v + 3 + K, (size_t)K * sizeof(double));
+    free(v);
+    dv_class_score_result(&sc, &out[0], &out[1], &out[2]);
+    dv_class_score_free(&sc);
+    return 0;
+}
+
+/* The reference: the classifier's score of real images ([data] val, else
+ * the training images), printed by rank 0. */
+static int score_real(gan *r, double out[3]) {
+    const char *x = r->st.has_val ? r->st.val_x : r->st.train_x;
+    dv_split *s = NULL;
+    int rc = dv_split_open(&s, r->st.file, x, NULL, r->err) ? -1 : 0;
+    if (!rc && dv_split_info_get(s)->x_elems != r->cls->in_elems)
+        rc = dv_fail(r->err, "%s: %s has %zu values per image, the generator makes %zu", r->st.file,
+                     x, dv_split_info_get(s)->x_elems, r->cls->in_elems);
+    if (dv_agree(r->comm, rc, r->err)) {
+        dv_split_free(s);
+        return -1;
+    }
+    int64_t n = dv_split_info_get(s)->n < r->score_n ? dv_split_info_get(s)->n : r->score_n;
+    rc = score(r, s, n, out);
+    dv_split_free(s);
+    if (!rc && r->rank == 0)
+        printf("score of %lld real images (%s %s) by %s: %.3f (confidence %.4f, class "
+               "entropy %.4f)\n",
+               (long long)n, r->st.file, x, r->classifier, out[2], out[0], out[1]);
+    return rc;
+}
+
+/* ---- training --------------------------------------------------------------- */
+
+/* Averages a model's gradients over ranks, clips them and takes its
+ * optimizer step. */
+static void side_update(gan *r, side *s, int64_t step, int64_t steps) {
+    dv_model *m = s->m;
+    const dv_backend *be = r->be;
+    if (r->world > 1) dv_average_on_device(r->comm, be, r->device_comm, m->grads, m->nparams);
+    if (s->st.clip_norm > 0) {
+        dv_device_sync(r->comm, be, r->device_comm, 0);
+        dv_clip_grad_norm(be, m->grads, m->nparams, s->st.clip_norm);
+    }
+    dv_opt_params op = {.kind = s->st.optimizer,
+                        .lr = (float)dv_lr_at(&s->st, step, steps),
+                        .momentum = (float)s->st.momentum,
+                        .beta1 = (float)s->st.beta1,
+                        .beta2 = (float)s->st.beta2,
+                        .eps = (float)s->st.eps,
+                        .weight_decay = (float)s->st.weight_decay,
+                        .step = (long)step + 1};
+    be->opt_step(be->ctx, &op, m->params, m->grads, m->state1, m->state2, m->nparams);
+}
+
+/* One pass of D over its input against `target`, adding its (loss,
+ * correct) to stats[at], gradients into D's (and, with dinput, the input's
+ * into G's output gradient). */
+static void d_pass(gan *r, float target, int at, uint64_t pass_seed, int L, float *dinput) {
+    dv_model *D = r->d.m;
+    r->be->fill(r->be->ctx, D->targets, target, (size_t)L);
+    D->stats = r->stats + at;
+    D->step_seed = pass_seed;
+    D->dinput = dinput;
+    dv_model_forward(D, L, 1);
+    dv_model_loss(D, L, 1.0f / (float)L);
+    dv_model_backward(D, L, NULL, NULL);
+    D->dinput = NULL;
+}
+
+static void gan_step(gan *r, const dv_batch *b, int64_t step, int64_t steps) {
+    dv_model *G = r->g.m, *D = r->d.m;
+    const dv_backend *be = r->be;
+    const int L = b->count;
+    const uint64_t seed = (uint64_t)r->st.seed;
+    /* fake = G(z), z the global rows rank*L .. rank*L + L-1 of this step */
+    for (int k = 0; k < L; k++)
+        r->hrow[k] = (int64_t)r->rank * L + k;
+    noise_to_g(r, dv_rand_hash(seed ^ SALT_NOISE, (uint64_t)step), L);
+    G->step_seed = dv_rand_hash(seed ^ SALT_G, (uint64_t)step);
+    dv_model_forward(G, L, 1);
+    const float *fake = G->acts[G->nlayers - 1];
+    const size_t in_bytes = (size_t)L * D->in_elems * sizeof(float);
+
+    /* D on the real batch, then on the detached fakes */
+    be->fill(be->ctx, D->grads, 0.0f, D->nparams);
+    void *dst[2] = {D->input, D->row_id};
+    const void *src[2] = {b->x, b->global_pos};
+    size_t bytes[2] = {in_bytes, (size_t)L * sizeof(int64_t)};
+    be->upload(be->ctx, 2, dst, src, bytes);
+    d_pass(r, (float)r->real_label, D_REAL_LOSS, dv_rand_hash(seed ^ SALT_D, 3 * (uint64_t)step), L,
+           NULL);
+    be->copy(be->ctx, D->input, fake, in_bytes);
+    be->to_device(be->ctx, D->row_id, r->hrow, (size_t)L * sizeof(int64_t));
+    d_pass(r, 0.0f, D_FAKE_LOSS, dv_rand_hash(seed ^ SALT_D, 3 * (uint64_t)step + 1), L, NULL);
+    side_update(r, &r->d, step, steps);
+
+    /* G through the updated D: its gradient at D's input is G's output
+     * gradient */
+    be->fill(be->ctx, G->grads, 0.0f, G->nparams);
+    d_pass(r, 1.0f, G_LOSS, dv_rand_hash(seed ^ SALT_D, 3 * (uint64_t)step + 2), L, G->dbuf[0]);
+    dv_model_backward(G, L, NULL, NULL);
+    side_update(r, &r->g, step, steps);
+    dv_device_sync(r->comm, be, r->device_comm, 1); /* the host runs at most one step ahead */
+}
+
+/* Adds the device sums since the last read to ts (this rank's). */
+static void sums_read(gan *r, dv_train_state *ts) {
+    float h[NSUMS];
+    dv_device_sync(r->comm, r->be, r->device_comm, 0);
+    r->be->to_host(r->be->ctx, h, r->stats, sizeof(h));
+    r->be->fill(r->be->ctx, r->stats, 0.0f, NSUMS);
+    for (int i = 0; i < NSUMS; i++) {
+        if (!isfinite(h[i])) {
+            char msg[256];
+            snprintf(msg, sizeof(msg),
+                     "the GAN's losses became %f by step %lld; lower lr or set clip_norm", h[i],
+                     (long long)ts->step);
+            dv_comm_abort(r->comm, 1, msg);
+        }
+        ts->sums[i] += h[i];
+    }
+}
+
+/* ts with the epoch's running sums of every rank (collective). */
+static void sums_global(gan *r, const dv_train_state *ts, dv_train_state *out) {
+    *out = *ts;
+    double v[NSUMS + 1];
+    memcpy(v, ts->sums, NSUMS * sizeof(double));
+    v[NSUMS] = ts->seen;
+    if (dv_comm_allreduce_double(r->comm, v, NSUMS + 1, DV_REDUCE_SUM, r->err))
+        dv_comm_abort(r->comm, 1, r->err);
+    memcpy(out->sums, v, NSUMS * sizeof(double));
+    out->seen = v[NSUMS];
+}
+
+/* Rank 0 writes both models and optimizers, and links last.h5 (and
+ * best.h5) to it; every rank learns whether it worked. Collective. */
+static int gan_save(gan *r, const dv_train_state *ts, int best) {
+    int rc = 0;
+    if (r->rank == 0) {
+        static const char *const roots[] = {"/generator", "/discriminator"};
+        dv_model *const models[] = {r->g.m, r->d.m};
+        char path[1200];
+        dv_checkpoint_path(r->st.run_dir, r->st.keep, ts->step, path, sizeof(path));
+        rc = dv_checkpoint_save_models(path, 2, models, roots, ts, r->config_text, r->err);
+        if (!rc) rc = dv_checkpoint_publish(r->st.run_dir, path, r->st.keep, best, r->err);
+    }
+    return dv_agree(r->comm, rc, r->err) ? -1 : 0;
+}
+
+static int gan_resume(gan *r, const char *ckpt, dv_train_state *ts) {
+    int rc = dv_checkpoint_load_model(ckpt, "/generator", r->g.m, ts, 1, r->err);
+    if (!rc) rc = dv_checkpoint_load_model(ckpt, "/discriminator", r->d.m, NULL, 1, r->err);
+    if (!rc && ts->nsums != NSUMS)
+        rc = dv_fail(r->err, "%s: not a GAN checkpoint of this Dive (no GAN metrics in /train)",
+                     ckpt);
+    if (!rc) rc = dv_resume_state(r->comm, ckpt, &r->st, ts, r->err);
+    return rc;
+}
+
+static FILE *open_metrics(gan *r, int resumed) {
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/metrics.csv", r->st.run_dir);
+    int fresh = access(path, F_OK) != 0 || !resumed;
+    FILE *f = fopen(path, fresh ? "w" : "a");
+    if (f && fresh) {
+        fprintf(f,
+                "epoch,step,lr,d_loss,g_loss,d_real_acc,d_fake_acc,samples_per_s,epoch_time_"
+                "s%s\n",
+                r->cls ? ",score,confidence,class_entropy" : "");
+        fflush(f);
+    }
+    return f;
+}
+
+int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
+    gan R, *r = &R;
+    if (gan_setup(r, c, cfg)) {
+        gan_free(r);
+        return 1;
+    }
+    dv_train_state ts = {.world_size = r->world,
+                         .global_batch = r->st.batch,
+                         .seed = r->st.seed,
+                         .best_val_loss = INFINITY,
+                         .nsums = NSUMS};
+    int rc = dv_run_dir_make(r->st.run_dir, r->err);
+    if (!rc && r->rank == 0) dv_run_dir_clean(r->st.run_dir);
+    char ckpt[1200] = "";
+    if (!rc && resume) {
+        dv_resume_path(resume, r->st.run_dir, ckpt, sizeof(ckpt));
+        if (ckpt[0])
+            rc = gan_resume(r, ckpt, &ts);
+        else if (r->rank == 0)
+            printf("no checkpoint in %s yet: starting a new run\n", r->st.run_dir);
+    }
+    if (dv_agree(c, rc, r->err)) {
+        gan_free(r);
+        return 1;
+    }
+    int64_t steps = dv_loader_steps(r->tl);
+    double real[3] = {0, 0, 0};
+    if (r->rank == 0) {
+        printf("generator ");
+        dv_model_print(r->g.m, stdout);
+        printf("discriminator ");
+        dv_model_print(r->d.m, stdout);
+        printf("data: %s %s: %lld images; %d rank%s x %d = global batch %ld; %lld steps/epoch; "
+               "%s; backend %s\n",
+               r->st.file, r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->world,
+               r->world > 1 ? "s" : "", r->local_batch, r->st.batch, (long long)steps,
+               dv_loader_in_memory(r->tl) ? "in memory" : "streaming", r->be->name);
+        fflush(stdout);
+    }
+    if (r->cls && score_real(r, real)) {
+        gan_free(r);
+        return 1;
+    }
+    FILE *metrics = r->rank == 0 ? open_metrics(r, ckpt[0] != 0) : NULL;
+    int64_t log_every = r->st.log_every ? r->st.log_every : (steps >= 10 ? steps / 10 : 1);
+    int stop = 0, stop_signal = 0;
+    dv_stop_signals_catch();
+    for (int64_t epoch = ts.epoch; epoch < r->st.epochs && !stop; epoch++) {
+        double t0 = dv_now(), t_train = 0;
+        int64_t first = epoch == ts.epoch ? ts.step_in_epoch : 0, done = 0;
+        if (dv_loader_start(r->tl, epoch, first, r->err)) dv_comm_abort(c, 1, r->err);
+        for (int64_t s = first; s < steps; s++) {
+            double ts0 = dv_now();
+            dv_batch b;
+            if (dv_loader_next(r->tl, &b, r->err)) dv_comm_abort(c, 1, r->err);
+            gan_step(r, &b, ts.step, steps);
+            ts.seen += b.count;
+            ts.step++;
+            ts.step_in_epoch = s + 1;
+            done++;
+            t_train += dv_now() - ts0;
+            if ((s + 1) % log_every == 0 && s + 1 < steps) {
+                sums_read(r, &ts);
+                if (r->rank == 0) {
+                    double rate = (double)done * (double)r->st.batch / t_train;
+                    double eta = (double)(steps - s - 1) * (t_train / (double)done);
+                    printf("epoch %lld/%ld  step %lld/%lld  d_loss %.4f  g_loss %.4f  %.0f "
+                           "samples/s  ETA %d:%02d\n",
+                           (long long)epoch + 1, r->st.epochs, (long long)s + 1, (long long)steps,
+                           (ts.sums[D_REAL_LOSS] + ts.sums[D_FAKE_LOSS]) / ts.seen,
+                           ts.sums[G_LOSS] / ts.seen, rate, (int)(eta / 60), (int)eta % 60);
+                    fflush(stdout);
+                }
+            }
+            if (r->st.max_steps && ts.step >= r->st.max_steps) {
+                stop = 1;
+                break;
+            }
+            if ((stop_signal = dv_stop_signal_agreed(c, ts.step, 8))) {
+                stop = 1;
+                break;
+            }
+            if (r->st.checkpoint_every && ts.step % r->st.checkpoint_every == 0 && s + 1 < steps) {
+                dv_train_state g;
+                sums_read(r, &ts);
+                sums_global(r, &ts, &g);
+                if (gan_save(r, &g, 0)) {
+                    gan_free(r);
+                    return 1;
+                }
+            }
+        }
+        sums_read(r, &ts);
+        dv_train_state g;
+        sums_global(r, &ts, &g);
+        const double *v = g.sums, n = g.seen > 0 ? g.seen : 1;
+        double rate = done ? (double)done * (double)r->st.batch / t_train : 0;
+        if (ts.step_in_epoch < steps) {
+            /* stopped inside the epoch: save where we are */
+            if (r->rank == 0)
+                printf("stopped at step %lld (%s), epoch %lld at %lld/%lld | d_loss %.4f g_loss "
+                       "%.4f | train %.0f samples/s\n",
+                       (long long)ts.step, stop_signal ? strsignal(stop_signal) : "max_steps",
+                       (long long)epoch + 1, (long long)ts.step_in_epoch, (long long)steps,
+                       (v[D_REAL_LOSS] + v[D_FAKE_LOSS]) / n, v[G_LOSS] / n, rate);
+            if (gan_save(r, &g, 0)) {
+                gan_free(r);
+                return 1;
+            }
+            break;
+        }
+        /* batch norm's running statistics: the average over ranks */
+        dv_model *ms[] = {r->g.m, r->d.m};
+        for (int i = 0; i < 2; i++)
+            if (ms[i]->nbuffers && r->world > 1)
+                dv_average_on_device(c, r->be, r->device_comm, ms[i]->buffers, ms[i]->nbuffers);
+        if (r->rank == 0) {
+            char path[1200];
+            snprintf(path, sizeof(path), "%s/samples-epoch-%03lld.png", r->st.run_dir,
+                     (long long)epoch + 1);
+            rc = write_samples(r, (uint64_t)r->st.seed, r->grid, path, r->err);
+        }
+        if (dv_agree(c, rc, r->err)) {
+            gan_free(r);
+            return 1;
+        }
+        double sc[3] = {NAN, NAN, NAN};
+        if (r->cls && score(r, NULL, r->score_n, sc)) {
+            gan_free(r);
+            return 1;
+        }
+        ts.epoch = epoch + 1;
+        ts.step_in_epoch = 0;
+        ts.seen = 0;
+        memset(ts.sums, 0, sizeof(ts.sums));
+        int improved = r->cls && -sc[2] < ts.best_val_loss; /* best: the highest score */
+        if (improved) ts.best_val_loss = -sc[2];
+        double secs = dv_now() - t0;
+        if (r->rank == 0) {
+            double lr = dv_lr_at(&r->g.st, ts.step - 1, steps);
+            printf("epoch %lld/%ld | d_loss %.4f g_loss %.4f | D right on real %.3f, on fake "
+                   "%.3f",
+                   (long long)epoch + 1, r->st.epochs, (v[D_REAL_LOSS] + v[D_FAKE_LOSS]) / n,
+                   v[G_LOSS] / n, v[D_REAL_OK] / n, v[D_FAKE_OK] / n);
+            if (r->cls)
+                printf(" | score %.3f (real %.3f: %.0f%%) confidence %.3f entropy %.3f", sc[2],
+                       real[2], 100.0 * sc[2] / real[2], sc[0], sc[1]);
+            printf(" | %.0f samples/s | %.1f s%s\n", rate, secs, improved ? " | best" : "");
+            fflush(stdout);
+            if (metrics) {
+                fprintf(metrics, "%lld,%lld,%g,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f", (long long)epoch + 1,
+                        (long long)ts.step, lr, (v[D_REAL_LOSS] + v[D_FAKE_LOSS]) / n,
+                        v[G_LOSS] / n, v[D_REAL_OK] / n, v[D_FAKE_OK] / n, rate, secs);
+                if (r->cls) fprintf(metrics, ",%.4f,%.4f,%.4f", sc[2], sc[0], sc[1]);
+                fprintf(metrics, "\n");
+                fflush(metrics);
+            }
+        }
+        if (gan_save(r, &ts, improved)) {
+            gan_free(r);
+            return 1;
+        }
+    }
+    if (stop_signal && r->rank == 0)
+        printf("interrupted by %s: the checkpoint of step %lld is in %s/last.h5; continue "
+               "with --resume auto\n",
+               strsignal(stop_signal), (long long)ts.step, r->st.run_dir);
+    if (r->rank == 0) {
+        char best[1200];
+        snprintf(best, sizeof(best), "%s/best.h5", r->st.run_dir);
+        printf("done: %lld steps; checkpoints in %s (last.h5%s), samples-epoch-*.png\n",
+               (long long)ts.step, r->st.run_dir, access(best, F_OK) ? "" : ", best.h5 by score");
+        if (metrics) fclose(metrics);
+    }
+    gan_free(r);
+    return stop_signal ? 128 + stop_signal : 0;
+}
+
+/* ---- dive sample of a GAN checkpoint ------------------------------------------ */
+
+int dv_gan_sample(const char *ckpt, const char *config_text, const char *out, long count, long seed,
+                  dv_backend *be, char *err) {
+    dv_config cfg = {0};
+    gan R = {0}, *r = &R;
+    r->cfg = &cfg;
+    r->eval_batch = 256;
+    int rc = dv_config_load_text(&cfg, ckpt, config_text, err);
+    if (!rc)
+        rc = dv_cfg_int(&cfg, dv_config_find(&cfg, "gan"), "latent", 100, 1, 1 << 16, &r->latent,
+                        err);
+    const int lat = (int)r->latent;
+    if (!rc) rc = dv_config_sub(&cfg, "generator", &lat, 1, &r->g.cfg, err);
+    if (!rc) rc = dv_model_build(&r->g.m, &r->g.cfg, be, DV_LOSS_MSE, 0, r->eval_batch, err);
+    if (!rc) rc = dv_checkpoint_load_model(ckpt, "/generator", r->g.m, NULL, 0, err);
+    const dv_layer *gl = rc ? NULL : &r->g.m->layers[r->g.m->nlayers - 1];
+    if (!rc && (gl->out_ndim != 3 || (gl->out_shape[0] != 1 && gl->out_shape[0] != 3)))
+        rc = dv_fail(err, "%s: the generator does not make images of 1 or 3 channels", ckpt);
+    if (!rc) {
+        r->hz = malloc((size_t)r->eval_batch * (size_t)r->latent * sizeof(float));
+        r->hrow = malloc((size_t)r->eval_batch * sizeof(int64_t));
+        r->himg = malloc((size_t)r->eval_batch * gl->out_elems * sizeof(float));
+        if (!r->hz || !r->hrow || !r->himg) rc = dv_fail(err, "out of memory");
+    }
+    r->be = be;
+    if (!rc) rc = write_samples(r, (uint64_t)seed, count, out, err);
+    if (!rc) printf("wrote %ld samples of %s to %s\n", count, ckpt, out);
+    r->be = NULL; /* borrowed */
+    gan_free(r);
+    dv_config_free(&cfg);
+    return rc;
+}
