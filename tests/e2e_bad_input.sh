@@ -250,6 +250,57 @@ expect_fail "import csv of a missing file" "$WORK/nothere.csv: cannot open"
 e2e_run "$D" import parquet x -o x.h5
 expect_fail "import of an unknown format exits 2" --status 2 "unknown format 'parquet'"
 
+echo "== GAN configs"
+write_gan_cfg gan.cfg "$WORK/data.h5" "$WORK/gan" 1
+awk '{ print } /^seed = / { print "loss = bce" }' gan.cfg >gan_loss.cfg
+l=$(line_of gan_loss.cfg '^loss')
+e2e_run "$D" train gan_loss.cfg
+expect_fail "a GAN with [train] loss" "gan_loss.cfg:$l:" "a GAN's losses are fixed"
+
+awk '/^units = 4$/ { print "units = 9"; next } /^shape = 1,2,2/ { print "shape = 1,3,3"; next } { print }' \
+    gan.cfg >gan_size.cfg
+e2e_run "$D" train gan_size.cfg
+expect_fail "a generator of the wrong image size" "the generator puts out (1,3,3) = 9 values" \
+    "/train/x has 4"
+
+awk '/^\[generator.reshape\]/ { skip = 1; next } skip && /^shape/ { skip = 0; next } { print }' \
+    gan.cfg >gan_flat.cfg
+e2e_run "$D" train gan_flat.cfg
+expect_fail "a generator that makes vectors, not images" "the generator puts out (4)" \
+    "(C,H,W)"
+
+awk '{ print } END { print "\n[discriminator.dense]\nunits = 2" }' gan.cfg >gan_d2.cfg
+e2e_run "$D" train gan_d2.cfg
+expect_fail "a discriminator of two outputs" "the discriminator must end in one output"
+
+awk '!/^\[discriminator/ && !/^filters|^size|^pad|^alpha/ { print }' gan.cfg |
+    awk '/^units = 1$/ { next } { print }' >gan_nod.cfg
+e2e_run "$D" train gan_nod.cfg
+expect_fail "a GAN without discriminator layers" "no [discriminator.<layer>] sections"
+
+{ cat gan.cfg; printf '\n[generator.input]\nshape = 4\n'; } >gan_input.cfg
+l=$(line_of gan_input.cfg '^\[generator.input\]')
+e2e_run "$D" train gan_input.cfg
+expect_fail "[generator.input] in a GAN" "gan_input.cfg:$l:" "take their inputs from [gan]"
+
+e2e_run "$D" train gan.cfg --set generator.dense_1.units=abc
+expect_fail "--set of a prefixed layer names it" "--set generator.dense_1.units = abc" \
+    "not an integer"
+
+e2e_run "$D" train gan.cfg --set generator.dense_1.unit=3
+expect_fail "--set of an unknown key in a prefixed layer" "unknown key 'unit'"
+
+e2e_run "$D" train gan.cfg
+expect_ok "a good GAN run"
+e2e_run "$D" sample gan/last.h5
+expect_fail "dive sample of a GAN without -o" "a GAN checkpoint" "-o GRID.png"
+e2e_run "$D" sample good/last.h5 -o x.png
+expect_fail "dive sample -o of a classifier" "-o: " "not a GAN checkpoint"
+e2e_run "$D" eval gan.cfg --checkpoint gan/last.h5
+expect_fail "dive eval of a GAN config" "a GAN config"
+e2e_run "$D" eval base.cfg --checkpoint gan/last.h5
+expect_fail "a GAN checkpoint given to a classifier's config" "a GAN checkpoint"
+
 echo "== the good run is still good"
 SNAPSHOT_DIR=""
 check "good/ is byte-for-byte what the good run wrote" test -z "$(SNAPSHOT_DIR=$WORK/good snapshot_diff)"

@@ -164,4 +164,28 @@ check "resumed GPU run predicts like the uninterrupted one (within 1e-4)" \
     bash -c "$(declare -f preds max_diff close); preds cnn.cfg cnn_gpu/last.h5 u.csv cuda &&
              preds cnn.cfg cnn_split/last.h5 s.csv cuda && close u.csv s.csv 1e-4"
 
+
+echo "== a GAN on both backends (the points read as 1x2x2 images)"
+write_gan_cfg gan.cfg data.h5 gan_cpu 2
+# epoch_col RUN_DIR COL: column COL of the first epoch's row of metrics.csv
+epoch_col() { sed -n 2p "$1/metrics.csv" | cut -d, -f"$2"; }
+# near A B TOL: |A - B| <= TOL * |A|
+near() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; m = a < 0 ? -a : a; exit !(d <= t * m) }'; }
+e2e_run "$DIVE_BIN" train gan.cfg --set train.backend=cpu
+expect_ok "GAN on the CPU"
+e2e_run "$DIVE_BIN" train gan.cfg --set train.backend=cuda --set train.run_dir=gan_gpu
+expect_ok "GAN on the GPU"
+for col in 4 5; do
+    c=$(epoch_col gan_cpu $col) g=$(epoch_col gan_gpu $col)
+    check "GAN: epoch 1 loss (column $col) CPU $c and GPU $g within 1%" near "$c" "$g" 0.01
+done
+check "the GPU run wrote its sample grids" test -s gan_gpu/samples-epoch-002.png
+e2e_run "$DIVE_BIN" sample gan_gpu/last.h5 -o gpu_grid.png --count 16 --backend cuda
+expect_ok "dive sample of the GPU GAN on the GPU"
+check "it draws the run's last grid" cmp -s gpu_grid.png gan_gpu/samples-epoch-002.png
+e2e_mpi 2 "$DIVE_BIN" train gan.cfg --set train.backend=cuda --set train.run_dir=gan_gpu2
+expect_ok "GAN, 2 ranks on one GPU"
+c=$(epoch_col gan_gpu 4) g=$(epoch_col gan_gpu2 4)
+check "GAN: 2 ranks on the GPU follow 1 (d_loss $c vs $g within 1%)" near "$c" "$g" 0.01
+
 e2e_summary

@@ -283,6 +283,52 @@ make_data() {
     fi
 }
 
+# write_gan_cfg OUT.cfg DATA.h5 RUN_DIR [EPOCHS]: a small GAN on the test
+# points read as 1x2x2 images (G: 4 noise values -> 16 relu -> 4 tanh ->
+# reshape; D: conv 3x3 -> leaky ReLU -> one logit).
+write_gan_cfg() {
+    cat >"$1" <<EOF
+[data]
+file = $2
+train = /train
+
+[train]
+epochs = ${4:-2}
+batch = 60
+lr = 0.002
+beta1 = 0.5
+seed = 7
+run_dir = $3
+
+[gan]
+latent = 4
+samples = 16
+
+[generator.dense]
+units = 16
+activation = relu
+
+[generator.dense]
+units = 4
+activation = tanh
+
+[generator.reshape]
+shape = 1,2,2
+
+[discriminator.conv2d]
+filters = 4
+size = 3
+pad = 1
+activation = leaky_relu
+alpha = 0.2
+
+[discriminator.flatten]
+
+[discriminator.dense]
+units = 1
+EOF
+}
+
 # write_cfg OUT.cfg DATA.h5 RUN_DIR [EPOCHS]: the test MLP, 4 -> 32 relu -> 3.
 write_cfg() {
     cat >"$1" <<EOF

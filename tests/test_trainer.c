@@ -106,6 +106,78 @@ static void test_config_errors_name_line(void **state) {
     dv_config_free(&cfg);
 }
 
+/* A GAN config: each model's sections become a config of its own. */
+static void test_config_sub(void **state) {
+    (void)state;
+    static const char text[] = "[data]\nfile = none.h5\n\n"
+                               "[gan]\nlatent = 3\n\n"
+                               "[generator.dense]\nunits = 4\n\n"
+                               "[generator.train]\nlr = 0.5\n\n"
+                               "[discriminator.dense]\nname = judge\nunits = 1\n\n"
+                               "[generator.reshape]\nshape = 1,2,2\nbogus = 1\n";
+    dv_config cfg, g, d;
+    char err[DV_ERR_LEN];
+    assert_int_equal(dv_config_load_text(&cfg, "gan.cfg", text, err), 0);
+    assert_non_null(dv_config_find(&cfg, "gan"));
+    assert_non_null(dv_config_find(&cfg, "generator.dense_1"));
+    /* --set finds sections whose names hold dots */
+    assert_int_equal(dv_config_set(&cfg, "generator.dense_1.units=5", err), 0);
+    assert_int_equal(dv_config_set(&cfg, "generator.train.lr=0.25", err), 0);
+    assert_int_equal(dv_config_set(&cfg, "judge.units=1", err), 0);
+    assert_int_equal(dv_config_set(&cfg, "generator.conv2d_1.units=5", err), -1);
+
+    const int lat = 3;
+    assert_int_equal(dv_config_sub(&cfg, "generator", &lat, 1, &g, err), 0);
+    /* [input] of the latent size, then the layers without the prefix;
+     * [generator.train] is not a layer */
+    assert_int_equal(g.nsec, 3);
+    assert_string_equal(g.sec[0].type, "input");
+    assert_string_equal(g.sec[1].type, "dense");
+    assert_string_equal(g.sec[1].name, "dense_1");
+    assert_string_equal(g.sec[2].type, "reshape");
+    long units;
+    assert_int_equal(dv_cfg_int(&g, &g.sec[1], "units", 0, 1, 99, &units, err), 0);
+    assert_int_equal(units, 5);
+    /* messages name the prefixed section and the true line */
+    assert_int_equal(dv_cfg_int(&g, &g.sec[2], "bogus", 0, 2, 9, &units, err), -1);
+    assert_non_null(strstr(err, "gan.cfg:19: [generator.reshape] bogus"));
+    assert_int_equal(dv_config_set(&g, "dense_1.units=x", err), 0);
+    assert_int_equal(dv_cfg_int(&g, &g.sec[1], "units", 0, 1, 99, &units, err), -1);
+    assert_non_null(strstr(err, "--set generator.dense_1.units"));
+
+    const int img[3] = {1, 2, 2};
+    assert_int_equal(dv_config_sub(&cfg, "discriminator", img, 3, &d, err), 0);
+    assert_int_equal(d.nsec, 2);
+    assert_string_equal(d.sec[1].name, "judge");
+    const char *shape;
+    assert_int_equal(dv_cfg_str(&d, &d.sec[0], "shape", NULL, &shape, err), 0);
+    assert_string_equal(shape, "1,2,2");
+
+    /* what the sub-configs read counts as read; the rest is reported */
+    dv_cfg_section *gs = dv_config_find(&cfg, "gan");
+    assert_int_equal(dv_cfg_int(&cfg, gs, "latent", 0, 1, 9, &units, err), 0);
+    assert_int_equal(dv_cfg_str(&cfg, dv_config_find(&cfg, "data"), "file", NULL, &shape, err), 0);
+    assert_int_equal(
+        dv_cfg_str(&cfg, dv_config_find(&cfg, "generator.train_1"), "lr", NULL, &shape, err), 0);
+    assert_int_equal(dv_cfg_int(&d, &d.sec[1], "units", 0, 1, 9, &units, err), 0);
+    dv_config_sub_done(&cfg, &g);
+    dv_config_sub_done(&cfg, &d);
+    assert_int_equal(dv_config_check_used(&cfg, err), -1);
+    assert_non_null(strstr(err, "gan.cfg:18: unknown key 'shape'"));
+    dv_config_free(&g);
+    dv_config_free(&d);
+
+    /* a model's [input] is implied */
+    dv_config bad;
+    assert_int_equal(
+        dv_config_load_text(&bad, "b.cfg", "[gan]\n[generator.input]\nshape = 3\n", err), 0);
+    assert_int_equal(dv_config_sub(&bad, "generator", &lat, 1, &g, err), -1);
+    assert_non_null(strstr(err, "b.cfg:2: [generator.input]"));
+    dv_config_free(&g);
+    dv_config_free(&bad);
+    dv_config_free(&cfg);
+}
+
 static void test_config_text_round_trip(void **state) {
     (void)state;
     dv_config a, b;
@@ -521,6 +593,7 @@ int main(void) {
         cmocka_unit_test(test_config_sections_in_order),
         cmocka_unit_test(test_config_errors_name_line),
         cmocka_unit_test(test_config_text_round_trip),
+        cmocka_unit_test(test_config_sub),
         cmocka_unit_test(test_model_shapes),
         cmocka_unit_test(test_model_gradient),
         cmocka_unit_test(test_generator_layers),

@@ -366,8 +366,8 @@ void dv_cfg_where(const dv_config *cfg, const dv_cfg_section *s, const char *key
                   size_t len) {
     const dv_cfg_kv *kv = key ? find_kv(s, key) : NULL;
     int line = kv ? kv->line : s->line;
-    if (kv && line == 0)
-        snprintf(buf, len, "--set %s.%s", s->name, key);
+    if (kv && line == 0) /* a sub-config's sections are named without its prefix */
+        snprintf(buf, len, "--set %s%s.%s", find_kv(s, "name") ? "" : cfg->prefix, s->name, key);
     else if (key)
         snprintf(buf, len, "%s:%d: [%s%s] %s", cfg->path, line, cfg->prefix, s->type, key);
     else

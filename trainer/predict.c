@@ -167,7 +167,12 @@ int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_
     dv_backend *be = NULL;
     dv_model *m = NULL;
     char x[300];
-    int rc = dv_settings_read(cfg, &st, err);
+    int rc = dv_config_find(cfg, "gan")
+                 ? dv_fail(err,
+                           "%s: a GAN config: dive predict runs classifiers and regressors; "
+                           "look at a GAN's samples with dive sample CHECKPOINT -o grid.png",
+                           cfg->path)
+                 : dv_settings_read(cfg, &st, err);
     if (!rc) {
         if (x_path)
             snprintf(x, sizeof(x), "%s", x_path);
