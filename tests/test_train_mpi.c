@@ -369,8 +369,9 @@ static void make_image_data(const char *path) {
     H5Fclose(f);
 }
 
-/* A GAN on those images: G dense -> reshape -> tanh, D a strided conv with
- * dropout (its masks follow global rows, so 1 and N ranks agree). */
+/* A GAN on those images: G dense -> dropout -> dense -> reshape -> tanh, D
+ * a strided conv with dropout (the masks of both follow global rows, so 1
+ * and N ranks agree). */
 static void write_gan_config(const char *path, const char *data, const char *extra) {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
@@ -379,6 +380,7 @@ static void write_gan_config(const char *path, const char *data, const char *ext
             "[train]\nepochs = 3\nbatch = 12\nlr = 0.002\nbeta1 = 0.5\nseed = 11\nkeep = 0\n\n"
             "[gan]\nlatent = 6\nsamples = 10\n\n"
             "[generator.dense]\nunits = 32\nactivation = relu\n\n"
+            "[generator.dropout]\nrate = 0.1\n\n"
             "[generator.dense]\nunits = 64\nactivation = tanh\n\n"
             "[generator.reshape]\nshape = 1,8,8\n\n"
             "[discriminator.conv2d]\nfilters = 4\nsize = 3\nstride = 2\npad = 1\n"

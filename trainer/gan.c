@@ -278,14 +278,18 @@ static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
 
 /* ---- generating ------------------------------------------------------------- */
 
-/* Noise rows r->hrow[0..n) of the stream `seed` into G's input: row j is
- * the same vector on every rank and machine. */
+/* Noise rows r->hrow[0..n) of the stream `seed` into G's input, and the
+ * rows as G's row ids (its dropout masks): row j is the same vector on
+ * every rank and machine. */
 static void noise_to_g(gan *r, uint64_t seed, int n) {
     const size_t L = (size_t)r->latent;
     for (int k = 0; k < n; k++)
         for (size_t i = 0; i < L; i++)
             r->hz[(size_t)k * L + i] = dv_randn(seed, (uint64_t)r->hrow[k] * L + i);
-    r->be->to_device(r->be->ctx, r->g.m->input, r->hz, (size_t)n * L * sizeof(float));
+    void *dst[2] = {r->g.m->input, r->g.m->row_id};
+    const void *src[2] = {r->hz, r->hrow};
+    size_t bytes[2] = {(size_t)n * L * sizeof(float), (size_t)n * sizeof(int64_t)};
+    r->be->upload(r->be->ctx, 2, dst, src, bytes);
 }
 
 /* G's images for noise rows r->hrow[0..n) of `seed` (eval mode) into
