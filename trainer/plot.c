@@ -211,20 +211,19 @@ static void draw_panel(dv_canvas *c, int top, const csv *t, int xcol, const pane
             px = cx, py = cy;
         }
     }
-    /* legend, top right, on a white box over the curves */
+    /* legend: one row in the top margin, ending at the panel's right edge,
+     * so it never hides a point */
     int lw = 0;
-    for (int k = 0; k < p->n; k++) {
-        int w = dv_text_width(t->names[p->cols[k]], 1);
-        lw = w > lw ? w : lw;
-    }
-    const int bx0 = x1 - 40 - lw, by0 = y0 + 4, by1 = y0 + 10 + 14 * p->n;
-    dv_canvas_rect(c, bx0, by0, x1 - 4, by1, GRID);
-    dv_canvas_rect(c, bx0 + 1, by0 + 1, x1 - 5, by1 - 1, WHITE);
+    for (int k = 0; k < p->n; k++)
+        lw += 26 + dv_text_width(t->names[p->cols[k]], 1) + (k ? 14 : 0);
+    int lx = x1 - lw;
+    const int ly = y0 - 14;
     for (int k = 0; k < p->n; k++) {
         const uint32_t col = palette[k % (int)(sizeof palette / sizeof palette[0])];
-        const int lx = x1 - 10 - lw, ly = y0 + 10 + 14 * k;
-        dv_canvas_rect(c, lx - 22, ly + 2, lx - 6, ly + 4, col);
-        dv_canvas_text(c, lx, ly, t->names[p->cols[k]], BLACK, 1);
+        if (k) lx += 14;
+        dv_canvas_rect(c, lx, ly + 2, lx + 18, ly + 4, col);
+        lx += 26;
+        lx += dv_canvas_text(c, lx, ly, t->names[p->cols[k]], BLACK, 1);
     }
 #undef PX
 #undef PY
