@@ -183,8 +183,10 @@ static void test_rand(void **state) {
 
 /* ---- gemm ------------------------------------------------------------- */
 
-/* On one thread with AVX-512, M = 300 and K = 260 take dv_cpu_gemm's own
- * packed path for A op(B) (M >= 256, K >= 256); the others OpenBLAS. */
+/* On one thread with AVX-512, dv_cpu_gemm takes its own packed path for
+ * A op(B) with M >= 256 and K >= 64, and the blocked one for A^T B with
+ * K >= 256 and 64 <= M, N <= 512; the others go to OpenBLAS. beta = 0
+ * runs over NaNs in C (overwritten, never read). */
 static void run_gemm_case(int M, int N, int K) {
     float *A = test_fbuf((size_t)M * K), *B = test_fbuf((size_t)K * N),
           *C = test_fbuf((size_t)M * N), *ref = test_fbuf((size_t)M * N);
@@ -192,23 +194,29 @@ static void run_gemm_case(int M, int N, int K) {
         for (int tb = 0; tb < 2; tb++) {
             test_rand_fill(A, M * K, -1, 1);
             test_rand_fill(B, K * N, -1, 1);
-            test_rand_fill(C, M * N, -1, 1);
-            const float alpha = 1.5f, beta = -0.5f;
-            for (int i = 0; i < M; i++) {
-                for (int j = 0; j < N; j++) {
-                    double s = 0.0;
-                    for (int k = 0; k < K; k++) {
-                        float a = ta ? A[k * M + i] : A[i * K + k];
-                        float b = tb ? B[j * K + k] : B[k * N + j];
-                        s += (double)a * b;
+            for (int bz = 0; bz < 2; bz++) {
+                test_rand_fill(C, M * N, -1, 1);
+                const float alpha = 1.5f, beta = bz ? 0.0f : -0.5f;
+                for (int i = 0; i < M; i++) {
+                    for (int j = 0; j < N; j++) {
+                        double s = 0.0;
+                        for (int k = 0; k < K; k++) {
+                            float a = ta ? A[k * M + i] : A[i * K + k];
+                            float b = tb ? B[j * K + k] : B[k * N + j];
+                            s += (double)a * b;
+                        }
+                        ref[i * N + j] = (float)(alpha * s + (bz ? 0.0 : beta * C[i * N + j]));
                     }
-                    ref[i * N + j] = (float)(alpha * s + beta * C[i * N + j]);
                 }
+                if (bz)
+                    for (int i = 0; i < M * N; i++)
+                        C[i] = NAN;
+                be->gemm(be->ctx, ta, tb, M, N, K, alpha, A, B, beta, C);
+                char what[80];
+                snprintf(what, sizeof what, "gemm(%dx%dx%d, ta=%d,tb=%d, beta=%g)", M, N, K, ta, tb,
+                         beta);
+                assert_close_arrays(C, ref, (size_t)M * N, 1e-5, what);
             }
-            be->gemm(be->ctx, ta, tb, M, N, K, alpha, A, B, beta, C);
-            char what[64];
-            snprintf(what, sizeof what, "gemm(%dx%dx%d, ta=%d,tb=%d)", M, N, K, ta, tb);
-            assert_close_arrays(C, ref, (size_t)M * N, 1e-5, what);
         }
     }
     free(A), free(B), free(C), free(ref);
@@ -217,8 +225,11 @@ static void run_gemm_case(int M, int N, int K) {
 static void test_gemm(void **state) {
     (void)state;
     run_gemm_case(7, 5, 9);
-    run_gemm_case(300, 37, 20);  /* K < 256: OpenBLAS */
+    run_gemm_case(300, 37, 20);  /* K < 64: OpenBLAS */
+    run_gemm_case(300, 37, 70);  /* the packed path */
     run_gemm_case(300, 37, 260); /* the packed path */
+    run_gemm_case(77, 70, 300);  /* A^T B blocked: 2 blocks of K, a short strip and panel */
+    run_gemm_case(130, 96, 256); /* A^T B blocked: 3 blocks of M, one of K */
 }
 
 /* gemm_packed against a double-precision reference, on a one-thread backend

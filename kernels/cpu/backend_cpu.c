@@ -41,7 +41,7 @@ void dv_cpu_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float
                  const float *A, const float *B, float beta, float *C) {
     (void)ctx;
     if (M <= 0 || N <= 0) return;
-    if (!trans_a && K > 0 && dv_cpu_gemm_own(ctx, trans_b, M, N, K, alpha, A, B, beta, C)) return;
+    if (K > 0 && dv_cpu_gemm_own(ctx, trans_a, trans_b, M, N, K, alpha, A, B, beta, C)) return;
     if (K <= 0) { /* BLAS returns early here; the contract says C = beta*C */
         if (beta == 0.0f)
             dv_cpu_fill(ctx, C, 0.0f, (size_t)M * N);
@@ -63,7 +63,10 @@ static void cpu_upload(void *ctx, int n, void *const *dst, const void *const *sr
 
 static void cpu_destroy(dv_backend *be) {
     dv_cpu_ctx *cx = be->ctx;
-    if (cx) free(cx->pack_buf);
+    if (cx) {
+        free(cx->pack_buf);
+        free(cx->pack_a);
+    }
     free(cx);
 }
 

@@ -74,10 +74,12 @@ static inline float dv_fast_sigmoidf(float x) {
 #endif
 
 typedef struct dv_cpu_ctx {
-    int threads;     /* OpenBLAS threads asked for (0: its default) */
-    int pack_own;    /* gemm_packed: own AVX-512 kernel (else OpenBLAS) */
-    float *pack_buf; /* dv_cpu_gemm's packed B (dv_cpu_gemm_own) */
-    size_t pack_cap; /* floats in pack_buf */
+    int threads;       /* OpenBLAS threads asked for (0: its default) */
+    int pack_own;      /* gemm_packed: own AVX-512 kernel (else OpenBLAS) */
+    float *pack_buf;   /* dv_cpu_gemm's packed B (dv_cpu_gemm_own) */
+    size_t pack_cap;   /* floats in pack_buf */
+    float *pack_a;     /* dv_cpu_gemm's packed blocks of op(A) */
+    size_t pack_a_cap; /* floats in pack_a */
 } dv_cpu_ctx;
 
 void *dv_cpu_alloc(void *ctx, size_t bytes);
@@ -87,8 +89,8 @@ void dv_cpu_fill(void *ctx, float *x, float value, size_t n);
 void dv_cpu_sync(void *ctx);
 
 int dv_cpu_pack_own(int threads);
-int dv_cpu_gemm_own(void *ctx, int trans_b, int M, int N, int K, float alpha, const float *A,
-                    const float *B, float beta, float *C);
+int dv_cpu_gemm_own(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                    const float *A, const float *B, float beta, float *C);
 void dv_cpu_gemm_batched_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                             const float *A, int lda, long long stride_a, const float *B, int ldb,
                             long long stride_b, float beta, float *C, int ldc, long long stride_c,

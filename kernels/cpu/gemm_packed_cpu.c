@@ -7,7 +7,16 @@
  * K rows of 32 floats, the last one padded with zeros), and an AVX-512
  * kernel keeps an MR x 32 block of C (MR = 8 rows, 16 zmm accumulators) in
  * registers over all of K, reading A in place: one pass over the panel per
- * 8 rows, no copies of A.
+ * 8 rows, no copies of A. Each tile's rows of C are prefetched before its
+ * K loop, so the epilogue's beta * C does not wait on memory (0.77x of
+ * OpenBLAS without it for 4096 x 512 x 128 with beta = 1, 0.95x with it).
+ *
+ * dv_cpu_gemm sends large A op(B) products here too (op(B) packed per
+ * call), and A^T B (weight gradients: K is the rows of a batch, thousands)
+ * to a blocked variant: KC rows of op(B) packed into panels, MC rows of
+ * op(A) packed into strips of 8 rows interleaved along K (kernel_8p), as
+ * in a classic GEMM; OpenBLAS also packs both, but clears C in a pass of
+ * its own when beta = 0 and runs its kernel a little below this one.
  *
  * Without AVX-512, or when OpenBLAS is given more than one thread (this
  * kernel is single-threaded), the packed form is op(B) itself, row-major
@@ -23,6 +32,11 @@
 
 #define NR 32
 #define MR 8
+/* Blocks of A^T B (blocked_avx512): KC rows of op(B) packed at a time (a
+ * 32 KB panel each; longer blocks re-read C less often but sum longer runs
+ * in single precision), MC rows of op(A) per packed block (64 KB, in L2). */
+#define KC 256
+#define MC 64
 
 int dv_cpu_pack_own(int threads) {
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -106,6 +120,10 @@ __attribute__((target("arch=x86-64-v4"))) static void kernel_8(int K, const floa
     const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * (size_t)lda, *a3 = A + 3 * (size_t)lda;
     const float *a4 = A + 4 * (size_t)lda, *a5 = A + 5 * (size_t)lda, *a6 = A + 6 * (size_t)lda,
                 *a7 = A + 7 * (size_t)lda;
+    for (int r = 0; r < MR; r++) { /* C's tile arrives during the K loop */
+        __builtin_prefetch(C + (size_t)r * ldc, 1, 3);
+        __builtin_prefetch(C + (size_t)r * ldc + 16, 1, 3);
+    }
     for (int k = 0; k < K; k++) {
         const v16 w0 = _mm512_loadu_ps(P + (size_t)k * NR);
         const v16 w1 = _mm512_loadu_ps(P + (size_t)k * NR + 16);
@@ -136,6 +154,43 @@ kernel_1(int K, const float *A, const float *P, float alpha, float beta, float *
     store_row(C, c0, c1, alpha, beta, w);
 }
 
+/* Rows [0, rows) (rows <= 8) x columns [0, w) of one panel, A packed as
+ * K groups of 8 floats (element (r, k) at Ap[8 k + r], rows past `rows`
+ * zero): each k reads one half cache line of A, in order, and the
+ * broadcasts fold into the FMAs as memory operands. */
+__attribute__((target("arch=x86-64-v4"))) static void kernel_8p(int K, const float *Ap,
+                                                                const float *P, float alpha,
+                                                                float beta, float *C, int ldc,
+                                                                int w, int rows) {
+    const v16 z = _mm512_setzero_ps();
+    v16 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
+    v16 c40 = z, c41 = z, c50 = z, c51 = z, c60 = z, c61 = z, c70 = z, c71 = z;
+    for (int r = 0; r < rows; r++) {
+        __builtin_prefetch(C + (size_t)r * ldc, 1, 3);
+        __builtin_prefetch(C + (size_t)r * ldc + 16, 1, 3);
+    }
+    for (int k = 0; k < K; k++) {
+        const v16 w0 = _mm512_loadu_ps(P + (size_t)k * NR);
+        const v16 w1 = _mm512_loadu_ps(P + (size_t)k * NR + 16);
+        const float *a = Ap + (size_t)k * MR;
+#define ROW(r)                                                                                     \
+    c##r##0 = FMA(a[r], w0, c##r##0);                                                              \
+    c##r##1 = FMA(a[r], w1, c##r##1);
+        ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7)
+#undef ROW
+    }
+    /* clang-format off */
+    store_row(C, c00, c01, alpha, beta, w);
+    if (rows > 1) store_row(C + (size_t)ldc, c10, c11, alpha, beta, w);
+    if (rows > 2) store_row(C + 2 * (size_t)ldc, c20, c21, alpha, beta, w);
+    if (rows > 3) store_row(C + 3 * (size_t)ldc, c30, c31, alpha, beta, w);
+    if (rows > 4) store_row(C + 4 * (size_t)ldc, c40, c41, alpha, beta, w);
+    if (rows > 5) store_row(C + 5 * (size_t)ldc, c50, c51, alpha, beta, w);
+    if (rows > 6) store_row(C + 6 * (size_t)ldc, c60, c61, alpha, beta, w);
+    if (rows > 7) store_row(C + 7 * (size_t)ldc, c70, c71, alpha, beta, w);
+    /* clang-format on */
+}
+
 /* Rows go in blocks of mb (A's block about 32 KB, so it stays in L1/L2),
  * each block against every panel in turn, 8 rows at a time: a panel is
  * read from L2 once per 8 rows and A once in all, however large M is (a
@@ -159,34 +214,149 @@ __attribute__((target("arch=x86-64-v4"))) static void packed_avx512(int M, int N
         }
     }
 }
+
+/* op(A) rows [m0, m0 + mc) x columns [k0, k0 + kc) into strips of MR rows,
+ * each kc groups of MR floats (pack layout of kernel_8p), the rows of a
+ * last short strip zero. A is (M, K), or (K, M) when trans_a. */
+__attribute__((target("arch=x86-64-v4"))) static void
+pack_a(int trans_a, int M, int K, const float *A, int m0, int mc, int k0, int kc, float *Ap) {
+    for (int s = 0; s < mc; s += MR) {
+        float *dst = Ap + (size_t)s * kc;
+        const int rows = mc - s < MR ? mc - s : MR;
+        if (trans_a && rows == MR) {
+            for (int k = 0; k < kc; k++)
+                _mm256_storeu_ps(dst + (size_t)k * MR,
+                                 _mm256_loadu_ps(A + (size_t)(k0 + k) * M + m0 + s));
+        } else if (trans_a) {
+            for (int k = 0; k < kc; k++) {
+                const float *src = A + (size_t)(k0 + k) * M + m0 + s;
+                for (int r = 0; r < rows; r++)
+                    dst[(size_t)k * MR + r] = src[r];
+                for (int r = rows; r < MR; r++)
+                    dst[(size_t)k * MR + r] = 0.0f;
+            }
+        } else {
+            for (int r = 0; r < MR; r++) {
+                const float *src = A + (size_t)(m0 + s + r) * K + k0;
+                for (int k = 0; k < kc; k++)
+                    dst[(size_t)k * MR + r] = r < rows ? src[k] : 0.0f;
+            }
+        }
+    }
+}
+
+/* op(B) rows [k0, k0 + kc), every column, into panels of NR columns, kc
+ * rows each, the columns past N zero. B is (K, N), or (N, K) when
+ * trans_b. */
+__attribute__((target("arch=x86-64-v4"))) static void
+pack_b(int trans_b, int N, int K, const float *B, int k0, int kc, float *Bp) {
+    for (int n0 = 0; n0 < N; n0 += NR) {
+        float *panel = Bp + (size_t)n0 * kc;
+        const int w = N - n0 < NR ? N - n0 : NR;
+        if (trans_b) {
+            for (int j = 0; j < w; j++) {
+                const float *src = B + (size_t)(n0 + j) * K + k0;
+                for (int k = 0; k < kc; k++)
+                    panel[(size_t)k * NR + j] = src[k];
+            }
+            if (w < NR)
+                for (int k = 0; k < kc; k++)
+                    for (int j = w; j < NR; j++)
+                        panel[(size_t)k * NR + j] = 0.0f;
+        } else {
+            for (int k = 0; k < kc && w == NR; k++) {
+                const float *src = B + (size_t)(k0 + k) * N + n0;
+                _mm512_storeu_ps(panel + (size_t)k * NR, _mm512_loadu_ps(src));
+                _mm512_storeu_ps(panel + (size_t)k * NR + 16, _mm512_loadu_ps(src + 16));
+            }
+            for (int k = 0; k < kc && w < NR; k++) {
+                const float *src = B + (size_t)(k0 + k) * N + n0;
+                float *row = panel + (size_t)k * NR;
+                for (int j = 0; j < w; j++)
+                    row[j] = src[j];
+                for (int j = w; j < NR; j++)
+                    row[j] = 0.0f;
+            }
+        }
+    }
+}
+
+/* C = alpha op(A) op(B) + beta C in blocks of KC along K (beta applies to
+ * the first, later blocks add) and MC along M; every panel of the block's
+ * op(B) against every strip of its op(A). (Packing op(B) whole and keeping
+ * a block of C in L2 over all of K measured 0.85-0.95x of this.) */
+__attribute__((target("arch=x86-64-v4"))) static void
+blocked_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+               const float *B, float beta, float *C, float *Bp, float *Ap) {
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kc = K - k0 < KC ? K - k0 : KC;
+        const float bk = k0 ? 1.0f : beta;
+        pack_b(trans_b, N, K, B, k0, kc, Bp);
+        for (int m0 = 0; m0 < M; m0 += MC) {
+            const int mc = M - m0 < MC ? M - m0 : MC;
+            pack_a(trans_a, M, K, A, m0, mc, k0, kc, Ap);
+            for (int n0 = 0; n0 < N; n0 += NR) {
+                const float *P = Bp + (size_t)n0 * kc;
+                const int w = N - n0 < NR ? N - n0 : NR;
+                for (int s = 0; s < mc; s += MR)
+                    kernel_8p(kc, Ap + (size_t)s * kc, P, alpha, bk, C + (size_t)(m0 + s) * N + n0,
+                              N, w, mc - s < MR ? mc - s : MR);
+            }
+        }
+    }
+}
 #endif
 
-/* dv_cpu_gemm's C = alpha A op(B) + beta C (A not transposed) through the
- * packed kernel, op(B) packed into the ctx's buffer on each call: where M
- * is large the packing is a sliver of the work. Measured through
- * dv_cpu_gemm against cblas_sgemm, one thread: K >= 512 gains 1.17-1.5x
- * (4096 x 128 x 512, 4096 x 64 x 1024: a layer's dx, an LSTM's input
- * gradient), K = 256 about 1.02x, K = 128 0.89-0.99x; so only M >= 256
- * and K >= 256 come here, and A^T B (weight gradients) never (OpenBLAS's
- * 88-95 GFLOP/s there beat this kernel). Returns 1 when it did the
- * product, 0 to leave it to OpenBLAS. */
-#define OWN_MIN_M 256
-#define OWN_MIN_K 256
-#define OWN_MAX_B ((size_t)1 << 22) /* 16 MB of packed B */
-
-int dv_cpu_gemm_own(void *ctx, int trans_b, int M, int N, int K, float alpha, const float *A,
-                    const float *B, float beta, float *C) {
-    dv_cpu_ctx *cx = ctx;
-    if (!cx->pack_own || M < OWN_MIN_M || K < OWN_MIN_K) return 0;
-    const size_t need = dv_cpu_gemm_pack_size(ctx, K, N);
-    if (need > OWN_MAX_B) return 0;
-    if (need > cx->pack_cap) {
+/* The ctx's buffer *buf grown to need floats; NULL when out of memory. */
+static float *grow(float **buf, size_t *cap, size_t need, void *ctx) {
+    if (need > *cap) {
         float *p = dv_cpu_alloc(ctx, need * sizeof *p);
-        if (!p) return 0;
-        free(cx->pack_buf);
-        cx->pack_buf = p;
-        cx->pack_cap = need;
+        if (!p) return NULL;
+        free(*buf);
+        *buf = p;
+        *cap = need;
     }
+    return *buf;
+}
+
+/* dv_cpu_gemm through the own kernels, or 0 to leave the product to
+ * OpenBLAS. Measured against cblas_sgemm on one thread (best of many
+ * calls, AMD EPYC Zen 4):
+ *   A op(B): op(B) packed whole into the ctx's buffer on each call (where
+ *     M is large the packing is a sliver of the work) and A read in place.
+ *     K >= 512 gains 1.15-1.45x (a layer's dx, an LSTM's input gradient),
+ *     K = 64-256 1.0-1.2x with beta = 0 (OpenBLAS clears C in a pass of
+ *     its own first) and 0.93-1.07x with beta = 1; so M >= 256 and K >= 64.
+ *   A^T B (weight gradients, K the rows of a batch): blocked, both
+ *     operands packed (blocked_avx512): 1.02x for 1024 x 256 x 4064 (an
+ *     LSTM's W_hh), 1.11x for 1024 x 64 x 4096, 1.01-1.07x for a
+ *     Transformer's (128-512) x (128-512) x 4096; so K >= 256 and
+ *     M, N >= 64. */
+#define OWN_MIN_M      256
+#define OWN_MIN_K      64
+#define OWN_MAX_B      ((size_t)1 << 22) /* 16 MB of packed B */
+#define BLOCKED_MIN_K  KC
+#define BLOCKED_MIN_MN 64
+
+int dv_cpu_gemm_own(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                    const float *A, const float *B, float beta, float *C) {
+    dv_cpu_ctx *cx = ctx;
+    if (!cx->pack_own) return 0;
+    if (trans_a) {
+        if (trans_b || K < BLOCKED_MIN_K || M < BLOCKED_MIN_MN || N < BLOCKED_MIN_MN) return 0;
+#if defined(__GNUC__) && defined(__x86_64__)
+        float *Bp = grow(&cx->pack_buf, &cx->pack_cap, (size_t)(N + NR - 1) / NR * NR * KC, ctx);
+        float *Ap = grow(&cx->pack_a, &cx->pack_a_cap, (size_t)(MC + MR - 1) / MR * MR * KC, ctx);
+        if (!Bp || !Ap) return 0;
+        blocked_avx512(trans_a, trans_b, M, N, K, alpha, A, B, beta, C, Bp, Ap);
+        return 1;
+#else
+        return 0;
+#endif
+    }
+    if (M < OWN_MIN_M || K < OWN_MIN_K) return 0;
+    const size_t need = dv_cpu_gemm_pack_size(ctx, K, N);
+    if (need > OWN_MAX_B || !grow(&cx->pack_buf, &cx->pack_cap, need, ctx)) return 0;
     dv_cpu_gemm_pack(ctx, trans_b, K, N, B, cx->pack_buf);
     dv_cpu_gemm_packed(ctx, M, N, K, alpha, A, cx->pack_buf, beta, C);
     return 1;
