@@ -63,7 +63,12 @@ typedef struct gan {
     dv_config ccfg;
     dv_settings cst;
     dv_model *cls;
-    float *stats;        /* device: NSUMS floats, summed since the last read */
+    float *stats;        /* device: the step's NSUMS sums */
+    dv_ring ring;        /* the steps' sums until they are read */
+    int64_t steps;       /* per epoch */
+    int live;            /* rank 0's progress is one live line */
+    FILE *metrics;       /* rank 0: metrics.csv */
+    double real[3];      /* the classifier's verdict on real images */
     float *d_stats;      /* D's own stats buffer (D->stats points into `stats`) */
     float *hz;           /* host noise (eval_batch, latent) */
     int64_t *hrow;       /* host global rows (eval_batch) */
@@ -202,6 +207,7 @@ static void gan_free(gan *r) {
     dv_config_free(&r->d.cfg);
     dv_config_free(&r->ccfg);
     if (r->be) {
+        dv_ring_free(&r->ring);
         r->be->free(r->be->ctx, r->stats);
         dv_backend_free(r->be);
     }
@@ -256,7 +262,8 @@ static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
     r->stats = r->be->alloc(r->be->ctx, NSUMS * sizeof(float));
     if (!rc && (!r->hz || !r->hrow || !r->himg || !r->hprob || !r->config_text || !r->stats))
         rc = dv_fail(err, "out of memory");
-    if (!rc) r->be->fill(r->be->ctx, r->stats, 0.0f, NSUMS);
+    if (!rc && dv_ring_init(&r->ring, r->be, r->stats, NSUMS))
+        rc = dv_fail(err, "out of device memory");
     if (!rc && r->be->stream) {
         /* gradients live on the GPU: NCCL, or MPI through host memory */
         int ndev = dv_backend_cuda_device_count();
@@ -466,6 +473,7 @@ static void gan_step(gan *r, const dv_batch *b, int64_t step, int64_t steps) {
     const dv_backend *be = r->be;
     const int L = b->count;
     const uint64_t seed = (uint64_t)r->st.seed;
+    be->fill(be->ctx, r->stats, 0.0f, NSUMS);
     /* fake = G(z), z the global rows rank*L .. rank*L + L-1 of this step */
     for (int k = 0; k < L; k++)
         r->hrow[k] = (int64_t)r->rank * L + k;
@@ -497,26 +505,32 @@ static void gan_step(gan *r, const dv_batch *b, int64_t step, int64_t steps) {
     dv_device_sync(r->comm, be, r->device_comm, 1); /* the host runs at most one step ahead */
 }
 
-/* Adds the device sums since the last read to ts (this rank's). */
-static void sums_read(gan *r, dv_train_state *ts) {
-    float h[NSUMS];
+/* Adds the ring's per-step sums to ts in step order (this rank's). */
+static void loop_flush(void *ctx, dv_train_state *ts) {
+    gan *r = ctx;
+    if (!r->ring.used) return;
+    float h[NSUMS * DV_RING_STEPS];
+    int64_t step0;
     dv_device_sync(r->comm, r->be, r->device_comm, 0);
-    r->be->to_host(r->be->ctx, h, r->stats, sizeof(h));
-    r->be->fill(r->be->ctx, r->stats, 0.0f, NSUMS);
-    for (int i = 0; i < NSUMS; i++) {
-        if (!isfinite(h[i])) {
-            char msg[256];
-            snprintf(msg, sizeof(msg),
-                     "the GAN's losses became %f by step %lld; lower lr or set clip_norm", h[i],
-                     (long long)ts->step);
-            dv_comm_abort(r->comm, 1, msg);
+    const int n = dv_ring_read(&r->ring, h, &step0);
+    for (int k = 0; k < n; k++)
+        for (int i = 0; i < NSUMS; i++) {
+            const float v = h[k * NSUMS + i];
+            if (!isfinite(v)) {
+                char msg[256];
+                snprintf(msg, sizeof(msg),
+                         "the GAN's losses became %f at step %lld; lower lr or set clip_norm", v,
+                         (long long)(step0 + k + 1));
+                dv_comm_abort(r->comm, 1, msg);
+            }
+            ts->sums[i] += v;
         }
-        ts->sums[i] += h[i];
-    }
 }
 
-/* ts with the epoch's running sums of every rank (collective). */
-static void sums_global(gan *r, const dv_train_state *ts, dv_train_state *out) {
+/* ts with the epoch's running sums of every rank; at an epoch's end both
+ * models' batch norm statistics are averaged too (collective). */
+static void loop_global(void *ctx, const dv_train_state *ts, dv_train_state *out, int at_end) {
+    gan *r = ctx;
     *out = *ts;
     double v[NSUMS + 1];
     memcpy(v, ts->sums, NSUMS * sizeof(double));
@@ -525,11 +539,85 @@ static void sums_global(gan *r, const dv_train_state *ts, dv_train_state *out) {
         dv_comm_abort(r->comm, 1, r->err);
     memcpy(out->sums, v, NSUMS * sizeof(double));
     out->seen = v[NSUMS];
+    dv_model *ms[] = {r->g.m, r->d.m};
+    for (int i = 0; at_end && i < 2; i++)
+        if (ms[i]->nbuffers && r->world > 1)
+            dv_average_on_device(r->comm, r->be, r->device_comm, ms[i]->buffers, ms[i]->nbuffers);
+}
+
+/* D's loss (real + fake) and G's, per sample, from the sums of ts. */
+static double d_loss(const dv_train_state *ts) {
+    return (ts->sums[D_REAL_LOSS] + ts->sums[D_FAKE_LOSS]) / (ts->seen > 0 ? ts->seen : 1);
+}
+
+static double g_loss(const dv_train_state *ts) {
+    return ts->sums[G_LOSS] / (ts->seen > 0 ? ts->seen : 1);
+}
+
+static void loop_progress(void *ctx, const dv_train_state *ts, int64_t epoch, int64_t step,
+                          int64_t steps, double rate, double eta) {
+    const gan *r = ctx;
+    printf("%sepoch %lld/%ld  step %lld/%lld  d_loss %.4f  g_loss %.4f  %.0f samples/s  ETA "
+           "%d:%02d%s",
+           r->live ? "\r" : "", (long long)epoch + 1, r->st.epochs, (long long)step,
+           (long long)steps, d_loss(ts), g_loss(ts), rate, (int)(eta / 60), (int)eta % 60,
+           r->live ? "   " : "\n");
+    fflush(stdout);
+}
+
+static void loop_stopped(void *ctx, const dv_train_state *g, double rate) {
+    const gan *r = ctx;
+    if (r->rank == 0)
+        printf("d_loss %.4f g_loss %.4f | train %.0f samples/s\n", d_loss(g), g_loss(g), rate);
+}
+
+/* The epoch's sample grid and score, its line and metrics.csv row. */
+static int loop_epoch_end(void *ctx, dv_train_state *ts, const dv_train_state *g, int64_t epoch,
+                          double rate, double t0) {
+    gan *r = ctx;
+    int rc = 0;
+    if (r->rank == 0) {
+        char path[1200];
+        snprintf(path, sizeof(path), "%s/samples-epoch-%03lld.png", r->st.run_dir,
+                 (long long)epoch + 1);
+        rc = write_samples(r, (uint64_t)r->st.seed, r->grid, path, r->err);
+    }
+    if (dv_agree(r->comm, rc, r->err)) return -1;
+    double sc[3] = {NAN, NAN, NAN};
+    if (r->cls && score(r, NULL, r->score_n, sc)) return -1;
+    const double *v = g->sums, n = g->seen > 0 ? g->seen : 1;
+    ts->epoch = epoch + 1;
+    ts->step_in_epoch = 0;
+    ts->seen = 0;
+    memset(ts->sums, 0, sizeof(ts->sums));
+    int best = r->cls && -sc[2] < ts->best_val_loss; /* the highest score */
+    if (best) ts->best_val_loss = -sc[2];
+    double secs = dv_now() - t0;
+    if (r->rank == 0) {
+        printf("epoch %lld/%ld | d_loss %.4f g_loss %.4f | D right on real %.3f, on fake %.3f",
+               (long long)epoch + 1, r->st.epochs, d_loss(g), g_loss(g), v[D_REAL_OK] / n,
+               v[D_FAKE_OK] / n);
+        if (r->cls)
+            printf(" | score %.3f (real %.3f: %.0f%%) confidence %.3f entropy %.3f", sc[2],
+                   r->real[2], 100.0 * sc[2] / r->real[2], sc[0], sc[1]);
+        printf(" | %.0f samples/s | %.1f s%s\n", rate, secs, best ? " | best" : "");
+        fflush(stdout);
+        if (r->metrics) {
+            fprintf(r->metrics, "%lld,%lld,%g,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f", (long long)epoch + 1,
+                    (long long)ts->step, dv_lr_at(&r->g.st, ts->step - 1, r->steps), d_loss(g),
+                    g_loss(g), v[D_REAL_OK] / n, v[D_FAKE_OK] / n, rate, secs);
+            if (r->cls) fprintf(r->metrics, ",%.4f,%.4f,%.4f", sc[2], sc[0], sc[1]);
+            fprintf(r->metrics, "\n");
+            fflush(r->metrics);
+        }
+    }
+    return best ? DV_LOOP_BEST : 0;
 }
 
 /* Rank 0 writes both models and optimizers, and links last.h5 (and
  * best.h5) to it; every rank learns whether it worked. Collective. */
-static int gan_save(gan *r, const dv_train_state *ts, int best) {
+static int gan_save(void *ctx, const dv_train_state *ts, int best) {
+    gan *r = ctx;
     int rc = 0;
     if (r->rank == 0) {
         static const char *const roots[] = {"/generator", "/discriminator"};
@@ -567,6 +655,16 @@ static FILE *open_metrics(gan *r, int resumed) {
     return f;
 }
 
+/* ---- the loop's callbacks (dv_loop) ---------------------------------------- */
+
+static void loop_step(void *ctx, const dv_batch *b, dv_train_state *ts, int64_t s, int64_t first) {
+    gan *r = ctx;
+    (void)s, (void)first;
+    gan_step(r, b, ts->step, r->steps);
+    if (dv_ring_push(&r->ring, ts->step)) loop_flush(r, ts);
+    ts->seen += b->count;
+}
+
 int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
     gan R, *r = &R;
     if (gan_setup(r, c, cfg)) {
@@ -593,7 +691,6 @@ int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
         return 1;
     }
     int64_t steps = dv_loader_steps(r->tl);
-    double real[3] = {0, 0, 0};
     if (r->rank == 0) {
         printf("generator ");
         dv_model_print(r->g.m, stdout);
@@ -606,143 +703,35 @@ int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
                dv_loader_in_memory(r->tl) ? "in memory" : "streaming", r->be->name);
         fflush(stdout);
     }
-    if (r->cls && score_real(r, real)) {
+    if (r->cls && score_real(r, r->real)) {
         gan_free(r);
         return 1;
     }
-    FILE *metrics = r->rank == 0 ? open_metrics(r, ckpt[0] != 0) : NULL;
-    int64_t log_every = r->st.log_every ? r->st.log_every : (steps >= 10 ? steps / 10 : 1);
-    int stop = 0, stop_signal = 0;
-    dv_stop_signals_catch();
-    for (int64_t epoch = ts.epoch; epoch < r->st.epochs && !stop; epoch++) {
-        double t0 = dv_now(), t_train = 0;
-        int64_t first = epoch == ts.epoch ? ts.step_in_epoch : 0, done = 0;
-        if (dv_loader_start(r->tl, epoch, first, r->err)) dv_comm_abort(c, 1, r->err);
-        for (int64_t s = first; s < steps; s++) {
-            double ts0 = dv_now();
-            dv_batch b;
-            if (dv_loader_next(r->tl, &b, r->err)) dv_comm_abort(c, 1, r->err);
-            gan_step(r, &b, ts.step, steps);
-            ts.seen += b.count;
-            ts.step++;
-            ts.step_in_epoch = s + 1;
-            done++;
-            t_train += dv_now() - ts0;
-            if ((s + 1) % log_every == 0 && s + 1 < steps) {
-                sums_read(r, &ts);
-                if (r->rank == 0) {
-                    double rate = (double)done * (double)r->st.batch / t_train;
-                    double eta = (double)(steps - s - 1) * (t_train / (double)done);
-                    printf("epoch %lld/%ld  step %lld/%lld  d_loss %.4f  g_loss %.4f  %.0f "
-                           "samples/s  ETA %d:%02d\n",
-                           (long long)epoch + 1, r->st.epochs, (long long)s + 1, (long long)steps,
-                           (ts.sums[D_REAL_LOSS] + ts.sums[D_FAKE_LOSS]) / ts.seen,
-                           ts.sums[G_LOSS] / ts.seen, rate, (int)(eta / 60), (int)eta % 60);
-                    fflush(stdout);
-                }
-            }
-            if (r->st.max_steps && ts.step >= r->st.max_steps) {
-                stop = 1;
-                break;
-            }
-            if ((stop_signal = dv_stop_signal_agreed(c, ts.step, 8))) {
-                stop = 1;
-                break;
-            }
-            if (r->st.checkpoint_every && ts.step % r->st.checkpoint_every == 0 && s + 1 < steps) {
-                dv_train_state g;
-                sums_read(r, &ts);
-                sums_global(r, &ts, &g);
-                if (gan_save(r, &g, 0)) {
-                    gan_free(r);
-                    return 1;
-                }
-            }
-        }
-        sums_read(r, &ts);
-        dv_train_state g;
-        sums_global(r, &ts, &g);
-        const double *v = g.sums, n = g.seen > 0 ? g.seen : 1;
-        double rate = done ? (double)done * (double)r->st.batch / t_train : 0;
-        if (ts.step_in_epoch < steps) {
-            /* stopped inside the epoch: save where we are */
-            if (r->rank == 0)
-                printf("stopped at step %lld (%s), epoch %lld at %lld/%lld | d_loss %.4f g_loss "
-                       "%.4f | train %.0f samples/s\n",
-                       (long long)ts.step, stop_signal ? strsignal(stop_signal) : "max_steps",
-                       (long long)epoch + 1, (long long)ts.step_in_epoch, (long long)steps,
-                       (v[D_REAL_LOSS] + v[D_FAKE_LOSS]) / n, v[G_LOSS] / n, rate);
-            if (gan_save(r, &g, 0)) {
-                gan_free(r);
-                return 1;
-            }
-            break;
-        }
-        /* batch norm's running statistics: the average over ranks */
-        dv_model *ms[] = {r->g.m, r->d.m};
-        for (int i = 0; i < 2; i++)
-            if (ms[i]->nbuffers && r->world > 1)
-                dv_average_on_device(c, r->be, r->device_comm, ms[i]->buffers, ms[i]->nbuffers);
-        if (r->rank == 0) {
-            char path[1200];
-            snprintf(path, sizeof(path), "%s/samples-epoch-%03lld.png", r->st.run_dir,
-                     (long long)epoch + 1);
-            rc = write_samples(r, (uint64_t)r->st.seed, r->grid, path, r->err);
-        }
-        if (dv_agree(c, rc, r->err)) {
-            gan_free(r);
-            return 1;
-        }
-        double sc[3] = {NAN, NAN, NAN};
-        if (r->cls && score(r, NULL, r->score_n, sc)) {
-            gan_free(r);
-            return 1;
-        }
-        ts.epoch = epoch + 1;
-        ts.step_in_epoch = 0;
-        ts.seen = 0;
-        memset(ts.sums, 0, sizeof(ts.sums));
-        int improved = r->cls && -sc[2] < ts.best_val_loss; /* best: the highest score */
-        if (improved) ts.best_val_loss = -sc[2];
-        double secs = dv_now() - t0;
-        if (r->rank == 0) {
-            double lr = dv_lr_at(&r->g.st, ts.step - 1, steps);
-            printf("epoch %lld/%ld | d_loss %.4f g_loss %.4f | D right on real %.3f, on fake "
-                   "%.3f",
-                   (long long)epoch + 1, r->st.epochs, (v[D_REAL_LOSS] + v[D_FAKE_LOSS]) / n,
-                   v[G_LOSS] / n, v[D_REAL_OK] / n, v[D_FAKE_OK] / n);
-            if (r->cls)
-                printf(" | score %.3f (real %.3f: %.0f%%) confidence %.3f entropy %.3f", sc[2],
-                       real[2], 100.0 * sc[2] / real[2], sc[0], sc[1]);
-            printf(" | %.0f samples/s | %.1f s%s\n", rate, secs, improved ? " | best" : "");
-            fflush(stdout);
-            if (metrics) {
-                fprintf(metrics, "%lld,%lld,%g,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f", (long long)epoch + 1,
-                        (long long)ts.step, lr, (v[D_REAL_LOSS] + v[D_FAKE_LOSS]) / n,
-                        v[G_LOSS] / n, v[D_REAL_OK] / n, v[D_FAKE_OK] / n, rate, secs);
-                if (r->cls) fprintf(metrics, ",%.4f,%.4f,%.4f", sc[2], sc[0], sc[1]);
-                fprintf(metrics, "\n");
-                fflush(metrics);
-            }
-        }
-        if (gan_save(r, &ts, improved)) {
-            gan_free(r);
-            return 1;
-        }
-    }
-    if (stop_signal && r->rank == 0)
-        printf("interrupted by %s: the checkpoint of step %lld is in %s/last.h5; continue "
-               "with --resume auto\n",
-               strsignal(stop_signal), (long long)ts.step, r->st.run_dir);
-    if (r->rank == 0) {
+    r->metrics = r->rank == 0 ? open_metrics(r, ckpt[0] != 0) : NULL;
+    r->live = dv_progress_live(&r->st, c);
+    r->steps = steps;
+    dv_loop loop = {.comm = c,
+                    .st = &r->st,
+                    .loader = r->tl,
+                    .live = r->live,
+                    .ctx = r,
+                    .step = loop_step,
+                    .flush = loop_flush,
+                    .global = loop_global,
+                    .progress = loop_progress,
+                    .stopped = loop_stopped,
+                    .epoch_end = loop_epoch_end,
+                    .save = gan_save};
+    rc = dv_loop_run(&loop, &ts);
+    if (r->rank == 0 && rc != 1) {
         char best[1200];
         snprintf(best, sizeof(best), "%s/best.h5", r->st.run_dir);
         printf("done: %lld steps; checkpoints in %s (last.h5%s), samples-epoch-*.png\n",
                (long long)ts.step, r->st.run_dir, access(best, F_OK) ? "" : ", best.h5 by score");
-        if (metrics) fclose(metrics);
     }
+    if (r->metrics) fclose(r->metrics);
     gan_free(r);
-    return stop_signal ? 128 + stop_signal : 0;
+    return rc;
 }
 
 /* ---- dive sample of a GAN checkpoint ------------------------------------------ */

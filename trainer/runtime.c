@@ -240,6 +240,127 @@ int dv_checkpoint_publish(const char *dir, const char *path, long keep, int best
     return rc;
 }
 
+/* ---- the epochs --------------------------------------------------------------- */
+
+int dv_loop_run(const dv_loop *l, dv_train_state *ts) {
+    const dv_settings *st = l->st;
+    dv_comm *c = l->comm;
+    const int rank0 = dv_comm_rank(c) == 0;
+    char err[DV_ERR_LEN];
+    const int64_t steps = dv_loader_steps(l->loader);
+    const int64_t log_every = st->log_every ? st->log_every : (steps >= 10 ? steps / 10 : 1);
+    int stop = 0, stop_signal = 0;
+    dv_stop_signals_catch();
+    for (int64_t epoch = ts->epoch; epoch < st->epochs && !stop; epoch++) {
+        double t0 = dv_now(), t_train = 0, last_print = 0;
+        int64_t first = epoch == ts->epoch ? ts->step_in_epoch : 0, done = 0;
+        if (dv_loader_start(l->loader, epoch, first, err)) dv_comm_abort(c, 1, err);
+        for (int64_t s = first; s < steps; s++) {
+            double ts0 = dv_now();
+            dv_batch b;
+            if (dv_loader_next(l->loader, &b, err)) dv_comm_abort(c, 1, err);
+            l->step(l->ctx, &b, ts, s, first);
+            ts->step++;
+            ts->step_in_epoch = s + 1;
+            done++;
+            double t1 = dv_now();
+            t_train += t1 - ts0;
+            if (rank0 && ((l->live && t1 - last_print > 0.25) ||
+                          (!l->live && (s + 1) % log_every == 0 && s + 1 < steps))) {
+                l->flush(l->ctx, ts);
+                double rate = (double)done * (double)st->batch / t_train;
+                double eta = (double)(steps - s - 1) * (t_train / (double)done);
+                l->progress(l->ctx, ts, epoch, s + 1, steps, rate, eta);
+                last_print = t1;
+            }
+            if (st->max_steps && ts->step >= st->max_steps) {
+                stop = 1;
+                break;
+            }
+            if ((stop_signal = dv_stop_signal_agreed(c, ts->step, 8))) {
+                stop = 1;
+                break;
+            }
+            if (st->checkpoint_every && ts->step % st->checkpoint_every == 0 && s + 1 < steps) {
+                dv_train_state g;
+                l->flush(l->ctx, ts);
+                l->global(l->ctx, ts, &g, 0);
+                if (l->save(l->ctx, &g, 0)) return 1;
+            }
+        }
+        if (l->live) printf("\r%100s\r", "");
+        /* the end of the epoch, or of the run inside it */
+        dv_train_state g;
+        l->flush(l->ctx, ts);
+        l->global(l->ctx, ts, &g, 1);
+        double rate = done ? (double)done * (double)st->batch / t_train : 0;
+        if (ts->step_in_epoch < steps) {
+            /* stopped inside the epoch: save where we are; the epoch's
+             * metrics and early stopping wait for its end */
+            if (rank0)
+                printf("stopped at step %lld (%s), epoch %lld at %lld/%lld | ", (long long)ts->step,
+                       stop_signal ? strsignal(stop_signal) : "max_steps", (long long)epoch + 1,
+                       (long long)ts->step_in_epoch, (long long)steps);
+            l->stopped(l->ctx, &g, rate);
+            if (l->save(l->ctx, &g, 0)) return 1;
+            break;
+        }
+        int end = l->epoch_end(l->ctx, ts, &g, epoch, rate, t0);
+        if (end < 0 || l->save(l->ctx, ts, end & DV_LOOP_BEST)) return 1;
+        if (end & DV_LOOP_STOP) break;
+    }
+    if (stop_signal && rank0)
+        printf("interrupted by %s: the checkpoint of step %lld is in %s/last.h5; continue "
+               "with --resume auto\n",
+               strsignal(stop_signal), (long long)ts->step, st->run_dir);
+    return stop_signal ? 128 + stop_signal : 0;
+}
+
+int dv_progress_live(const dv_settings *st, dv_comm *c) {
+    /* A live line needs a terminal. Under mpirun, rank 0's stdout is a
+     * pseudo-terminal even when mpirun's own output goes to a file, so
+     * `auto` prints plain lines whenever an MPI launcher started us. */
+    int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+    return dv_comm_rank(c) == 0 &&
+           (st->progress == 1 || (st->progress == 0 && isatty(STDOUT_FILENO) && !launched));
+}
+
+/* ---- per-step metrics ---------------------------------------------------------- */
+
+int dv_ring_init(dv_ring *g, const dv_backend *be, const float *src, int width) {
+    memset(g, 0, sizeof(*g));
+    g->be = be;
+    g->src = src;
+    g->width = width;
+    g->cap = be->stream ? DV_RING_STEPS : 1;
+    if (g->cap > 1 && !(g->dev = be->alloc(be->ctx, (size_t)width * DV_RING_STEPS * sizeof(float))))
+        return -1;
+    return 0;
+}
+
+void dv_ring_free(dv_ring *g) {
+    if (g->be) g->be->free(g->be->ctx, g->dev);
+    g->dev = NULL;
+}
+
+int dv_ring_push(dv_ring *g, int64_t step) {
+    if (!g->used) g->step0 = step;
+    if (g->cap > 1)
+        g->be->copy(g->be->ctx, g->dev + (size_t)g->width * (size_t)g->used, g->src,
+                    (size_t)g->width * sizeof(float));
+    return ++g->used == g->cap;
+}
+
+int dv_ring_read(dv_ring *g, float *host, int64_t *step0) {
+    const int n = g->used;
+    if (n)
+        g->be->to_host(g->be->ctx, host, g->cap > 1 ? g->dev : g->src,
+                       (size_t)g->width * (size_t)n * sizeof(float));
+    *step0 = g->step0;
+    g->used = 0;
+    return n;
+}
+
 /* ---- device work across ranks ----------------------------------------------- */
 
 void dv_device_sync(dv_comm *c, const dv_backend *be, int device_comm, int keep) {

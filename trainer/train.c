@@ -18,8 +18,6 @@
 #include "trainer-impl.h"
 
 #define MAX_REQS 256
-/* Steps of (loss, correct) kept on a GPU between reads (see run.ring). */
-#define RING_STEPS 64
 
 typedef struct run {
     dv_comm *comm;
@@ -41,15 +39,13 @@ typedef struct run {
     size_t bucket_floats, bucket_start;
     dv_comm_request *reqs[MAX_REQS];
     int nreq;
-    /* Per-step loss/correct pairs waiting on the device (GPU): reading them
-     * every step would make the host wait for the GPU every step, so they
-     * are copied into a ring and read in one go (at log points, epoch ends
-     * and checkpoints). The CPU reads every step (ring_cap 1). */
-    float *ring;
-    int ring_cap, ring_used;
-    int64_t ring_step0;  /* step number of the ring's first entry */
+    dv_ring ring;        /* the steps' (loss, correct) */
     int device_comm;     /* gradients are averaged on the device (CUDA) */
     int streams_resumed; /* the stateful layers' state came from the checkpoint */
+    int64_t steps;       /* per epoch */
+    double lr;           /* of the last step taken */
+    int live;            /* rank 0's progress is one live line */
+    FILE *metrics;       /* rank 0: metrics.csv */
     char err[DV_ERR_LEN];
     int comm_failed;
 } run;
@@ -147,7 +143,7 @@ static void run_free(run *r) {
     dv_model_free(r->m);
     dv_vocab_free(&r->vocab);
     if (r->be) {
-        r->be->free(r->be->ctx, r->ring);
+        dv_ring_free(&r->ring);
         dv_backend_free(r->be);
     }
     free(r->config_text);
@@ -246,9 +242,7 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
     }
     r->bucket_floats = (size_t)(r->st.bucket_mb * 1048576.0 / sizeof(float));
     if (r->bucket_floats < 1) r->bucket_floats = 1;
-    r->ring_cap = r->be->stream ? RING_STEPS : 1;
-    if (r->ring_cap > 1 && !(r->ring = r->be->alloc(r->be->ctx, 2 * sizeof(float) * RING_STEPS)))
-        rc = dv_fail(err, "out of device memory");
+    if (dv_ring_init(&r->ring, r->be, r->m->stats, 2)) rc = dv_fail(err, "out of device memory");
     if (!rc && need_train && r->be->stream) {
         /* gradients live on the GPU: NCCL, or MPI through host memory */
         int ndev = dv_backend_cuda_device_count();
@@ -267,35 +261,30 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
 
 /* Adds the ring's per-step (loss, correct) pairs to ts in step order, so the
  * sums are the same whether they were read every step or in a batch. */
-static void stats_flush(run *r, dv_train_state *ts) {
-    if (!r->ring_used) return;
-    const dv_backend *be = r->be;
-    float h[2 * RING_STEPS];
+static void stats_flush(void *ctx, dv_train_state *ts) {
+    run *r = ctx;
+    if (!r->ring.used) return;
+    float h[2 * DV_RING_STEPS];
+    int64_t step0;
     dv_device_sync(r->comm, r->be, r->device_comm, 0);
-    be->to_host(be->ctx, h, r->ring_cap > 1 ? r->ring : r->m->stats,
-                2 * sizeof(float) * (size_t)r->ring_used);
-    for (int i = 0; i < r->ring_used; i++) {
+    const int n = dv_ring_read(&r->ring, h, &step0);
+    for (int i = 0; i < n; i++) {
         if (!isfinite(h[2 * i])) {
             char msg[256];
             snprintf(msg, sizeof(msg), "the loss became %f at step %lld; lower lr or set clip_norm",
-                     h[2 * i], (long long)(r->ring_step0 + i + 1));
+                     h[2 * i], (long long)(step0 + i + 1));
             dv_comm_abort(r->comm, 1, msg);
         }
         ts->loss_sum += h[2 * i];
         ts->correct_sum += h[2 * i + 1];
     }
-    r->ring_used = 0;
 }
 
 /* Keeps the step's (loss, correct) from m->stats; reads them when the ring
  * is full (every step on the CPU). `ts->step` is the step just taken,
  * 0-based. */
 static void stats_push(run *r, dv_train_state *ts) {
-    const dv_backend *be = r->be;
-    if (!r->ring_used) r->ring_step0 = ts->step;
-    if (r->ring_cap > 1)
-        be->copy(be->ctx, r->ring + 2 * r->ring_used, r->m->stats, 2 * sizeof(float));
-    if (++r->ring_used == r->ring_cap) stats_flush(r, ts);
+    if (dv_ring_push(&r->ring, ts->step)) stats_flush(r, ts);
 }
 
 /* ---- evaluation --------------------------------------------------------- */
@@ -489,7 +478,8 @@ static float *streams_gather(run *r) {
 /* Rank 0 writes the checkpoint once — as ckpt-<step>.h5 (as last.h5 when
  * keep = 0) — and makes last.h5 and, for a new best, best.h5 hard links to
  * it; every rank learns whether it worked. Collective. */
-static int save(run *r, const dv_train_state *ts, int best) {
+static int save(void *ctx, const dv_train_state *ts, int best) {
+    run *r = ctx;
     int rc = 0;
     /* with a sharded optimizer each rank holds only its shard's moments */
     if (r->sharded && (dv_comm_allgather(r->comm, r->m->state1, r->m->nparams, r->err) ||
@@ -510,9 +500,26 @@ static int save(run *r, const dv_train_state *ts, int best) {
     return dv_agree(r->comm, rc, r->err) ? -1 : 0;
 }
 
-/* The epoch's running train metrics summed over ranks (for a checkpoint
- * written mid-epoch: rank 0 stores the global sums). */
-static void global_sums(run *r, const dv_train_state *ts, dv_train_state *out) {
+/* ---- the loop's callbacks (dv_loop) ---------------------------------------- */
+
+static void loop_step(void *ctx, const dv_batch *b, dv_train_state *ts, int64_t s, int64_t first) {
+    run *r = ctx;
+    dv_model *m = r->m;
+    r->lr = dv_lr_at(&r->st, ts->step, r->steps);
+    r->be->fill(r->be->ctx, m->stats, 0.0f, 2);
+    /* stateful layers: streams restart each epoch, and go on from the
+     * checkpoint's state on the first step of a resumed one */
+    m->carry = s > first || (s == first && first > 0 && r->streams_resumed);
+    train_step(r, b, r->lr, ts->step);
+    stats_push(r, ts);
+    ts->seen += (double)b->count * m->positions;
+}
+
+/* The epoch's running train metrics summed over ranks (a checkpoint
+ * written mid-epoch stores the global sums); at an epoch's end batch
+ * norm's running statistics are averaged too. */
+static void loop_global(void *ctx, const dv_train_state *ts, dv_train_state *out, int at_end) {
+    run *r = ctx;
     *out = *ts;
     double s[3] = {ts->loss_sum, ts->correct_sum, ts->seen};
     if (dv_comm_allreduce_double(r->comm, s, 3, DV_REDUCE_SUM, r->err))
@@ -520,17 +527,78 @@ static void global_sums(run *r, const dv_train_state *ts, dv_train_state *out) {
     out->loss_sum = s[0];
     out->correct_sum = s[1];
     out->seen = s[2];
+    dv_model *m = r->m;
+    if (at_end && m->nbuffers && r->world > 1)
+        dv_average_on_device(r->comm, r->be, r->device_comm, m->buffers, m->nbuffers);
 }
 
-static void print_progress(const run *r, int64_t epoch, int64_t step, int64_t steps, double loss,
-                           double rate, double eta, int live) {
+static const char *unit(const run *r) {
+    return r->tokens ? "tokens" : "samples"; /* token models count tokens: rate * T */
+}
+
+static void loop_progress(void *ctx, const dv_train_state *ts, int64_t epoch, int64_t step,
+                          int64_t steps, double rate, double eta) {
+    const run *r = ctx;
     int mins = (int)(eta / 60), secs = (int)eta % 60;
-    /* token models count tokens: rate * T */
     printf("%sepoch %lld/%ld  step %lld/%lld  loss %.4f  %.0f %s/s  ETA %d:%02d%s",
-           live ? "\r" : "", (long long)epoch + 1, r->st.epochs, (long long)step, (long long)steps,
-           loss, rate * r->m->positions, r->tokens ? "tokens" : "samples", mins, secs,
-           live ? "   " : "\n");
+           r->live ? "\r" : "", (long long)epoch + 1, r->st.epochs, (long long)step,
+           (long long)steps, ts->loss_sum / ts->seen, rate * r->m->positions, unit(r), mins, secs,
+           r->live ? "   " : "\n");
     fflush(stdout);
+}
+
+static void loop_stopped(void *ctx, const dv_train_state *g, double rate) {
+    const run *r = ctx;
+    if (r->rank == 0)
+        printf("loss %.4f acc %.4f | train %.0f %s/s\n", g->loss_sum / g->seen,
+               g->correct_sum / g->seen, rate * r->m->positions, unit(r));
+}
+
+static int loop_epoch_end(void *ctx, dv_train_state *ts, const dv_train_state *g, int64_t epoch,
+                          double rate, double t0) {
+    run *r = ctx;
+    double vloss = NAN, vacc = NAN, vn = 0;
+    if (r->vl && evaluate(r, r->vl, &vloss, &vacc, &vn)) return -1;
+    ts->epoch = epoch + 1;
+    ts->step_in_epoch = 0;
+    ts->loss_sum = ts->correct_sum = ts->seen = 0;
+    const double tloss = g->loss_sum / g->seen, tacc = g->correct_sum / g->seen;
+    double monitor = r->vl ? vloss : tloss;
+    int improved = monitor < ts->best_val_loss;
+    if (improved) {
+        ts->best_val_loss = monitor;
+        ts->bad_epochs = 0;
+    } else {
+        ts->bad_epochs++;
+    }
+    const int positions = r->m->positions;
+    double secs = dv_now() - t0;
+    if (r->rank == 0) {
+        printf("epoch %lld/%ld | loss %.4f", (long long)epoch + 1, r->st.epochs, tloss);
+        if (r->tokens) printf(" ppl %.2f", exp(tloss));
+        printf(" acc %.4f", tacc);
+        if (r->vl) printf(" | val loss %.4f", vloss);
+        if (r->vl && r->tokens) printf(" ppl %.2f", exp(vloss));
+        if (r->vl) printf(" acc %.4f", vacc);
+        printf(" | train %.0f %s/s | %.1f s%s\n", rate * positions, unit(r), secs,
+               improved && r->vl ? " | best" : "");
+        fflush(stdout);
+        if (r->metrics) {
+            fprintf(r->metrics, "%lld,%lld,%g,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f", (long long)epoch + 1,
+                    (long long)ts->step, r->lr, tloss, tacc, vloss, vacc, rate, secs);
+            if (r->tokens)
+                fprintf(r->metrics, ",%.1f,%.4f,%.4f", rate * positions, exp(tloss), exp(vloss));
+            fprintf(r->metrics, "\n");
+            fflush(r->metrics);
+        }
+    }
+    if (!r->st.patience || ts->bad_epochs < r->st.patience) return improved ? DV_LOOP_BEST : 0;
+    if (r->rank == 0)
+        printf("early stopping: no improvement of the %s loss for %lld epochs; best %.4f is in "
+               "%s/best.h5\n",
+               r->vl ? "val" : "train", (long long)ts->bad_epochs, ts->best_val_loss,
+               r->st.run_dir);
+    return (improved ? DV_LOOP_BEST : 0) | DV_LOOP_STOP;
 }
 
 int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
@@ -624,153 +692,32 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
         }
         fflush(stdout);
     }
-    /* A live line needs a terminal. Under mpirun, rank 0's stdout is a
-     * pseudo-terminal even when mpirun's own output goes to a file, so
-     * `auto` prints plain lines whenever an MPI launcher started us. */
-    int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
-    int live = r->rank == 0 &&
-               (r->st.progress == 1 || (r->st.progress == 0 && isatty(STDOUT_FILENO) && !launched));
-    int64_t log_every = r->st.log_every ? r->st.log_every : (steps >= 10 ? steps / 10 : 1);
-    int stop = 0, stop_signal = 0;
-    dv_stop_signals_catch();
-    for (int64_t epoch = ts.epoch; epoch < r->st.epochs && !stop; epoch++) {
-        double t0 = dv_now(), t_train = 0, last_print = 0;
-        int64_t first = epoch == ts.epoch ? ts.step_in_epoch : 0, done = 0;
-        if (dv_loader_start(r->tl, epoch, first, r->err)) dv_comm_abort(c, 1, r->err);
-        double lr = r->st.lr;
-        for (int64_t s = first; s < steps; s++) {
-            double ts0 = dv_now();
-            dv_batch b;
-            if (dv_loader_next(r->tl, &b, r->err)) dv_comm_abort(c, 1, r->err);
-            lr = dv_lr_at(&r->st, ts.step, steps);
-            be->fill(be->ctx, m->stats, 0.0f, 2);
-            /* stateful layers: streams restart each epoch, and go on from
-             * the checkpoint's state on the first step of a resumed one */
-            m->carry = s > first || (s == first && first > 0 && r->streams_resumed);
-            train_step(r, &b, lr, ts.step);
-            stats_push(r, &ts);
-            ts.seen += (double)b.count * m->positions;
-            ts.step++;
-            ts.step_in_epoch = s + 1;
-            done++;
-            double t1 = dv_now();
-            t_train += t1 - ts0;
-            if (r->rank == 0 && ((live && t1 - last_print > 0.25) ||
-                                 (!live && (s + 1) % log_every == 0 && s + 1 < steps))) {
-                stats_flush(r, &ts);
-                double rate = (double)done * (double)r->st.batch / t_train;
-                double eta = (double)(steps - s - 1) * (t_train / (double)done);
-                print_progress(r, epoch, s + 1, steps, ts.loss_sum / ts.seen, rate, eta, live);
-                last_print = t1;
-            }
-            if (r->st.max_steps && ts.step >= r->st.max_steps) {
-                stop = 1;
-                break;
-            }
-            if ((stop_signal = dv_stop_signal_agreed(c, ts.step, 8))) {
-                stop = 1;
-                break;
-            }
-            if (r->st.checkpoint_every && ts.step % r->st.checkpoint_every == 0 && s + 1 < steps) {
-                dv_train_state g;
-                stats_flush(r, &ts);
-                global_sums(r, &ts, &g);
-                if (save(r, &g, 0)) {
-                    run_free(r);
-                    return 1;
-                }
-            }
-        }
-        if (live) printf("\r%100s\r", "");
-        /* end of epoch (or of max_steps) */
-        stats_flush(r, &ts);
-        double s3[3] = {ts.loss_sum, ts.correct_sum, ts.seen};
-        if (dv_comm_allreduce_double(c, s3, 3, DV_REDUCE_SUM, r->err)) dv_comm_abort(c, 1, r->err);
-        if (m->nbuffers && r->world > 1)
-            dv_average_on_device(c, be, r->device_comm, m->buffers, m->nbuffers);
-        double rate = done ? (double)done * (double)r->st.batch / t_train : 0;
-        if (ts.step_in_epoch < steps) {
-            /* stopped by max_steps inside the epoch: save where we are; the
-             * epoch's metrics and early stopping wait for its end */
-            if (r->rank == 0)
-                printf("stopped at step %lld (%s), epoch %lld at %lld/%lld | loss %.4f "
-                       "acc %.4f | train %.0f %s/s\n",
-                       (long long)ts.step, stop_signal ? strsignal(stop_signal) : "max_steps",
-                       (long long)epoch + 1, (long long)ts.step_in_epoch, (long long)steps,
-                       s3[0] / s3[2], s3[1] / s3[2], rate * m->positions,
-                       r->tokens ? "tokens" : "samples");
-            dv_train_state g;
-            global_sums(r, &ts, &g);
-            if (save(r, &g, 0)) {
-                run_free(r);
-                return 1;
-            }
-            break;
-        }
-        double vloss = NAN, vacc = NAN, vn = 0;
-        if (r->vl && evaluate(r, r->vl, &vloss, &vacc, &vn)) {
-            run_free(r);
-            return 1;
-        }
-        ts.epoch = epoch + 1;
-        ts.step_in_epoch = 0;
-        ts.loss_sum = ts.correct_sum = ts.seen = 0;
-        double monitor = r->vl ? vloss : s3[0] / s3[2];
-        int improved = monitor < ts.best_val_loss;
-        if (improved) {
-            ts.best_val_loss = monitor;
-            ts.bad_epochs = 0;
-        } else {
-            ts.bad_epochs++;
-        }
-        double secs = dv_now() - t0;
-        if (r->rank == 0) {
-            double tloss = s3[0] / s3[2];
-            printf("epoch %lld/%ld | loss %.4f", (long long)epoch + 1, r->st.epochs, tloss);
-            if (r->tokens) printf(" ppl %.2f", exp(tloss));
-            printf(" acc %.4f", s3[1] / s3[2]);
-            if (r->vl) printf(" | val loss %.4f", vloss);
-            if (r->vl && r->tokens) printf(" ppl %.2f", exp(vloss));
-            if (r->vl) printf(" acc %.4f", vacc);
-            printf(" | train %.0f %s/s | %.1f s%s\n", rate * m->positions,
-                   r->tokens ? "tokens" : "samples", secs, improved && r->vl ? " | best" : "");
-            fflush(stdout);
-            if (metrics) {
-                fprintf(metrics, "%lld,%lld,%g,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f", (long long)epoch + 1,
-                        (long long)ts.step, lr, tloss, s3[1] / s3[2], vloss, vacc, rate, secs);
-                if (r->tokens)
-                    fprintf(metrics, ",%.1f,%.4f,%.4f", rate * m->positions, exp(tloss),
-                            exp(vloss));
-                fprintf(metrics, "\n");
-                fflush(metrics);
-            }
-        }
-        if (save(r, &ts, improved)) {
-            run_free(r);
-            return 1;
-        }
-        if (r->st.patience && ts.bad_epochs >= r->st.patience) {
-            if (r->rank == 0)
-                printf("early stopping: no improvement of the %s loss for %lld epochs; best "
-                       "%.4f is in %s/best.h5\n",
-                       r->vl ? "val" : "train", (long long)ts.bad_epochs, ts.best_val_loss,
-                       r->st.run_dir);
-            break;
-        }
-    }
-    if (stop_signal && r->rank == 0)
-        printf("interrupted by %s: the checkpoint of step %lld is in %s/last.h5; continue "
-               "with --resume auto\n",
-               strsignal(stop_signal), (long long)ts.step, r->st.run_dir);
-    if (r->rank == 0) {
+    r->live = dv_progress_live(&r->st, c);
+    r->steps = steps;
+    r->lr = r->st.lr;
+    r->metrics = metrics;
+    dv_loop loop = {.comm = c,
+                    .st = &r->st,
+                    .loader = r->tl,
+                    .live = r->live,
+                    .ctx = r,
+                    .step = loop_step,
+                    .flush = stats_flush,
+                    .global = loop_global,
+                    .progress = loop_progress,
+                    .stopped = loop_stopped,
+                    .epoch_end = loop_epoch_end,
+                    .save = save};
+    rc = dv_loop_run(&loop, &ts);
+    if (r->rank == 0 && rc != 1) {
         char best[1200];
         snprintf(best, sizeof(best), "%s/best.h5", r->st.run_dir);
         printf("done: %lld steps; checkpoints in %s (last.h5%s)\n", (long long)ts.step,
                r->st.run_dir, access(best, F_OK) ? "" : ", best.h5");
-        if (metrics) fclose(metrics);
     }
+    if (metrics) fclose(metrics);
     run_free(r);
-    return stop_signal ? 128 + stop_signal : 0;
+    return rc;
 }
 
 /* ---- eval and predict ------------------------------------------------------ */

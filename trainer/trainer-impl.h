@@ -393,6 +393,75 @@ void dv_checkpoint_path(const char *dir, long keep, int64_t step, char *path, si
 /* After `path` is written: last.h5 (keep > 0) and, for a new best, best.h5
  * become hard links to it, and only the newest `keep` ckpt-*.h5 stay. */
 int dv_checkpoint_publish(const char *dir, const char *path, long keep, int best, char *err);
+/* The epochs of a training loop (dv_loop_run): what is the same for every
+ * kind of model — the loader, step timing, progress lines, max_steps, stop
+ * signals, checkpoint_every, the save where a run stops inside an epoch —
+ * around what each kind does itself (train.c, gan.c), given as callbacks on
+ * ctx. The running sums live in a dv_train_state that every rank keeps for
+ * itself; `global` sums it over ranks. */
+#define DV_LOOP_BEST 1 /* epoch_end: this epoch's checkpoint is the new best.h5 */
+#define DV_LOOP_STOP 2 /* epoch_end: stop after it (early stopping) */
+typedef struct dv_loop {
+    dv_comm *comm;
+    const dv_settings *st;
+    dv_loader *loader;
+    int live; /* rank 0 rewrites one progress line (dv_progress_live) */
+    void *ctx;
+    /* one optimizer step on b, adding its metrics to ts (ts->step is its
+     * number); s is its index in the epoch, first the first one this run
+     * takes of the epoch */
+    void (*step)(void *ctx, const dv_batch *b, dv_train_state *ts, int64_t s, int64_t first);
+    /* the metrics still on the device into ts (this rank's) */
+    void (*flush)(void *ctx, dv_train_state *ts);
+    /* ts with the running sums of every rank in *out (collective); at the
+     * end of an epoch (or of the run inside one), also what the ranks keep
+     * apart, such as batch norm's running statistics, made equal */
+    void (*global)(void *ctx, const dv_train_state *ts, dv_train_state *out, int at_end);
+    /* rank 0's progress line from its own running sums */
+    void (*progress)(void *ctx, const dv_train_state *ts, int64_t epoch, int64_t step,
+                     int64_t steps, double rate, double eta);
+    /* the rest of rank 0's "stopped at step ... | " line, from the global
+     * sums (every rank calls it) */
+    void (*stopped)(void *ctx, const dv_train_state *g, double rate);
+    /* a finished epoch (begun at dv_now() = t0) with its global sums g:
+     * evaluation, the epoch line, metrics.csv, and ts moved on to the next
+     * epoch; DV_LOOP_* flags, or -1 after a failure (collective) */
+    int (*epoch_end)(void *ctx, dv_train_state *ts, const dv_train_state *g, int64_t epoch,
+                     double rate, double t0);
+    /* a checkpoint of ts (best: also best.h5); -1 after a failure
+     * (collective) */
+    int (*save)(void *ctx, const dv_train_state *ts, int best);
+} dv_loop;
+/* Trains from ts's position to [train] epochs, max_steps, a stop signal or
+ * early stopping. 0; 128 + the signal that stopped it; 1 after a failure
+ * (its message printed). Collective. */
+int dv_loop_run(const dv_loop *l, dv_train_state *ts);
+/* Whether rank 0's progress is one live line ([train] progress, a
+ * terminal, no MPI launcher) or plain lines. */
+int dv_progress_live(const dv_settings *st, dv_comm *c);
+/* Per-step metrics of a training loop, `width` floats a step that the
+ * step leaves at `src` (device). Reading them every step would make the
+ * host wait for the GPU every step, so on a GPU each step's values are
+ * copied into a ring of DV_RING_STEPS and read in one go (at log points,
+ * epoch ends and checkpoints); the caller adds them in step order, so its
+ * sums are the same whenever they were read. On the CPU the ring holds one
+ * step. */
+#define DV_RING_STEPS 64
+typedef struct dv_ring {
+    const dv_backend *be;
+    float *dev;       /* (DV_RING_STEPS, width) on a GPU; NULL on the CPU */
+    const float *src; /* where each step leaves its values */
+    int width, cap, used;
+    int64_t step0; /* the step of the oldest entry, 0-based */
+} dv_ring;
+int dv_ring_init(dv_ring *g, const dv_backend *be, const float *src, int width);
+void dv_ring_free(dv_ring *g);
+/* Keeps src's values of step `step`; 1 when the ring is full: read it. */
+int dv_ring_push(dv_ring *g, int64_t step);
+/* The entries, oldest first, into host (DV_RING_STEPS * width floats);
+ * returns their number and the oldest's step, and empties the ring. Wait
+ * for the device (dv_device_sync) first. */
+int dv_ring_read(dv_ring *g, float *host, int64_t *step0);
 /* Waits until at most `keep` steps' device work is still queued (the GPU
  * may run one step behind the host), with comm's timeout and NCCL error
  * checks when gradients travel on the device (device_comm); then asks the
