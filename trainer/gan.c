@@ -676,20 +676,15 @@ int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
                          .seed = r->st.seed,
                          .best_val_loss = INFINITY,
                          .nsums = NSUMS};
-    int rc = dv_run_dir_make(r->st.run_dir, r->err);
-    if (!rc && r->rank == 0) dv_run_dir_clean(r->st.run_dir);
-    char ckpt[1200] = "";
-    if (!rc && resume) {
-        dv_resume_path(resume, r->st.run_dir, ckpt, sizeof(ckpt));
-        if (ckpt[0])
-            rc = gan_resume(r, ckpt, &ts);
-        else if (r->rank == 0)
-            printf("no checkpoint in %s yet: starting a new run\n", r->st.run_dir);
-    }
+    char ckpt[1200];
+    int rc = dv_run_begin(c, &r->st, resume, ckpt, sizeof(ckpt), r->err);
+    if (!rc && ckpt[0]) rc = gan_resume(r, ckpt, &ts);
     if (dv_agree(c, rc, r->err)) {
         gan_free(r);
         return 1;
     }
+    dv_replicas_check(c, r->g.m);
+    dv_replicas_check(c, r->d.m);
     int64_t steps = dv_loader_steps(r->tl);
     if (r->rank == 0) {
         printf("generator ");
@@ -701,6 +696,8 @@ int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
                r->st.file, r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->world,
                r->world > 1 ? "s" : "", r->local_batch, r->st.batch, (long long)steps,
                dv_loader_in_memory(r->tl) ? "in memory" : "streaming", r->be->name);
+        if (r->be->stream)
+            printf("gradients %s\n", dv_comm_device_path(c) ? dv_comm_device_path(c) : "?");
         fflush(stdout);
     }
     if (r->cls && score_real(r, r->real)) {
@@ -723,12 +720,7 @@ int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
                     .epoch_end = loop_epoch_end,
                     .save = gan_save};
     rc = dv_loop_run(&loop, &ts);
-    if (r->rank == 0 && rc != 1) {
-        char best[1200];
-        snprintf(best, sizeof(best), "%s/best.h5", r->st.run_dir);
-        printf("done: %lld steps; checkpoints in %s (last.h5%s), samples-epoch-*.png\n",
-               (long long)ts.step, r->st.run_dir, access(best, F_OK) ? "" : ", best.h5 by score");
-    }
+    if (rc != 1) dv_run_done(c, &r->st, ts.step, "; samples-epoch-*.png");
     if (r->metrics) fclose(r->metrics);
     gan_free(r);
     return rc;

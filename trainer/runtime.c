@@ -118,6 +118,37 @@ int dv_resume_state(dv_comm *c, const char *ckpt, const dv_settings *st, dv_trai
     return 0;
 }
 
+int dv_run_begin(dv_comm *c, const dv_settings *st, const char *resume, char *ckpt, size_t len,
+                 char *err) {
+    ckpt[0] = 0;
+    int rc = dv_run_dir_make(st->run_dir, err);
+    if (!rc && dv_comm_rank(c) == 0) dv_run_dir_clean(st->run_dir);
+    if (!rc && resume) {
+        dv_resume_path(resume, st->run_dir, ckpt, len);
+        if (!ckpt[0] && dv_comm_rank(c) == 0)
+            printf("no checkpoint in %s yet: starting a new run\n", st->run_dir);
+    }
+    return rc;
+}
+
+void dv_replicas_check(dv_comm *c, const dv_model *m) {
+    const dv_backend *be = m->be;
+    float *host = malloc(m->nparams * sizeof(float) + 1);
+    if (!host) dv_comm_abort(c, 1, "out of memory");
+    be->to_host(be->ctx, host, m->params, m->nparams * sizeof(float));
+    int same = dv_comm_all_equal(c, host, m->nparams * sizeof(float));
+    free(host);
+    if (!same) dv_comm_abort(c, 1, "the model replicas differ across ranks at start-up");
+}
+
+void dv_run_done(dv_comm *c, const dv_settings *st, int64_t step, const char *also) {
+    if (dv_comm_rank(c)) return;
+    char best[1200];
+    snprintf(best, sizeof(best), "%s/best.h5", st->run_dir);
+    printf("done: %lld steps; checkpoints in %s (last.h5%s)%s\n", (long long)step, st->run_dir,
+           access(best, F_OK) ? "" : ", best.h5", also);
+}
+
 /* ---- stop signals ---------------------------------------------------------- */
 
 /* SIGTERM / SIGINT (a scheduler's time limit, Ctrl-C): the loop notices at

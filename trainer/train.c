@@ -614,50 +614,36 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
                          .global_batch = r->st.batch,
                          .seed = r->st.seed,
                          .best_val_loss = INFINITY};
-    int rc = dv_run_dir_make(r->st.run_dir, r->err);
-    if (!rc && r->rank == 0) dv_run_dir_clean(r->st.run_dir);
-    char ckpt[1200] = "";
-    if (!rc && resume) {
-        dv_resume_path(resume, r->st.run_dir, ckpt, sizeof(ckpt));
-        if (ckpt[0]) {
-            rc = dv_checkpoint_load(ckpt, m, &ts, 1, r->err);
-            if (!rc) rc = dv_resume_state(c, ckpt, &r->st, &ts, r->err);
-            /* stateful layers: the streams go on from the saved state (the
-             * rows are re-sharded when the number of ranks changed) */
-            const size_t cols = stream_cols(m);
-            if (!rc && cols) {
-                float *table = NULL;
-                int rows = 0, tc = 0;
-                rc = dv_checkpoint_streams(ckpt, &table, &rows, &tc, r->err);
-                if (!rc && table && rows == (int)r->st.batch && (size_t)tc == cols) {
-                    rc = streams_io(r, table, 0)
-                             ? dv_fail(r->err, "out of memory for the carried state")
-                             : 0;
-                    r->streams_resumed = !rc;
-                } else if (!rc && r->rank == 0) {
-                    printf("%s: no carried state for these stateful layers: the streams "
-                           "restart from zeros\n",
-                           ckpt);
-                }
-                free(table);
+    char ckpt[1200];
+    int rc = dv_run_begin(c, &r->st, resume, ckpt, sizeof(ckpt), r->err);
+    if (!rc && ckpt[0]) {
+        rc = dv_checkpoint_load(ckpt, m, &ts, 1, r->err);
+        if (!rc) rc = dv_resume_state(c, ckpt, &r->st, &ts, r->err);
+        /* stateful layers: the streams go on from the saved state (the
+         * rows are re-sharded when the number of ranks changed) */
+        const size_t cols = stream_cols(m);
+        if (!rc && cols) {
+            float *table = NULL;
+            int rows = 0, tc = 0;
+            rc = dv_checkpoint_streams(ckpt, &table, &rows, &tc, r->err);
+            if (!rc && table && rows == (int)r->st.batch && (size_t)tc == cols) {
+                rc = streams_io(r, table, 0)
+                         ? dv_fail(r->err, "out of memory for the carried state")
+                         : 0;
+                r->streams_resumed = !rc;
+            } else if (!rc && r->rank == 0) {
+                printf("%s: no carried state for these stateful layers: the streams "
+                       "restart from zeros\n",
+                       ckpt);
             }
-        } else if (r->rank == 0) {
-            printf("no checkpoint in %s yet: starting a new run\n", r->st.run_dir);
+            free(table);
         }
     }
     if (dv_agree(c, rc, r->err)) {
         run_free(r);
         return 1;
     }
-    /* The replicas must start equal: same seed, same checkpoint. */
-    {
-        float *host = malloc(m->nparams * sizeof(float));
-        if (!host) dv_comm_abort(c, 1, "out of memory");
-        be->to_host(be->ctx, host, m->params, m->nparams * sizeof(float));
-        int same = dv_comm_all_equal(c, host, m->nparams * sizeof(float));
-        free(host);
-        if (!same) dv_comm_abort(c, 1, "the model replicas differ across ranks at start-up");
-    }
+    dv_replicas_check(c, m);
     int64_t steps = dv_loader_steps(r->tl);
     FILE *metrics = NULL;
     if (r->rank == 0) {
@@ -709,12 +695,7 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
                     .epoch_end = loop_epoch_end,
                     .save = save};
     rc = dv_loop_run(&loop, &ts);
-    if (r->rank == 0 && rc != 1) {
-        char best[1200];
-        snprintf(best, sizeof(best), "%s/best.h5", r->st.run_dir);
-        printf("done: %lld steps; checkpoints in %s (last.h5%s)\n", (long long)ts.step,
-               r->st.run_dir, access(best, F_OK) ? "" : ", best.h5");
-    }
+    if (rc != 1) dv_run_done(c, &r->st, ts.step, "");
     if (metrics) fclose(metrics);
     run_free(r);
     return rc;

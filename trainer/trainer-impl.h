@@ -373,6 +373,17 @@ void dv_resume_path(const char *resume, const char *run_dir, char *ckpt, size_t 
  * only. */
 int dv_resume_state(dv_comm *c, const char *ckpt, const dv_settings *st, dv_train_state *ts,
                     char *err);
+/* A training run's start, on every rank: run_dir made (and cleaned by rank
+ * 0) and the checkpoint --resume names in ckpt ("" for a new run; it says
+ * so when --resume auto finds none). 0, or -1 with err. */
+int dv_run_begin(dv_comm *c, const dv_settings *st, const char *resume, char *ckpt, size_t len,
+                 char *err);
+/* Ends the job unless every rank holds the same parameters of m (same seed,
+ * same checkpoint). Collective. */
+void dv_replicas_check(dv_comm *c, const dv_model *m);
+/* Rank 0's last line: "done: N steps; checkpoints in run_dir (last.h5[,
+ * best.h5])" and `also`. */
+void dv_run_done(dv_comm *c, const dv_settings *st, int64_t step, const char *also);
 /* SIGTERM / SIGINT set a flag that the loops read at step boundaries. */
 void dv_stop_signals_catch(void);
 /* The signal any rank received, agreed on by all (0: none). Collective
