@@ -297,6 +297,10 @@ static void test_gemm_batched_ld_cpu(void **state) {
         for (int tb = 0; tb < 2; tb++) {
             free(run_gbl(cpu, ta, tb, 5, 6, 7, 0.0f));
             free(run_gbl(cpu, ta, tb, 5, 6, 7, 0.5f));
+            /* A B^T goes through the packed kernel (one thread, AVX-512):
+             * two 8-row strips and a row, a full panel and a narrow one */
+            free(run_gbl(cpu, ta, tb, 17, 40, 33, 0.0f));
+            free(run_gbl(cpu, ta, tb, 17, 40, 33, 0.5f));
         }
 }
 

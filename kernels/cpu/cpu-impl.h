@@ -91,6 +91,9 @@ void dv_cpu_sync(void *ctx);
 int dv_cpu_pack_own(int threads);
 int dv_cpu_gemm_own(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                     const float *A, const float *B, float beta, float *C);
+int dv_cpu_gemm_own_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                       int ldc);
 void dv_cpu_gemm_batched_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                             const float *A, int lda, long long stride_a, const float *B, int ldb,
                             long long stride_b, float beta, float *C, int ldc, long long stride_c,

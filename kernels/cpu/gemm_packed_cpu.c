@@ -12,11 +12,11 @@
  * OpenBLAS without it for 4096 x 512 x 128 with beta = 1, 0.95x with it).
  *
  * dv_cpu_gemm sends large A op(B) products here too (op(B) packed per
- * call), and A^T B (weight gradients: K is the rows of a batch, thousands)
- * to a blocked variant: KC rows of op(B) packed into panels, MC rows of
- * op(A) packed into strips of 8 rows interleaved along K (kernel_8p), as
- * in a classic GEMM; OpenBLAS also packs both, but clears C in a pass of
- * its own when beta = 0 and runs its kernel a little below this one.
+ * call, as the CPU's gemm_batched_ld does for attention's A B^T), and A^T B (weight gradients: K is
+ * the rows of a batch, thousands) to a blocked variant: KC rows of op(B) packed into panels, MC
+ * rows of op(A) packed into strips of 8 rows interleaved along K (kernel_8p), as in a classic GEMM;
+ * OpenBLAS also packs both, but clears C in a pass of its own when beta = 0 and runs its kernel a
+ * little below this one.
  *
  * Without AVX-512, or when OpenBLAS is given more than one thread (this
  * kernel is single-threaded), the packed form is op(B) itself, row-major
@@ -48,6 +48,10 @@ int dv_cpu_pack_own(int threads) {
 #endif
 }
 
+#if defined(__GNUC__) && defined(__x86_64__)
+static void pack_b(int trans_b, int N, const float *B, int ldb, int k0, int kc, float *Bp);
+#endif
+
 size_t dv_cpu_gemm_pack_size(void *ctx, int K, int N) {
     const dv_cpu_ctx *cx = ctx;
     if (K <= 0 || N <= 0) return 0;
@@ -66,6 +70,12 @@ void dv_cpu_gemm_pack(void *ctx, int trans_b, int K, int N, const float *B, floa
                 packed[(size_t)k * N + n] = OPB(k, n);
         return;
     }
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (!trans_b) {
+        pack_b(0, N, B, N, 0, K, packed); /* the same panels, in vector moves */
+        return;
+    }
+#endif
     for (int n0 = 0; n0 < N; n0 += NR) {
         float *panel = packed + (size_t)n0 * K;
         const int w = N - n0 < NR ? N - n0 : NR;
@@ -197,8 +207,8 @@ __attribute__((target("arch=x86-64-v4"))) static void kernel_8p(int K, const flo
  * panel-outer order reads all of A again for each panel). */
 __attribute__((target("arch=x86-64-v4"))) static void packed_avx512(int M, int N, int K,
                                                                     float alpha, const float *A,
-                                                                    const float *packed, float beta,
-                                                                    float *C) {
+                                                                    int lda, const float *packed,
+                                                                    float beta, float *C, int ldc) {
     int mb = 8192 / K / MR * MR;
     mb = mb < MR ? MR : (mb > 256 ? 256 : mb);
     for (int m0 = 0; m0 < M; m0 += mb) {
@@ -208,39 +218,49 @@ __attribute__((target("arch=x86-64-v4"))) static void packed_avx512(int M, int N
             const int w = N - n0 < NR ? N - n0 : NR;
             int m = m0;
             for (; m + MR <= m1; m += MR)
-                kernel_8(K, A + (size_t)m * K, K, P, alpha, beta, C + (size_t)m * N + n0, N, w);
+                kernel_8(K, A + (size_t)m * lda, lda, P, alpha, beta, C + (size_t)m * ldc + n0, ldc,
+                         w);
             for (; m < m1; m++)
-                kernel_1(K, A + (size_t)m * K, P, alpha, beta, C + (size_t)m * N + n0, w);
+                kernel_1(K, A + (size_t)m * lda, P, alpha, beta, C + (size_t)m * ldc + n0, w);
         }
     }
 }
 
 /* op(A) rows [m0, m0 + mc) x columns [k0, k0 + kc) into strips of MR rows,
  * each kc groups of MR floats (pack layout of kernel_8p), the rows of a
- * last short strip zero. A is (M, K), or (K, M) when trans_a. */
+ * last short strip zero. A is (M, K), or (K, M) when trans_a. A transposed
+ * A is read a row of mc floats at a time, all strips together: its rows
+ * are M floats apart (4 KB in an LSTM's weight gradient, a page, which no
+ * hardware prefetcher crosses), so whole cache lines are taken once, and
+ * the rows PF_ROWS ahead are prefetched (strip by strip, this copy was
+ * 11% of an LSTM's weight-gradient time). */
+#define PF_ROWS 8
 __attribute__((target("arch=x86-64-v4"))) static void
-pack_a(int trans_a, int M, int K, const float *A, int m0, int mc, int k0, int kc, float *Ap) {
+pack_a(int trans_a, const float *A, int lda, int m0, int mc, int k0, int kc, float *Ap) {
+    if (trans_a) {
+        const int full = mc / MR * MR;
+        for (int k = 0; k < kc; k++) {
+            const float *src = A + (size_t)(k0 + k) * lda + m0;
+            if (k + PF_ROWS < kc)
+                for (int j = 0; j < mc; j += 16)
+                    __builtin_prefetch(src + (size_t)PF_ROWS * lda + j, 0, 3);
+            for (int s = 0; s < full; s += MR)
+                _mm256_storeu_ps(Ap + (size_t)s * kc + (size_t)k * MR, _mm256_loadu_ps(src + s));
+            if (full < mc) {
+                float *dst = Ap + (size_t)full * kc + (size_t)k * MR;
+                for (int r = 0; r < MR; r++)
+                    dst[r] = full + r < mc ? src[full + r] : 0.0f;
+            }
+        }
+        return;
+    }
     for (int s = 0; s < mc; s += MR) {
         float *dst = Ap + (size_t)s * kc;
         const int rows = mc - s < MR ? mc - s : MR;
-        if (trans_a && rows == MR) {
+        for (int r = 0; r < MR; r++) {
+            const float *src = A + (size_t)(m0 + s + r) * lda + k0;
             for (int k = 0; k < kc; k++)
-                _mm256_storeu_ps(dst + (size_t)k * MR,
-                                 _mm256_loadu_ps(A + (size_t)(k0 + k) * M + m0 + s));
-        } else if (trans_a) {
-            for (int k = 0; k < kc; k++) {
-                const float *src = A + (size_t)(k0 + k) * M + m0 + s;
-                for (int r = 0; r < rows; r++)
-                    dst[(size_t)k * MR + r] = src[r];
-                for (int r = rows; r < MR; r++)
-                    dst[(size_t)k * MR + r] = 0.0f;
-            }
-        } else {
-            for (int r = 0; r < MR; r++) {
-                const float *src = A + (size_t)(m0 + s + r) * K + k0;
-                for (int k = 0; k < kc; k++)
-                    dst[(size_t)k * MR + r] = r < rows ? src[k] : 0.0f;
-            }
+                dst[(size_t)k * MR + r] = r < rows ? src[k] : 0.0f;
         }
     }
 }
@@ -248,29 +268,27 @@ pack_a(int trans_a, int M, int K, const float *A, int m0, int mc, int k0, int kc
 /* op(B) rows [k0, k0 + kc), every column, into panels of NR columns, kc
  * rows each, the columns past N zero. B is (K, N), or (N, K) when
  * trans_b. */
-__attribute__((target("arch=x86-64-v4"))) static void
-pack_b(int trans_b, int N, int K, const float *B, int k0, int kc, float *Bp) {
+__attribute__((target("arch=x86-64-v4"))) static void pack_b(int trans_b, int N, const float *B,
+                                                             int ldb, int k0, int kc, float *Bp) {
     for (int n0 = 0; n0 < N; n0 += NR) {
         float *panel = Bp + (size_t)n0 * kc;
         const int w = N - n0 < NR ? N - n0 : NR;
         if (trans_b) {
-            for (int j = 0; j < w; j++) {
-                const float *src = B + (size_t)(n0 + j) * K + k0;
-                for (int k = 0; k < kc; k++)
-                    panel[(size_t)k * NR + j] = src[k];
+            for (int k = 0; k < kc; k++) {
+                float *row = panel + (size_t)k * NR;
+                for (int j = 0; j < w; j++)
+                    row[j] = B[(size_t)(n0 + j) * ldb + k0 + k];
+                for (int j = w; j < NR; j++)
+                    row[j] = 0.0f;
             }
-            if (w < NR)
-                for (int k = 0; k < kc; k++)
-                    for (int j = w; j < NR; j++)
-                        panel[(size_t)k * NR + j] = 0.0f;
         } else {
             for (int k = 0; k < kc && w == NR; k++) {
-                const float *src = B + (size_t)(k0 + k) * N + n0;
+                const float *src = B + (size_t)(k0 + k) * ldb + n0;
                 _mm512_storeu_ps(panel + (size_t)k * NR, _mm512_loadu_ps(src));
                 _mm512_storeu_ps(panel + (size_t)k * NR + 16, _mm512_loadu_ps(src + 16));
             }
             for (int k = 0; k < kc && w < NR; k++) {
-                const float *src = B + (size_t)(k0 + k) * N + n0;
+                const float *src = B + (size_t)(k0 + k) * ldb + n0;
                 float *row = panel + (size_t)k * NR;
                 for (int j = 0; j < w; j++)
                     row[j] = src[j];
@@ -286,21 +304,21 @@ pack_b(int trans_b, int N, int K, const float *B, int k0, int kc, float *Bp) {
  * op(B) against every strip of its op(A). (Packing op(B) whole and keeping
  * a block of C in L2 over all of K measured 0.85-0.95x of this.) */
 __attribute__((target("arch=x86-64-v4"))) static void
-blocked_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
-               const float *B, float beta, float *C, float *Bp, float *Ap) {
+blocked_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc, float *Bp, float *Ap) {
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         const float bk = k0 ? 1.0f : beta;
-        pack_b(trans_b, N, K, B, k0, kc, Bp);
+        pack_b(trans_b, N, B, ldb, k0, kc, Bp);
         for (int m0 = 0; m0 < M; m0 += MC) {
             const int mc = M - m0 < MC ? M - m0 : MC;
-            pack_a(trans_a, M, K, A, m0, mc, k0, kc, Ap);
+            pack_a(trans_a, A, lda, m0, mc, k0, kc, Ap);
             for (int n0 = 0; n0 < N; n0 += NR) {
                 const float *P = Bp + (size_t)n0 * kc;
                 const int w = N - n0 < NR ? N - n0 : NR;
                 for (int s = 0; s < mc; s += MR)
-                    kernel_8p(kc, Ap + (size_t)s * kc, P, alpha, bk, C + (size_t)(m0 + s) * N + n0,
-                              N, w, mc - s < MR ? mc - s : MR);
+                    kernel_8p(kc, Ap + (size_t)s * kc, P, alpha, bk,
+                              C + (size_t)(m0 + s) * ldc + n0, ldc, w, mc - s < MR ? mc - s : MR);
             }
         }
     }
@@ -338,28 +356,37 @@ static float *grow(float **buf, size_t *cap, size_t need, void *ctx) {
 #define BLOCKED_MIN_K  KC
 #define BLOCKED_MIN_MN 64
 
-int dv_cpu_gemm_own(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                    const float *A, const float *B, float beta, float *C) {
+int dv_cpu_gemm_own_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                       int ldc) {
     dv_cpu_ctx *cx = ctx;
-    if (!cx->pack_own) return 0;
-    if (trans_a) {
-        if (trans_b || K < BLOCKED_MIN_K || M < BLOCKED_MIN_MN || N < BLOCKED_MIN_MN) return 0;
+    if (!cx->pack_own || (trans_a && trans_b) || M <= 0 || N <= 0 || K <= 0) return 0;
 #if defined(__GNUC__) && defined(__x86_64__)
+    if (trans_a) {
         float *Bp = grow(&cx->pack_buf, &cx->pack_cap, (size_t)(N + NR - 1) / NR * NR * KC, ctx);
         float *Ap = grow(&cx->pack_a, &cx->pack_a_cap, (size_t)(MC + MR - 1) / MR * MR * KC, ctx);
         if (!Bp || !Ap) return 0;
-        blocked_avx512(trans_a, trans_b, M, N, K, alpha, A, B, beta, C, Bp, Ap);
+        blocked_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, Bp, Ap);
         return 1;
-#else
-        return 0;
-#endif
     }
-    if (M < OWN_MIN_M || K < OWN_MIN_K) return 0;
     const size_t need = dv_cpu_gemm_pack_size(ctx, K, N);
     if (need > OWN_MAX_B || !grow(&cx->pack_buf, &cx->pack_cap, need, ctx)) return 0;
-    dv_cpu_gemm_pack(ctx, trans_b, K, N, B, cx->pack_buf);
-    dv_cpu_gemm_packed(ctx, M, N, K, alpha, A, cx->pack_buf, beta, C);
+    pack_b(trans_b, N, B, ldb, 0, K, cx->pack_buf);
+    packed_avx512(M, N, K, alpha, A, lda, cx->pack_buf, beta, C, ldc);
     return 1;
+#else
+    (void)alpha, (void)A, (void)lda, (void)B, (void)ldb, (void)beta, (void)C, (void)ldc;
+    return 0;
+#endif
+}
+
+int dv_cpu_gemm_own(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                    const float *A, const float *B, float beta, float *C) {
+    if (trans_a ? trans_b || K < BLOCKED_MIN_K || M < BLOCKED_MIN_MN || N < BLOCKED_MIN_MN
+                : M < OWN_MIN_M || K < OWN_MIN_K)
+        return 0;
+    return dv_cpu_gemm_own_ld(ctx, trans_a, trans_b, M, N, K, alpha, A, trans_a ? M : K, B,
+                              trans_b ? K : N, beta, C, N);
 }
 
 void dv_cpu_gemm_packed(void *ctx, int M, int N, int K, float alpha, const float *A,
@@ -371,6 +398,6 @@ void dv_cpu_gemm_packed(void *ctx, int M, int N, int K, float alpha, const float
         return;
     }
 #if defined(__GNUC__) && defined(__x86_64__)
-    packed_avx512(M, N, K, alpha, A, packed, beta, C);
+    packed_avx512(M, N, K, alpha, A, K, packed, beta, C, N);
 #endif
 }
