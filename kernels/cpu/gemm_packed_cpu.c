@@ -12,11 +12,12 @@
  * OpenBLAS without it for 4096 x 512 x 128 with beta = 1, 0.95x with it).
  *
  * dv_cpu_gemm sends large A op(B) products here too (op(B) packed per
- * call, as the CPU's gemm_batched_ld does for attention's A B^T), and A^T B (weight gradients: K is
- * the rows of a batch, thousands) to a blocked variant: KC rows of op(B) packed into panels, MC
- * rows of op(A) packed into strips of 8 rows interleaved along K (kernel_8p), as in a classic GEMM;
- * OpenBLAS also packs both, but clears C in a pass of its own when beta = 0 and runs its kernel a
- * little below this one.
+ * call, as the CPU's gemm_batched_ld does for attention's A B^T), and
+ * A^T B (weight gradients: K is the rows of a batch, thousands) to a
+ * blocked variant: KC rows of op(B) packed into panels, MC rows of op(A)
+ * packed into strips of 8 rows interleaved along K (kernel_8p), as in a
+ * classic GEMM; OpenBLAS packs both too, but clears C in a pass of its own
+ * when beta = 0 and runs its kernel a little below this one.
  *
  * Without AVX-512, or when OpenBLAS is given more than one thread (this
  * kernel is single-threaded), the packed form is op(B) itself, row-major
