@@ -266,6 +266,28 @@ pack_a(int trans_a, const float *A, int lda, int m0, int mc, int k0, int kc, flo
     }
 }
 
+/* dst (8 x 8, row stride ldd) = the transpose of src (8 x 8, lds). */
+__attribute__((target("arch=x86-64-v4"))) static inline void
+transpose_8x8(const float *src, int lds, float *dst, int ldd) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; i++)
+        r[i] = _mm256_loadu_ps(src + (size_t)i * lds);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(dst + (size_t)i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (size_t)(i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+}
+
 /* op(B) rows [k0, k0 + kc), every column, into panels of NR columns, kc
  * rows each, the columns past N zero. B is (K, N), or (N, K) when
  * trans_b. */
@@ -275,7 +297,13 @@ __attribute__((target("arch=x86-64-v4"))) static void pack_b(int trans_b, int N,
         float *panel = Bp + (size_t)n0 * kc;
         const int w = N - n0 < NR ? N - n0 : NR;
         if (trans_b) {
-            for (int k = 0; k < kc; k++) {
+            int k = 0;
+            if (w == NR) /* 8 x 8 blocks through registers */
+                for (; k + 8 <= kc; k += 8)
+                    for (int j = 0; j < NR; j += 8)
+                        transpose_8x8(B + (size_t)(n0 + j) * ldb + k0 + k, ldb,
+                                      panel + (size_t)k * NR + j, NR);
+            for (; k < kc; k++) {
                 float *row = panel + (size_t)k * NR;
                 for (int j = 0; j < w; j++)
                     row[j] = B[(size_t)(n0 + j) * ldb + k0 + k];
