@@ -313,8 +313,14 @@ int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
         }
     }
     if (!s) {
-        if (strcmp(sec, "data") && strcmp(sec, "train"))
-            return dv_fail(err, "--set %s: %s has no section [%s]", assignment, cfg->path, sec);
+        if (strcmp(sec, "data") && strcmp(sec, "train")) {
+            /* name the longest section the assignment could have meant */
+            const char *last = eq;
+            while (last > dot && *last != '.')
+                last--;
+            return dv_fail(err, "--set %s: %s has no section [%.*s]", assignment, cfg->path,
+                           (int)(last - assignment), assignment);
+        }
         s = add_section(cfg, sec, 0);
         if (!s) return dv_fail(err, "out of memory");
         snprintf(s->name, sizeof(s->name), "%s", sec);
