@@ -290,8 +290,19 @@ expect_fail "--set of a prefixed layer names it" "--set generator.dense_1.units 
 e2e_run "$D" train gan.cfg --set generator.dense_1.unit=3
 expect_fail "--set of an unknown key in a prefixed layer" "unknown key 'unit'"
 
+e2e_run "$D" train gan.cfg --set gan.score_classifier="$WORK/none.h5"
+expect_fail "a missing score classifier" "[gan] score_classifier" "none.h5: cannot open checkpoint"
+
 e2e_run "$D" train gan.cfg
 expect_ok "a good GAN run"
+e2e_run "$D" train gan.cfg --set gan.score_classifier=gan/last.h5 --set train.run_dir=gan_by_gan
+expect_fail "a GAN checkpoint as the score classifier" "a GAN checkpoint, not a classifier"
+# the good run's MLP reads the 4 values the generator makes: a classifier to score with
+e2e_run "$D" train gan.cfg --set gan.score_classifier=good/last.h5 --set train.run_dir=gan_scored
+expect_ok "a GAN scored by a classifier"
+check "it prints the real images' score and each epoch's" \
+    bash -c "grep -q 'score of 1000 real images' '$OUT' && grep -q '^epoch 1/1 .*| score ' '$OUT'"
+check "metrics.csv has the score columns" grep -q ',score,confidence,class_entropy$' gan_scored/metrics.csv
 e2e_run "$D" sample gan/last.h5
 expect_fail "dive sample of a GAN without -o" "a GAN checkpoint" "-o GRID.png"
 e2e_run "$D" sample good/last.h5 -o x.png

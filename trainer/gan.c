@@ -171,7 +171,14 @@ static int build_models(gan *r, char *err) {
  * config on this backend. */
 static int load_classifier(gan *r, char *err) {
     char *text = dv_checkpoint_config(r->classifier, err);
-    if (!text) return -1;
+    if (!text) {
+        char why[DV_ERR_LEN];
+        snprintf(why, sizeof(why), "%s", err);
+        return dv_fail(err,
+                       "%s: [gan] score_classifier: %s (train a classifier first, e.g. "
+                       "examples/fmnist_cnn.cfg, or remove the key)",
+                       r->cfg->path, why);
+    }
     int rc = dv_config_load_text(&r->ccfg, r->classifier, text, err);
     free(text);
     if (!rc) rc = dv_settings_read(&r->ccfg, &r->cst, err);
