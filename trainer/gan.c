@@ -256,7 +256,7 @@ static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
     if (!rc) rc = build_models(r, err);
     if (!rc) rc = dv_config_check_used(cfg, err);
     if (!rc && r->classifier) rc = load_classifier(r, err);
-    if (dv_agree(c, rc, err)) return -1;
+    if (dv_agree(c, rc, err) || dv_backend_agree(c, &r->st, r->be, err)) return -1;
     rc = dv_make_loader(r->train, &r->st, c, r->local_batch, 0, 0, r->be, &r->tl, err);
     const size_t B = (size_t)r->eval_batch;
     const int K = r->cls ? r->cls->outputs : 1;

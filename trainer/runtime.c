@@ -78,6 +78,22 @@ int dv_make_loader(dv_split *s, const dv_settings *st, dv_comm *c, int batch, in
     return dv_loader_create(out, s, &lc, err);
 }
 
+int dv_backend_agree(dv_comm *c, const dv_settings *st, const dv_backend *be, char *err) {
+    double cuda = be->stream ? 1.0 : 0.0;
+    const int world = dv_comm_size(c);
+    if (dv_comm_allreduce_double(c, &cuda, 1, DV_REDUCE_SUM, err)) dv_comm_abort(c, 1, err);
+    int rc = 0;
+    if (cuda > 0 && cuda < world)
+        rc = dv_fail(err,
+                     "backend = %s: %.0f of %d ranks found a GPU and the others did not; set "
+                     "backend = cpu, or run where every rank has a GPU",
+                     st->backend, cuda, world);
+    if (!rc && dv_comm_rank(c) == 0 && st->precision != DV_PRECISION_FP32 && !be->stream)
+        printf("note: precision = %s applies to the CUDA backend; the CPU computes in fp32\n",
+               st->precision == DV_PRECISION_BF16 ? "bf16" : "tf32");
+    return dv_agree(c, rc, err);
+}
+
 /* ---- resuming ------------------------------------------------------------- */
 
 void dv_resume_path(const char *resume, const char *run_dir, char *ckpt, size_t len) {

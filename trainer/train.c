@@ -150,24 +150,6 @@ static void run_free(run *r) {
     free(r->host_targets);
 }
 
-/* Every rank must run on the same kind of backend: the gradient exchange
- * (NCCL or MPI over host memory) is chosen for all of them together. */
-static int agree_backend(run *r) {
-    double cuda = r->be->stream ? 1.0 : 0.0;
-    if (dv_comm_allreduce_double(r->comm, &cuda, 1, DV_REDUCE_SUM, r->err))
-        dv_comm_abort(r->comm, 1, r->err);
-    int rc = 0;
-    if (cuda > 0 && cuda < r->world)
-        rc = dv_fail(r->err,
-                     "backend = %s: %.0f of %d ranks found a GPU and the others did not; set "
-                     "backend = cpu, or run where every rank has a GPU",
-                     r->st.backend, cuda, r->world);
-    if (!rc && r->rank == 0 && r->st.precision != DV_PRECISION_FP32 && !r->be->stream)
-        printf("note: precision = %s applies to the CUDA backend; the CPU computes in fp32\n",
-               r->st.precision == DV_PRECISION_BF16 ? "bf16" : "tf32");
-    return dv_agree(r->comm, rc, r->err);
-}
-
 /* A token model takes its vocabulary from the token file's /vocab: its
  * size becomes [input] vocab unless the config sets it (stored with the
  * config in every checkpoint), and checkpoints carry the code points. */
@@ -215,7 +197,7 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
     if (!rc && r->tokens) r->m->vocab_map = &r->vocab;
     if (!rc) rc = dv_config_check_used(cfg, err);
     if (dv_agree(c, rc, err)) return -1;
-    if (agree_backend(r)) return -1;
+    if (dv_backend_agree(c, &r->st, r->be, err)) return -1;
     if (need_train) rc = open_split(r, r->st.train_x, r->st.train_y, &r->train, err);
     if (!rc && r->st.has_val) rc = open_split(r, r->st.val_x, r->st.val_y, &r->val, err);
     if (!rc && need_train && dv_split_info_get(r->train)->n < r->st.batch)

@@ -499,6 +499,11 @@ int dv_make_loader(dv_split *s, const dv_settings *st, dv_comm *c, int batch, in
 /* The CPU or CUDA backend per [train] backend (threads: 0 = cores / ranks on
  * this node). */
 int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *err);
+/* Every rank must run on the same kind of backend: the gradient exchange
+ * (NCCL or MPI over host memory) is chosen for all of them together. 1
+ * (after one message) when some ranks found a GPU and others did not.
+ * Collective. */
+int dv_backend_agree(dv_comm *c, const dv_settings *st, const dv_backend *be, char *err);
 int dv_info_run(const char *path);
 
 /* ---- pictures (image.c, plot.c) ------------------------------------------ */
