@@ -444,7 +444,7 @@ static int score_real(gan *r, double out[3]) {
 static void side_update(gan *r, side *s, int64_t step, int64_t steps) {
     dv_model *m = s->m;
     const dv_backend *be = r->be;
-    if (r->world > 1) dv_average_on_device(r->comm, be, r->device_comm, m->grads, m->nparams);
+    dv_average_on_device(r->comm, be, r->device_comm, m->grads, m->nparams);
     if (s->st.clip_norm > 0) {
         dv_device_sync(r->comm, be, r->device_comm, 0);
         dv_clip_grad_norm(be, m->grads, m->nparams, s->st.clip_norm);
@@ -548,8 +548,7 @@ static void loop_global(void *ctx, const dv_train_state *ts, dv_train_state *out
     out->seen = v[NSUMS];
     dv_model *ms[] = {r->g.m, r->d.m};
     for (int i = 0; at_end && i < 2; i++)
-        if (ms[i]->nbuffers && r->world > 1)
-            dv_average_on_device(r->comm, r->be, r->device_comm, ms[i]->buffers, ms[i]->nbuffers);
+        dv_average_on_device(r->comm, r->be, r->device_comm, ms[i]->buffers, ms[i]->nbuffers);
 }
 
 /* D's loss (real + fake) and G's, per sample, from the sums of ts. */

@@ -418,6 +418,7 @@ void dv_device_sync(dv_comm *c, const dv_backend *be, int device_comm, int keep)
 }
 
 void dv_average_on_device(dv_comm *c, const dv_backend *be, int device_comm, float *x, size_t n) {
+    if (!n || dv_comm_size(c) == 1) return;
     char err[DV_ERR_LEN];
     if (!be->stream) {
         if (dv_comm_allreduce_avg(c, x, n, err)) dv_comm_abort(c, 1, err);

@@ -509,9 +509,7 @@ static void loop_global(void *ctx, const dv_train_state *ts, dv_train_state *out
     out->loss_sum = s[0];
     out->correct_sum = s[1];
     out->seen = s[2];
-    dv_model *m = r->m;
-    if (at_end && m->nbuffers && r->world > 1)
-        dv_average_on_device(r->comm, r->be, r->device_comm, m->buffers, m->nbuffers);
+    if (at_end) dv_average_on_device(r->comm, r->be, r->device_comm, r->m->buffers, r->m->nbuffers);
 }
 
 static const char *unit(const run *r) {

@@ -479,7 +479,8 @@ int dv_ring_read(dv_ring *g, float *host, int64_t *step0);
  * backend for an error. A failure here is this rank's alone: it ends the
  * job. Nothing to do on the CPU. */
 void dv_device_sync(dv_comm *c, const dv_backend *be, int device_comm, int keep);
-/* In-place average over ranks of n floats on the backend's device. */
+/* In-place average over ranks of n floats on the backend's device (nothing
+ * to do for n = 0 or one rank). */
 void dv_average_on_device(dv_comm *c, const dv_backend *be, int device_comm, float *x, size_t n);
 
 int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume);
