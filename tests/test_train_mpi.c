@@ -392,11 +392,22 @@ static void write_gan_config(const char *path, const char *data, const char *ext
     fclose(f);
 }
 
-/* Both models' parameters of a GAN checkpoint. */
+/* 1 if the checkpoint at `path` has the group `name`. */
+static int has_group(const char *path, const char *name) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    assert_true(f >= 0);
+    int has = H5Lexists(f, name, H5P_DEFAULT) > 0;
+    H5Fclose(f);
+    return has;
+}
+
+/* Both models' parameters of a GAN checkpoint, and the averaged
+ * generator's when both have one. */
 static double gan_rel_diff(const char *a, const char *b) {
     double worst = 0;
-    const char *groups[] = {"/generator/model", "/discriminator/model"};
-    for (int i = 0; i < 2; i++) {
+    const char *groups[] = {"/generator/model", "/discriminator/model", "/generator_ema/model"};
+    const int n = has_group(a, "/generator_ema") && has_group(b, "/generator_ema") ? 3 : 2;
+    for (int i = 0; i < n; i++) {
         params pa = load_group(a, groups[i]), pb = load_group(b, groups[i]);
         double d = max_rel_diff(&pa, &pb);
         worst = d > worst ? d : worst;
@@ -486,6 +497,82 @@ static void test_gan_contracts(void **state) {
     assert_int_equal((h[20] << 24) | (h[21] << 16) | (h[22] << 8) | h[23], 3 * 10 + 2);
 }
 
+/* [gan] ema: the averaged generator follows its recurrence, leaves the
+ * training alone, keeps the 1-vs-N and resume contracts, and is what the
+ * grids and `dive sample` draw. */
+static void test_gan_ema(void **state) {
+    (void)state;
+    char data[512], cfg[512], plain[512], e1[512], e2[512], part[512], c[4][600], cmd[4096];
+    path_of(data, "images.h5");
+    make_image_data(data);
+    path_of(cfg, "gan_ema.cfg");
+    write_gan_config(cfg, data, NULL);
+    path_of(plain, "ema_plain");
+    path_of(e1, "ema1");
+    path_of(e2, "ema2");
+    path_of(part, "emapart");
+    const char *ema = "--set gan.ema=0.9";
+    assert_int_equal(train(0, cfg, plain, NULL), 0);
+    assert_int_equal(train(0, cfg, e1, ema), 0);
+    assert_int_equal(train(2, cfg, e2, ema), 0);
+    snprintf(c[0], 600, "%s/last.h5", plain);
+    snprintf(c[1], 600, "%s/last.h5", e1);
+    snprintf(c[2], 600, "%s/last.h5", e2);
+    assert_false(has_group(c[0], "/generator_ema"));
+    assert_true(has_group(c[1], "/generator_ema"));
+    /* the average is kept beside the game, not in it: G and D unchanged */
+    assert_true(gan_rel_diff(c[0], c[1]) == 0.0);
+    double d = gan_rel_diff(c[1], c[2]);
+    printf("# GAN ema: 1 vs 2 ranks max rel diff %.3g\n", d);
+    assert_true(d < 1e-5);
+    assert_int_equal(train(2, cfg, part, "--set gan.ema=0.9 --set train.max_steps=20"), 0);
+    assert_int_equal(train(2, cfg, part, "--resume auto"), 0);
+    snprintf(c[3], 600, "%s/last.h5", part);
+    assert_true(gan_rel_diff(c[2], c[3]) == 0.0);
+    /* the grid comes from the averaged generator, and dive sample draws it */
+    snprintf(cmd, sizeof(cmd), "cmp -s %s/samples-epoch-003.png %s/samples-epoch-003.png", plain,
+             e1);
+    assert_int_not_equal(system(cmd), 0);
+    snprintf(cmd, sizeof(cmd),
+             "%s sample %s -o %s/ema_again.png --count 10 > /dev/null && cmp %s/ema_again.png "
+             "%s/samples-epoch-003.png",
+             dive, c[1], dir, dir, e1);
+    assert_int_equal(system(cmd), 0);
+
+    /* the recurrence, weights and batch-norm statistics alike: after step
+     * 2 (t = 1), E = d E' + (1 - d) G with d = min(0.5, 2/11) */
+    path_of(cfg, "gan_ema_bn.cfg");
+    write_gan_config(cfg, data, "\n[generator.batchnorm]\n");
+    path_of(part, "emabn");
+    assert_int_equal(train(0, cfg, part, "--set gan.ema=0.5 --set train.max_steps=1"), 0);
+    char one[600];
+    path_of(one, "emabn_step1.h5");
+    snprintf(cmd, sizeof(cmd), "cp %s/last.h5 %s", part, one);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(train(0, cfg, part, "--set gan.ema=0.5 --set train.max_steps=2 --resume auto"),
+                     0);
+    snprintf(c[0], 600, "%s/last.h5", part);
+    params e0 = load_group(one, "/generator_ema/model"), g = load_group(c[0], "/generator/model"),
+           e = load_group(c[0], "/generator_ema/model");
+    assert_int_equal(e.n, g.n);
+    assert_int_equal(e0.n, g.n);
+    const double k = 2.0 / 11;
+    double worst = 0, apart = 0;
+    for (size_t i = 0; i < e.n; i++) {
+        double want = k * e0.v[i] + (1 - k) * g.v[i];
+        double err = fabs(e.v[i] - want) / (fabs(want) > 1e-2 ? fabs(want) : 1e-2);
+        worst = err > worst ? err : worst;
+        apart = fmax(apart, fabs((double)e.v[i] - g.v[i]));
+    }
+    printf("# GAN ema recurrence: max rel err %.3g over %zu values (E - G up to %.3g)\n", worst,
+           e.n, apart);
+    assert_true(worst < 1e-5);
+    assert_true(apart > 1e-4); /* the average is not the generator itself */
+    free(e0.v);
+    free(g.v);
+    free(e.v);
+}
+
 /* Each model learns against a frozen other: with D's lr at 0 G's loss
  * falls, with G's at 0 D's loss falls. */
 static void test_gan_losses_move(void **state) {
@@ -522,7 +609,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_world_sizes_agree), cmocka_unit_test(test_resume_is_exact),
         cmocka_unit_test(test_sequence_models),   cmocka_unit_test(test_gan_contracts),
-        cmocka_unit_test(test_gan_losses_move),
+        cmocka_unit_test(test_gan_losses_move),   cmocka_unit_test(test_gan_ema),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     if (!failed) {

@@ -155,12 +155,14 @@ static int make_group(hid_t f, const char *name) {
     return 0;
 }
 
-/* One model's <root>/model and <root>/optimizer/{m,v}. */
+/* One model's <root>/model and <root>/optimizer/{m,v} (a forward-only
+ * model has no optimizer). */
 static int write_model(hid_t f, const char *root, const dv_model *m, float *host) {
     char name[256];
     int rc = root[0] ? make_group(f, root) : 0;
     snprintf(name, sizeof(name), "%s/model", root);
     if (!rc) rc = write_tree(f, name, m, m->params, 0, host);
+    if (!m->state1) return rc;
     snprintf(name, sizeof(name), "%s/optimizer", root);
     if (!rc) rc = make_group(f, name);
     snprintf(name, sizeof(name), "%s/optimizer/m", root);
@@ -373,6 +375,16 @@ static int load_locked(const char *path, const char *root, dv_model *m, dv_train
     }
     H5Fclose(f);
     return rc;
+}
+
+int dv_checkpoint_has(const char *path, const char *name) {
+    char err[DV_ERR_LEN];
+    dv_hdf5_lock();
+    hid_t f = open_checkpoint(path, err);
+    int has = f >= 0 && H5Lexists(f, name, H5P_DEFAULT) > 0;
+    if (f >= 0) H5Fclose(f);
+    dv_hdf5_unlock();
+    return has;
 }
 
 static char *config_locked(const char *path, char *err) {

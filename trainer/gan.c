@@ -17,6 +17,11 @@
  * and N ranks with the same global batch take the same steps — except
  * through batch norm, whose statistics are per rank (as with PyTorch DDP).
  *
+ * With [gan] ema = d, a second generator holds the exponential moving
+ * average of G's weights and batch-norm statistics (decay d, warmed up
+ * over the first steps), and it is the one the grids, the score, and
+ * `dive sample` draw from: it does not swing with every step of the game.
+ *
  * Every epoch rank 0 draws a grid of samples from one fixed noise batch
  * (run_dir/samples-epoch-NNN.png). With [gan] score_classifier (a Dive
  * classifier checkpoint) every rank scores its share of score_samples
@@ -59,6 +64,8 @@ typedef struct gan {
     int world, rank, local_batch, eval_batch, device_comm;
     long latent, grid, score_n;
     double real_label;
+    double ema;             /* [gan] ema: the decay of the averaged generator; 0: none */
+    dv_model *ge;           /* the averaged generator, or NULL */
     const char *classifier; /* [gan] score_classifier */
     dv_config ccfg;
     dv_settings cst;
@@ -121,6 +128,7 @@ static int read_gan_section(gan *r, char *err) {
         dv_cfg_int(cfg, g, "samples", 64, 1, 1024, &r->grid, err) ||
         dv_cfg_int(cfg, g, "score_samples", 1000, 1, 1 << 24, &r->score_n, err) ||
         dv_cfg_float(cfg, g, "real_label", 1.0, 0.5, 1.0, &r->real_label, err) ||
+        dv_cfg_float(cfg, g, "ema", 0.0, 0.0, 0.99999, &r->ema, err) ||
         dv_cfg_str(cfg, g, "score_classifier", NULL, &r->classifier, err))
         return -1;
     for (int i = 0; i < cfg->nsec; i++) {
@@ -133,6 +141,36 @@ static int read_gan_section(gan *r, char *err) {
                            cfg->path, cfg->sec[i].line, type);
     }
     return 0;
+}
+
+/* The averaged generator starts as G. */
+static void ema_reset(gan *r) {
+    const dv_model *G = r->g.m;
+    r->be->copy(r->be->ctx, r->ge->params, G->params, G->nparams * sizeof(float));
+    r->be->copy(r->be->ctx, r->ge->buffers, G->buffers, G->nbuffers * sizeof(float));
+}
+
+/* After G's optimizer step `step` (from 0): ge = d ge + (1 - d) G, for the
+ * weights and the batch-norm statistics alike, with d warmed up as
+ * min(ema, (1 + t) / (10 + t)) so the first steps' weights fade fast. */
+static void ema_update(gan *r, int64_t step) {
+    const dv_model *G = r->g.m;
+    const double t = (double)step;
+    const float d = (float)fmin(r->ema, (1 + t) / (10 + t));
+    float *dst[] = {r->ge->params, r->ge->buffers};
+    const float *src[] = {G->params, G->buffers};
+    const size_t n[] = {G->nparams, G->nbuffers};
+    for (int i = 0; i < 2; i++) {
+        if (!n[i]) continue;
+        r->be->scale(r->be->ctx, dst[i], d, n[i]);
+        r->be->axpy(r->be->ctx, 1 - d, src[i], dst[i], n[i]);
+    }
+}
+
+/* The generator that draws the grids and the score: the averaged one when
+ * there is one. */
+static dv_model *sampler(const gan *r) {
+    return r->ge ? r->ge : r->g.m;
 }
 
 /* Both models: G from noise of [gan] latent to images of the data's size,
@@ -158,6 +196,11 @@ static int build_models(gan *r, char *err) {
                        r->cfg->path, shape, gl->out_elems, r->st.file, r->st.train_x, elems);
     if (side_build(r, &r->d, "discriminator", gl->out_shape, 3, DV_LOSS_BCE, SALT_D, err))
         return -1;
+    if (r->ema > 0) {
+        if (dv_model_build(&r->ge, &r->g.cfg, r->be, DV_LOSS_MSE, 0, r->eval_batch, err)) return -1;
+        dv_model_forward_only(r->ge);
+        ema_reset(r);
+    }
     if (r->d.m->outputs != 1 || r->d.m->positions != 1)
         return dv_fail(err,
                        "%s: the discriminator must end in one output (the logit of \"real\"), "
@@ -208,6 +251,7 @@ static void gan_free(gan *r) {
     dv_split_free(r->train);
     if (r->d.m) r->d.m->stats = r->d_stats;
     dv_model_free(r->g.m);
+    dv_model_free(r->ge);
     dv_model_free(r->d.m);
     dv_model_free(r->cls);
     dv_config_free(&r->g.cfg);
@@ -295,22 +339,22 @@ static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
 /* Noise rows r->hrow[0..n) of the stream `seed` into G's input, and the
  * rows as G's row ids (its dropout masks): row j is the same vector on
  * every rank and machine. */
-static void noise_to_g(gan *r, uint64_t seed, int n) {
+static void noise_to_g(gan *r, dv_model *G, uint64_t seed, int n) {
     const size_t L = (size_t)r->latent;
     for (int k = 0; k < n; k++)
         for (size_t i = 0; i < L; i++)
             r->hz[(size_t)k * L + i] = dv_randn(seed, (uint64_t)r->hrow[k] * L + i);
-    void *dst[2] = {r->g.m->input, r->g.m->row_id};
+    void *dst[2] = {G->input, G->row_id};
     const void *src[2] = {r->hz, r->hrow};
     size_t bytes[2] = {(size_t)n * L * sizeof(float), (size_t)n * sizeof(int64_t)};
     r->be->upload(r->be->ctx, 2, dst, src, bytes);
 }
 
-/* G's images for noise rows r->hrow[0..n) of `seed` (eval mode) into
- * r->himg. */
+/* The sampler's images for noise rows r->hrow[0..n) of `seed` (eval mode)
+ * into r->himg. */
 static void generate(gan *r, uint64_t seed, int n) {
-    dv_model *G = r->g.m;
-    noise_to_g(r, seed, n);
+    dv_model *G = sampler(r);
+    noise_to_g(r, G, seed, n);
     dv_model_forward(G, n, 0);
     r->be->to_host(r->be->ctx, r->himg, G->acts[G->nlayers - 1],
                    (size_t)n * G->layers[G->nlayers - 1].out_elems * sizeof(float));
@@ -484,7 +528,7 @@ static void gan_step(gan *r, const dv_batch *b, int64_t step, int64_t steps) {
     /* fake = G(z), z the global rows rank*L .. rank*L + L-1 of this step */
     for (int k = 0; k < L; k++)
         r->hrow[k] = (int64_t)r->rank * L + k;
-    noise_to_g(r, dv_rand_hash(seed ^ SALT_NOISE, (uint64_t)step), L);
+    noise_to_g(r, G, dv_rand_hash(seed ^ SALT_NOISE, (uint64_t)step), L);
     G->step_seed = dv_rand_hash(seed ^ SALT_G, (uint64_t)step);
     dv_model_forward(G, L, 1);
     const float *fake = G->acts[G->nlayers - 1];
@@ -509,6 +553,7 @@ static void gan_step(gan *r, const dv_batch *b, int64_t step, int64_t steps) {
     d_pass(r, 1.0f, G_LOSS, dv_rand_hash(seed ^ SALT_D, 3 * (uint64_t)step + 2), L, G->dbuf[0]);
     dv_model_backward(G, L, NULL, NULL);
     side_update(r, &r->g, step, steps);
+    if (r->ge) ema_update(r, step);
     dv_device_sync(r->comm, be, r->device_comm, 1); /* the host runs at most one step ahead */
 }
 
@@ -546,8 +591,8 @@ static void loop_global(void *ctx, const dv_train_state *ts, dv_train_state *out
         dv_comm_abort(r->comm, 1, r->err);
     memcpy(out->sums, v, NSUMS * sizeof(double));
     out->seen = v[NSUMS];
-    dv_model *ms[] = {r->g.m, r->d.m};
-    for (int i = 0; at_end && i < 2; i++)
+    dv_model *ms[] = {r->g.m, r->d.m, r->ge};
+    for (int i = 0; at_end && i < 2 + (r->ge != NULL); i++)
         dv_average_on_device(r->comm, r->be, r->device_comm, ms[i]->buffers, ms[i]->nbuffers);
 }
 
@@ -626,11 +671,12 @@ static int gan_save(void *ctx, const dv_train_state *ts, int best) {
     gan *r = ctx;
     int rc = 0;
     if (r->rank == 0) {
-        static const char *const roots[] = {"/generator", "/discriminator"};
-        dv_model *const models[] = {r->g.m, r->d.m};
+        static const char *const roots[] = {"/generator", "/discriminator", "/generator_ema"};
+        dv_model *const models[] = {r->g.m, r->d.m, r->ge};
         char path[1200];
         dv_checkpoint_path(r->st.run_dir, r->st.keep, ts->step, path, sizeof(path));
-        rc = dv_checkpoint_save_models(path, 2, models, roots, ts, r->config_text, r->err);
+        rc = dv_checkpoint_save_models(path, 2 + (r->ge != NULL), models, roots, ts, r->config_text,
+                                       r->err);
         if (!rc) rc = dv_checkpoint_publish(r->st.run_dir, path, r->st.keep, best, r->err);
     }
     return dv_agree(r->comm, rc, r->err) ? -1 : 0;
@@ -639,6 +685,11 @@ static int gan_save(void *ctx, const dv_train_state *ts, int best) {
 static int gan_resume(gan *r, const char *ckpt, dv_train_state *ts) {
     int rc = dv_checkpoint_load_model(ckpt, "/generator", r->g.m, ts, 1, r->err);
     if (!rc) rc = dv_checkpoint_load_model(ckpt, "/discriminator", r->d.m, NULL, 1, r->err);
+    /* a run that turns on ema averages from the generator it resumes */
+    if (!rc && r->ge && dv_checkpoint_has(ckpt, "/generator_ema"))
+        rc = dv_checkpoint_load_model(ckpt, "/generator_ema", r->ge, NULL, 0, r->err);
+    else if (!rc && r->ge)
+        ema_reset(r);
     if (!rc && ts->nsums != NSUMS)
         rc = dv_fail(r->err, "%s: not a GAN checkpoint of this Dive (no GAN metrics in /train)",
                      ckpt);
@@ -747,7 +798,10 @@ int dv_gan_sample(const char *ckpt, const char *config_text, const char *out, lo
     const int lat = (int)r->latent;
     if (!rc) rc = dv_config_sub(&cfg, "generator", &lat, 1, &r->g.cfg, err);
     if (!rc) rc = dv_model_build(&r->g.m, &r->g.cfg, be, DV_LOSS_MSE, 0, r->eval_batch, err);
-    if (!rc) rc = dv_checkpoint_load_model(ckpt, "/generator", r->g.m, NULL, 0, err);
+    /* the averaged generator, when the run kept one ([gan] ema) */
+    const char *root = dv_checkpoint_has(ckpt, "/generator_ema") ? "/generator_ema" : "/generator";
+    if (!rc) dv_model_forward_only(r->g.m);
+    if (!rc) rc = dv_checkpoint_load_model(ckpt, root, r->g.m, NULL, 0, err);
     const dv_layer *gl = rc ? NULL : &r->g.m->layers[r->g.m->nlayers - 1];
     if (!rc && (gl->out_ndim != 3 || (gl->out_shape[0] != 1 && gl->out_shape[0] != 3)))
         rc = dv_fail(err, "%s: the generator does not make images of 1 or 3 channels", ckpt);

@@ -324,6 +324,14 @@ void dv_model_free(dv_model *m) {
     free(m);
 }
 
+void dv_model_forward_only(dv_model *m) {
+    if (!m->grads_borrowed) m->be->free(m->be->ctx, m->grads);
+    m->be->free(m->be->ctx, m->state1);
+    m->be->free(m->be->ctx, m->state2);
+    m->grads = m->state1 = m->state2 = NULL;
+    m->grads_borrowed = 0;
+}
+
 void dv_model_use_grads(dv_model *m, float *grads) {
     if (!m->grads_borrowed) m->be->free(m->be->ctx, m->grads);
     m->grads = grads;

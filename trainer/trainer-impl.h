@@ -283,6 +283,10 @@ size_t dv_model_max_param_count(const dv_model *m);
  * borrows: the caller keeps it alive and frees it) and re-points the layer
  * views. */
 void dv_model_use_grads(dv_model *m, float *grads);
+/* Frees the gradients and optimizer state of a model that only runs
+ * forward (a GAN's averaged generator): checkpoints then hold its
+ * <root>/model alone. */
+void dv_model_forward_only(dv_model *m);
 /* Forward over B rows of m->input; fills m->acts. */
 void dv_model_forward(dv_model *m, int B, int training);
 /* Loss on the last activation against m->labels / m->targets; writes the
@@ -351,6 +355,8 @@ int dv_checkpoint_save_models(const char *path, int n, dv_model *const *models,
 /* dv_checkpoint_load of the model stored under `root`. */
 int dv_checkpoint_load_model(const char *path, const char *root, dv_model *m, dv_train_state *ts,
                              int with_optimizer, char *err);
+/* 1 if the checkpoint at `path` holds the group or dataset `name`. */
+int dv_checkpoint_has(const char *path, const char *name);
 /* The config text stored in a checkpoint (malloc'd), or NULL. */
 char *dv_checkpoint_config(const char *path, char *err);
 /* The carried stream state a checkpoint holds (/streams, rows x cols,
