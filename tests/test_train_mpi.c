@@ -435,6 +435,30 @@ static double metric(const char *run_dir, int row, int col) {
     return strtod(p, NULL);
 }
 
+/* The GAN of `cfg` with `opts`, run as <name>1 on 1 rank and <name>2 on 2
+ * with the same global batch: the same models (c[0], c[1] their last.h5);
+ * and <name>part, stopped at step 20 and resumed (c[2]): bit for bit. */
+static void gan_ranks_and_resume(const char *cfg, const char *name, const char *opts,
+                                 char c[3][600]) {
+    char run[3][512], tag[64], stop[256];
+    const char *suffix[] = {"1", "2", "part"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(tag, sizeof(tag), "%s%s", name, suffix[i]);
+        path_of(run[i], tag);
+        snprintf(c[i], 600, "%.580s/last.h5", run[i]);
+    }
+    assert_int_equal(train(0, cfg, run[0], opts), 0);
+    assert_int_equal(train(2, cfg, run[1], opts), 0);
+    double d = gan_rel_diff(c[0], c[1]);
+    printf("# %s: 1 vs 2 ranks max rel diff %.3g\n", name, d);
+    assert_true(d < 1e-5);
+    /* 16 steps per epoch: stopped at 20 and resumed, bit for bit */
+    snprintf(stop, sizeof(stop), "%s --set train.max_steps=20", opts ? opts : "");
+    assert_int_equal(train(2, cfg, run[2], stop), 0);
+    assert_int_equal(train(2, cfg, run[2], "--resume auto"), 0);
+    assert_true(gan_rel_diff(c[1], c[2]) == 0.0);
+}
+
 static void test_gan_contracts(void **state) {
     (void)state;
     char data[512], cfg[512], r1[512], r2[512], part[512], c[3][600];
@@ -445,26 +469,14 @@ static void test_gan_contracts(void **state) {
     path_of(r1, "gan1");
     path_of(r2, "gan2");
     path_of(part, "ganpart");
-    /* 1 rank and 2 ranks with the same global batch: the same two models */
-    assert_int_equal(train(0, cfg, r1, NULL), 0);
-    assert_int_equal(train(2, cfg, r2, NULL), 0);
-    snprintf(c[0], 600, "%s/last.h5", r1);
-    snprintf(c[1], 600, "%s/last.h5", r2);
-    double d = gan_rel_diff(c[0], c[1]);
-    printf("# GAN: 1 vs 2 ranks max rel diff %.3g\n", d);
-    assert_true(d < 1e-5);
-    /* 16 steps per epoch: stopped at 20 and resumed, bit for bit */
-    assert_int_equal(train(2, cfg, part, "--set train.max_steps=20"), 0);
-    assert_int_equal(train(2, cfg, part, "--resume auto"), 0);
-    snprintf(c[2], 600, "%s/last.h5", part);
-    assert_true(gan_rel_diff(c[1], c[2]) == 0.0);
+    gan_ranks_and_resume(cfg, "gan", NULL, c);
     /* the same stop resumed on 3 ranks: the same global batch, the same run */
     char other[512], oc[600];
     path_of(other, "ganother");
     assert_int_equal(train(2, cfg, other, "--set train.max_steps=20"), 0);
     assert_int_equal(train(3, cfg, other, "--resume auto"), 0);
     snprintf(oc, sizeof(oc), "%s/last.h5", other);
-    d = gan_rel_diff(c[1], oc);
+    double d = gan_rel_diff(c[1], oc);
     printf("# GAN: stopped on 2 ranks, resumed on 3, vs uninterrupted: %.3g\n", d);
     assert_true(d < 1e-5);
     char cmd[4096];
@@ -502,33 +514,20 @@ static void test_gan_contracts(void **state) {
  * grids and `dive sample` draw. */
 static void test_gan_ema(void **state) {
     (void)state;
-    char data[512], cfg[512], plain[512], e1[512], e2[512], part[512], c[4][600], cmd[4096];
+    char data[512], cfg[512], plain[512], e1[512], part[512], c[3][600], p[600], cmd[4096];
     path_of(data, "images.h5");
     make_image_data(data);
     path_of(cfg, "gan_ema.cfg");
     write_gan_config(cfg, data, NULL);
     path_of(plain, "ema_plain");
     path_of(e1, "ema1");
-    path_of(e2, "ema2");
-    path_of(part, "emapart");
-    const char *ema = "--set gan.ema=0.9";
+    gan_ranks_and_resume(cfg, "ema", "--set gan.ema=0.9", c);
     assert_int_equal(train(0, cfg, plain, NULL), 0);
-    assert_int_equal(train(0, cfg, e1, ema), 0);
-    assert_int_equal(train(2, cfg, e2, ema), 0);
-    snprintf(c[0], 600, "%s/last.h5", plain);
-    snprintf(c[1], 600, "%s/last.h5", e1);
-    snprintf(c[2], 600, "%s/last.h5", e2);
-    assert_false(has_group(c[0], "/generator_ema"));
-    assert_true(has_group(c[1], "/generator_ema"));
+    snprintf(p, sizeof(p), "%s/last.h5", plain);
+    assert_false(has_group(p, "/generator_ema"));
+    assert_true(has_group(c[0], "/generator_ema"));
     /* the average is kept beside the game, not in it: G and D unchanged */
-    assert_true(gan_rel_diff(c[0], c[1]) == 0.0);
-    double d = gan_rel_diff(c[1], c[2]);
-    printf("# GAN ema: 1 vs 2 ranks max rel diff %.3g\n", d);
-    assert_true(d < 1e-5);
-    assert_int_equal(train(2, cfg, part, "--set gan.ema=0.9 --set train.max_steps=20"), 0);
-    assert_int_equal(train(2, cfg, part, "--resume auto"), 0);
-    snprintf(c[3], 600, "%s/last.h5", part);
-    assert_true(gan_rel_diff(c[2], c[3]) == 0.0);
+    assert_true(gan_rel_diff(p, c[0]) == 0.0);
     /* the grid comes from the averaged generator, and dive sample draws it */
     snprintf(cmd, sizeof(cmd), "cmp -s %s/samples-epoch-003.png %s/samples-epoch-003.png", plain,
              e1);
@@ -536,7 +535,7 @@ static void test_gan_ema(void **state) {
     snprintf(cmd, sizeof(cmd),
              "%s sample %s -o %s/ema_again.png --count 10 > /dev/null && cmp %s/ema_again.png "
              "%s/samples-epoch-003.png",
-             dive, c[1], dir, dir, e1);
+             dive, c[0], dir, dir, e1);
     assert_int_equal(system(cmd), 0);
 
     /* the recurrence, weights and batch-norm statistics alike: after step
