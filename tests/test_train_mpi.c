@@ -528,6 +528,14 @@ static void test_gan_ema(void **state) {
     assert_true(has_group(c[0], "/generator_ema"));
     /* the average is kept beside the game, not in it: G and D unchanged */
     assert_true(gan_rel_diff(p, c[0]) == 0.0);
+    /* a run that turns ema on when it resumes averages from there on */
+    char late[512], lc[600];
+    path_of(late, "ema_late");
+    assert_int_equal(train(0, cfg, late, "--set train.max_steps=20"), 0);
+    assert_int_equal(train(0, cfg, late, "--set gan.ema=0.9 --resume auto"), 0);
+    snprintf(lc, sizeof(lc), "%s/last.h5", late);
+    assert_true(has_group(lc, "/generator_ema"));
+    assert_true(gan_rel_diff(p, lc) == 0.0);
     /* the grid comes from the averaged generator, and dive sample draws it */
     snprintf(cmd, sizeof(cmd), "cmp -s %s/samples-epoch-003.png %s/samples-epoch-003.png", plain,
              e1);
