@@ -290,6 +290,12 @@ expect_fail "--set of a prefixed layer names it" "--set generator.dense_1.units 
 e2e_run "$D" train gan.cfg --set generator.dense_1.unit=3
 expect_fail "--set of an unknown key in a prefixed layer" "unknown key 'unit'"
 
+awk '{ print } /^samples = / { print "ema = 1" }' gan.cfg >gan_ema.cfg
+l=$(line_of gan_ema.cfg '^ema')
+e2e_run "$D" train gan_ema.cfg
+expect_fail "[gan] ema = 1 (the average would never move)" "gan_ema.cfg:$l:" \
+    "must be between 0 and 0.99999"
+
 e2e_run "$D" train gan.cfg --set gan.score_classifier="$WORK/none.h5"
 expect_fail "a missing score classifier" "[gan] score_classifier" "none.h5: cannot open checkpoint"
 
