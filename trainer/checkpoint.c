@@ -10,7 +10,9 @@
  *                                   them, a GAN's losses)
  *
  * A checkpoint of several models (a GAN) holds each model's /model and
- * /optimizer under a group of its own: /generator/model/..., and so on.
+ * /optimizer under a group of its own: /generator/model/..., and so on; a
+ * forward-only model (the averaged generator, /generator_ema) has no
+ * /optimizer.
  *   /config                         the effective config text
  *   /streams                        stateful recurrent layers: each stream's
  *                                   carried state (global batch, floats)

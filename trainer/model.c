@@ -330,6 +330,9 @@ void dv_model_forward_only(dv_model *m) {
     m->be->free(m->be->ctx, m->state2);
     m->grads = m->state1 = m->state2 = NULL;
     m->grads_borrowed = 0;
+    for (int i = 0; i < m->nlayers; i++) /* no view into freed memory */
+        for (int k = 0; k < m->layers[i].nparam; k++)
+            m->layers[i].param[k].grad = NULL;
 }
 
 void dv_model_use_grads(dv_model *m, float *grads) {
