@@ -196,17 +196,17 @@ static int build_models(gan *r, char *err) {
                        r->cfg->path, shape, gl->out_elems, r->st.file, r->st.train_x, elems);
     if (side_build(r, &r->d, "discriminator", gl->out_shape, 3, DV_LOSS_BCE, SALT_D, err))
         return -1;
-    if (r->ema > 0) {
-        if (dv_model_build(&r->ge, &r->g.cfg, r->be, DV_LOSS_MSE, 0, r->eval_batch, err)) return -1;
-        dv_model_forward_only(r->ge);
-        ema_reset(r);
-    }
     if (r->d.m->outputs != 1 || r->d.m->positions != 1)
         return dv_fail(err,
                        "%s: the discriminator must end in one output (the logit of \"real\"), "
                        "not %d",
                        r->cfg->path, r->d.m->outputs * r->d.m->positions);
     r->d_stats = r->d.m->stats;
+    if (r->ema > 0) {
+        if (dv_model_build(&r->ge, &r->g.cfg, r->be, DV_LOSS_MSE, 0, r->eval_batch, err)) return -1;
+        dv_model_forward_only(r->ge);
+        ema_reset(r);
+    }
     return 0;
 }
 
@@ -229,6 +229,7 @@ static int load_classifier(gan *r, char *err) {
         rc = dv_fail(err, "[gan] score_classifier = %s: a GAN checkpoint, not a classifier",
                      r->classifier);
     if (!rc) rc = dv_model_build(&r->cls, &r->ccfg, r->be, r->cst.loss, 0, r->eval_batch, err);
+    if (!rc) dv_model_forward_only(r->cls); /* it only scores */
     if (!rc) rc = dv_checkpoint_load(r->classifier, r->cls, NULL, 0, err);
     if (!rc && r->st.x_scale == 0)
         rc = dv_fail(err, "%s: [data] x_scale = 0: the score cannot map samples back to pixels",

@@ -284,8 +284,8 @@ size_t dv_model_max_param_count(const dv_model *m);
  * views. */
 void dv_model_use_grads(dv_model *m, float *grads);
 /* Frees the gradients and optimizer state of a model that only runs
- * forward (a GAN's averaged generator): checkpoints then hold its
- * <root>/model alone. */
+ * forward (a GAN's averaged generator, its score classifier): checkpoints
+ * then hold its <root>/model alone. */
 void dv_model_forward_only(dv_model *m);
 /* Forward over B rows of m->input; fills m->acts. */
 void dv_model_forward(dv_model *m, int B, int training);
