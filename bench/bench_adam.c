@@ -48,10 +48,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     size_t n = (size_t)(mfloats * 1048576.0);
-    char err[512] = "";
-    dv_backend *be = strcmp(which, "cpu")
-                         ? dv_backend_cuda_create(0, DV_PRECISION_FP32, err, sizeof(err))
-                         : dv_backend_cpu_create(0);
+    char err[DV_ERR_LEN] = "";
+    dv_backend *be = strcmp(which, "cpu") ? dv_backend_cuda_create(0, DV_PRECISION_FP32, err)
+                                          : dv_backend_cpu_create(0);
     if (!be) {
         fprintf(stderr, "bench_adam: no %s backend: %s\n", which, err);
         return 1;
@@ -88,7 +87,7 @@ int main(int argc, char **argv) {
         be->copy(be->ctx, buf[(i & 1) ? 2 : 3], buf[(i & 1) ? 3 : 2], n * sizeof(float));
     be->sync(be->ctx);
     double t_copy = (now() - t0) / reps;
-    if (be->check(be->ctx, err, sizeof(err))) {
+    if (be->check(be->ctx, err)) {
         fprintf(stderr, "bench_adam: %s\n", err);
         return 1;
     }

@@ -73,8 +73,8 @@ int main(int argc, char **argv) {
     if (cuda) {
         int ndev = dv_backend_cuda_device_count();
         int dev = dv_comm_select_device(c, ndev);
-        char why[512] = "no CUDA device";
-        be = dev >= 0 ? dv_backend_cuda_create(dev, DV_PRECISION_FP32, why, sizeof(why)) : NULL;
+        char why[DV_ERR_LEN] = "no CUDA device";
+        be = dev >= 0 ? dv_backend_cuda_create(dev, DV_PRECISION_FP32, why) : NULL;
         if (!be) die(c, "CUDA backend", why);
         if (dv_comm_device_init(c, dev, ndev, mode, n, err)) die(c, "device init", err);
     } else {
@@ -93,7 +93,7 @@ int main(int argc, char **argv) {
         allreduce(c, x, n, bucket, be->stream);
     double t = (now() - t0) / reps;
     if (dv_comm_allreduce_double(c, &t, 1, DV_REDUCE_MAX, err)) die(c, "reduce", err);
-    if (be->check(be->ctx, err, sizeof(err))) die(c, "backend", err);
+    if (be->check(be->ctx, err)) die(c, "backend", err);
     int w = dv_comm_size(c);
     double bytes = (double)n * sizeof(float);
     if (dv_comm_rank(c) == 0) {

@@ -50,51 +50,17 @@
 #include <limits.h>
 #include <sched.h>
 #include <stdint.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-/* The one piece of process-wide state in comm: the "[rank r/n host]" prefix
- * that every error message starts with. It is written by dv_comm_init (on the
- * thread that owns MPI, before other threads exist) and only read after, so
- * messages formatted deep inside any module name the rank without having to
- * pass the comm handle down. */
-static char g_prefix[320] = "[rank ?]";
-
-const char *dv_comm_prefix(void) {
-    return g_prefix;
-}
-
-void dv_comm_format_error(char *err, const char *file, int line, const char *call, const char *fmt,
-                          ...) {
-    if (!err) return;
-    const char *base = file ? strrchr(file, '/') : NULL;
-    base = base ? base + 1 : (file ? file : "?");
-    if (!call) call = "?";
-    int call_len = (int)strcspn(call, "(");
-
-    /* Format into a local buffer first so err may also be an argument
-     * (wrapping an inner message: DV_FAIL(err, "load", "%s", err)). */
-    char tmp[DV_ERR_LEN];
-    int k = snprintf(tmp, sizeof tmp, "%s %s:%d: %.*s: ", g_prefix, base, line, call_len, call);
-    if (k < 0) k = 0, tmp[0] = '\0';
-    if (k < (int)sizeof tmp && fmt) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(tmp + k, sizeof tmp - (size_t)k, fmt, ap);
-        va_end(ap);
-    }
-    memcpy(err, tmp, strlen(tmp) + 1);
-}
 
 /* For an MPI error code already in hand (DV_MPI_CHECK wants the call). */
 static dv_status mpi_error(char *err, int line, const char *call, int rc) {
     char msg[MPI_MAX_ERROR_STRING] = "unknown MPI error";
     int len = 0;
     MPI_Error_string(rc, msg, &len);
-    dv_comm_format_error(err, __FILE__, line, call, "%s (MPI error %d)", msg, rc);
+    dv_error_at(err, __FILE__, line, call, "%s (MPI error %d)", msg, rc);
     return DV_ERR;
 }
 
@@ -440,7 +406,7 @@ static dv_status comm_setup(dv_comm *c, int *argc, char ***argv, char *err) {
 
     if (gethostname(c->host, sizeof c->host - 1) != 0) snprintf(c->host, sizeof c->host, "?");
     c->host[sizeof c->host - 1] = '\0';
-    snprintf(g_prefix, sizeof g_prefix, "[rank %d/%d %s]", c->rank, c->size, c->host);
+    dv_error_set_origin(c->rank, c->size, c->host);
 
     /* Testing only: DIVE_COMM_FAKE_NODE_SIZE=K makes ranks K*i..K*i+K-1 one
      * "node", so the multi-node path runs on one machine. */
@@ -619,7 +585,7 @@ float *dv_comm_shared_buffer(dv_comm *c, size_t n, char *err) {
         MPI_Win_shared_query(c->shm.gwin, q, &size, &disp, &c->shm.gbuf[q]);
     }
     if (!c->shm.gbuf) {
-        dv_comm_format_error(err, __FILE__, __LINE__, "calloc", "out of memory");
+        dv_error_at(err, __FILE__, __LINE__, "calloc", "out of memory");
         return NULL;
     }
     c->shm.gcap = cap;
@@ -867,7 +833,12 @@ void dv_comm_barrier(dv_comm *c) {
 }
 
 void dv_comm_abort(dv_comm *c, int code, const char *msg) {
-    fprintf(stderr, "%s %s\n", g_prefix, msg ? msg : "aborting");
+    /* a message made by dv_error_at already starts with the origin */
+    if (!msg) msg = "aborting";
+    if (dv_error_text(msg) != msg)
+        fprintf(stderr, "%s\n", msg);
+    else
+        fprintf(stderr, "%s %s\n", dv_error_origin(), msg);
     fflush(stderr);
     int initialized = 0, finalized = 0;
     MPI_Initialized(&initialized);

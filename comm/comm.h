@@ -21,14 +21,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base.h"
+
 #ifdef __cplusplus
 extern "C" {
-#endif
-
-#ifndef DV_STATUS_DEFINED
-#define DV_STATUS_DEFINED
-typedef enum dv_status { DV_OK = 0, DV_ERR = -1 } dv_status;
-#define DV_ERR_LEN 1024
 #endif
 
 typedef struct dv_comm dv_comm;
@@ -179,51 +175,11 @@ void dv_comm_barrier(dv_comm *c);
  * errors all ranks see go through dv_comm_first_failed and a clean exit. */
 void dv_comm_abort(dv_comm *c, int code, const char *msg);
 
-/* Writes "[rank r/n host] file:line: call: message" into err. The rank
- * prefix is filled from the last dv_comm_init in this process, or
- * "[rank ?]" before it. `file` is shortened to its last path component and
- * `call` is cut at its first '(', so the check macros below can pass
- * __FILE__ and a stringified call expression. err may be NULL (no-op). */
-void dv_comm_format_error(char *err, const char *file, int line, const char *call, const char *fmt,
-                          ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 5, 6)))
-#endif
-    ;
-
-/* The rank prefix "[rank r/n host]" of this process (borrowed). */
-const char *dv_comm_prefix(void);
-
-/* ---- check macros (for any module that may include comm.h) -------------
- * All of them are for functions that return dv_status and have a
- * `char *err` (DV_ERR_LEN bytes) to fill; all are built on DV_FAIL, which
- * formats through dv_comm_format_error and returns DV_ERR.
- *
- *   DV_FAIL(err, call, fmt, ...)        fail now
- *   DV_CHECK(cond, err, call, fmt, ...) fail unless cond
- *   DV_TRY(expr)                        pass a failed dv_status up; expr has
- *                                       already written its message to err
- *   DV_MPI_CHECK(err, mpi_call(...))    fail when the call does not return
- *                                       MPI_SUCCESS, with MPI_Error_string's
- *                                       text; expand only where <mpi.h> is
- *                                       included
- */
-#define DV_FAIL(err, call, ...)                                                                    \
-    do {                                                                                           \
-        dv_comm_format_error((err), __FILE__, __LINE__, (call), __VA_ARGS__);                      \
-        return DV_ERR;                                                                             \
-    } while (0)
-
-#define DV_CHECK(cond, err, call, ...)                                                             \
-    do {                                                                                           \
-        if (!(cond)) DV_FAIL((err), (call), __VA_ARGS__);                                          \
-    } while (0)
-
-#define DV_TRY(expr)                                                                               \
-    do {                                                                                           \
-        if ((expr) != DV_OK) return DV_ERR;                                                        \
-    } while (0)
-
+/* ---- the MPI check (for any module that may include comm.h) ------------
+ * DV_MPI_CHECK(err, mpi_call(...)) fails, in a function that returns
+ * dv_status, when the call does not return MPI_SUCCESS, with
+ * MPI_Error_string's text; it belongs to base.h's check family (DV_FAIL,
+ * DV_CHECK, DV_TRY). Expand it only where <mpi.h> is included. */
 #define DV_MPI_CHECK(err, expr)                                                                    \
     do {                                                                                           \
         int dv_mpi_rc_ = (expr);                                                                   \

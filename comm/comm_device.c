@@ -130,8 +130,7 @@ static int cuda_ok_(char *err, cudaError_t rc, const char *file, int line, const
     /* A non-sticky error must not surface at the backend's next launch
      * check as if a kernel had failed. */
     (void)cudaGetLastError();
-    dv_comm_format_error(err, file, line, call, "%s (%s)", cudaGetErrorString(rc),
-                         cudaGetErrorName(rc));
+    dv_error_at(err, file, line, call, "%s (%s)", cudaGetErrorString(rc), cudaGetErrorName(rc));
     return 0;
 }
 
@@ -139,8 +138,8 @@ static int nccl_ok_(char *err, ncclResult_t rc, const char *file, int line, cons
     if (rc == ncclSuccess) return 1;
     const char *last = ncclGetLastError(NULL);
     int detail = last && *last;
-    dv_comm_format_error(err, file, line, call, "%s (%s)%s%s", ncclGetErrorString(rc),
-                         nccl_name(rc), detail ? ": " : "", detail ? last : "");
+    dv_error_at(err, file, line, call, "%s (%s)%s%s", ncclGetErrorString(rc), nccl_name(rc),
+                detail ? ": " : "", detail ? last : "");
     return 0;
 }
 
@@ -474,7 +473,7 @@ dv_status dv_comm_device_init(dv_comm *c, int device, int ndevices, dv_comm_devi
     rank_gpu *all = NULL;
     int ok = check_local(c, device, ndevices, mode, &me, &timeout, err) == DV_OK;
     if (ok && !(all = calloc((size_t)c->size, sizeof *all))) {
-        dv_comm_format_error(err, __FILE__, __LINE__, "calloc", "out of memory");
+        dv_error_at(err, __FILE__, __LINE__, "calloc", "out of memory");
         ok = 0;
     }
     if (agree(c, ok, err) != DV_OK) {
@@ -490,7 +489,7 @@ dv_status dv_comm_device_init(dv_comm *c, int device, int ndevices, dv_comm_devi
     memset(&id, 0, sizeof id);
     dv_comm_device *d = calloc(1, sizeof *d);
     if (!d) {
-        dv_comm_format_error(err, __FILE__, __LINE__, "calloc", "out of memory");
+        dv_error_at(err, __FILE__, __LINE__, "calloc", "out of memory");
         ok = 0;
     } else {
         d->path = path;
@@ -599,11 +598,11 @@ static void advance(dv_comm *c, int blocking, const dev_req *until) {
             if (rc == cudaErrorNotReady && !blocking) break;
             if (rc == cudaErrorNotReady) {
                 char msg[DV_ERR_LEN];
-                dv_comm_format_error(msg, __FILE__, __LINE__, "cudaEventQuery",
-                                     "a bucket's copy to host memory made no progress for %g s: "
-                                     "the GPU may have hung; set DIVE_COMM_TIMEOUT to wait "
-                                     "longer (0 waits forever)",
-                                     d->timeout);
+                dv_error_at(msg, __FILE__, __LINE__, "cudaEventQuery",
+                            "a bucket's copy to host memory made no progress for %g s: "
+                            "the GPU may have hung; set DIVE_COMM_TIMEOUT to wait "
+                            "longer (0 waits forever)",
+                            d->timeout);
                 req_fail(r, msg);
                 device_break(d);
             } else if (rc != cudaSuccess) {

@@ -65,10 +65,4 @@ hid_t dv_import_create_ds(hid_t fid, const char *path, hid_t type, int rank, con
 /* Writes rows [at, at+count) of d from buf (memory type mtype). */
 herr_t dv_import_write_rows(hid_t d, hid_t mtype, hsize_t at, hsize_t count, const void *buf);
 
-/* A malloc'd copy of s (NULL when out of memory). */
-char *dv_str_dup(const char *s);
-
-/* snprintf into err (DV_ERR_LEN bytes); err may be NULL. */
-void dv_errf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
 #endif

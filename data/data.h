@@ -20,14 +20,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base.h"
+
 #ifdef __cplusplus
 extern "C" {
-#endif
-
-#ifndef DV_STATUS_DEFINED
-#define DV_STATUS_DEFINED
-typedef enum dv_status { DV_OK = 0, DV_ERR = -1 } dv_status;
-#define DV_ERR_LEN 1024
 #endif
 
 /* ---- the HDF5 lock ------------------------------------------------------ */

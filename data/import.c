@@ -47,14 +47,14 @@ hid_t dv_import_open(const char *out_file, const char *const *replace, int nrepl
         if (dv_h5_check_file(out_file, err) != DV_OK) return H5I_INVALID_HID;
         fid = H5Fopen(out_file, H5F_ACC_RDWR, H5P_DEFAULT);
         if (fid < 0) {
-            dv_errf(err, "%s: cannot open for writing (read-only, or a corrupt HDF5 file?)",
-                    out_file);
+            DV_ERROR(err, "%s: cannot open for writing (read-only, or a corrupt HDF5 file?)",
+                     out_file);
             return H5I_INVALID_HID;
         }
     } else {
         fid = H5Fcreate(out_file, H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
         if (fid < 0) {
-            dv_errf(err, "%s: cannot create: %s", out_file, strerror(errno));
+            DV_ERROR(err, "%s: cannot create: %s", out_file, strerror(errno));
             return H5I_INVALID_HID;
         }
     }
@@ -64,7 +64,7 @@ hid_t dv_import_open(const char *out_file, const char *const *replace, int nrepl
         if (obj < 0) continue;
         H5Oclose(obj);
         if (H5Ldelete(fid, replace[i], H5P_DEFAULT) < 0) {
-            dv_errf(err, "%s: cannot replace the existing %s", out_file, replace[i]);
+            DV_ERROR(err, "%s: cannot replace the existing %s", out_file, replace[i]);
             H5Fclose(fid);
             return H5I_INVALID_HID;
         }
@@ -77,7 +77,7 @@ dv_status dv_import_close(hid_t fid, const char *const *written, int nwritten, d
     for (int i = 0; st != DV_OK && i < nwritten; i++)
         H5Ldelete(fid, written[i], H5P_DEFAULT);
     if (H5Fclose(fid) < 0 && st == DV_OK) {
-        dv_errf(err, "%s: closing failed (disk full?)", out_file);
+        DV_ERROR(err, "%s: closing failed (disk full?)", out_file);
         st = DV_ERR;
     }
     return st;
@@ -144,24 +144,24 @@ static gzFile idx_open(const char *path, uint32_t magic, int ndims, uint32_t *di
     errno = 0;
     gzFile gz = gzopen(path, "rb");
     if (!gz) {
-        dv_errf(err, "%s: cannot open: %s", path, errno ? strerror(errno) : "out of memory");
+        DV_ERROR(err, "%s: cannot open: %s", path, errno ? strerror(errno) : "out of memory");
         return NULL;
     }
     unsigned char h[16];
     if (read_full(gz, h, 4) != 0) {
-        dv_errf(err, "%s: too short for an IDX file", path);
+        DV_ERROR(err, "%s: too short for an IDX file", path);
         gzclose(gz);
         return NULL;
     }
     uint32_t m = be32(h);
     if (m != magic) {
-        dv_errf(err, "%s: bad IDX magic 0x%08x; expected 0x%08x (%s)", path, m, magic,
-                magic == IDX_IMAGES_MAGIC ? "uint8 images of rank 3" : "uint8 labels of rank 1");
+        DV_ERROR(err, "%s: bad IDX magic 0x%08x; expected 0x%08x (%s)", path, m, magic,
+                 magic == IDX_IMAGES_MAGIC ? "uint8 images of rank 3" : "uint8 labels of rank 1");
         gzclose(gz);
         return NULL;
     }
     if (read_full(gz, h, 4 * (size_t)ndims) != 0) {
-        dv_errf(err, "%s: truncated IDX header", path);
+        DV_ERROR(err, "%s: truncated IDX header", path);
         gzclose(gz);
         return NULL;
     }
@@ -183,28 +183,28 @@ static dv_status idx_write(hid_t fid, const char *group, gzFile gi, gzFile gl, c
     unsigned char *xb = malloc(row * IDX_BLOCK_ROWS), *yb = malloc(IDX_BLOCK_ROWS);
     dv_status st = DV_ERR;
     if (x < 0 || y < 0) {
-        dv_errf(err, "%s: cannot create %s", out_file, x < 0 ? xpath : ypath);
+        DV_ERROR(err, "%s: cannot create %s", out_file, x < 0 ? xpath : ypath);
         goto done;
     }
     if (!xb || !yb) {
-        dv_errf(err, "%s: out of memory", out_file);
+        DV_ERROR(err, "%s: out of memory", out_file);
         goto done;
     }
     for (hsize_t at = 0; at < id[0]; at += IDX_BLOCK_ROWS) {
         hsize_t c = id[0] - at < IDX_BLOCK_ROWS ? id[0] - at : IDX_BLOCK_ROWS;
         if (read_full(gi, xb, row * c) != 0) {
-            dv_errf(err, "%s: truncated: ends before image %llu of %u", images,
-                    (unsigned long long)at, id[0]);
+            DV_ERROR(err, "%s: truncated: ends before image %llu of %u", images,
+                     (unsigned long long)at, id[0]);
             goto done;
         }
         if (read_full(gl, yb, c) != 0) {
-            dv_errf(err, "%s: truncated: ends before label %llu of %u", labels,
-                    (unsigned long long)at, id[0]);
+            DV_ERROR(err, "%s: truncated: ends before label %llu of %u", labels,
+                     (unsigned long long)at, id[0]);
             goto done;
         }
         if (dv_import_write_rows(x, H5T_NATIVE_UCHAR, at, c, xb) < 0 ||
             dv_import_write_rows(y, H5T_NATIVE_UCHAR, at, c, yb) < 0) {
-            dv_errf(err, "%s: writing %s failed (disk full?)", out_file, group);
+            DV_ERROR(err, "%s: writing %s failed (disk full?)", out_file, group);
             goto done;
         }
     }
@@ -229,9 +229,9 @@ static dv_status import_idx_locked(const char *images, const char *labels, const
     }
     dv_status st = DV_ERR;
     if (id[0] != ld[0]) {
-        dv_errf(err, "%s has %u images but %s has %u labels", images, id[0], labels, ld[0]);
+        DV_ERROR(err, "%s has %u images but %s has %u labels", images, id[0], labels, ld[0]);
     } else if (id[0] == 0 || id[1] == 0 || id[2] == 0) {
-        dv_errf(err, "%s: no images (dimensions %u x %u x %u)", images, id[0], id[1], id[2]);
+        DV_ERROR(err, "%s: no images (dimensions %u x %u x %u)", images, id[0], id[1], id[2]);
     } else {
         hid_t fid = dv_import_open(out_file, &group, 1, err);
         if (fid >= 0) {
@@ -248,7 +248,7 @@ dv_status dv_import_idx(const char *images, const char *labels, const char *out_
                         const char *split, char *err) {
     char group[256];
     if (!norm_split(split, group, sizeof(group))) {
-        dv_errf(err, "%s: invalid split name \"%s\"", out_file, split);
+        DV_ERROR(err, "%s: invalid split name \"%s\"", out_file, split);
         return DV_ERR;
     }
     dv_h5_quiet q;
@@ -294,21 +294,21 @@ static dv_status csv_row(csv_data *d, char *line, const char *csv, long lineno, 
     size_t nf = count_fields(line);
     if (d->f == 0) {
         if (nf < 2) {
-            dv_errf(err, "%s:%ld: %zu field; a row needs a label and at least one feature", csv,
-                    lineno, nf);
+            DV_ERROR(err, "%s:%ld: %zu field; a row needs a label and at least one feature", csv,
+                     lineno, nf);
             return DV_ERR;
         }
         int lc = label_col < 0 ? (int)nf + label_col : label_col;
         if (lc < 0 || (size_t)lc >= nf) {
-            dv_errf(err, "%s:%ld: label column %d does not exist in a row of %zu fields", csv,
-                    lineno, label_col, nf);
+            DV_ERROR(err, "%s:%ld: label column %d does not exist in a row of %zu fields", csv,
+                     lineno, label_col, nf);
             return DV_ERR;
         }
         d->f = nf - 1;
         *width_line = lineno;
     } else if (nf != d->f + 1) {
-        dv_errf(err, "%s:%ld: %zu fields, expected %zu (as on line %ld)", csv, lineno, nf, d->f + 1,
-                *width_line);
+        DV_ERROR(err, "%s:%ld: %zu fields, expected %zu (as on line %ld)", csv, lineno, nf,
+                 d->f + 1, *width_line);
         return DV_ERR;
     }
     if (d->n == d->cap) {
@@ -318,7 +318,7 @@ static dv_status csv_row(csv_data *d, char *line, const char *csv, long lineno, 
         int32_t *y = realloc(d->y, sizeof(int32_t) * cap);
         if (y) d->y = y;
         if (!x || !y) {
-            dv_errf(err, "%s:%ld: out of memory", csv, lineno);
+            DV_ERROR(err, "%s:%ld: out of memory", csv, lineno);
             return DV_ERR;
         }
         d->cap = cap;
@@ -334,14 +334,14 @@ static dv_status csv_row(csv_data *d, char *line, const char *csv, long lineno, 
         errno = 0;
         double v = strtod(field, &end);
         if (*field == '\0' || *end != '\0') {
-            dv_errf(err, "%s:%ld: field %d (\"%.40s\") is not a number", csv, lineno, col + 1,
-                    field);
+            DV_ERROR(err, "%s:%ld: field %d (\"%.40s\") is not a number", csv, lineno, col + 1,
+                     field);
             return DV_ERR;
         }
         if (col == lc) {
             if (v != floor(v) || v < INT32_MIN || v > INT32_MAX) {
-                dv_errf(err, "%s:%ld: label \"%.40s\" (field %d) is not an integer", csv, lineno,
-                        field, col + 1);
+                DV_ERROR(err, "%s:%ld: label \"%.40s\" (field %d) is not an integer", csv, lineno,
+                         field, col + 1);
                 return DV_ERR;
             }
             d->y[d->n] = (int32_t)v;
@@ -357,7 +357,7 @@ static dv_status csv_row(csv_data *d, char *line, const char *csv, long lineno, 
 static dv_status csv_parse(const char *csv, int label_col, int header, csv_data *d, char *err) {
     FILE *f = fopen(csv, "r");
     if (!f) {
-        dv_errf(err, "%s: cannot open: %s", csv, strerror(errno));
+        DV_ERROR(err, "%s: cannot open: %s", csv, strerror(errno));
         return DV_ERR;
     }
     char *line = NULL;
@@ -371,11 +371,11 @@ static dv_status csv_parse(const char *csv, int label_col, int header, csv_data 
         if (st != DV_OK) break;
     }
     if (st == DV_OK && ferror(f)) {
-        dv_errf(err, "%s: read error: %s", csv, strerror(errno));
+        DV_ERROR(err, "%s: read error: %s", csv, strerror(errno));
         st = DV_ERR;
     }
     if (st == DV_OK && d->n == 0) {
-        dv_errf(err, "%s: no data rows", csv);
+        DV_ERROR(err, "%s: no data rows", csv);
         st = DV_ERR;
     }
     free(line);
@@ -396,7 +396,7 @@ static dv_status csv_write(const csv_data *d, const char *out_file, const char *
     dv_status st = DV_OK;
     if (x < 0 || y < 0 || dv_import_write_rows(x, H5T_NATIVE_FLOAT, 0, d->n, d->x) < 0 ||
         dv_import_write_rows(y, H5T_NATIVE_INT32, 0, d->n, d->y) < 0) {
-        dv_errf(err, "%s: writing %s failed (disk full?)", out_file, group);
+        DV_ERROR(err, "%s: writing %s failed (disk full?)", out_file, group);
         st = DV_ERR;
     }
     if (x >= 0) H5Dclose(x);
@@ -408,7 +408,7 @@ dv_status dv_import_csv(const char *csv, int label_col, int header, const char *
                         const char *split, char *err) {
     char group[256];
     if (!norm_split(split, group, sizeof(group))) {
-        dv_errf(err, "%s: invalid split name \"%s\"", out_file, split);
+        DV_ERROR(err, "%s: invalid split name \"%s\"", out_file, split);
         return DV_ERR;
     }
     csv_data d = {0};

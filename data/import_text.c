@@ -46,7 +46,7 @@ static int list_add(file_list *l, const char *path) {
         if (!f) return -1;
         l->f = f, l->cap = cap;
     }
-    char *p = dv_str_dup(path);
+    char *p = strdup(path);
     if (!p) return -1;
     l->f[l->n++] = (text_file){.path = p};
     return 0;
@@ -67,7 +67,7 @@ static int cmp_path(const void *a, const void *b) {
 static dv_status walk(file_list *l, const char *dir, char *err) {
     DIR *d = opendir(dir);
     if (!d) {
-        dv_errf(err, "%s: cannot read directory: %s", dir, strerror(errno));
+        DV_ERROR(err, "%s: cannot read directory: %s", dir, strerror(errno));
         return DV_ERR;
     }
     dv_status st = DV_OK;
@@ -77,19 +77,19 @@ static dv_status walk(file_list *l, const char *dir, char *err) {
         size_t len = strlen(dir) + strlen(e->d_name) + 2;
         char *p = malloc(len);
         if (!p) {
-            dv_errf(err, "%s: out of memory", dir);
+            DV_ERROR(err, "%s: out of memory", dir);
             st = DV_ERR;
             break;
         }
         snprintf(p, len, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", e->d_name);
         struct stat sb;
         if (lstat(p, &sb) != 0) {
-            dv_errf(err, "%s: cannot stat: %s", p, strerror(errno));
+            DV_ERROR(err, "%s: cannot stat: %s", p, strerror(errno));
             st = DV_ERR;
         } else if (S_ISDIR(sb.st_mode)) {
             st = walk(l, p, err);
         } else if (S_ISREG(sb.st_mode) && list_add(l, p) != 0) {
-            dv_errf(err, "%s: out of memory", dir);
+            DV_ERROR(err, "%s: out of memory", dir);
             st = DV_ERR;
         }
         free(p);
@@ -104,7 +104,7 @@ static dv_status collect(file_list *l, const char *const *inputs, int n_inputs, 
     for (int i = 0; i < n_inputs; i++) {
         struct stat sb;
         if (stat(inputs[i], &sb) != 0) {
-            dv_errf(err, "%s: cannot open: %s", inputs[i], strerror(errno));
+            DV_ERROR(err, "%s: cannot open: %s", inputs[i], strerror(errno));
             return DV_ERR;
         }
         if (S_ISDIR(sb.st_mode)) {
@@ -112,10 +112,10 @@ static dv_status collect(file_list *l, const char *const *inputs, int n_inputs, 
             if (walk(l, inputs[i], err) != DV_OK) return DV_ERR;
             qsort(l->f + first, l->n - first, sizeof(*l->f), cmp_path);
         } else if (!S_ISREG(sb.st_mode)) {
-            dv_errf(err, "%s: not a regular file or a directory", inputs[i]);
+            DV_ERROR(err, "%s: not a regular file or a directory", inputs[i]);
             return DV_ERR;
         } else if (list_add(l, inputs[i]) != 0) {
-            dv_errf(err, "%s: out of memory", inputs[i]);
+            DV_ERROR(err, "%s: out of memory", inputs[i]);
             return DV_ERR;
         }
     }
@@ -152,13 +152,13 @@ static int scan_file(const char *path, int chars, void (*emit)(void *, int32_t),
                      char *why, size_t why_len, char *err) {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        dv_errf(err, "%s: cannot open: %s", path, strerror(errno));
+        DV_ERROR(err, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     unsigned char *buf = malloc(READ_BLOCK);
     if (!buf) {
         fclose(f);
-        dv_errf(err, "%s: out of memory", path);
+        DV_ERROR(err, "%s: out of memory", path);
         return -1;
     }
     dv_utf8 u = {0};
@@ -183,7 +183,7 @@ static int scan_file(const char *path, int chars, void (*emit)(void *, int32_t),
         }
     }
     if (rc == 0 && ferror(f)) {
-        dv_errf(err, "%s: read error: %s", path, strerror(errno));
+        DV_ERROR(err, "%s: read error: %s", path, strerror(errno));
         rc = -1;
     } else if (rc == 0 && u.need) {
         snprintf(why, why_len, "not valid UTF-8: ends inside a character");
@@ -291,7 +291,7 @@ static dv_status write_vocab(hid_t fid, dv_vocab_kind vkind, const int32_t *code
         H5Gclose(g);
     }
     if (e < 0 || g < 0) {
-        dv_errf(err, "%s: writing /vocab failed (disk full?)", out_file);
+        DV_ERROR(err, "%s: writing /vocab failed (disk full?)", out_file);
         return DV_ERR;
     }
     return DV_OK;
@@ -323,7 +323,7 @@ static dv_status write_out(file_list *l, const dv_text_options *opt, const int32
     w->val = dv[0] ? dv_import_create_ds(fid, written[1], H5T_STD_I32LE, 1, dv, TOKEN_CHUNK)
                    : H5I_INVALID_HID;
     if (w->train < 0 || (dv[0] && w->val < 0)) {
-        dv_errf(err, "%s: cannot create %s", out_file, w->train < 0 ? written[0] : written[1]);
+        DV_ERROR(err, "%s: cannot create %s", out_file, w->train < 0 ? written[0] : written[1]);
         goto done;
     }
     for (size_t i = 0; i < l->n; i++) {
@@ -335,16 +335,16 @@ static dv_status write_out(file_list *l, const dv_text_options *opt, const int32
             scan_file(f->path, opt->vocab == DV_VOCAB_CHARS, write_token, w, why, sizeof(why), err);
         if (rc < 0) goto done;
         if (w->failed) {
-            dv_errf(err, "%s: writing tokens failed (disk full?)", out_file);
+            DV_ERROR(err, "%s: writing tokens failed (disk full?)", out_file);
             goto done;
         }
         if (rc > 0 || w->pos - before != f->tokens) {
-            dv_errf(err, "%s: changed while it was being imported; run the import again", f->path);
+            DV_ERROR(err, "%s: changed while it was being imported; run the import again", f->path);
             goto done;
         }
     }
     if (flush(w) != 0) {
-        dv_errf(err, "%s: writing tokens failed (disk full?)", out_file);
+        DV_ERROR(err, "%s: writing tokens failed (disk full?)", out_file);
         goto done;
     }
     st = write_vocab(fid, opt->vocab, codepoints, v, out_file, err);
@@ -379,7 +379,7 @@ static dv_status import_text(file_list *l, const dv_text_options *opt, const cha
     int32_t *id_map = chars ? malloc(sizeof(int32_t) * MAX_CODE) : NULL;
     writer *w = calloc(1, sizeof(*w));
     if (!k.present || !codepoints || (chars && !id_map) || !w) {
-        dv_errf(err, "%s: out of memory", out_file);
+        DV_ERROR(err, "%s: out of memory", out_file);
         goto done;
     }
     if (count_files(l, opt, &k, err) != DV_OK) goto done;
@@ -387,17 +387,17 @@ static dv_status import_text(file_list *l, const dv_text_options *opt, const cha
         rep->files_skipped += l->f[i].skipped;
     rep->files_read = (int64_t)l->n - rep->files_skipped;
     if (k.n == 0) {
-        dv_errf(err, "no text to import: %lld file%s read, %lld skipped (binary%s)",
-                (long long)rep->files_read, rep->files_read == 1 ? "" : "s",
-                (long long)rep->files_skipped, chars ? " or not UTF-8" : "");
+        DV_ERROR(err, "no text to import: %lld file%s read, %lld skipped (binary%s)",
+                 (long long)rep->files_read, rep->files_read == 1 ? "" : "s",
+                 (long long)rep->files_skipped, chars ? " or not UTF-8" : "");
         goto done;
     }
     int64_t n_val = (int64_t)llround(opt->val_fraction * (double)k.n);
     if (k.n - n_val < 2 || (opt->val_fraction > 0 && n_val < 2)) {
-        dv_errf(err,
-                "%lld tokens of text are too few for --val %g: /train and /val need 2 tokens "
-                "each (one window)",
-                (long long)k.n, opt->val_fraction);
+        DV_ERROR(err,
+                 "%lld tokens of text are too few for --val %g: /train and /val need 2 tokens "
+                 "each (one window)",
+                 (long long)k.n, opt->val_fraction);
         goto done;
     }
     rep->n_train = k.n - n_val;
@@ -423,11 +423,11 @@ dv_status dv_import_text(const char *const *inputs, int n_inputs, const dv_text_
     dv_text_report rep = {0};
     if (report) *report = rep;
     if (n_inputs < 1) {
-        dv_errf(err, "no input files or directories");
+        DV_ERROR(err, "no input files or directories");
         return DV_ERR;
     }
     if (!(opt->val_fraction >= 0 && opt->val_fraction < 1)) {
-        dv_errf(err, "validation fraction %g is outside [0, 1)", opt->val_fraction);
+        DV_ERROR(err, "validation fraction %g is outside [0, 1)", opt->val_fraction);
         return DV_ERR;
     }
     file_list l = {0};

@@ -163,7 +163,7 @@ static dv_status load_memory(dv_loader *l, int64_t begin, int64_t rows, char *er
     size_t xe = l->info.x_elems, ye = l->info.y_elems;
     int64_t *idx = malloc(sizeof(int64_t) * LOAD_ROWS);
     if (!idx) {
-        dv_errf(err, "loader: out of memory");
+        DV_ERROR(err, "loader: out of memory");
         return DV_ERR;
     }
     dv_status st = DV_OK;
@@ -186,7 +186,7 @@ dv_status dv_loader_create(dv_loader **out, dv_split *split, const dv_loader_con
     *out = NULL;
     dv_loader *l = calloc(1, sizeof(*l));
     if (!l) {
-        dv_errf(err, "loader: out of memory");
+        DV_ERROR(err, "loader: out of memory");
         return DV_ERR;
     }
     l->split = split;
@@ -197,13 +197,13 @@ dv_status dv_loader_create(dv_loader **out, dv_split *split, const dv_loader_con
     int64_t n = l->info.n;
 
     if (cfg->batch <= 0) {
-        dv_errf(err, "loader: batch must be positive (got %d)", cfg->batch);
+        DV_ERROR(err, "loader: batch must be positive (got %d)", cfg->batch);
         goto fail;
     }
     if (cfg->eval) {
         int world = sm->world > 0 ? sm->world : 1;
         if (sm->rank < 0 || sm->rank >= world) {
-            dv_errf(err, "loader: rank %d is outside a world of %d", sm->rank, world);
+            DV_ERROR(err, "loader: rank %d is outside a world of %d", sm->rank, world);
             goto fail;
         }
         dv_eval_shard(n, world, sm->rank, &l->shard_begin, &l->shard_end);
@@ -211,33 +211,33 @@ dv_status dv_loader_create(dv_loader **out, dv_split *split, const dv_loader_con
     } else {
         if (sm->n <= 0) sm->n = n;
         if (sm->world <= 0 || sm->rank < 0 || sm->rank >= sm->world) {
-            dv_errf(err, "loader: rank %d is outside a world of %d", sm->rank, sm->world);
+            DV_ERROR(err, "loader: rank %d is outside a world of %d", sm->rank, sm->world);
             goto fail;
         }
         if (sm->global_batch <= 0 || sm->global_batch % sm->world != 0) {
-            dv_errf(err, "loader: global batch %d does not divide evenly across %d ranks",
-                    sm->global_batch, sm->world);
+            DV_ERROR(err, "loader: global batch %d does not divide evenly across %d ranks",
+                     sm->global_batch, sm->world);
             goto fail;
         }
         if (cfg->batch != sm->global_batch / sm->world) {
-            dv_errf(err, "loader: batch %d is not global batch %d / %d ranks", cfg->batch,
-                    sm->global_batch, sm->world);
+            DV_ERROR(err, "loader: batch %d is not global batch %d / %d ranks", cfg->batch,
+                     sm->global_batch, sm->world);
             goto fail;
         }
         if (sm->n > n) {
-            dv_errf(err, "loader: sampler covers %lld samples but the split has %lld",
-                    (long long)sm->n, (long long)n);
+            DV_ERROR(err, "loader: sampler covers %lld samples but the split has %lld",
+                     (long long)sm->n, (long long)n);
             goto fail;
         }
         l->steps = dv_sampler_steps(sm);
         if (l->steps == 0) {
-            dv_errf(err, "loader: %lld samples are fewer than one global batch of %d",
-                    (long long)sm->n, sm->global_batch);
+            DV_ERROR(err, "loader: %lld samples are fewer than one global batch of %d",
+                     (long long)sm->n, sm->global_batch);
             goto fail;
         }
         if (sm->shuffle && !(l->perm = malloc(sizeof(int64_t) * (size_t)sm->n))) {
-            dv_errf(err, "loader: out of memory for the permutation of %lld samples",
-                    (long long)sm->n);
+            DV_ERROR(err, "loader: out of memory for the permutation of %lld samples",
+                     (long long)sm->n);
             goto fail;
         }
     }
@@ -254,7 +254,7 @@ dv_status dv_loader_create(dv_loader **out, dv_split *split, const dv_loader_con
         else
             sl->targets = batch_alloc(l, sizeof(float) * b * ye);
         if (!sl->x || !sl->index || !sl->global_pos || !(lab ? (void *)sl->labels : sl->targets)) {
-            dv_errf(err, "loader: out of memory for batch buffers of %d samples", cfg->batch);
+            DV_ERROR(err, "loader: out of memory for batch buffers of %d samples", cfg->batch);
             goto fail;
         }
     }
@@ -290,7 +290,7 @@ dv_status dv_loader_create(dv_loader **out, dv_split *split, const dv_loader_con
         if (pthread_create(&l->thread, NULL, worker, l) != 0) {
             pthread_cond_destroy(&l->cv);
             pthread_mutex_destroy(&l->mu);
-            dv_errf(err, "loader: cannot start the prefetch thread");
+            DV_ERROR(err, "loader: cannot start the prefetch thread");
             goto fail;
         }
         l->threaded = 1;
@@ -338,8 +338,8 @@ int64_t dv_loader_steps(const dv_loader *l) {
 dv_status dv_loader_start(dv_loader *l, int64_t epoch, int64_t step, char *err) {
     if (l->cfg.eval) epoch = 0;
     if (step < 0 || step > l->steps || epoch < 0) {
-        dv_errf(err, "loader: cannot start at epoch %lld step %lld (a pass has %lld steps)",
-                (long long)epoch, (long long)step, (long long)l->steps);
+        DV_ERROR(err, "loader: cannot start at epoch %lld step %lld (a pass has %lld steps)",
+                 (long long)epoch, (long long)step, (long long)l->steps);
         return DV_ERR;
     }
     if (!l->threaded) {

@@ -59,34 +59,19 @@ void dv_h5_leave(dv_h5_quiet *q) {
     dv_hdf5_unlock();
 }
 
-void dv_errf(char *err, const char *fmt, ...) {
-    if (!err) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, DV_ERR_LEN, fmt, ap);
-    va_end(ap);
-}
-
 /* Checks that `file` exists and is HDF5, so the caller's message says which
  * of the two it is rather than HDF5's generic open failure. */
 dv_status dv_h5_check_file(const char *file, char *err) {
     if (access(file, R_OK) != 0) {
-        dv_errf(err, "%s: cannot open: %s", file, strerror(errno));
+        DV_ERROR(err, "%s: cannot open: %s", file, strerror(errno));
         return DV_ERR;
     }
     htri_t is = H5Fis_hdf5(file);
     if (is <= 0) {
-        dv_errf(err, "%s: not an HDF5 file", file);
+        DV_ERROR(err, "%s: not an HDF5 file", file);
         return DV_ERR;
     }
     return DV_OK;
-}
-
-char *dv_str_dup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d) memcpy(d, s, n);
-    return d;
 }
 
 static const char *type_name(hid_t type) {
@@ -159,26 +144,26 @@ dv_status dv_h5_open_dataset(hid_t fid, const char *file, const char *path, hid_
                              hsize_t *dims, H5T_class_t *cls, char *err) {
     *out = H5I_INVALID_HID;
     if (!path || !*path) {
-        dv_errf(err, "%s: empty dataset path", file);
+        DV_ERROR(err, "%s: empty dataset path", file);
         return DV_ERR;
     }
     /* H5Oopen fails for a missing intermediate group too, which is what
      * "not found" should cover. */
     hid_t obj = H5Oopen(fid, path, H5P_DEFAULT);
     if (obj < 0) {
-        dv_errf(err, "%s: dataset %s not found", file, path);
+        DV_ERROR(err, "%s: dataset %s not found", file, path);
         return DV_ERR;
     }
     H5I_type_t kind = H5Iget_type(obj);
     H5Oclose(obj);
     if (kind != H5I_DATASET) {
-        dv_errf(err, "%s: %s is a %s, not a dataset", file, path,
-                kind == H5I_GROUP ? "group" : "named type");
+        DV_ERROR(err, "%s: %s is a %s, not a dataset", file, path,
+                 kind == H5I_GROUP ? "group" : "named type");
         return DV_ERR;
     }
     hid_t d = open_cached(fid, path, CHUNK_CACHE_BYTES);
     if (d < 0) {
-        dv_errf(err, "%s: cannot open dataset %s", file, path);
+        DV_ERROR(err, "%s: cannot open dataset %s", file, path);
         return DV_ERR;
     }
     hid_t type = H5Dget_type(d);
@@ -187,14 +172,15 @@ dv_status dv_h5_open_dataset(hid_t fid, const char *file, const char *path, hid_
     int r = H5Sget_simple_extent_ndims(space);
     dv_status st = DV_OK;
     if (*cls != H5T_INTEGER && *cls != H5T_FLOAT) {
-        dv_errf(err, "%s: %s has a %s type; expected a numeric type (uint8, int, float32, float64)",
-                file, path, type_name(type));
+        DV_ERROR(err,
+                 "%s: %s has a %s type; expected a numeric type (uint8, int, float32, float64)",
+                 file, path, type_name(type));
         st = DV_ERR;
     } else if (r < 1) {
-        dv_errf(err, "%s: %s is a scalar; expected an array of shape (N, ...)", file, path);
+        DV_ERROR(err, "%s: %s is a scalar; expected an array of shape (N, ...)", file, path);
         st = DV_ERR;
     } else if (r > 8) {
-        dv_errf(err, "%s: %s has rank %d; at most 8 is supported", file, path, r);
+        DV_ERROR(err, "%s: %s has rank %d; at most 8 is supported", file, path, r);
         st = DV_ERR;
     } else {
         H5Sget_simple_extent_dims(space, dims, NULL);
@@ -232,7 +218,7 @@ dv_status dv_h5_scan_range(hid_t d, int64_t n, const char *file, const char *pat
                            int64_t *lo_at, int64_t *hi, int64_t *hi_at, char *err) {
     int64_t *buf = malloc(sizeof(int64_t) * (size_t)(n < SCAN_ROWS ? n : SCAN_ROWS));
     if (!buf) {
-        dv_errf(err, "%s: out of memory scanning %s", file, path);
+        DV_ERROR(err, "%s: out of memory scanning %s", file, path);
         return DV_ERR;
     }
     *lo = INT64_MAX, *hi = INT64_MIN, *lo_at = *hi_at = 0;
@@ -240,7 +226,7 @@ dv_status dv_h5_scan_range(hid_t d, int64_t n, const char *file, const char *pat
         int64_t c = n - at < SCAN_ROWS ? n - at : SCAN_ROWS;
         if (dv_h5_read_rows(d, H5T_NATIVE_INT64, at, c, buf) < 0) {
             free(buf);
-            dv_errf(err, "%s: reading %s failed (corrupt or truncated file?)", file, path);
+            DV_ERROR(err, "%s: reading %s failed (corrupt or truncated file?)", file, path);
             return DV_ERR;
         }
         for (int64_t i = 0; i < c; i++) {
@@ -261,7 +247,7 @@ static dv_status open_locked(dv_split *s, char *err) {
     if (dv_h5_check_file(s->file, err) != DV_OK) return DV_ERR;
     s->fid = H5Fopen(s->file, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (s->fid < 0) {
-        dv_errf(err, "%s: cannot open (truncated or corrupt HDF5 file?)", s->file);
+        DV_ERROR(err, "%s: cannot open (truncated or corrupt HDF5 file?)", s->file);
         return DV_ERR;
     }
     int xr = 0, yr = 0;
@@ -277,17 +263,17 @@ static dv_status open_locked(dv_split *s, char *err) {
         return DV_ERR;
     }
     if (xd[0] != yd[0]) {
-        dv_errf(err, "%s: %s has %llu rows but %s has %llu", s->file, s->y_path,
-                (unsigned long long)yd[0], s->x_path, (unsigned long long)xd[0]);
+        DV_ERROR(err, "%s: %s has %llu rows but %s has %llu", s->file, s->y_path,
+                 (unsigned long long)yd[0], s->x_path, (unsigned long long)xd[0]);
         return DV_ERR;
     }
     if (xd[0] == 0) {
-        dv_errf(err, "%s: %s has no samples", s->file, s->x_path);
+        DV_ERROR(err, "%s: %s has no samples", s->file, s->x_path);
         return DV_ERR;
     }
     if (yr > 2) {
-        dv_errf(err, "%s: %s has rank %d; targets must be (N) labels or (N, K) floats", s->file,
-                s->y_path, yr);
+        DV_ERROR(err, "%s: %s has rank %d; targets must be (N) labels or (N, K) floats", s->file,
+                 s->y_path, yr);
         return DV_ERR;
     }
     dv_split_info *in = &s->info;
@@ -299,7 +285,7 @@ static dv_status open_locked(dv_split *s, char *err) {
         if (i) in->x_elems *= (size_t)xd[i];
     }
     if (in->x_elems == 0) {
-        dv_errf(err, "%s: %s has samples of zero elements", s->file, s->x_path);
+        DV_ERROR(err, "%s: %s has samples of zero elements", s->file, s->x_path);
         return DV_ERR;
     }
     if (!s->y_path[0]) {
@@ -314,7 +300,7 @@ static dv_status open_locked(dv_split *s, char *err) {
         return scan_labels(s, err);
     }
     if (k == 0) {
-        dv_errf(err, "%s: %s has zero targets per sample", s->file, s->y_path);
+        DV_ERROR(err, "%s: %s has zero targets per sample", s->file, s->y_path);
         return DV_ERR;
     }
     /* Integer (N, K>1) arrays (multi-hot) are targets like floats. */
@@ -327,9 +313,9 @@ dv_status dv_split_open(dv_split **out, const char *file, const char *x_path, co
                         char *err) {
     *out = NULL;
     dv_split *s = calloc(1, sizeof(*s));
-    if (!s || !(s->file = dv_str_dup(file)) || !(s->x_path = dv_str_dup(x_path ? x_path : "")) ||
-        !(s->y_path = dv_str_dup(y_path ? y_path : ""))) {
-        dv_errf(err, "%s: out of memory", file);
+    if (!s || !(s->file = strdup(file)) || !(s->x_path = strdup(x_path ? x_path : "")) ||
+        !(s->y_path = strdup(y_path ? y_path : ""))) {
+        DV_ERROR(err, "%s: out of memory", file);
         dv_split_free(s);
         return DV_ERR;
     }
@@ -350,9 +336,9 @@ dv_status dv_split_open_tokens(dv_split **out, const char *file, const char *dat
                                char *err) {
     *out = NULL;
     dv_split *s = calloc(1, sizeof(*s));
-    if (!s || !(s->file = dv_str_dup(file)) || !(s->x_path = dv_str_dup(dataset)) ||
-        !(s->y_path = dv_str_dup(dataset))) {
-        dv_errf(err, "%s: out of memory", file);
+    if (!s || !(s->file = strdup(file)) || !(s->x_path = strdup(dataset)) ||
+        !(s->y_path = strdup(dataset))) {
+        DV_ERROR(err, "%s: out of memory", file);
         dv_split_free(s);
         return DV_ERR;
     }
@@ -366,8 +352,8 @@ dv_status dv_split_open_tokens(dv_split **out, const char *file, const char *dat
     dv_split_info *in = &s->info;
     in->n = dv_tokens_windows(s->tok, T);
     if (in->n < 1) {
-        dv_errf(err, "%s: %s has %lld tokens, too few for one window of %d (+1)", file, dataset,
-                (long long)ti->n, T);
+        DV_ERROR(err, "%s: %s has %lld tokens, too few for one window of %d (+1)", file, dataset,
+                 (long long)ti->n, T);
         dv_split_free(s);
         return DV_ERR;
     }
@@ -422,9 +408,9 @@ dv_status dv_split_check(const dv_split *s, size_t in_elems, int classes, char *
         for (int i = 1; i < in->x_rank && at < sizeof(shape) - 24; i++)
             at += (size_t)snprintf(shape + at, sizeof(shape) - at, i > 1 ? ",%lld" : "%lld",
                                    (long long)in->x_dims[i]);
-        dv_errf(err,
-                "%s: %s has %zu elements per sample (shape %s) but the model's input takes %zu",
-                s->file, s->x_path, in->x_elems, shape, in_elems);
+        DV_ERROR(err,
+                 "%s: %s has %zu elements per sample (shape %s) but the model's input takes %zu",
+                 s->file, s->x_path, in->x_elems, shape, in_elems);
         return DV_ERR;
     }
     if (in->y_kind == DV_TARGET_LABELS) {
@@ -435,16 +421,16 @@ dv_status dv_split_check(const dv_split *s, size_t in_elems, int classes, char *
         else if (in->label_max > hi)
             bad = in->label_max, at = s->label_max_at;
         if (at >= 0) {
-            dv_errf(err,
-                    "%s: label %lld in %s is out of range for a model with %d output%s (sample "
-                    "%lld); labels must lie in [0, %lld]",
-                    s->file, (long long)bad, s->y_path, classes, classes == 1 ? "" : "s",
-                    (long long)at, (long long)hi);
+            DV_ERROR(err,
+                     "%s: label %lld in %s is out of range for a model with %d output%s (sample "
+                     "%lld); labels must lie in [0, %lld]",
+                     s->file, (long long)bad, s->y_path, classes, classes == 1 ? "" : "s",
+                     (long long)at, (long long)hi);
             return DV_ERR;
         }
     } else if (in->y_elems != (size_t)classes) {
-        dv_errf(err, "%s: %s has %zu targets per sample but the model has %d output%s", s->file,
-                s->y_path, in->y_elems, classes, classes == 1 ? "" : "s");
+        DV_ERROR(err, "%s: %s has %zu targets per sample but the model has %d output%s", s->file,
+                 s->y_path, in->y_elems, classes, classes == 1 ? "" : "s");
         return DV_ERR;
     }
     return DV_OK;
@@ -508,8 +494,8 @@ static dv_status read_locked(dv_split *s, const int64_t *idx, int count, float x
     const dv_split_info *in = &s->info;
     for (int i = 0; i < count; i++) {
         if (idx[i] < 0 || idx[i] >= in->n) {
-            dv_errf(err, "%s: sample index %lld is outside [0, %lld) of %s", s->file,
-                    (long long)idx[i], (long long)in->n, s->x_path);
+            DV_ERROR(err, "%s: sample index %lld is outside [0, %lld) of %s", s->file,
+                     (long long)idx[i], (long long)in->n, s->x_path);
             return DV_ERR;
         }
     }
@@ -552,7 +538,7 @@ static dv_status read_locked(dv_split *s, const int64_t *idx, int count, float x
     }
 
     if (x && read_selected(s->x, H5T_NATIVE_FLOAT, u, nu, sx) < 0) {
-        dv_errf(err, "%s: reading %s failed (corrupt or truncated file?)", s->file, s->x_path);
+        DV_ERROR(err, "%s: reading %s failed (corrupt or truncated file?)", s->file, s->x_path);
         goto done;
     }
     if (want_y) {
@@ -560,7 +546,7 @@ static dv_status read_locked(dv_split *s, const int64_t *idx, int count, float x
                        ? read_selected(s->y, H5T_NATIVE_INT32, u, nu, sl)
                        : read_selected(s->y, H5T_NATIVE_FLOAT, u, nu, sy);
         if (e < 0) {
-            dv_errf(err, "%s: reading %s failed (corrupt or truncated file?)", s->file, s->y_path);
+            DV_ERROR(err, "%s: reading %s failed (corrupt or truncated file?)", s->file, s->y_path);
             goto done;
         }
     }
@@ -590,7 +576,7 @@ static dv_status read_locked(dv_split *s, const int64_t *idx, int count, float x
     st = DV_OK;
     goto done;
 oom:
-    dv_errf(err, "%s: out of memory reading %d samples", s->file, count);
+    DV_ERROR(err, "%s: out of memory reading %d samples", s->file, count);
 done:
     if (!sorted) {
         if (sx != x) free(sx);

@@ -26,7 +26,7 @@ static dv_status open_locked(dv_tokens *t, char *err) {
     if (dv_h5_check_file(t->file, err) != DV_OK) return DV_ERR;
     t->fid = H5Fopen(t->file, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (t->fid < 0) {
-        dv_errf(err, "%s: cannot open (truncated or corrupt HDF5 file?)", t->file);
+        DV_ERROR(err, "%s: cannot open (truncated or corrupt HDF5 file?)", t->file);
         return DV_ERR;
     }
     int rank = 0;
@@ -35,12 +35,12 @@ static dv_status open_locked(dv_tokens *t, char *err) {
     if (dv_h5_open_dataset(t->fid, t->file, t->path, &t->d, &rank, dims, &cls, err) != DV_OK)
         return DV_ERR;
     if (cls != H5T_INTEGER || rank != 1) {
-        dv_errf(err, "%s: %s is a %s dataset of rank %d; a token stream is 1-D integer ids",
-                t->file, t->path, cls == H5T_INTEGER ? "integer" : "float", rank);
+        DV_ERROR(err, "%s: %s is a %s dataset of rank %d; a token stream is 1-D integer ids",
+                 t->file, t->path, cls == H5T_INTEGER ? "integer" : "float", rank);
         return DV_ERR;
     }
     if (dims[0] == 0) {
-        dv_errf(err, "%s: %s holds no tokens", t->file, t->path);
+        DV_ERROR(err, "%s: %s holds no tokens", t->file, t->path);
         return DV_ERR;
     }
     t->info.n = (int64_t)dims[0];
@@ -51,8 +51,8 @@ static dv_status open_locked(dv_tokens *t, char *err) {
 dv_status dv_tokens_open(dv_tokens **out, const char *file, const char *dataset, char *err) {
     *out = NULL;
     dv_tokens *t = calloc(1, sizeof(*t));
-    if (!t || !(t->file = dv_str_dup(file)) || !(t->path = dv_str_dup(dataset ? dataset : ""))) {
-        dv_errf(err, "%s: out of memory", file);
+    if (!t || !(t->file = strdup(file)) || !(t->path = strdup(dataset ? dataset : ""))) {
+        DV_ERROR(err, "%s: out of memory", file);
         dv_tokens_free(t);
         return DV_ERR;
     }
@@ -93,12 +93,12 @@ dv_status dv_tokens_check(const dv_tokens *t, int64_t vocab_size, char *err) {
     const dv_tokens_info *in = &t->info;
     int64_t bad = in->min < 0 ? in->min : in->max >= vocab_size ? in->max : 0;
     if (in->min < 0 || in->max >= vocab_size) {
-        dv_errf(err,
-                "%s: token id %lld in %s (position %lld) is outside the vocabulary of %lld; ids "
-                "must lie in [0, %lld]",
-                t->file, (long long)bad, t->path,
-                (long long)(in->min < 0 ? in->min_at : in->max_at), (long long)vocab_size,
-                (long long)vocab_size - 1);
+        DV_ERROR(err,
+                 "%s: token id %lld in %s (position %lld) is outside the vocabulary of %lld; ids "
+                 "must lie in [0, %lld]",
+                 t->file, (long long)bad, t->path,
+                 (long long)(in->min < 0 ? in->min_at : in->max_at), (long long)vocab_size,
+                 (long long)vocab_size - 1);
         return DV_ERR;
     }
     return DV_OK;
@@ -110,12 +110,12 @@ int64_t dv_tokens_windows(const dv_tokens *t, int T) {
 
 static dv_status read_locked(dv_tokens *t, int64_t start, int64_t count, int32_t *out, char *err) {
     if (start < 0 || count < 0 || start + count > t->info.n) {
-        dv_errf(err, "%s: tokens [%lld, %lld) are outside the %lld of %s", t->file,
-                (long long)start, (long long)(start + count), (long long)t->info.n, t->path);
+        DV_ERROR(err, "%s: tokens [%lld, %lld) are outside the %lld of %s", t->file,
+                 (long long)start, (long long)(start + count), (long long)t->info.n, t->path);
         return DV_ERR;
     }
     if (count && dv_h5_read_rows(t->d, H5T_NATIVE_INT32, start, count, out) < 0) {
-        dv_errf(err, "%s: reading %s failed (corrupt or truncated file?)", t->file, t->path);
+        DV_ERROR(err, "%s: reading %s failed (corrupt or truncated file?)", t->file, t->path);
         return DV_ERR;
     }
     return DV_OK;
@@ -134,14 +134,14 @@ dv_status dv_tokens_read_windows(dv_tokens *t, int T, const int64_t *window_ids,
     int64_t windows = dv_tokens_windows(t, T);
     for (int i = 0; i < count; i++) {
         if (window_ids[i] < 0 || window_ids[i] >= windows) {
-            dv_errf(err, "%s: window %lld is outside [0, %lld) of %s for length %d", t->file,
-                    (long long)window_ids[i], (long long)windows, t->path, T);
+            DV_ERROR(err, "%s: window %lld is outside [0, %lld) of %s for length %d", t->file,
+                     (long long)window_ids[i], (long long)windows, t->path, T);
             return DV_ERR;
         }
     }
     int32_t *buf = malloc(sizeof(int32_t) * ((size_t)T + 1));
     if (!buf) {
-        dv_errf(err, "%s: out of memory reading windows of %s", t->file, t->path);
+        DV_ERROR(err, "%s: out of memory reading windows of %s", t->file, t->path);
         return DV_ERR;
     }
     dv_status st = DV_OK;
@@ -217,10 +217,10 @@ static dv_status check_codepoints(const dv_vocab *v, const char *file, const cha
                       ? c != i
                       : c < 0 || c > MAX_CODE || (i && c <= v->codepoints[i - 1]);
         if (bad) {
-            dv_errf(err, "%s: %s[%lld] = %d; %s", file, path, (long long)i, (int)c,
-                    v->kind == DV_VOCAB_BYTES
-                        ? "a bytes vocabulary is 0..255 in order"
-                        : "code points must increase strictly and lie in [0, 0x10FFFF]");
+            DV_ERROR(err, "%s: %s[%lld] = %d; %s", file, path, (long long)i, (int)c,
+                     v->kind == DV_VOCAB_BYTES
+                         ? "a bytes vocabulary is 0..255 in order"
+                         : "code points must increase strictly and lie in [0, 0x10FFFF]");
             return DV_ERR;
         }
     }
@@ -233,7 +233,7 @@ static dv_status vocab_locked(dv_vocab *v, const char *file, const char *group, 
     if (dv_h5_check_file(file, err) != DV_OK) return DV_ERR;
     hid_t fid = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (fid < 0) {
-        dv_errf(err, "%s: cannot open (truncated or corrupt HDF5 file?)", file);
+        DV_ERROR(err, "%s: cannot open (truncated or corrupt HDF5 file?)", file);
         return DV_ERR;
     }
     dv_status st = DV_ERR;
@@ -242,27 +242,27 @@ static dv_status vocab_locked(dv_vocab *v, const char *file, const char *group, 
     hsize_t dims[8];
     H5T_class_t cls;
     if (g < 0) {
-        dv_errf(err,
-                "%s: no vocabulary: %s not found (is this a token file from `dive import "
-                "text`?)",
-                file, group);
+        DV_ERROR(err,
+                 "%s: no vocabulary: %s not found (is this a token file from `dive import "
+                 "text`?)",
+                 file, group);
     } else if (read_str_attr(g, "kind", kind, sizeof(kind)) != 0 ||
                (strcmp(kind, "bytes") && strcmp(kind, "chars"))) {
-        dv_errf(err, "%s: %s needs a string attribute 'kind', \"bytes\" or \"chars\"%s%s%s", file,
-                group, *kind ? " (it is \"" : "", kind, *kind ? "\")" : "");
+        DV_ERROR(err, "%s: %s needs a string attribute 'kind', \"bytes\" or \"chars\"%s%s%s", file,
+                 group, *kind ? " (it is \"" : "", kind, *kind ? "\")" : "");
     } else if (read_int_attr(g, "size", &v->size) != 0 || v->size < 1) {
-        dv_errf(err, "%s: %s needs a positive integer attribute 'size'", file, group);
+        DV_ERROR(err, "%s: %s needs a positive integer attribute 'size'", file, group);
     } else if (dv_h5_open_dataset(fid, file, path, &d, &rank, dims, &cls, err) != DV_OK) {
         /* message set */
     } else if (cls != H5T_INTEGER || rank != 1 || (int64_t)dims[0] != v->size) {
-        dv_errf(err, "%s: %s must be %lld integer code points (size), one per id", file, path,
-                (long long)v->size);
+        DV_ERROR(err, "%s: %s must be %lld integer code points (size), one per id", file, path,
+                 (long long)v->size);
     } else if (!strcmp(kind, "bytes") && v->size != 256) {
-        dv_errf(err, "%s: a bytes vocabulary has size 256, not %lld", file, (long long)v->size);
+        DV_ERROR(err, "%s: a bytes vocabulary has size 256, not %lld", file, (long long)v->size);
     } else if (!(v->codepoints = malloc(sizeof(int32_t) * (size_t)v->size))) {
-        dv_errf(err, "%s: out of memory reading %s", file, path);
+        DV_ERROR(err, "%s: out of memory reading %s", file, path);
     } else if (dv_h5_read_rows(d, H5T_NATIVE_INT32, 0, v->size, v->codepoints) < 0) {
-        dv_errf(err, "%s: reading %s failed (corrupt or truncated file?)", file, path);
+        DV_ERROR(err, "%s: reading %s failed (corrupt or truncated file?)", file, path);
     } else {
         v->kind = !strcmp(kind, "chars") ? DV_VOCAB_CHARS : DV_VOCAB_BYTES;
         st = check_codepoints(v, file, path, err);

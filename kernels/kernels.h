@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -131,10 +133,11 @@ struct dv_backend {
      * work queued after this call. CUDA: the copy runs on its own stream,
      * overlapping compute queued before; returns once src may be reused. */
     void (*upload)(void *ctx, int n, void *const *dst, const void *const *src, const size_t *bytes);
-    /* 0, or -1 with the first error an op met since the backend was created
-     * (a failed launch, a cuBLAS status) written to err. Ops return void, so
-     * callers ask here at their sync points. */
-    int (*check)(void *ctx, char *err, size_t errlen);
+    /* DV_OK, or DV_ERR with the first error an op met since the backend
+     * was created (a failed launch, a cuBLAS status, an unknown enum value)
+     * in err (DV_ERR_LEN). Ops return void, so callers ask here at their
+     * sync points. */
+    dv_status (*check)(void *ctx, char *err);
 
     /* C (M, N) = alpha * op(A) * op(B) + beta * C, row-major.
      * op(A) is (M, K): A is (M, K), or (K, M) when trans_a.
@@ -340,8 +343,8 @@ dv_backend *dv_backend_cpu_create(int threads);
 
 /* The CUDA backend on `device` (cudaSetDevice is its first CUDA call), with
  * GEMMs in `precision`; NULL when Dive was built without CUDA or the device
- * cannot be used (the reason is written to err, if not NULL). */
-dv_backend *dv_backend_cuda_create(int device, dv_precision precision, char *err, size_t errlen);
+ * cannot be used (the reason is written to err, DV_ERR_LEN, if not NULL). */
+dv_backend *dv_backend_cuda_create(int device, dv_precision precision, char *err);
 
 /* Number of CUDA devices visible (0 without CUDA). */
 int dv_backend_cuda_device_count(void);

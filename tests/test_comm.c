@@ -65,7 +65,7 @@ static void test_identity(void **state) {
     EXPECT(&t, host && host[0] != '\0');
     char prefix[512];
     snprintf(prefix, sizeof prefix, "[rank %d/%d %s]", rank, size, host);
-    EXPECT(&t, strcmp(dv_comm_prefix(), prefix) == 0);
+    EXPECT(&t, strcmp(dv_error_origin(), prefix) == 0);
 
     EXPECT(&t, dv_comm_select_device(c, 0) == -1);
     EXPECT(&t, dv_comm_select_device(c, -3) == -1);
@@ -660,30 +660,30 @@ static void test_format_error(void **state) {
     (void)state;
     tcheck t = {0};
     char err[DV_ERR_LEN] = "", want[2 * DV_ERR_LEN];
-    const char *p = dv_comm_prefix();
+    const char *p = dv_error_origin();
 
-    dv_comm_format_error(err, "/some/dir/foo.c", 42, "MPI_Foo", "bad %d", 7);
+    dv_error_at(err, "/some/dir/foo.c", 42, "MPI_Foo", "bad %d", 7);
     snprintf(want, sizeof want, "%s foo.c:42: MPI_Foo: bad 7", p);
     EXPECT(&t, strcmp(err, want) == 0);
     snprintf(want, sizeof want, "[rank %d/%d %s] foo.c:42: MPI_Foo: bad 7", dv_comm_rank(g_comm),
              dv_comm_size(g_comm), dv_comm_host(g_comm));
     EXPECT(&t, strcmp(err, want) == 0);
 
-    dv_comm_format_error(err, "bar.c", 1, "cudaMalloc(&p, n)", "out of memory");
+    dv_error_at(err, "bar.c", 1, "cudaMalloc(&p, n)", "out of memory");
     snprintf(want, sizeof want, "%s bar.c:1: cudaMalloc: out of memory", p);
     EXPECT(&t, strcmp(err, want) == 0);
 
     /* wrapping the message already in err */
-    dv_comm_format_error(err, "baz.c", 9, "outer", "%s", err);
+    dv_error_at(err, "baz.c", 9, "outer", "%s", err);
     snprintf(want, sizeof want, "%s baz.c:9: outer: %s bar.c:1: cudaMalloc: out of memory", p, p);
     EXPECT(&t, strcmp(err, want) == 0);
 
     char longmsg[3 * DV_ERR_LEN];
     memset(longmsg, 'x', sizeof longmsg - 1);
     longmsg[sizeof longmsg - 1] = '\0';
-    dv_comm_format_error(err, "a.c", 1, "long", "%s", longmsg);
+    dv_error_at(err, "a.c", 1, "long", "%s", longmsg);
     EXPECT(&t, strlen(err) == DV_ERR_LEN - 1);
-    dv_comm_format_error(NULL, "a.c", 1, "null", "no crash");
+    dv_error_at(NULL, "a.c", 1, "null", "no crash");
 
     /* DV_MPI_CHECK */
     EXPECT(&t, via_mpi_check(MPI_SUCCESS, err) == DV_OK);

@@ -49,7 +49,7 @@ static int g_shared; /* some node runs more ranks than it has GPUs */
 
 /* A failure's message: names this rank and holds `what`. */
 static int says(const char *err, const char *what) {
-    return strncmp(err, dv_comm_prefix(), strlen(dv_comm_prefix())) == 0 &&
+    return strncmp(err, dv_error_origin(), strlen(dv_error_origin())) == 0 &&
            strstr(err, what) != NULL;
 }
 
@@ -148,7 +148,7 @@ static dv_comm *new_comm(tcheck *t) {
 static int expect_cuda_(tcheck *t, cudaError_t rc, const char *what, const char *file, int line) {
     if (rc == cudaSuccess) return 1;
     t->bad++;
-    fprintf(stderr, "%s %s:%d: %s: %s\n", dv_comm_prefix(), file, line, what,
+    fprintf(stderr, "%s %s:%d: %s: %s\n", dv_error_origin(), file, line, what,
             cudaGetErrorString(rc));
     return 0;
 }
@@ -227,7 +227,7 @@ static void run_buckets(tcheck *t, dv_comm *c, cudaStream_t s, size_t base, floa
     EXPECT_OK(t, dv_comm_stream_wait(c, s, 0, err), err);
     size_t bad = mismatches(out, n, base, size);
     if (bad)
-        fprintf(stderr, "%s %zu of %zu wrong, out[0] = %g\n", dv_comm_prefix(), bad, n, out[0]);
+        fprintf(stderr, "%s %zu of %zu wrong, out[0] = %g\n", dv_error_origin(), bad, n, out[0]);
     EXPECT(t, bad == 0);
     EXPECT(t, c->pending == NULL);
 }
@@ -508,7 +508,7 @@ int main(int argc, char **argv) {
     int all_bound = 0;
     MPI_Allreduce(&bound, &all_bound, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     if (!all_bound) {
-        fprintf(stderr, "%s cudaSetDevice failed\n", dv_comm_prefix());
+        fprintf(stderr, "%s cudaSetDevice failed\n", dv_error_origin());
         dv_comm_free(g_comm);
         return 1;
     }

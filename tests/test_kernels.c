@@ -150,8 +150,8 @@ static void test_backend_basics(void **state) {
 static void test_cuda_entry_points(void **state) {
     (void)state;
     assert_true(dv_backend_cuda_device_count() >= 0);
-    char err[256] = "";
-    dv_backend *c = dv_backend_cuda_create(0, DV_PRECISION_FP32, err, sizeof err);
+    char err[DV_ERR_LEN] = "";
+    dv_backend *c = dv_backend_cuda_create(0, DV_PRECISION_FP32, err);
     if (!c) assert_true(strlen(err) > 0); /* always a reason when there is no backend */
     dv_backend_free(c);
 }

@@ -119,8 +119,8 @@ static void pair_free(dv_backend *G, pair *p) {
 /* ---- setup ------------------------------------------------------------ */
 
 static dv_backend *create_cuda(dv_precision prec, char *reason, size_t len) {
-    char err[400] = "";
-    dv_backend *b = dv_backend_cuda_create(0, prec, err, sizeof err);
+    char err[DV_ERR_LEN] = "";
+    dv_backend *b = dv_backend_cuda_create(0, prec, err);
     if (!b) snprintf(reason, len, "%s", err[0] ? err : "dv_backend_cuda_create gave no reason");
     return b;
 }
@@ -1056,11 +1056,11 @@ static void test_determinism(void **state) {
 static void test_check(void **state) {
     (void)state;
     REQUIRE_GPU();
-    char err[512] = "";
-    assert_int_equal(gpu->check(gpu->ctx, err, sizeof err), 0);
-    if (gpu_tf32) assert_int_equal(gpu_tf32->check(gpu_tf32->ctx, err, sizeof err), 0);
-    if (gpu_bf16) assert_int_equal(gpu_bf16->check(gpu_bf16->ctx, err, sizeof err), 0);
-    assert_int_equal(cpu->check(cpu->ctx, err, sizeof err), 0);
+    char err[DV_ERR_LEN] = "";
+    assert_int_equal(gpu->check(gpu->ctx, err), 0);
+    if (gpu_tf32) assert_int_equal(gpu_tf32->check(gpu_tf32->ctx, err), 0);
+    if (gpu_bf16) assert_int_equal(gpu_bf16->check(gpu_bf16->ctx, err), 0);
+    assert_int_equal(cpu->check(cpu->ctx, err), 0);
 }
 
 int main(void) {

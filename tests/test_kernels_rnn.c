@@ -468,8 +468,8 @@ static float *pd(const pair *p, int on) {
 }
 
 static void pair_expect(const pair *p, const char *op, const char *what) {
-    char err[512] = "";
-    if (gpu->check(gpu->ctx, err, sizeof err) != 0) fail_msg("%s: backend error: %s", op, err);
+    char err[DV_ERR_LEN] = "";
+    if (gpu->check(gpu->ctx, err) != 0) fail_msg("%s: backend error: %s", op, err);
     float *g = test_fbuf(p->n);
     gpu->to_host(gpu->ctx, g, p->d, p->n * sizeof *g);
     expect_finite(p->h, p->n, what);

@@ -71,8 +71,8 @@ static void expect_close(const float *got, const float *want, size_t n, double t
 /* ---- setup ------------------------------------------------------------ */
 
 static dv_backend *create_cuda(dv_precision prec, char *reason, size_t len) {
-    char err[400] = "";
-    dv_backend *b = dv_backend_cuda_create(0, prec, err, sizeof err);
+    char err[DV_ERR_LEN] = "";
+    dv_backend *b = dv_backend_cuda_create(0, prec, err);
     if (!b && reason)
         snprintf(reason, len, "%s", err[0] ? err : "dv_backend_cuda_create gave no reason");
     return b;

@@ -15,14 +15,14 @@
 void tcheck_expect(tcheck *t, int ok, const char *what, const char *file, int line) {
     if (ok) return;
     t->bad++;
-    fprintf(stderr, "%s %s:%d: expected %s\n", dv_comm_prefix(), file, line, what);
+    fprintf(stderr, "%s %s:%d: expected %s\n", dv_error_origin(), file, line, what);
 }
 
 void tcheck_expect_ok(tcheck *t, dv_status s, const char *err, const char *what, const char *file,
                       int line) {
     if (s == DV_OK) return;
     t->bad++;
-    fprintf(stderr, "%s %s:%d: %s failed: %s\n", dv_comm_prefix(), file, line, what, err);
+    fprintf(stderr, "%s %s:%d: %s failed: %s\n", dv_error_origin(), file, line, what, err);
 }
 
 /* Uses MPI directly rather than dv_comm_first_failed, which is under test. */

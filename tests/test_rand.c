@@ -96,8 +96,8 @@ void *test_dget(dv_backend *G, const void *d, size_t bytes) {
 }
 
 void test_expect_ok(dv_backend *G, const char *where) {
-    char err[512] = "";
-    if (G->check(G->ctx, err, sizeof err) != 0) fail_msg("%s: backend error: %s", where, err);
+    char err[DV_ERR_LEN] = "";
+    if (G->check(G->ctx, err) != 0) fail_msg("%s: backend error: %s", where, err);
 }
 
 void test_expect_bits(const void *got, const void *want, size_t bytes, const char *what) {
@@ -112,8 +112,8 @@ void test_expect_bits(const void *got, const void *want, size_t bytes, const cha
 int test_backends_open(dv_backend **cpu, dv_backend **gpu, char *why, size_t len) {
     *cpu = dv_backend_cpu_create(1);
     if (!*cpu) return -1;
-    char err[400] = "";
-    *gpu = dv_backend_cuda_create(0, DV_PRECISION_FP32, err, sizeof err);
+    char err[DV_ERR_LEN] = "";
+    *gpu = dv_backend_cuda_create(0, DV_PRECISION_FP32, err);
     if (!*gpu) snprintf(why, len, "%s", err[0] ? err : "dv_backend_cuda_create gave no reason");
     return 0;
 }

@@ -184,11 +184,11 @@ static int save_locked(const char *path, int n, dv_model *const *models, const c
     for (int i = 0; i < n; i++)
         if (dv_model_max_param_count(models[i]) > most) most = dv_model_max_param_count(models[i]);
     float *host = malloc(most * sizeof(float));
-    if (!host) return dv_fail(err, "%s: out of memory", path);
+    if (!host) return DV_ERROR(err, "%s: out of memory", path);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (f < 0) {
         free(host);
-        return dv_fail(err, "%s: cannot create checkpoint file (%s)", tmp, strerror(errno));
+        return DV_ERROR(err, "%s: cannot create checkpoint file (%s)", tmp, strerror(errno));
     }
     int rc = 0;
     for (int i = 0; i < n && !rc; i++)
@@ -234,16 +234,16 @@ static int save_locked(const char *path, int n, dv_model *const *models, const c
     if (rc) {
         int e = errno;
         unlink(tmp);
-        return dv_fail(err,
-                       "%s: writing the checkpoint failed (%s); the previous checkpoint is "
-                       "unchanged",
-                       path, e ? strerror(e) : "HDF5 error");
+        return DV_ERROR(err,
+                        "%s: writing the checkpoint failed (%s); the previous checkpoint is "
+                        "unchanged",
+                        path, e ? strerror(e) : "HDF5 error");
     }
     if (rename(tmp, path)) {
         int e = errno;
         unlink(tmp);
-        return dv_fail(err, "%s: cannot rename the new checkpoint into place: %s", path,
-                       strerror(e));
+        return DV_ERROR(err, "%s: cannot rename the new checkpoint into place: %s", path,
+                        strerror(e));
     }
     char dir[1200];
     snprintf(dir, sizeof(dir), "%s", path);
@@ -262,12 +262,12 @@ static int read_tree(hid_t file, const char *root, const char *path, dv_model *m
             snprintf(name, sizeof(name), "%s/%s/%s", root, l->name, p->name);
             if (H5Lexists(file, root, H5P_DEFAULT) <= 0 ||
                 H5Oexists_by_name(file, name, H5P_DEFAULT) <= 0)
-                return dv_fail(err,
-                               "%s: checkpoint has no %s — was it written for another "
-                               "model?",
-                               path, name);
+                return DV_ERROR(err,
+                                "%s: checkpoint has no %s — was it written for another "
+                                "model?",
+                                path, name);
             hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
-            if (ds < 0) return dv_fail(err, "%s: %s is not a dataset", path, name);
+            if (ds < 0) return DV_ERROR(err, "%s: %s is not a dataset", path, name);
             hid_t space = H5Dget_space(ds);
             int nd = H5Sget_simple_extent_ndims(space);
             hsize_t dims[8] = {0};
@@ -282,14 +282,14 @@ static int read_tree(hid_t file, const char *root, const char *path, dv_model *m
                 for (int d = 0; d < p->ndim; d++)
                     snprintf(want + strlen(want), sizeof(want) - strlen(want), "%s%d", d ? "," : "",
                              p->shape[d]);
-                return dv_fail(err,
-                               "%s: %s has a different shape than the config's model "
-                               "(expected %s)",
-                               path, name, want);
+                return DV_ERROR(err,
+                                "%s: %s has a different shape than the config's model "
+                                "(expected %s)",
+                                path, name, want);
             }
             herr_t rc = H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host);
             H5Dclose(ds);
-            if (rc < 0) return dv_fail(err, "%s: cannot read %s", path, name);
+            if (rc < 0) return DV_ERROR(err, "%s: cannot read %s", path, name);
             float *dst = p->trainable ? flat + p->offset : m->buffers + p->offset;
             m->be->to_device(m->be->ctx, dst, host, p->count * sizeof(float));
         }
@@ -309,15 +309,15 @@ static int read_attr(hid_t loc, const char *name, hid_t type, void *v) {
 static hid_t open_checkpoint(const char *path, char *err) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     if (access(path, R_OK)) {
-        dv_fail(err, "%s: cannot open checkpoint: %s", path, strerror(errno));
+        DV_ERROR(err, "%s: cannot open checkpoint: %s", path, strerror(errno));
         return -1;
     }
     if (H5Fis_hdf5(path) <= 0) {
-        dv_fail(err, "%s: not an HDF5 file (or it is damaged)", path);
+        DV_ERROR(err, "%s: not an HDF5 file (or it is damaged)", path);
         return -1;
     }
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) dv_fail(err, "%s: cannot open checkpoint (damaged HDF5 file?)", path);
+    if (f < 0) DV_ERROR(err, "%s: cannot open checkpoint (damaged HDF5 file?)", path);
     return f;
 }
 
@@ -334,13 +334,13 @@ static int load_locked(const char *path, const char *root, dv_model *m, dv_train
         int gan = !root[0] && H5Lexists(f, "/generator", H5P_DEFAULT) > 0;
         H5Fclose(f);
         if (gan)
-            return dv_fail(
+            return DV_ERROR(
                 err, "%s: a GAN checkpoint (its models are /generator and /discriminator)", path);
-        return dv_fail(err, "%s: not a Dive checkpoint%s (no %s group)", path,
-                       root[0] ? " of this kind" : "", model);
+        return DV_ERROR(err, "%s: not a Dive checkpoint%s (no %s group)", path,
+                        root[0] ? " of this kind" : "", model);
     }
     float *host = malloc(dv_model_max_param_count(m) * sizeof(float));
-    int rc = host ? 0 : dv_fail(err, "out of memory");
+    int rc = host ? 0 : DV_ERROR(err, "out of memory");
     if (!rc) rc = read_tree(f, model, path, m, m->params, 0, host, err);
     if (!rc && with_optimizer) {
         rc = read_tree(f, om, path, m, m->state1, 1, host, err);
@@ -356,18 +356,18 @@ static int load_locked(const char *path, const char *root, dv_model *m, dv_train
         double *dvals[] = {&ts->best_val_loss, &ts->loss_sum, &ts->correct_sum, &ts->seen};
         for (int i = 0; i < 7 && !rc; i++)
             if (tg < 0 || read_attr(tg, train_attrs[i], H5T_NATIVE_INT64, iv[i]))
-                rc = dv_fail(err, "%s: checkpoint lacks /train attribute '%s'", path,
-                             train_attrs[i]);
+                rc = DV_ERROR(err, "%s: checkpoint lacks /train attribute '%s'", path,
+                              train_attrs[i]);
         for (int i = 0; i < 4 && !rc; i++)
             if (read_attr(tg, train_dattrs[i], H5T_NATIVE_DOUBLE, dvals[i]))
-                rc = dv_fail(err, "%s: checkpoint lacks /train attribute '%s'", path,
-                             train_dattrs[i]);
+                rc = DV_ERROR(err, "%s: checkpoint lacks /train attribute '%s'", path,
+                              train_dattrs[i]);
         if (!rc && H5Aexists(tg, "sums") > 0) {
             hid_t a = H5Aopen(tg, "sums", H5P_DEFAULT);
             hid_t space = a < 0 ? -1 : H5Aget_space(a);
             hssize_t n = space < 0 ? -1 : H5Sget_simple_extent_npoints(space);
             if (n < 0 || n > DV_TRAIN_SUMS || H5Aread(a, H5T_NATIVE_DOUBLE, ts->sums) < 0)
-                rc = dv_fail(err, "%s: /train attribute 'sums' is damaged", path);
+                rc = DV_ERROR(err, "%s: /train attribute 'sums' is damaged", path);
             else
                 ts->nsums = (int)n;
             if (space >= 0) H5Sclose(space);
@@ -408,7 +408,7 @@ static char *config_locked(const char *path, char *err) {
         H5Dclose(ds);
     }
     H5Fclose(f);
-    if (!text) dv_fail(err, "%s: checkpoint holds no readable /config", path);
+    if (!text) DV_ERROR(err, "%s: checkpoint holds no readable /config", path);
     return text;
 }
 
@@ -419,7 +419,7 @@ static int streams_locked(const char *path, float **out, int *rows, int *cols, c
     *rows = *cols = 0;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) return dv_fail(err, "%s: cannot open", path);
+    if (f < 0) return DV_ERROR(err, "%s: cannot open", path);
     int rc = 0;
     if (H5Lexists(f, "/streams", H5P_DEFAULT) > 0) {
         hid_t ds = H5Dopen2(f, "/streams", H5P_DEFAULT);
@@ -428,13 +428,13 @@ static int streams_locked(const char *path, float **out, int *rows, int *cols, c
         if (space < 0 || H5Sget_simple_extent_ndims(space) != 2 ||
             H5Sget_simple_extent_dims(space, dims, NULL) < 0 || dims[0] > (1u << 30) ||
             dims[1] > (1u << 30)) {
-            rc = dv_fail(err, "%s: /streams is not a 2-D dataset", path);
+            rc = DV_ERROR(err, "%s: /streams is not a 2-D dataset", path);
         } else {
             *out = malloc((size_t)(dims[0] * dims[1]) * sizeof(float) + 1);
             if (!*out)
-                rc = dv_fail(err, "%s: out of memory", path);
+                rc = DV_ERROR(err, "%s: out of memory", path);
             else if (H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0)
-                rc = dv_fail(err, "%s: cannot read /streams", path);
+                rc = DV_ERROR(err, "%s: cannot read /streams", path);
             *rows = (int)dims[0], *cols = (int)dims[1];
         }
         if (space >= 0) H5Sclose(space);

@@ -86,13 +86,13 @@ static int parse_opts(int argc, char **argv, opts *o) {
         const char *a = argv[i];
         const char **slot = NULL;
         if (!strcmp(a, "--set")) {
-            if (i + 1 >= argc) return dv_fail(o->err, "--set needs section.key=value");
-            if (o->nsets == 256) return dv_fail(o->err, "too many --set options");
+            if (i + 1 >= argc) return DV_ERROR(o->err, "--set needs section.key=value");
+            if (o->nsets == 256) return DV_ERROR(o->err, "too many --set options");
             o->sets[o->nsets++] = argv[++i];
             continue;
         }
         if (!strncmp(a, "--set=", 6)) {
-            if (o->nsets == 256) return dv_fail(o->err, "too many --set options");
+            if (o->nsets == 256) return DV_ERROR(o->err, "too many --set options");
             o->sets[o->nsets++] = a + 6;
             continue;
         }
@@ -117,15 +117,15 @@ static int parse_opts(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--x"))
             slot = &o->x;
         if (slot) {
-            if (i + 1 >= argc) return dv_fail(o->err, "%s needs a value", a);
+            if (i + 1 >= argc) return DV_ERROR(o->err, "%s needs a value", a);
             *slot = argv[++i];
             continue;
         }
-        if (a[0] == '-') return dv_fail(o->err, "unknown option %s (see --help)", a);
-        if (o->config) return dv_fail(o->err, "unexpected argument %s (see --help)", a);
+        if (a[0] == '-') return DV_ERROR(o->err, "unknown option %s (see --help)", a);
+        if (o->config) return DV_ERROR(o->err, "unexpected argument %s (see --help)", a);
         o->config = a;
     }
-    if (!o->config) return dv_fail(o->err, "missing CONFIG (see --help)");
+    if (!o->config) return DV_ERROR(o->err, "missing CONFIG (see --help)");
     return 0;
 }
 
@@ -134,7 +134,7 @@ static int start(int argc, char **argv, const char *help, opts *o, dv_comm **com
                  int (*check)(opts *)) {
     char err[DV_ERR_LEN];
     if (dv_comm_init(comm, &argc, &argv, err)) {
-        fprintf(stderr, "dive: error: %s\n", err);
+        dv_error_print("dive: error", err);
         return 1;
     }
     int rank0 = dv_comm_rank(*comm) == 0;
@@ -145,7 +145,9 @@ static int start(int argc, char **argv, const char *help, opts *o, dv_comm **com
     int rc = parse_opts(argc, argv, o);
     if (!rc && check) rc = check(o);
     if (rc) {
-        if (rank0) fprintf(stderr, "dive %s: %s\n", argv[0], o->err);
+        char lead[64];
+        snprintf(lead, sizeof lead, "dive %s", argv[0]);
+        if (rank0) dv_error_print(lead, o->err);
         return 2;
     }
     rc = dv_config_load(cfg, o->config, err);
@@ -161,7 +163,7 @@ static int finish(dv_comm *comm, dv_config *cfg, int status) {
 }
 
 static int no_score(opts *o) {
-    if (o->score) return dv_fail(o->err, "--score is an option of dive predict");
+    if (o->score) return DV_ERROR(o->err, "--score is an option of dive predict");
     return 0;
 }
 
@@ -175,12 +177,12 @@ int dv_cli_train(int argc, char **argv) {
 }
 
 static int need_checkpoint(opts *o) {
-    if (!o->checkpoint) return dv_fail(o->err, "missing --checkpoint PATH (see --help)");
+    if (!o->checkpoint) return DV_ERROR(o->err, "missing --checkpoint PATH (see --help)");
     return 0;
 }
 
 static int need_eval(opts *o) {
-    if (o->score) return dv_fail(o->err, "--score is an option of dive predict");
+    if (o->score) return DV_ERROR(o->err, "--score is an option of dive predict");
     return need_checkpoint(o);
 }
 
@@ -195,7 +197,7 @@ int dv_cli_eval(int argc, char **argv) {
 
 static int need_predict(opts *o) {
     if (need_checkpoint(o)) return -1;
-    if (!o->out) return dv_fail(o->err, "missing -o OUT.h5|OUT.csv (see --help)");
+    if (!o->out) return DV_ERROR(o->err, "missing -o OUT.h5|OUT.csv (see --help)");
     return 0;
 }
 
@@ -234,7 +236,7 @@ static int import_text(const char **inputs, int n, const char *vocab, const char
     dv_text_report r;
     if (dv_import_text(inputs, n, &opt, out, &r, err) != DV_OK) {
         fflush(stdout);
-        fprintf(stderr, "dive: error: %s\n", err);
+        dv_error_print("dive: error", err);
         return 1;
     }
     printf("read %lld file%s (%lld skipped): %lld tokens, vocabulary %s of %lld\n",
@@ -324,7 +326,7 @@ int dv_cli_import(int argc, char **argv) {
     dv_status st = want == 2 ? dv_import_idx(pos[0], pos[1], out, split, err)
                              : dv_import_csv(pos[0], (int)label_col, header, out, split, err);
     if (st != DV_OK) {
-        fprintf(stderr, "dive: error: %s\n", err);
+        dv_error_print("dive: error", err);
         rc = 1;
         goto done;
     }

@@ -20,14 +20,6 @@
 
 #define MARKER_KEY "__dv_section__"
 
-int dv_fail(char *err, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, DV_ERR_LEN, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 typedef struct reader {
     const char *text; /* the whole file */
     size_t pos;
@@ -142,7 +134,7 @@ static int on_key(void *user, const char *section, const char *name, const char 
         trim(type);
         if (!type[0]) {
             pc->failed = 1;
-            dv_fail(pc->err, "%s:%d: empty section name", cfg->path, pc->rd->line);
+            DV_ERROR(pc->err, "%s:%d: empty section name", cfg->path, pc->rd->line);
             return 0;
         }
         if (!add_section(cfg, type, pc->rd->section_line)) return 0;
@@ -150,14 +142,14 @@ static int on_key(void *user, const char *section, const char *name, const char 
     if (!strcmp(name, MARKER_KEY)) return 1;
     if (!cfg->nsec) {
         pc->failed = 1;
-        dv_fail(pc->err, "%s:%d: key '%s' outside of any section", cfg->path, pc->rd->line, name);
+        DV_ERROR(pc->err, "%s:%d: key '%s' outside of any section", cfg->path, pc->rd->line, name);
         return 0;
     }
     dv_cfg_section *s = &cfg->sec[cfg->nsec - 1];
     if (find_kv(s, name)) {
         pc->failed = 1;
-        dv_fail(pc->err, "%s:%d: key '%s' given twice in [%s]", cfg->path, pc->rd->line, name,
-                s->type);
+        DV_ERROR(pc->err, "%s:%d: key '%s' given twice in [%s]", cfg->path, pc->rd->line, name,
+                 s->type);
         return 0;
     }
     if (put_kv(s, name, value, pc->rd->line)) return 0;
@@ -172,8 +164,8 @@ static int name_sections(dv_config *cfg, char *err) {
         int fixed = !strcmp(s->type, "data") || !strcmp(s->type, "train") ||
                     !strcmp(s->type, "input") || !strcmp(s->type, "gan");
         if (kv && fixed)
-            return dv_fail(err, "%s:%d: [%s] cannot be renamed: 'name' is for layer sections",
-                           cfg->path, kv->line, s->type);
+            return DV_ERROR(err, "%s:%d: [%s] cannot be renamed: 'name' is for layer sections",
+                            cfg->path, kv->line, s->type);
         if (kv) {
             kv->used = 1;
             snprintf(s->name, sizeof(s->name), "%s", kv->value);
@@ -191,8 +183,8 @@ static int name_sections(dv_config *cfg, char *err) {
     for (int i = 0; i < cfg->nsec; i++)
         for (int j = 0; j < i; j++)
             if (!strcmp(cfg->sec[i].name, cfg->sec[j].name))
-                return dv_fail(err, "%s:%d: section name '%s' is already used at line %d",
-                               cfg->path, cfg->sec[i].line, cfg->sec[i].name, cfg->sec[j].line);
+                return DV_ERROR(err, "%s:%d: section name '%s' is already used at line %d",
+                                cfg->path, cfg->sec[i].line, cfg->sec[i].name, cfg->sec[j].line);
     return 0;
 }
 
@@ -200,9 +192,12 @@ static int parse_text(dv_config *cfg, const char *text, char *err) {
     reader rd = {.text = text};
     parse_ctx pc = {.cfg = cfg, .rd = &rd};
     int rc = ini_parse_stream(read_line, &rd, on_key, &pc);
-    if (pc.failed) return dv_fail(err, "%s", pc.err);
-    if (rc > 0) return dv_fail(err, "%s:%d: cannot parse this line", cfg->path, rd.line);
-    if (rc < 0) return dv_fail(err, "%s: out of memory while parsing", cfg->path);
+    if (pc.failed) {
+        memcpy(err, pc.err, DV_ERR_LEN);
+        return DV_ERR;
+    }
+    if (rc > 0) return DV_ERROR(err, "%s:%d: cannot parse this line", cfg->path, rd.line);
+    if (rc < 0) return DV_ERROR(err, "%s: out of memory while parsing", cfg->path);
     return name_sections(cfg, err);
 }
 
@@ -216,7 +211,7 @@ int dv_config_load(dv_config *cfg, const char *path, char *err) {
     memset(cfg, 0, sizeof(*cfg));
     snprintf(cfg->path, sizeof(cfg->path), "%s", path);
     FILE *f = fopen(path, "rb");
-    if (!f) return dv_fail(err, "%s: cannot open config: %s", path, strerror(errno));
+    if (!f) return DV_ERROR(err, "%s: cannot open config: %s", path, strerror(errno));
     size_t cap = 4096, n = 0;
     char *text = malloc(cap);
     for (;;) {
@@ -237,15 +232,15 @@ int dv_config_load(dv_config *cfg, const char *path, char *err) {
     }
     int bad = ferror(f);
     fclose(f);
-    if (!text) return dv_fail(err, "%s: out of memory", path);
+    if (!text) return DV_ERROR(err, "%s: out of memory", path);
     text[n] = 0;
     if (bad) {
         free(text);
-        return dv_fail(err, "%s: read error", path);
+        return DV_ERROR(err, "%s: read error", path);
     }
     if (memchr(text, 0, n)) {
         free(text);
-        return dv_fail(err, "%s: not a text file", path);
+        return DV_ERROR(err, "%s: not a text file", path);
     }
     int rc = parse_text(cfg, text, err);
     free(text);
@@ -273,7 +268,7 @@ int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
     const char *eq = strchr(assignment, '=');
     const char *dot = strchr(assignment, '.');
     if (!eq || !dot || dot > eq || dot == assignment || eq == dot + 1)
-        return dv_fail(err, "--set %s: expected section.key=value", assignment);
+        return DV_ERROR(err, "--set %s: expected section.key=value", assignment);
     /* a section name may hold dots itself (generator.dense_1): take the
      * longest one that names a section */
     for (const char *p = eq - 1; p > dot; p--) {
@@ -288,7 +283,7 @@ int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
             break;
         }
     }
-    if (eq == dot + 1) return dv_fail(err, "--set %s: expected section.key=value", assignment);
+    if (eq == dot + 1) return DV_ERROR(err, "--set %s: expected section.key=value", assignment);
     char sec[DV_NAME_LEN], key[DV_NAME_LEN];
     snprintf(sec, sizeof(sec), "%.*s", (int)(dot - assignment), assignment);
     snprintf(key, sizeof(key), "%.*s", (int)(eq - dot - 1), dot + 1);
@@ -308,8 +303,8 @@ int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
                 if (!strcmp(cfg->sec[i].type, sec))
                     snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
                              names[0] ? ", " : "", cfg->sec[i].name);
-            return dv_fail(err, "--set %s: there are %d [%s] sections; name one of them: %s",
-                           assignment, count, sec, names);
+            return DV_ERROR(err, "--set %s: there are %d [%s] sections; name one of them: %s",
+                            assignment, count, sec, names);
         }
     }
     if (!s) {
@@ -318,17 +313,17 @@ int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
             const char *last = eq;
             while (last > dot && *last != '.')
                 last--;
-            return dv_fail(err, "--set %s: %s has no section [%.*s]", assignment, cfg->path,
-                           (int)(last - assignment), assignment);
+            return DV_ERROR(err, "--set %s: %s has no section [%.*s]", assignment, cfg->path,
+                            (int)(last - assignment), assignment);
         }
         s = add_section(cfg, sec, 0);
-        if (!s) return dv_fail(err, "out of memory");
+        if (!s) return DV_ERROR(err, "out of memory");
         snprintf(s->name, sizeof(s->name), "%s", sec);
     }
     char value[1024];
     snprintf(value, sizeof(value), "%s", eq + 1);
     trim(value);
-    if (put_kv(s, key, value, 0)) return dv_fail(err, "out of memory");
+    if (put_kv(s, key, value, 0)) return DV_ERROR(err, "out of memory");
     return 0;
 }
 
@@ -346,7 +341,7 @@ void dv_config_unset(dv_config *cfg, const char *section, const char *key) {
 int dv_cfg_missing(const dv_config *cfg, const dv_cfg_section *s, const char *key, char *err) {
     char where[1200];
     dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-    return dv_fail(err, "%s: missing key '%s'", where, key);
+    return DV_ERROR(err, "%s: missing key '%s'", where, key);
 }
 
 char *dv_config_text(const dv_config *cfg) {
@@ -386,10 +381,10 @@ int dv_config_check_used(const dv_config *cfg, char *err) {
             const dv_cfg_kv *kv = &cfg->sec[i].kv[j];
             if (kv->used) continue;
             if (!kv->line)
-                return dv_fail(err, "--set %s.%s: unknown key '%s' in [%s] (see docs/config.md)",
-                               cfg->sec[i].name, kv->key, kv->key, cfg->sec[i].type);
-            return dv_fail(err, "%s:%d: unknown key '%s' in [%s] (see docs/config.md)", cfg->path,
-                           kv->line, kv->key, cfg->sec[i].type);
+                return DV_ERROR(err, "--set %s.%s: unknown key '%s' in [%s] (see docs/config.md)",
+                                cfg->sec[i].name, kv->key, kv->key, cfg->sec[i].type);
+            return DV_ERROR(err, "%s:%d: unknown key '%s' in [%s] (see docs/config.md)", cfg->path,
+                            kv->line, kv->key, cfg->sec[i].type);
         }
     return 0;
 }
@@ -404,22 +399,22 @@ int dv_config_sub(const dv_config *cfg, const char *prefix, const int *shape, in
     char dims[64] = "";
     for (int i = 0; i < ndim; i++)
         snprintf(dims + strlen(dims), sizeof(dims) - strlen(dims), "%s%d", i ? "," : "", shape[i]);
-    if (!in || put_kv(in, "shape", dims, 0)) return dv_fail(err, "out of memory");
+    if (!in || put_kv(in, "shape", dims, 0)) return DV_ERROR(err, "out of memory");
     in->kv[0].used = 0;
     for (int i = 0; i < cfg->nsec; i++) {
         const dv_cfg_section *s = &cfg->sec[i];
         if (strncmp(s->type, out->prefix, np) || !strcmp(s->type + np, "train")) continue;
         if (!strcmp(s->type + np, "input") || !strcmp(s->type + np, "data"))
-            return dv_fail(err,
-                           "%s:%d: [%s]: a GAN's models take their inputs from [gan] (the "
-                           "generator's latent size; the discriminator sees images)",
-                           cfg->path, s->line, s->type);
+            return DV_ERROR(err,
+                            "%s:%d: [%s]: a GAN's models take their inputs from [gan] (the "
+                            "generator's latent size; the discriminator sees images)",
+                            cfg->path, s->line, s->type);
         dv_cfg_section *d = add_section(out, s->type + np, s->line);
-        if (!d) return dv_fail(err, "out of memory");
+        if (!d) return DV_ERROR(err, "out of memory");
         d->origin = i;
         for (int k = 0; k < s->nkv; k++)
             if (put_kv(d, s->kv[k].key, s->kv[k].value, s->kv[k].line))
-                return dv_fail(err, "out of memory");
+                return DV_ERROR(err, "out of memory");
     }
     return name_sections(out, err);
 }
@@ -455,7 +450,7 @@ int dv_cfg_str(const dv_config *cfg, dv_cfg_section *s, const char *key, const c
     if (!kv->value[0]) {
         char where[1200];
         dv_cfg_where(cfg, s, key, where, sizeof(where));
-        return dv_fail(err, "%s: empty value", where);
+        return DV_ERROR(err, "%s: empty value", where);
     }
     *out = kv->value;
     return 0;
@@ -476,9 +471,9 @@ int dv_cfg_int(const dv_config *cfg, dv_cfg_section *s, const char *key, long de
     while (*end && isspace((unsigned char)*end))
         end++;
     if (errno || end == kv->value || *end)
-        return dv_fail(err, "%s = %s: not an integer", where, kv->value);
+        return DV_ERROR(err, "%s = %s: not an integer", where, kv->value);
     if (v < min || v > max)
-        return dv_fail(err, "%s = %ld: must be between %ld and %ld", where, v, min, max);
+        return DV_ERROR(err, "%s = %ld: must be between %ld and %ld", where, v, min, max);
     *out = v;
     return 0;
 }
@@ -498,9 +493,9 @@ int dv_cfg_float(const dv_config *cfg, dv_cfg_section *s, const char *key, doubl
     while (*end && isspace((unsigned char)*end))
         end++;
     if (errno || end == kv->value || *end || !isfinite(v))
-        return dv_fail(err, "%s = %s: not a number", where, kv->value);
+        return DV_ERROR(err, "%s = %s: not a number", where, kv->value);
     if (v < min || v > max)
-        return dv_fail(err, "%s = %g: must be between %g and %g", where, v, min, max);
+        return DV_ERROR(err, "%s = %g: must be between %g and %g", where, v, min, max);
     *out = v;
     return 0;
 }
@@ -520,7 +515,7 @@ int dv_cfg_enum(const dv_config *cfg, dv_cfg_section *s, const char *key, const 
         strncat(list, i ? " | " : "", sizeof(list) - strlen(list) - 1);
         strncat(list, choices[i], sizeof(list) - strlen(list) - 1);
     }
-    return dv_fail(err, "%s = %s: expected one of %s", where, v, list);
+    return DV_ERROR(err, "%s = %s: expected one of %s", where, v, list);
 }
 
 int dv_cfg_ints(const dv_config *cfg, dv_cfg_section *s, const char *key, int *vals, int max,
@@ -536,8 +531,8 @@ int dv_cfg_ints(const dv_config *cfg, dv_cfg_section *s, const char *key, int *v
         errno = 0;
         long v = strtol(p, &end, 10);
         if (end == p || errno || v < 1 || v > (1L << 30) || *n == max)
-            return dv_fail(err, "%s = %s: expected up to %d positive integers separated by commas",
-                           where, kv->value, max);
+            return DV_ERROR(err, "%s = %s: expected up to %d positive integers separated by commas",
+                            where, kv->value, max);
         vals[(*n)++] = (int)v;
         p = end;
         while (*p == ' ' || *p == '\t')
@@ -545,8 +540,9 @@ int dv_cfg_ints(const dv_config *cfg, dv_cfg_section *s, const char *key, int *v
         if (*p == ',')
             p++;
         else if (*p)
-            return dv_fail(err, "%s = %s: expected integers separated by commas", where, kv->value);
+            return DV_ERROR(err, "%s = %s: expected integers separated by commas", where,
+                            kv->value);
     }
-    if (!*n) return dv_fail(err, "%s: empty value", where);
+    if (!*n) return DV_ERROR(err, "%s: empty value", where);
     return 0;
 }

@@ -98,15 +98,15 @@ static int side_build(gan *r, side *s, const char *name, const int *shape, int n
     for (int i = 0; i < r->cfg->nsec; i++) {
         if (strcmp(r->cfg->sec[i].type, tname)) continue;
         if (t)
-            return dv_fail(err, "%s:%d: a second [%s] (the first is at line %d)", r->cfg->path,
-                           r->cfg->sec[i].line, tname, t->line);
+            return DV_ERROR(err, "%s:%d: a second [%s] (the first is at line %d)", r->cfg->path,
+                            r->cfg->sec[i].line, tname, t->line);
         t = &r->cfg->sec[i];
     }
     if (t && dv_settings_read_optimizer(r->cfg, t, &s->st, err)) return -1;
     if (dv_config_sub(r->cfg, name, shape, ndim, &s->cfg, err)) return -1;
     if (s->cfg.nsec < 2)
-        return dv_fail(err, "%s: no [%s.<layer>] sections: a GAN needs the layers of both models",
-                       r->cfg->path, name);
+        return DV_ERROR(err, "%s: no [%s.<layer>] sections: a GAN needs the layers of both models",
+                        r->cfg->path, name);
     int rc = dv_model_build(&s->m, &s->cfg, r->be, loss, dv_rand_hash((uint64_t)r->st.seed, salt),
                             r->eval_batch, err);
     dv_config_sub_done(r->cfg, &s->cfg);
@@ -119,10 +119,10 @@ static int read_gan_section(gan *r, char *err) {
     if (dv_config_has(t, "loss")) {
         char where[1200];
         dv_cfg_where(cfg, t, "loss", where, sizeof(where));
-        return dv_fail(err,
-                       "%s: a GAN's losses are fixed (BCE with logits for the discriminator, "
-                       "the non-saturating loss for the generator): remove it",
-                       where);
+        return DV_ERROR(err,
+                        "%s: a GAN's losses are fixed (BCE with logits for the discriminator, "
+                        "the non-saturating loss for the generator): remove it",
+                        where);
     }
     if (dv_cfg_int(cfg, g, "latent", 100, 1, 1 << 16, &r->latent, err) ||
         dv_cfg_int(cfg, g, "samples", 64, 1, 1024, &r->grid, err) ||
@@ -135,10 +135,10 @@ static int read_gan_section(gan *r, char *err) {
         const char *type = cfg->sec[i].type;
         if (strcmp(type, "data") && strcmp(type, "train") && strcmp(type, "gan") &&
             strncmp(type, "generator.", 10) && strncmp(type, "discriminator.", 14))
-            return dv_fail(err,
-                           "%s:%d: [%s] in a GAN config: its sections are [data], [train], "
-                           "[gan], [generator.<layer>] and [discriminator.<layer>]",
-                           cfg->path, cfg->sec[i].line, type);
+            return DV_ERROR(err,
+                            "%s:%d: [%s] in a GAN config: its sections are [data], [train], "
+                            "[gan], [generator.<layer>] and [discriminator.<layer>]",
+                            cfg->path, cfg->sec[i].line, type);
     }
     return 0;
 }
@@ -185,22 +185,22 @@ static int build_models(gan *r, char *err) {
         snprintf(shape + strlen(shape), sizeof(shape) - strlen(shape), "%s%d", k ? "," : "",
                  gl->out_shape[k]);
     if (gl->out_ndim != 3 || (gl->out_shape[0] != 1 && gl->out_shape[0] != 3))
-        return dv_fail(err,
-                       "%s: the generator puts out (%s): it must make images of 1 or 3 "
-                       "channels, (C,H,W) — end it with a conv or a [reshape]",
-                       r->cfg->path, shape);
+        return DV_ERROR(err,
+                        "%s: the generator puts out (%s): it must make images of 1 or 3 "
+                        "channels, (C,H,W) — end it with a conv or a [reshape]",
+                        r->cfg->path, shape);
     if (gl->out_elems != elems)
-        return dv_fail(err,
-                       "%s: the generator puts out (%s) = %zu values per image but %s %s has "
-                       "%zu",
-                       r->cfg->path, shape, gl->out_elems, r->st.file, r->st.train_x, elems);
+        return DV_ERROR(err,
+                        "%s: the generator puts out (%s) = %zu values per image but %s %s has "
+                        "%zu",
+                        r->cfg->path, shape, gl->out_elems, r->st.file, r->st.train_x, elems);
     if (side_build(r, &r->d, "discriminator", gl->out_shape, 3, DV_LOSS_BCE, SALT_D, err))
         return -1;
     if (r->d.m->outputs != 1 || r->d.m->positions != 1)
-        return dv_fail(err,
-                       "%s: the discriminator must end in one output (the logit of \"real\"), "
-                       "not %d",
-                       r->cfg->path, r->d.m->outputs * r->d.m->positions);
+        return DV_ERROR(err,
+                        "%s: the discriminator must end in one output (the logit of \"real\"), "
+                        "not %d",
+                        r->cfg->path, r->d.m->outputs * r->d.m->positions);
     r->d_stats = r->d.m->stats;
     if (r->ema > 0) {
         if (dv_model_build(&r->ge, &r->g.cfg, r->be, DV_LOSS_MSE, 0, r->eval_batch, err)) return -1;
@@ -216,34 +216,34 @@ static int load_classifier(gan *r, char *err) {
     char *text = dv_checkpoint_config(r->classifier, err);
     if (!text) {
         char why[DV_ERR_LEN];
-        snprintf(why, sizeof(why), "%s", err);
-        return dv_fail(err,
-                       "%s: [gan] score_classifier: %s (train a classifier first, e.g. "
-                       "examples/fmnist_cnn.cfg, or remove the key)",
-                       r->cfg->path, why);
+        snprintf(why, sizeof(why), "%s", dv_error_text(err));
+        return DV_ERROR(err,
+                        "%s: [gan] score_classifier: %s (train a classifier first, e.g. "
+                        "examples/fmnist_cnn.cfg, or remove the key)",
+                        r->cfg->path, why);
     }
     int rc = dv_config_load_text(&r->ccfg, r->classifier, text, err);
     free(text);
     if (!rc) rc = dv_settings_read(&r->ccfg, &r->cst, err);
     if (!rc && dv_config_find(&r->ccfg, "gan"))
-        rc = dv_fail(err, "[gan] score_classifier = %s: a GAN checkpoint, not a classifier",
-                     r->classifier);
+        rc = DV_ERROR(err, "[gan] score_classifier = %s: a GAN checkpoint, not a classifier",
+                      r->classifier);
     if (!rc) rc = dv_model_build(&r->cls, &r->ccfg, r->be, r->cst.loss, 0, r->eval_batch, err);
     if (!rc) dv_model_forward_only(r->cls); /* it only scores */
     if (!rc) rc = dv_checkpoint_load(r->classifier, r->cls, NULL, 0, err);
     if (!rc && r->st.x_scale == 0)
-        rc = dv_fail(err, "%s: [data] x_scale = 0: the score cannot map samples back to pixels",
-                     r->cfg->path);
+        rc = DV_ERROR(err, "%s: [data] x_scale = 0: the score cannot map samples back to pixels",
+                      r->cfg->path);
     if (!rc && r->cls->in_elems != r->d.m->in_elems)
-        rc = dv_fail(err,
-                     "[gan] score_classifier = %s: the classifier takes %zu values per image, "
-                     "the generator makes %zu",
-                     r->classifier, r->cls->in_elems, r->d.m->in_elems);
+        rc = DV_ERROR(err,
+                      "[gan] score_classifier = %s: the classifier takes %zu values per image, "
+                      "the generator makes %zu",
+                      r->classifier, r->cls->in_elems, r->d.m->in_elems);
     if (!rc && (r->cls->outputs < 2 || r->cls->positions != 1))
-        rc = dv_fail(err,
-                     "[gan] score_classifier = %s: not a classifier (it puts out %d values, "
-                     "not one probability per class)",
-                     r->classifier, r->cls->outputs * r->cls->positions);
+        rc = DV_ERROR(err,
+                      "[gan] score_classifier = %s: not a classifier (it puts out %d values, "
+                      "not one probability per class)",
+                      r->classifier, r->cls->outputs * r->cls->positions);
     return rc;
 }
 
@@ -280,15 +280,15 @@ static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
     int rc = read_gan_section(r, err);
     if (!rc) rc = dv_settings_read(cfg, &r->st, err);
     if (!rc && r->st.patience)
-        rc = dv_fail(err,
-                     "%s: [train] patience: a GAN has no validation loss to stop on; remove "
-                     "it",
-                     cfg->path);
+        rc = DV_ERROR(err,
+                      "%s: [train] patience: a GAN has no validation loss to stop on; remove "
+                      "it",
+                      cfg->path);
     if (!rc && r->st.batch % r->world)
-        rc = dv_fail(err,
-                     "%s: [train] batch = %ld does not divide across %d ranks (each rank "
-                     "takes batch / ranks samples); use a multiple of %d",
-                     cfg->path, r->st.batch, r->world, r->world);
+        rc = DV_ERROR(err,
+                      "%s: [train] batch = %ld does not divide across %d ranks (each rank "
+                      "takes batch / ranks samples); use a multiple of %d",
+                      cfg->path, r->st.batch, r->world, r->world);
     if (dv_agree(c, rc, err)) return -1;
     r->local_batch = (int)(r->st.batch / r->world);
     r->eval_batch = r->local_batch > 256 ? r->local_batch : 256;
@@ -296,8 +296,8 @@ static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
     /* the images alone: a GAN reads no labels */
     if (!rc) rc = dv_split_open(&r->train, r->st.file, r->st.train_x, NULL, err) ? -1 : 0;
     if (!rc && dv_split_info_get(r->train)->n < r->st.batch)
-        rc = dv_fail(err, "%s: %s has %lld images, fewer than one global batch of %ld", r->st.file,
-                     r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->st.batch);
+        rc = DV_ERROR(err, "%s: %s has %lld images, fewer than one global batch of %ld", r->st.file,
+                      r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->st.batch);
     if (!rc) rc = build_models(r, err);
     if (!rc) rc = dv_config_check_used(cfg, err);
     if (!rc && r->classifier) rc = load_classifier(r, err);
@@ -313,9 +313,9 @@ static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
     r->config_text = dv_config_text(cfg);
     r->stats = r->be->alloc(r->be->ctx, NSUMS * sizeof(float));
     if (!rc && (!r->hz || !r->hrow || !r->himg || !r->hprob || !r->config_text || !r->stats))
-        rc = dv_fail(err, "out of memory");
+        rc = DV_ERROR(err, "out of memory");
     if (!rc && dv_ring_init(&r->ring, r->be, r->stats, NSUMS))
-        rc = dv_fail(err, "out of device memory");
+        rc = DV_ERROR(err, "out of device memory");
     if (!rc && r->be->stream) {
         /* gradients live on the GPU: NCCL, or MPI through host memory */
         int ndev = dv_backend_cuda_device_count();
@@ -329,8 +329,8 @@ static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
                                  (dv_comm_device_mode)r->st.comm, most, err);
         r->device_comm = !rc;
     } else if (!rc && r->st.comm == DV_COMM_DEVICE_NCCL) {
-        rc = dv_fail(err, "%s: [train] comm = nccl needs the CUDA backend (this run uses %s)",
-                     cfg->path, r->be->name);
+        rc = DV_ERROR(err, "%s: [train] comm = nccl needs the CUDA backend (this run uses %s)",
+                      cfg->path, r->be->name);
     }
     return dv_agree(c, rc, err) ? -1 : 0;
 }
@@ -370,7 +370,7 @@ static int write_samples(gan *r, uint64_t seed, long count, const char *path, ch
     const dv_layer *gl = &r->g.m->layers[r->g.m->nlayers - 1];
     const size_t elems = gl->out_elems;
     float *all = malloc((size_t)count * elems * sizeof(float));
-    if (!all) return dv_fail(err, "out of memory");
+    if (!all) return DV_ERROR(err, "out of memory");
     const uint64_t nseed = dv_rand_hash(seed ^ SALT_GRID, 0);
     for (long first = 0; first < count; first += r->eval_batch) {
         int n = (int)(count - first < r->eval_batch ? count - first : r->eval_batch);
@@ -390,7 +390,7 @@ static int write_samples(gan *r, uint64_t seed, long count, const char *path, ch
         }
         if (hi <= lo) hi = lo + 1;
     }
-    int rc = r->be->check(r->be->ctx, err, DV_ERR_LEN);
+    int rc = r->be->check(r->be->ctx, err);
     if (!rc)
         rc = dv_image_grid_png(path, all, (int)count, gl->out_shape[0], gl->out_shape[1],
                                gl->out_shape[2], lo, hi, 0, err);
@@ -412,7 +412,7 @@ static int score(gan *r, dv_split *split, int64_t n, double out[3]) {
                  b = r->cst.x_shift - r->st.x_shift * r->cst.x_scale / r->st.x_scale;
     const uint64_t seed = dv_rand_hash((uint64_t)r->st.seed ^ SALT_SCORE, 0);
     dv_class_score sc;
-    int rc = dv_class_score_init(&sc, K) ? dv_fail(r->err, "out of memory") : 0;
+    int rc = dv_class_score_init(&sc, K) ? DV_ERROR(r->err, "out of memory") : 0;
     int64_t j = r->rank;
     while (!rc && j < n) {
         int count = 0;
@@ -466,8 +466,8 @@ static int score_real(gan *r, double out[3]) {
     dv_split *s = NULL;
     int rc = dv_split_open(&s, r->st.file, x, NULL, r->err) ? -1 : 0;
     if (!rc && dv_split_info_get(s)->x_elems != r->cls->in_elems)
-        rc = dv_fail(r->err, "%s: %s has %zu values per image, the generator makes %zu", r->st.file,
-                     x, dv_split_info_get(s)->x_elems, r->cls->in_elems);
+        rc = DV_ERROR(r->err, "%s: %s has %zu values per image, the generator makes %zu",
+                      r->st.file, x, dv_split_info_get(s)->x_elems, r->cls->in_elems);
     if (dv_agree(r->comm, rc, r->err)) {
         dv_split_free(s);
         return -1;
@@ -692,8 +692,8 @@ static int gan_resume(gan *r, const char *ckpt, dv_train_state *ts) {
     else if (!rc && r->ge)
         ema_reset(r);
     if (!rc && ts->nsums != NSUMS)
-        rc = dv_fail(r->err, "%s: not a GAN checkpoint of this Dive (no GAN metrics in /train)",
-                     ckpt);
+        rc = DV_ERROR(r->err, "%s: not a GAN checkpoint of this Dive (no GAN metrics in /train)",
+                      ckpt);
     if (!rc) rc = dv_resume_state(r->comm, ckpt, &r->st, ts, r->err);
     return rc;
 }
@@ -805,12 +805,12 @@ int dv_gan_sample(const char *ckpt, const char *config_text, const char *out, lo
     if (!rc) rc = dv_checkpoint_load_model(ckpt, root, r->g.m, NULL, 0, err);
     const dv_layer *gl = rc ? NULL : &r->g.m->layers[r->g.m->nlayers - 1];
     if (!rc && (gl->out_ndim != 3 || (gl->out_shape[0] != 1 && gl->out_shape[0] != 3)))
-        rc = dv_fail(err, "%s: the generator does not make images of 1 or 3 channels", ckpt);
+        rc = DV_ERROR(err, "%s: the generator does not make images of 1 or 3 channels", ckpt);
     if (!rc) {
         r->hz = malloc((size_t)r->eval_batch * (size_t)r->latent * sizeof(float));
         r->hrow = malloc((size_t)r->eval_batch * sizeof(int64_t));
         r->himg = malloc((size_t)r->eval_batch * gl->out_elems * sizeof(float));
-        if (!r->hz || !r->hrow || !r->himg) rc = dv_fail(err, "out of memory");
+        if (!r->hz || !r->hrow || !r->himg) rc = DV_ERROR(err, "out of memory");
     }
     r->be = be;
     if (!rc) rc = write_samples(r, (uint64_t)seed, count, out, err);

@@ -18,26 +18,26 @@
 
 int dv_png_write(const char *path, int w, int h, int channels, const uint8_t *px, char *err) {
     if (w <= 0 || h <= 0 || (channels != 1 && channels != 3))
-        return dv_fail(err, "%s: cannot write a %dx%d image with %d channels", path, w, h,
-                       channels);
+        return DV_ERROR(err, "%s: cannot write a %dx%d image with %d channels", path, w, h,
+                        channels);
     char tmp[4200];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return dv_fail(err, "%s: path too long", path);
+        return DV_ERROR(err, "%s: path too long", path);
     FILE *f = fopen(tmp, "wb");
-    if (!f) return dv_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
+    if (!f) return DV_ERROR(err, "%s: cannot create: %s", tmp, strerror(errno));
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     if (!png || !info) {
         png_destroy_write_struct(&png, &info);
         fclose(f);
         remove(tmp);
-        return dv_fail(err, "%s: out of memory", path);
+        return DV_ERROR(err, "%s: out of memory", path);
     }
     if (setjmp(png_jmpbuf(png))) { /* libpng's errors land here */
         png_destroy_write_struct(&png, &info);
         fclose(f);
         remove(tmp);
-        return dv_fail(err, "%s: libpng could not write the image", path);
+        return DV_ERROR(err, "%s: libpng could not write the image", path);
     }
     png_init_io(png, f);
     png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8,
@@ -51,12 +51,12 @@ int dv_png_write(const char *path, int w, int h, int channels, const uint8_t *px
     int bad = ferror(f);
     if (fclose(f) || bad) {
         remove(tmp);
-        return dv_fail(err, "%s: write error: %s", tmp, strerror(errno));
+        return DV_ERROR(err, "%s: write error: %s", tmp, strerror(errno));
     }
     if (rename(tmp, path)) {
         int e = errno;
         remove(tmp);
-        return dv_fail(err, "%s: cannot rename %s over it: %s", path, tmp, strerror(e));
+        return DV_ERROR(err, "%s: cannot rename %s over it: %s", path, tmp, strerror(e));
     }
     return 0;
 }
@@ -66,14 +66,14 @@ int dv_png_write(const char *path, int w, int h, int channels, const uint8_t *px
 int dv_image_grid_png(const char *path, const float *imgs, int n, int C, int H, int W, float lo,
                       float hi, int cols, char *err) {
     if (n <= 0 || (C != 1 && C != 3) || H <= 0 || W <= 0 || !(hi > lo))
-        return dv_fail(err, "%s: cannot tile %d images of %dx%dx%d over [%g, %g]", path, n, C, H, W,
-                       lo, hi);
+        return DV_ERROR(err, "%s: cannot tile %d images of %dx%dx%d over [%g, %g]", path, n, C, H,
+                        W, lo, hi);
     if (cols <= 0) cols = (int)ceil(sqrt((double)n));
     if (cols > n) cols = n;
     const int rows = (n + cols - 1) / cols, pad = 2;
     const int gw = cols * (W + pad) + pad, gh = rows * (H + pad) + pad;
     uint8_t *px = malloc((size_t)gw * gh * C);
-    if (!px) return dv_fail(err, "%s: out of memory for a %dx%d grid", path, gw, gh);
+    if (!px) return DV_ERROR(err, "%s: out of memory for a %dx%d grid", path, gw, gh);
     memset(px, 128, (size_t)gw * gh * C); /* mid-grey between the tiles */
     const float scale = 255.0f / (hi - lo);
     for (int k = 0; k < n; k++) {

@@ -100,20 +100,20 @@ static int dense_tie(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_mo
         const dv_layer *e = &m->layers[i];
         if (strcmp(e->name, name)) continue;
         if (strcmp(e->type, "embedding"))
-            return dv_fail(err, "%s: '%s' is a [%s]; only an [embedding] can be tied", where, name,
-                           e->type);
+            return DV_ERROR(err, "%s: '%s' is a [%s]; only an [embedding] can be tied", where, name,
+                            e->type);
         const dv_param *t = &e->param[0];
         int K = (int)(l->in_elems / (size_t)dense_rows(l));
         if (*units && *units != t->shape[0])
-            return dv_fail(err, "%s: units = %ld but %s has %d rows", where, *units, name,
-                           t->shape[0]);
+            return DV_ERROR(err, "%s: units = %ld but %s has %d rows", where, *units, name,
+                            t->shape[0]);
         if (K != t->shape[1])
-            return dv_fail(err, "%s: the input has %d features but %s has %d", where, K, name,
-                           t->shape[1]);
+            return DV_ERROR(err, "%s: the input has %d features but %s has %d", where, K, name,
+                            t->shape[1]);
         *units = t->shape[0];
         return 0;
     }
-    return dv_fail(err, "%s: no earlier layer is named '%s'", where, name);
+    return DV_ERROR(err, "%s: no earlier layer is named '%s'", where, name);
 }
 
 static int dense_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m,
@@ -125,7 +125,7 @@ static int dense_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_m
     if (ustr && !strcmp(ustr, "vocab")) {
         char where[1200];
         dv_cfg_where(cfg, s, "units", where, sizeof(where));
-        if (!m->tokens) return dv_fail(err, "%s: units = vocab needs a token input", where);
+        if (!m->tokens) return DV_ERROR(err, "%s: units = vocab needs a token input", where);
         units = m->vocab;
     } else if (dv_cfg_int(cfg, s, "units", perceptron ? 1 : 0, 1, 1 << 24, &units, err))
         return -1;
@@ -190,10 +190,10 @@ static int need_chw(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
     if (l->in_ndim == 3) return 0;
     char where[1200];
     dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-    return dv_fail(err,
-                   "%s: needs an input of shape C,H,W but gets %zu features (set [input] "
-                   "shape = C,H,W)",
-                   where, l->in_elems);
+    return DV_ERROR(err,
+                    "%s: needs an input of shape C,H,W but gets %zu features (set [input] "
+                    "shape = C,H,W)",
+                    where, l->in_elems);
 }
 
 static int read_window(dv_layer *l, dv_config *cfg, dv_cfg_section *s, dv_conv2d_geom *g,
@@ -214,10 +214,10 @@ static int read_window(dv_layer *l, dv_config *cfg, dv_cfg_section *s, dv_conv2d
     if (dv_conv2d_geom_init(g) || pad >= size) {
         char where[1200];
         dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-        return dv_fail(err,
-                       "%s: a %ldx%ld window with stride %ld and pad %ld does not fit the "
-                       "input %dx%dx%d (pad must be < size)",
-                       where, size, size, stride, pad, g->C, g->H, g->W);
+        return DV_ERROR(err,
+                        "%s: a %ldx%ld window with stride %ld and pad %ld does not fit the "
+                        "input %dx%dx%d (pad must be < size)",
+                        where, size, size, stride, pad, g->C, g->H, g->W);
     }
     return 0;
 }
@@ -225,7 +225,7 @@ static int read_window(dv_layer *l, dv_config *cfg, dv_cfg_section *s, dv_conv2d
 static int conv_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
     if (need_chw(l, cfg, s, err)) return -1;
     conv_priv *p = calloc(1, sizeof(*p));
-    if (!p) return dv_fail(err, "out of memory");
+    if (!p) return DV_ERROR(err, "out of memory");
     l->priv = p;
     l->ops = &conv_ops;
     long filters;
@@ -287,7 +287,7 @@ static const dv_layer_ops pool_ops = {
 static int pool_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, dv_pool mode, char *err) {
     if (need_chw(l, cfg, s, err)) return -1;
     pool_priv *p = calloc(1, sizeof(*p));
-    if (!p) return dv_fail(err, "out of memory");
+    if (!p) return DV_ERROR(err, "out of memory");
     l->priv = p;
     l->ops = &pool_ops;
     p->mode = mode;
@@ -354,11 +354,11 @@ static int upsample_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *e
     if ((long)l->in_shape[1] * scale > (1L << 20) || (long)l->in_shape[2] * scale > (1L << 20)) {
         char where[1200];
         dv_cfg_where(cfg, s, "scale", where, sizeof(where));
-        return dv_fail(err, "%s = %ld: the output (%ld x %ld) is too large", where, scale,
-                       (long)l->in_shape[1] * scale, (long)l->in_shape[2] * scale);
+        return DV_ERROR(err, "%s = %ld: the output (%ld x %ld) is too large", where, scale,
+                        (long)l->in_shape[1] * scale, (long)l->in_shape[2] * scale);
     }
     upsample_priv *p = calloc(1, sizeof(*p));
-    if (!p) return dv_fail(err, "out of memory");
+    if (!p) return DV_ERROR(err, "out of memory");
     p->scale = (int)scale;
     l->priv = p;
     l->ops = &upsample_ops;
@@ -449,7 +449,7 @@ static const dv_layer_ops bn_ops = {
 
 static int bn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
     bn_priv *p = calloc(1, sizeof(*p));
-    if (!p) return dv_fail(err, "out of memory");
+    if (!p) return DV_ERROR(err, "out of memory");
     l->priv = p;
     l->ops = &bn_ops;
     double eps, mom;
@@ -505,8 +505,8 @@ int dv_layer_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model
         if (e != l->in_elems) {
             char where[1200];
             dv_cfg_where(cfg, s, "shape", where, sizeof(where));
-            return dv_fail(err, "%s: holds %zu values, but its input has %zu", where, e,
-                           l->in_elems);
+            return DV_ERROR(err, "%s: holds %zu values, but its input has %zu", where, e,
+                            l->in_elems);
         }
         l->out_ndim = n;
         memcpy(l->out_shape, shape, sizeof(shape));
@@ -520,16 +520,16 @@ int dv_layer_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model
         if (l->act == DV_ACT_LINEAR) {
             char where[1200];
             dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-            return dv_fail(err,
-                           "%s: needs 'activation = relu | leaky_relu | sigmoid | tanh | "
-                           "softmax'",
-                           where);
+            return DV_ERROR(err,
+                            "%s: needs 'activation = relu | leaky_relu | sigmoid | tanh | "
+                            "softmax'",
+                            where);
         }
         return 0;
     }
     if (!strcmp(t, "dropout")) {
         dropout_priv *p = calloc(1, sizeof(*p));
-        if (!p) return dv_fail(err, "out of memory");
+        if (!p) return DV_ERROR(err, "out of memory");
         l->priv = p;
         l->ops = &dropout_ops;
         double rate;
@@ -539,12 +539,12 @@ int dv_layer_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model
     }
     char where[1200];
     dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-    return dv_fail(err,
-                   "%s: unknown section [%s] (layers: dense conv2d maxpool minpool avgpool "
-                   "flatten reshape upsample dropout batchnorm activation perceptron embedding "
-                   "rnn lstm gru "
-                   "layernorm gelu attention transformer)",
-                   where, t);
+    return DV_ERROR(err,
+                    "%s: unknown section [%s] (layers: dense conv2d maxpool minpool avgpool "
+                    "flatten reshape upsample dropout batchnorm activation perceptron embedding "
+                    "rnn lstm gru "
+                    "layernorm gelu attention transformer)",
+                    where, t);
 }
 
 int dv_layer_setup(dv_layer *l, dv_model *m, char *err) {
@@ -553,16 +553,16 @@ int dv_layer_setup(dv_layer *l, dv_model *m, char *err) {
     if (l->ops == &pool_ops) {
         pool_priv *p = l->priv;
         p->arg = m->be->alloc(m->be->ctx, rows * l->out_elems * sizeof(int32_t));
-        if (!p->arg) return dv_fail(err, "out of memory for %s", l->name);
+        if (!p->arg) return DV_ERROR(err, "out of memory for %s", l->name);
     } else if (l->ops == &dropout_ops) {
         dropout_priv *p = l->priv;
         p->mask = m->be->alloc(m->be->ctx, rows * l->out_elems * sizeof(float));
-        if (!p->mask) return dv_fail(err, "out of memory for %s", l->name);
+        if (!p->mask) return DV_ERROR(err, "out of memory for %s", l->name);
     } else if (l->ops == &bn_ops) {
         bn_priv *p = l->priv;
         p->save_mean = m->be->alloc(m->be->ctx, (size_t)p->C * sizeof(float));
         p->save_invstd = m->be->alloc(m->be->ctx, (size_t)p->C * sizeof(float));
-        if (!p->save_mean || !p->save_invstd) return dv_fail(err, "out of memory for %s", l->name);
+        if (!p->save_mean || !p->save_invstd) return DV_ERROR(err, "out of memory for %s", l->name);
     } else if (l->ops == &conv_ops) {
         conv_priv *p = l->priv;
         dv_conv2d_geom g = p->g;

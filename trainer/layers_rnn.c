@@ -305,7 +305,7 @@ static int rnn_setup(dv_layer *l, dv_model *m, char *err) {
         p->state_h = scratch(m, (size_t)p->L * B * H, &bad);
         if (p->cell == CELL_LSTM) p->state_c = scratch(m, (size_t)p->L * B * H, &bad);
     }
-    if (bad) return dv_fail(err, "out of memory for the scratch of %s", l->name);
+    if (bad) return DV_ERROR(err, "out of memory for the scratch of %s", l->name);
     return 0;
 }
 
@@ -357,13 +357,13 @@ int dv_layer_rnn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_m
     char where[1200];
     if (l->in_ndim != 2) {
         dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-        return dv_fail(err,
-                       "%s: needs a sequence input (T, F) but gets %zu features per sample: set "
-                       "sequence = true in [input] or put it after an [embedding]",
-                       where, l->in_elems);
+        return DV_ERROR(err,
+                        "%s: needs a sequence input (T, F) but gets %zu features per sample: set "
+                        "sequence = true in [input] or put it after an [embedding]",
+                        where, l->in_elems);
     }
     rnn_priv *p = calloc(1, sizeof(*p));
-    if (!p) return dv_fail(err, "out of memory");
+    if (!p) return DV_ERROR(err, "out of memory");
     l->priv = p;
     l->ops = &rnn_ops;
     p->cell = !strcmp(l->type, "lstm") ? CELL_LSTM : !strcmp(l->type, "gru") ? CELL_GRU : CELL_RNN;

@@ -412,10 +412,10 @@ static int emb_setup(dv_layer *l, dv_model *m, char *err) {
     seq_priv *p = l->priv;
     const int T = p->T, D = p->C;
     if (p->rate > 0.0f && !(p->mask1 = dev_alloc(p, m, (size_t)m->max_batch * T * D)))
-        return dv_fail(err, "out of memory for %s", l->name);
+        return DV_ERROR(err, "out of memory for %s", l->name);
     if (p->pos != POS_SINUSOIDAL) return 0;
     float *host = malloc((size_t)T * D * sizeof(float));
-    if (!host) return dv_fail(err, "out of memory");
+    if (!host) return DV_ERROR(err, "out of memory");
     for (int t = 0; t < T; t++)
         for (int j = 0; j < D; j++) {
             double a = t / pow(10000.0, (double)(j - j % 2) / D);
@@ -431,7 +431,7 @@ static int ln_setup(dv_layer *l, dv_model *m, char *err) {
     size_t rows = (size_t)m->max_batch * p->T;
     p->mean1 = dev_alloc(p, m, rows);
     p->rstd1 = dev_alloc(p, m, rows);
-    if (!p->mean1 || !p->rstd1) return dv_fail(err, "out of memory for %s", l->name);
+    if (!p->mean1 || !p->rstd1) return DV_ERROR(err, "out of memory for %s", l->name);
     return 0;
 }
 
@@ -439,7 +439,7 @@ static int attn_layer_setup(dv_layer *l, dv_model *m, char *err) {
     seq_priv *p = l->priv;
     size_t n = (size_t)m->max_batch * p->T * p->C;
     if (attn_setup(&p->at, p, m) || (p->rate > 0.0f && !(p->mask1 = dev_alloc(p, m, n))))
-        return dv_fail(err, "out of memory for %s", l->name);
+        return DV_ERROR(err, "out of memory for %s", l->name);
     need_work(m, attn_work(&p->at, m->max_batch));
     return 0;
 }
@@ -447,7 +447,7 @@ static int attn_layer_setup(dv_layer *l, dv_model *m, char *err) {
 static int block_setup(dv_layer *l, dv_model *m, char *err) {
     seq_priv *p = l->priv;
     size_t rows = (size_t)m->max_batch * p->T, n = rows * p->C, h = rows * p->hidden;
-    if (attn_setup(&p->at, p, m)) return dv_fail(err, "out of memory for %s", l->name);
+    if (attn_setup(&p->at, p, m)) return DV_ERROR(err, "out of memory for %s", l->name);
     p->mean1 = dev_alloc(p, m, rows);
     p->rstd1 = dev_alloc(p, m, rows);
     p->mean2 = dev_alloc(p, m, rows);
@@ -459,11 +459,11 @@ static int block_setup(dv_layer *l, dv_model *m, char *err) {
     p->act = dev_alloc(p, m, h);
     if (!p->mean1 || !p->rstd1 || !p->mean2 || !p->rstd2 || !p->ln1 || !p->x1 || !p->ln2 ||
         !p->fc || !p->act)
-        return dv_fail(err, "out of memory for %s", l->name);
+        return DV_ERROR(err, "out of memory for %s", l->name);
     if (p->rate > 0.0f) {
         p->mask1 = dev_alloc(p, m, n);
         p->mask2 = dev_alloc(p, m, n);
-        if (!p->mask1 || !p->mask2) return dv_fail(err, "out of memory for %s", l->name);
+        if (!p->mask1 || !p->mask2) return DV_ERROR(err, "out of memory for %s", l->name);
     }
     need_work(m, block_work(p, m->max_batch));
     return 0;
@@ -494,10 +494,10 @@ static int need_sequence(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *e
     if (l->in_ndim == 2) return 0;
     char where[1200];
     dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-    return dv_fail(err,
-                   "%s: needs a sequence input (T, C) but gets %zu features in %d dims (set "
-                   "[input] shape = T,C with sequence = true, or start with an [embedding])",
-                   where, l->in_elems, l->in_ndim);
+    return DV_ERROR(err,
+                    "%s: needs a sequence input (T, C) but gets %zu features in %d dims (set "
+                    "[input] shape = T,C with sequence = true, or start with an [embedding])",
+                    where, l->in_elems, l->in_ndim);
 }
 
 /* heads (required, divides C) and the attention's four params. */
@@ -510,7 +510,7 @@ static int attn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, seq_priv *p
     if (C % heads) {
         char where[1200];
         dv_cfg_where(cfg, s, "heads", where, sizeof(where));
-        return dv_fail(err, "%s: %d features do not split into %ld heads", where, C, heads);
+        return DV_ERROR(err, "%s: %d features do not split into %ld heads", where, C, heads);
     }
     attn *a = &p->at;
     a->T = p->T;
@@ -545,10 +545,10 @@ static int emb_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_mod
     char where[1200];
     dv_cfg_where(cfg, s, NULL, where, sizeof(where));
     if (!m->tokens || l->index != 0)
-        return dv_fail(err,
-                       "%s: an [embedding] reads token ids, so it must be the first layer of "
-                       "a model with a token input ([input] tokens = T, vocab = V)",
-                       where);
+        return DV_ERROR(err,
+                        "%s: an [embedding] reads token ids, so it must be the first layer of "
+                        "a model with a token input ([input] tokens = T, vocab = V)",
+                        where);
     long dim;
     int pos;
     if (dv_cfg_int(cfg, s, "dim", 0, 1, 1 << 20, &dim, err) ||
@@ -599,7 +599,7 @@ static int block_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, seq_priv *
 int dv_layer_seq_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m,
                       char *err) {
     seq_priv *p = calloc(1, sizeof(*p));
-    if (!p) return dv_fail(err, "out of memory");
+    if (!p) return DV_ERROR(err, "out of memory");
     l->priv = p;
     l->out_ndim = l->in_ndim;
     memcpy(l->out_shape, l->in_shape, sizeof(l->out_shape));
@@ -618,10 +618,10 @@ int dv_layer_seq_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_m
         if (l->in_ndim > 2) {
             char where[1200];
             dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-            return dv_fail(err,
-                           "%s: normalizes the last dim of a (T, C) or (K) input, not a "
-                           "(C, H, W) image (put a [flatten] before it)",
-                           where);
+            return DV_ERROR(err,
+                            "%s: normalizes the last dim of a (T, C) or (K) input, not a "
+                            "(C, H, W) image (put a [flatten] before it)",
+                            where);
         }
         if (read_eps(cfg, s, p, err)) return -1;
         int c1[1] = {p->C};

@@ -60,13 +60,13 @@ static int alloc_buffers(dv_model *m, char *err) {
     dv_backend *be = m->be;
     size_t B = (size_t)m->max_batch, maxe = m->in_elems;
     m->acts = calloc((size_t)m->nlayers, sizeof(float *));
-    if (!m->acts) return dv_fail(err, "out of memory");
+    if (!m->acts) return DV_ERROR(err, "out of memory");
     for (int i = 0; i < m->nlayers; i++) {
         size_t e = m->layers[i].out_elems;
         if (e > maxe) maxe = e;
         m->acts[i] = be->alloc(be->ctx, B * e * sizeof(float));
         if (!m->acts[i])
-            return dv_fail(err, "out of memory for activations of %s", m->layers[i].name);
+            return DV_ERROR(err, "out of memory for activations of %s", m->layers[i].name);
     }
     size_t np = m->nparams ? m->nparams : 1, nb = m->nbuffers ? m->nbuffers : 1;
     m->params = be->alloc(be->ctx, np * sizeof(float));
@@ -84,7 +84,7 @@ static int alloc_buffers(dv_model *m, char *err) {
     m->stats = be->alloc(be->ctx, 2 * sizeof(float));
     if (!m->params || !m->grads || !m->state1 || !m->state2 || !m->buffers || !m->input ||
         !m->dbuf[0] || !m->dbuf[1] || !m->targets || !m->labels || !m->row_id || !m->stats)
-        return dv_fail(err, "out of memory for a model of %zu parameters", m->nparams);
+        return DV_ERROR(err, "out of memory for a model of %zu parameters", m->nparams);
     return 0;
 }
 
@@ -102,12 +102,12 @@ static int read_input(dv_model *m, dv_config *cfg, dv_cfg_section *in, char *err
     dv_cfg_where(cfg, in, NULL, where, sizeof(where));
     if (tokens) {
         if (!vocab)
-            return dv_fail(err,
-                           "%s: tokens = %ld needs vocab = V (the vocabulary size; dive train "
-                           "fills it in from a token file)",
-                           where, tokens);
+            return DV_ERROR(err,
+                            "%s: tokens = %ld needs vocab = V (the vocabulary size; dive train "
+                            "fills it in from a token file)",
+                            where, tokens);
         if (dv_config_has(in, "shape"))
-            return dv_fail(err, "%s: give either shape or tokens, not both", where);
+            return DV_ERROR(err, "%s: give either shape or tokens, not both", where);
         m->tokens = 1;
         m->vocab = (int)vocab;
         m->in_ndim = 1;
@@ -115,13 +115,13 @@ static int read_input(dv_model *m, dv_config *cfg, dv_cfg_section *in, char *err
         m->in_elems = (size_t)tokens;
         return 0;
     }
-    if (vocab) return dv_fail(err, "%s: vocab is for token inputs (tokens = T)", where);
+    if (vocab) return DV_ERROR(err, "%s: vocab is for token inputs (tokens = T)", where);
     if (dv_cfg_ints(cfg, in, "shape", m->in_shape, 3, &m->in_ndim, err)) return -1;
     m->in_elems = 1;
     for (int i = 0; i < m->in_ndim; i++)
         m->in_elems *= (size_t)m->in_shape[i];
     if (seq && m->in_ndim != 2)
-        return dv_fail(err, "%s: sequence = true needs shape = T,F (steps, features)", where);
+        return DV_ERROR(err, "%s: sequence = true needs shape = T,F (steps, features)", where);
     if (m->in_ndim == 2 && !seq) { /* (H, W) is one channel */
         m->in_shape[2] = m->in_shape[1];
         m->in_shape[1] = m->in_shape[0];
@@ -141,8 +141,8 @@ static int resolve_ties(dv_model *m, char *err) {
             const dv_param *t = p->tie;
             if (t->count != p->count || t->ndim != p->ndim ||
                 memcmp(t->shape, p->shape, sizeof(int) * (size_t)p->ndim))
-                return dv_fail(err, "%s: cannot tie %s to a parameter of another shape",
-                               m->layers[i].name, p->name);
+                return DV_ERROR(err, "%s: cannot tie %s to a parameter of another shape",
+                                m->layers[i].name, p->name);
         }
     return 0;
 }
@@ -151,7 +151,7 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
                    int max_batch, char *err) {
     *out = NULL;
     dv_model *m = calloc(1, sizeof(*m));
-    if (!m) return dv_fail(err, "out of memory");
+    if (!m) return DV_ERROR(err, "out of memory");
     m->be = be;
     m->loss = loss;
     m->seed = seed;
@@ -160,10 +160,10 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
     dv_cfg_section *in = dv_config_find(cfg, "input");
     if (!in) {
         dv_model_free(m);
-        return dv_fail(err,
-                       "%s: no [input] section (it gives the sample shape, e.g. "
-                       "shape = 1,28,28)",
-                       cfg->path);
+        return DV_ERROR(err,
+                        "%s: no [input] section (it gives the sample shape, e.g. "
+                        "shape = 1,28,28)",
+                        cfg->path);
     }
     if (read_input(m, cfg, in, err)) {
         dv_model_free(m);
@@ -175,12 +175,12 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
         n += is_layer_section(&cfg->sec[i]);
     if (!n) {
         dv_model_free(m);
-        return dv_fail(err, "%s: no layer sections after [input]", cfg->path);
+        return DV_ERROR(err, "%s: no layer sections after [input]", cfg->path);
     }
     m->layers = calloc((size_t)n, sizeof(dv_layer));
     if (!m->layers) {
         dv_model_free(m);
-        return dv_fail(err, "out of memory");
+        return DV_ERROR(err, "out of memory");
     }
     int in_ndim = m->in_ndim, in_shape[3];
     memcpy(in_shape, m->in_shape, sizeof(in_shape));
@@ -210,8 +210,8 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
     m->outputs = (int)(last->out_elems / (size_t)m->positions);
     if (m->tokens && strcmp(m->layers[0].type, "embedding")) {
         dv_model_free(m);
-        return dv_fail(err, "%s: a token input (tokens = T) must start with an [embedding]",
-                       cfg->path);
+        return DV_ERROR(err, "%s: a token input (tokens = T) must start with an [embedding]",
+                        cfg->path);
     }
     if (resolve_ties(m, err)) {
         dv_model_free(m);
@@ -225,21 +225,21 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
         has_perceptron |= !strcmp(m->layers[i].type, "perceptron");
     if (has_perceptron && (m->nlayers != 1 || loss != DV_LOSS_PERCEPTRON)) {
         dv_model_free(m);
-        return dv_fail(err,
-                       "%s: a [perceptron] is a model of its own: it must be the only layer, "
-                       "with loss = perceptron in [train]",
-                       cfg->path);
+        return DV_ERROR(err,
+                        "%s: a [perceptron] is a model of its own: it must be the only layer, "
+                        "with loss = perceptron in [train]",
+                        cfg->path);
     }
     if (loss == DV_LOSS_PERCEPTRON && !has_perceptron) {
         dv_model_free(m);
-        return dv_fail(err, "%s: loss = perceptron needs a [perceptron] model", cfg->path);
+        return DV_ERROR(err, "%s: loss = perceptron needs a [perceptron] model", cfg->path);
     }
     if (loss == DV_LOSS_XENT && m->outputs < 2) {
         dv_model_free(m);
-        return dv_fail(err,
-                       "%s: loss = cross_entropy needs at least 2 outputs but the last layer "
-                       "has %d (use bce for one output)",
-                       cfg->path, m->outputs);
+        return DV_ERROR(err,
+                        "%s: loss = cross_entropy needs at least 2 outputs but the last layer "
+                        "has %d (use bce for one output)",
+                        cfg->path, m->outputs);
     }
 
     /* Reverse layer order: the last layer's gradients come first. */
@@ -265,7 +265,7 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
     float *host = malloc(dv_model_max_param_count(m) * sizeof(float));
     if (!host) {
         dv_model_free(m);
-        return dv_fail(err, "out of memory");
+        return DV_ERROR(err, "out of memory");
     }
     for (int i = 0; i < m->nlayers; i++) {
         dv_layer *l = &m->layers[i];
@@ -294,7 +294,7 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
         m->work = be->alloc(be->ctx, m->work_floats * sizeof(float));
         if (!m->work) {
             dv_model_free(m);
-            return dv_fail(err, "out of memory for the convolution workspace");
+            return DV_ERROR(err, "out of memory for the convolution workspace");
         }
     }
     *out = m;

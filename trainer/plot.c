@@ -47,17 +47,17 @@ static void strip(char *s) {
 static int read_csv(const char *path, csv *t, char *err) {
     memset(t, 0, sizeof *t);
     FILE *f = fopen(path, "r");
-    if (!f) return dv_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    if (!f) return DV_ERROR(err, "%s: cannot open: %s", path, strerror(errno));
     char line[8192];
     int rc = 0, cap = 0, lineno = 1;
     if (!fgets(line, sizeof line, f)) {
         fclose(f);
-        return dv_fail(err, "%s: empty file (no header line)", path);
+        return DV_ERROR(err, "%s: empty file (no header line)", path);
     }
     strip(line);
     for (char *tok = strtok(line, ","); tok; tok = strtok(NULL, ",")) {
         if (t->ncols == PLOT_MAX_COLS) {
-            rc = dv_fail(err, "%s: more than %d columns", path, PLOT_MAX_COLS);
+            rc = DV_ERROR(err, "%s: more than %d columns", path, PLOT_MAX_COLS);
             break;
         }
         snprintf(t->names[t->ncols++], DV_NAME_LEN, "%s", tok);
@@ -70,7 +70,7 @@ static int read_csv(const char *path, csv *t, char *err) {
             cap = cap ? 2 * cap : 64;
             double *v = realloc(t->v, (size_t)cap * t->ncols * sizeof *v);
             if (!v) {
-                rc = dv_fail(err, "%s: out of memory", path);
+                rc = DV_ERROR(err, "%s: out of memory", path);
                 break;
             }
             t->v = v;
@@ -87,8 +87,8 @@ static int read_csv(const char *path, csv *t, char *err) {
                 char *stop;
                 row[k] = strtod(p, &stop);
                 if (stop != p + len) {
-                    rc = dv_fail(err, "%s:%d: column %s: '%.*s' is not a number", path, lineno,
-                                 t->names[k], (int)len, p);
+                    rc = DV_ERROR(err, "%s:%d: column %s: '%.*s' is not a number", path, lineno,
+                                  t->names[k], (int)len, p);
                     break;
                 }
             }
@@ -99,11 +99,11 @@ static int read_csv(const char *path, csv *t, char *err) {
             p = end + 1;
         }
         if (!rc && k != t->ncols)
-            rc = dv_fail(err, "%s:%d: %d fields, the header has %d", path, lineno, k, t->ncols);
+            rc = DV_ERROR(err, "%s:%d: %d fields, the header has %d", path, lineno, k, t->ncols);
         if (!rc) t->nrows++;
     }
     fclose(f);
-    if (!rc && t->nrows == 0) rc = dv_fail(err, "%s: no data rows yet", path);
+    if (!rc && t->nrows == 0) rc = DV_ERROR(err, "%s: no data rows yet", path);
     if (rc) free(t->v), t->v = NULL;
     return rc;
 }
@@ -238,7 +238,7 @@ int dv_plot_metrics(const char *csv_path, const char *png_path, const char *xnam
         if (!strcmp(t.names[k], xname)) xcol = k;
     if (xcol < 0 && strcmp(xname, "epoch") && strcmp(xname, "step")) {
         free(t.v);
-        return dv_fail(err, "--x %s: use epoch or step", xname);
+        return DV_ERROR(err, "--x %s: use epoch or step", xname);
     }
     panel panels[PLOT_MAX_COLS];
     int np = 0;
@@ -253,13 +253,13 @@ int dv_plot_metrics(const char *csv_path, const char *png_path, const char *xnam
     }
     if (!np) {
         free(t.v);
-        return dv_fail(err, "%s: no metric columns to plot (only epoch, step, lr, rates)",
-                       csv_path);
+        return DV_ERROR(err, "%s: no metric columns to plot (only epoch, step, lr, rates)",
+                        csv_path);
     }
     dv_canvas c;
     if (dv_canvas_init(&c, width, PANEL_H * np, WHITE)) {
         free(t.v);
-        return dv_fail(err, "out of memory for a %dx%d plot", width, PANEL_H * np);
+        return DV_ERROR(err, "out of memory for a %dx%d plot", width, PANEL_H * np);
     }
     for (int i = 0; i < np; i++)
         draw_panel(&c, i * PANEL_H, &t, xcol, &panels[i]);
@@ -336,7 +336,7 @@ int dv_cli_plot(int argc, char **argv) {
     }
     if (out) snprintf(png_path, sizeof png_path, "%s", out);
     if (dv_plot_metrics(csv_path, png_path, xname, (int)width, err)) {
-        fprintf(stderr, "dive: error: %s\n", err);
+        dv_error_print("dive: error", err);
         return 1;
     }
     printf("%s: %s\n", csv_path, png_path);

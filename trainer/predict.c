@@ -25,7 +25,7 @@ static int sink_open(sink *s, const char *path, int64_t n, int K, char *err) {
     size_t len = strlen(path);
     if (len > 4 && !strcmp(path + len - 4, ".csv")) {
         s->csv = fopen(path, "w");
-        if (!s->csv) return dv_fail(err, "%s: cannot create: %s", path, strerror(errno));
+        if (!s->csv) return DV_ERROR(err, "%s: cannot create: %s", path, strerror(errno));
         fprintf(s->csv, "index,pred");
         for (int k = 0; k < K; k++)
             fprintf(s->csv, ",out%d", k);
@@ -34,7 +34,7 @@ static int sink_open(sink *s, const char *path, int64_t n, int K, char *err) {
     }
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     s->file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (s->file < 0) return dv_fail(err, "%s: cannot create HDF5 file", path);
+    if (s->file < 0) return DV_ERROR(err, "%s: cannot create HDF5 file", path);
     hsize_t d1[1] = {(hsize_t)n}, d2[2] = {(hsize_t)n, (hsize_t)K};
     hid_t sp1 = H5Screate_simple(1, d1, NULL), sp2 = H5Screate_simple(2, d2, NULL);
     s->pred =
@@ -43,7 +43,7 @@ static int sink_open(sink *s, const char *path, int64_t n, int K, char *err) {
         H5Dcreate2(s->file, "/output", H5T_IEEE_F32LE, sp2, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     H5Sclose(sp1);
     H5Sclose(sp2);
-    if (s->pred < 0 || s->output < 0) return dv_fail(err, "%s: cannot create datasets", path);
+    if (s->pred < 0 || s->output < 0) return DV_ERROR(err, "%s: cannot create datasets", path);
     return 0;
 }
 
@@ -91,8 +91,8 @@ static int predict_rank0(dv_model *m, const char *file, const char *x, float x_s
     const dv_split_info *info = dv_split_info_get(split);
     if (info->x_elems != m->in_elems) {
         dv_split_free(split);
-        return dv_fail(err, "%s: %s has %zu elements per sample but the model's input has %zu",
-                       file, x, info->x_elems, m->in_elems);
+        return DV_ERROR(err, "%s: %s has %zu elements per sample but the model's input has %zu",
+                        file, x, info->x_elems, m->in_elems);
     }
     int B = m->max_batch, K = m->outputs;
     float *hx = malloc((size_t)B * m->in_elems * sizeof(float));
@@ -102,10 +102,10 @@ static int predict_rank0(dv_model *m, const char *file, const char *x, float x_s
     sink s = {.file = -1, .pred = -1, .output = -1};
     dv_class_score sc = {0};
     float *prob = score ? malloc((size_t)B * (size_t)K * sizeof(float)) : NULL;
-    int rc = hx && ho && hp && idx && (!score || prob) ? 0 : dv_fail(err, "out of memory");
+    int rc = hx && ho && hp && idx && (!score || prob) ? 0 : DV_ERROR(err, "out of memory");
     if (!rc && score && K < 2)
-        rc = dv_fail(err, "--score needs a classifier (2 or more outputs); this model has %d", K);
-    if (!rc && score && dv_class_score_init(&sc, K)) rc = dv_fail(err, "out of memory");
+        rc = DV_ERROR(err, "--score needs a classifier (2 or more outputs); this model has %d", K);
+    if (!rc && score && dv_class_score_init(&sc, K)) rc = DV_ERROR(err, "out of memory");
     if (!rc) rc = sink_open(&s, out, info->n, K, err);
     /* one output: a probability after a sigmoid (fused or not) or an MSE
      * regression is split at 0.5; raw scores and logits at 0 */
@@ -137,9 +137,9 @@ static int predict_rank0(dv_model *m, const char *file, const char *x, float x_s
             dv_class_probs(m, ho, prob, count);
             dv_class_score_add(&sc, prob, count);
         }
-        if (sink_write(&s, first, count, hp, ho)) rc = dv_fail(err, "%s: write failed", out);
+        if (sink_write(&s, first, count, hp, ho)) rc = DV_ERROR(err, "%s: write failed", out);
     }
-    if (sink_close(&s) && !rc) rc = dv_fail(err, "%s: write failed", out);
+    if (sink_close(&s) && !rc) rc = DV_ERROR(err, "%s: write failed", out);
     if (!rc)
         printf("wrote predictions for %lld samples of %s %s to %s\n", (long long)info->n, file, x,
                out);
@@ -168,10 +168,10 @@ int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_
     dv_model *m = NULL;
     char x[300];
     int rc = dv_config_find(cfg, "gan")
-                 ? dv_fail(err,
-                           "%s: a GAN config: dive predict runs classifiers and regressors; "
-                           "look at a GAN's samples with dive sample CHECKPOINT -o grid.png",
-                           cfg->path)
+                 ? DV_ERROR(err,
+                            "%s: a GAN config: dive predict runs classifiers and regressors; "
+                            "look at a GAN's samples with dive sample CHECKPOINT -o grid.png",
+                            cfg->path)
                  : dv_settings_read(cfg, &st, err);
     if (!rc) {
         if (x_path)
@@ -181,8 +181,8 @@ int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_
         else if (st.has_val)
             snprintf(x, sizeof(x), "%s", st.val_x);
         else
-            rc = dv_fail(err, "%s: nothing to predict: set [data] val, or pass --split or --x",
-                         cfg->path);
+            rc = DV_ERROR(err, "%s: nothing to predict: set [data] val, or pass --split or --x",
+                          cfg->path);
     }
     if (!rc) rc = dv_backend_open(c, &st, &be, err);
     if (!rc) rc = dv_model_build(&m, cfg, be, st.loss, (uint64_t)st.seed, 256, err);

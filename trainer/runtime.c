@@ -23,11 +23,7 @@ int dv_agree(dv_comm *c, int rc, const char *err) {
     int first = dv_comm_first_failed(c, rc == 0);
     if (first < 0) return 0;
     if (first == dv_comm_rank(c)) {
-        if (first > 0)
-            fprintf(stderr, "dive: error: %s (rank %d)\n", err, first);
-        else
-            fprintf(stderr, "dive: error: %s\n", err);
-        fflush(stderr);
+        dv_error_print("dive: error", err);
     }
     return 1;
 }
@@ -39,12 +35,10 @@ int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *e
     if (!strcmp(want, "cuda") || (!strcmp(want, "auto") && ndev > 0)) {
         /* one GPU per rank by local rank; ranks beyond the GPUs share them */
         int dev = dv_comm_select_device(c, ndev);
-        char why[512] = "no CUDA device";
         /* with no device, creating one says why (no GPU, or no CUDA build) */
-        *out = dv_backend_cuda_create(dev >= 0 ? dev : 0, (dv_precision)st->precision, why,
-                                      sizeof(why));
+        *out = dv_backend_cuda_create(dev >= 0 ? dev : 0, (dv_precision)st->precision, err);
         if (*out) return 0;
-        if (!strcmp(want, "cuda")) return dv_fail(err, "backend = cuda: %s", why);
+        if (!strcmp(want, "cuda")) return dv_error_context(err, "backend = cuda");
     }
     int threads = (int)st->threads;
     if (!threads) {
@@ -54,7 +48,7 @@ int dv_backend_open(dv_comm *c, const dv_settings *st, dv_backend **out, char *e
         if (threads < 1) threads = 1;
     }
     *out = dv_backend_cpu_create(threads);
-    return *out ? 0 : dv_fail(err, "cannot create the CPU backend");
+    return *out ? 0 : DV_ERROR(err, "cannot create the CPU backend");
 }
 
 int dv_make_loader(dv_split *s, const dv_settings *st, dv_comm *c, int batch, int eval, int streams,
@@ -84,10 +78,10 @@ int dv_backend_agree(dv_comm *c, const dv_settings *st, const dv_backend *be, ch
     if (dv_comm_allreduce_double(c, &cuda, 1, DV_REDUCE_SUM, err)) dv_comm_abort(c, 1, err);
     int rc = 0;
     if (cuda > 0 && cuda < world)
-        rc = dv_fail(err,
-                     "backend = %s: %.0f of %d ranks found a GPU and the others did not; set "
-                     "backend = cpu, or run where every rank has a GPU",
-                     st->backend, cuda, world);
+        rc = DV_ERROR(err,
+                      "backend = %s: %.0f of %d ranks found a GPU and the others did not; set "
+                      "backend = cpu, or run where every rank has a GPU",
+                      st->backend, cuda, world);
     if (!rc && dv_comm_rank(c) == 0 && st->precision != DV_PRECISION_FP32 && !be->stream)
         printf("note: precision = %s applies to the CUDA backend; the CPU computes in fp32\n",
                st->precision == DV_PRECISION_BF16 ? "bf16" : "tf32");
@@ -109,14 +103,14 @@ int dv_resume_state(dv_comm *c, const char *ckpt, const dv_settings *st, dv_trai
                     char *err) {
     const int world = dv_comm_size(c), rank = dv_comm_rank(c);
     if (ts->global_batch != st->batch)
-        return dv_fail(err,
-                       "%s: trained with a global batch of %lld but the config says batch = "
-                       "%ld; a resumed run must keep the global batch (it may change the "
-                       "number of ranks)",
-                       ckpt, (long long)ts->global_batch, st->batch);
+        return DV_ERROR(err,
+                        "%s: trained with a global batch of %lld but the config says batch = "
+                        "%ld; a resumed run must keep the global batch (it may change the "
+                        "number of ranks)",
+                        ckpt, (long long)ts->global_batch, st->batch);
     if (ts->seed != st->seed)
-        return dv_fail(err, "%s: written with seed %lld but the config says seed = %ld", ckpt,
-                       (long long)ts->seed, st->seed);
+        return DV_ERROR(err, "%s: written with seed %lld but the config says seed = %ld", ckpt,
+                        (long long)ts->seed, st->seed);
     if (rank == 0) {
         printf("resuming from %s: epoch %lld, step %lld", ckpt, (long long)ts->epoch + 1,
                (long long)ts->step);
@@ -205,15 +199,16 @@ int dv_run_dir_make(const char *path, char *err) {
             char c = *p;
             *p = 0;
             if (mkdir(buf, 0777) && errno != EEXIST)
-                return dv_fail(err, "run_dir %s: cannot create %s: %s", path, buf, strerror(errno));
+                return DV_ERROR(err, "run_dir %s: cannot create %s: %s", path, buf,
+                                strerror(errno));
             *p = c;
             if (!c) break;
         }
     }
     struct stat sb;
     if (stat(path, &sb) || !S_ISDIR(sb.st_mode))
-        return dv_fail(err, "run_dir %s: not a directory", path);
-    if (access(path, W_OK)) return dv_fail(err, "run_dir %s: not writable", path);
+        return DV_ERROR(err, "run_dir %s: not a directory", path);
+    if (access(path, W_OK)) return DV_ERROR(err, "run_dir %s: not writable", path);
     return 0;
 }
 
@@ -268,7 +263,7 @@ static int link_into(const char *src, const char *dir, const char *name, char *e
     snprintf(dst, sizeof(dst), "%s/%s", dir, name);
     unlink(tmp);
     if (link(src, tmp) || rename(tmp, dst))
-        return dv_fail(err, "%s: cannot update %s: %s", dir, name, strerror(errno));
+        return DV_ERROR(err, "%s: cannot update %s: %s", dir, name, strerror(errno));
     return 0;
 }
 
@@ -414,7 +409,7 @@ void dv_device_sync(dv_comm *c, const dv_backend *be, int device_comm, int keep)
     if (!be->stream) return;
     char err[DV_ERR_LEN];
     if (device_comm && dv_comm_stream_wait(c, be->stream, keep, err)) dv_comm_abort(c, 1, err);
-    if (be->check(be->ctx, err, sizeof(err))) dv_comm_abort(c, 1, err);
+    if (be->check(be->ctx, err)) dv_comm_abort(c, 1, err);
 }
 
 void dv_average_on_device(dv_comm *c, const dv_backend *be, int device_comm, float *x, size_t n) {

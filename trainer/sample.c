@@ -45,7 +45,7 @@ static int parse_num(const char *opt, const char *v, double lo, double hi, doubl
     char *end;
     double x = strtod(v, &end);
     if (end == v || *end || !(x >= lo && x <= hi))
-        return dv_fail(err, "%s: '%s' is not a number in [%g, %g]", opt, v, lo, hi);
+        return DV_ERROR(err, "%s: '%s' is not a number in [%g, %g]", opt, v, lo, hi);
     *out = x;
     return 0;
 }
@@ -56,11 +56,11 @@ static int parse_sample(int argc, char **argv, sample_opts *o, char *err) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-') {
-            if (o->ckpt) return dv_fail(err, "unexpected argument %s (see --help)", a);
+            if (o->ckpt) return DV_ERROR(err, "unexpected argument %s (see --help)", a);
             o->ckpt = a;
             continue;
         }
-        if (i + 1 >= argc) return dv_fail(err, "%s needs a value", a);
+        if (i + 1 >= argc) return DV_ERROR(err, "%s needs a value", a);
         const char *v = argv[++i];
         double x = 0;
         if (!strcmp(a, "--prompt"))
@@ -85,11 +85,11 @@ static int parse_sample(int argc, char **argv, sample_opts *o, char *err) {
         } else if (!strcmp(a, "--temperature")) {
             if (parse_num(a, v, 0, 100, &o->temperature, err)) return -1;
         } else
-            return dv_fail(err, "unknown option %s (see --help)", a);
+            return DV_ERROR(err, "unknown option %s (see --help)", a);
     }
-    if (!o->ckpt) return dv_fail(err, "missing CHECKPOINT (see --help)");
+    if (!o->ckpt) return DV_ERROR(err, "missing CHECKPOINT (see --help)");
     if (strcmp(o->backend, "cpu") && strcmp(o->backend, "cuda"))
-        return dv_fail(err, "--backend %s: use cpu or cuda", o->backend);
+        return DV_ERROR(err, "--backend %s: use cpu or cuda", o->backend);
     return 0;
 }
 
@@ -139,13 +139,13 @@ static long encode(const dv_vocab *v, const char *prompt, int32_t *ids, char *er
         int len = 0;
         while (c == DV_UTF8_MORE && s[len])
             c = dv_utf8_feed(&u, s[len++]);
-        if (c < 0) return dv_fail(err, "--prompt is not valid UTF-8");
+        if (c < 0) return DV_ERROR(err, "--prompt is not valid UTF-8");
         int32_t id = char_id(v, c);
         if (id < 0)
-            return dv_fail(err,
-                           "--prompt: the character U+%04X ('%.*s') is not in the model's "
-                           "vocabulary of %lld characters",
-                           (unsigned)c, len, (const char *)s, (long long)v->size);
+            return DV_ERROR(err,
+                            "--prompt: the character U+%04X ('%.*s') is not in the model's "
+                            "vocabulary of %lld characters",
+                            (unsigned)c, len, (const char *)s, (long long)v->size);
         ids[n++] = id;
         s += len;
     }
@@ -205,29 +205,29 @@ static int run_sample(const sample_opts *o, char *err) {
     const int gan = dv_config_find(&cfg, "gan") != NULL;
     dv_cfg_section *in = dv_config_find(&cfg, "input");
     if (gan && !o->out) {
-        dv_fail(err, "%s: a GAN checkpoint: name the picture of its samples with -o GRID.png",
-                o->ckpt);
+        DV_ERROR(err, "%s: a GAN checkpoint: name the picture of its samples with -o GRID.png",
+                 o->ckpt);
         goto done;
     }
     if (!gan && o->out) {
-        dv_fail(err, "-o: %s is not a GAN checkpoint; a language model's text goes to stdout",
-                o->ckpt);
+        DV_ERROR(err, "-o: %s is not a GAN checkpoint; a language model's text goes to stdout",
+                 o->ckpt);
         goto done;
     }
     if (!gan && (!in || !dv_config_has(in, "tokens"))) {
-        dv_fail(err,
-                "%s: not a language model (its [input] has no tokens = T) nor a GAN; dive "
-                "sample generates text from models trained on a token file",
-                o->ckpt);
+        DV_ERROR(err,
+                 "%s: not a language model (its [input] has no tokens = T) nor a GAN; dive "
+                 "sample generates text from models trained on a token file",
+                 o->ckpt);
         goto done;
     }
     if (!gan && dv_vocab_read(&voc, o->ckpt, NULL, err)) goto done;
     if (!strcmp(o->backend, "cuda"))
-        be = dv_backend_cuda_create(0, DV_PRECISION_FP32, err, DV_ERR_LEN);
+        be = dv_backend_cuda_create(0, DV_PRECISION_FP32, err);
     else
         be = dv_backend_cpu_create(0);
     if (!be) {
-        if (strcmp(o->backend, "cuda")) dv_fail(err, "cannot create the CPU backend");
+        if (strcmp(o->backend, "cuda")) DV_ERROR(err, "cannot create the CPU backend");
         goto done;
     }
     if (gan) { /* by default the run's own seed: the images of its grids */
@@ -243,8 +243,8 @@ static int run_sample(const sample_opts *o, char *err) {
         goto done;
     const int T = m->in_shape[0], V = m->outputs;
     if (m->positions != T || V != voc.size) {
-        dv_fail(err, "%s: the model puts out %d x %d values, not one of %lld tokens per position",
-                o->ckpt, m->positions, V, (long long)voc.size);
+        DV_ERROR(err, "%s: the model puts out %d x %d values, not one of %lld tokens per position",
+                 o->ckpt, m->positions, V, (long long)voc.size);
         goto done;
     }
     size_t cap = strlen(o->prompt) + 1 + (size_t)o->tokens;
@@ -252,7 +252,7 @@ static int run_sample(const sample_opts *o, char *err) {
     logits = malloc(sizeof(float) * (size_t)V);
     p = malloc(sizeof(double) * (size_t)V);
     if (!ctx || !logits || !p) {
-        dv_fail(err, "out of memory");
+        DV_ERROR(err, "out of memory");
         goto done;
     }
     long n = encode(&voc, o->prompt, ctx, err);
@@ -271,7 +271,7 @@ static int run_sample(const sample_opts *o, char *err) {
         int32_t host[4096];
         int32_t *h = T <= 4096 ? host : malloc(sizeof(int32_t) * (size_t)T);
         if (!h) {
-            dv_fail(err, "out of memory");
+            DV_ERROR(err, "out of memory");
             goto done;
         }
         for (int t = 0; t < T; t++)
@@ -281,7 +281,7 @@ static int run_sample(const sample_opts *o, char *err) {
         dv_model_forward(m, 1, 0);
         be->to_host(be->ctx, logits, out + (size_t)(len - 1) * (size_t)V,
                     sizeof(float) * (size_t)V);
-        if (be->check(be->ctx, err, DV_ERR_LEN)) goto done;
+        if (be->check(be->ctx, err)) goto done;
         double u = dv_rand_uniform((uint64_t)o->seed, (uint64_t)k);
         int32_t id = draw(logits, V, o->temperature, o->top_k, u, p);
         ctx[n++] = id;
@@ -311,12 +311,12 @@ int dv_cli_sample(int argc, char **argv) {
     char err[DV_ERR_LEN];
     sample_opts o;
     if (parse_sample(argc, argv, &o, err)) {
-        fprintf(stderr, "dive sample: %s\n", err);
+        dv_error_print("dive sample", err);
         return 2;
     }
     if (run_sample(&o, err)) {
         fflush(stdout);
-        fprintf(stderr, "dive: error: %s\n", err);
+        dv_error_print("dive: error", err);
         return 1;
     }
     return 0;

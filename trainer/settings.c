@@ -19,8 +19,8 @@ static int split_paths(const dv_config *cfg, dv_cfg_section *s, const char *name
     if (!group && (px || py) && !(px && py)) {
         char where[1200];
         dv_cfg_where(cfg, s, px ? kx : ky, where, sizeof(where));
-        return dv_fail(err, "%s: %s needs %s too (or set %s = GROUP)", where, px ? kx : ky,
-                       px ? ky : kx, name);
+        return DV_ERROR(err, "%s: %s needs %s too (or set %s = GROUP)", where, px ? kx : ky,
+                        px ? ky : kx, name);
     }
     *present = group || (px && py);
     if (!*present) return 0;
@@ -40,9 +40,9 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
     memset(st, 0, sizeof(*st));
     dv_cfg_section *d = dv_config_find(cfg, "data");
     dv_cfg_section *t = dv_config_find(cfg, "train");
-    if (!d) return dv_fail(err, "%s: no [data] section (it names the HDF5 file)", cfg->path);
+    if (!d) return DV_ERROR(err, "%s: no [data] section (it names the HDF5 file)", cfg->path);
     if (dv_cfg_str(cfg, d, "file", NULL, &st->file, err)) return -1;
-    if (!st->file) return dv_fail(err, "%s:%d: [data] has no 'file' key", cfg->path, d->line);
+    if (!st->file) return DV_ERROR(err, "%s:%d: [data] has no 'file' key", cfg->path, d->line);
     int has_train;
     if (split_paths(cfg, d, "train", "/train", st->train_x, st->train_y, st->train_tokens,
                     &has_train, err) ||
@@ -95,7 +95,7 @@ int dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
     if (strcmp(st->backend, "auto") && strcmp(st->backend, "cpu") && strcmp(st->backend, "cuda")) {
         char where[1200];
         dv_cfg_where(cfg, t, "backend", where, sizeof(where));
-        return dv_fail(err, "%s = %s: expected auto | cpu | cuda", where, st->backend);
+        return DV_ERROR(err, "%s = %s: expected auto | cpu | cuda", where, st->backend);
     }
     return 0;
 }

@@ -57,13 +57,13 @@ typedef struct run {
 static int open_token_split(run *r, const char *dataset, dv_split **out, char *err) {
     const dv_model *m = r->m;
     if (m->loss != DV_LOSS_XENT)
-        return dv_fail(err, "%s: a token model learns the next token: use loss = cross_entropy",
-                       r->cfg->path);
+        return DV_ERROR(err, "%s: a token model learns the next token: use loss = cross_entropy",
+                        r->cfg->path);
     if (m->positions != m->in_shape[0])
-        return dv_fail(err,
-                       "%s: a token model scores every position: the last layer must put out "
-                       "(%d, vocab), not %d value(s) per sample",
-                       r->cfg->path, m->in_shape[0], m->outputs * m->positions);
+        return DV_ERROR(err,
+                        "%s: a token model scores every position: the last layer must put out "
+                        "(%d, vocab), not %d value(s) per sample",
+                        r->cfg->path, m->in_shape[0], m->outputs * m->positions);
     if (dv_split_open_tokens(out, r->st.file, dataset, m->in_shape[0], err)) return -1;
     return dv_split_check(*out, m->in_elems, m->outputs, err) ? -1 : 0;
 }
@@ -77,10 +77,10 @@ static int open_split(run *r, const char *x, const char *y, dv_split **out, char
     if (dv_split_check(*out, r->m->in_elems, r->m->outputs, err)) return -1;
     if ((r->st.loss == DV_LOSS_XENT || r->st.loss == DV_LOSS_PERCEPTRON) &&
         info->y_kind != DV_TARGET_LABELS)
-        return dv_fail(err,
-                       "%s: %s holds float targets, but loss = %s needs integer class "
-                       "labels",
-                       r->st.file, y, r->st.loss == DV_LOSS_XENT ? "cross_entropy" : "perceptron");
+        return DV_ERROR(err,
+                        "%s: %s holds float targets, but loss = %s needs integer class "
+                        "labels",
+                        r->st.file, y, r->st.loss == DV_LOSS_XENT ? "cross_entropy" : "perceptron");
     return 0;
 }
 
@@ -171,19 +171,19 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
     char *err = r->err;
     if (dv_config_find(cfg, "gan"))
         return dv_agree(c,
-                        dv_fail(err,
-                                "%s: a GAN config: dive eval scores classifiers; look at a "
-                                "GAN's samples with dive sample CHECKPOINT -o grid.png",
-                                cfg->path),
+                        DV_ERROR(err,
+                                 "%s: a GAN config: dive eval scores classifiers; look at a "
+                                 "GAN's samples with dive sample CHECKPOINT -o grid.png",
+                                 cfg->path),
                         err)
                    ? -1
                    : 0;
     int rc = dv_settings_read(cfg, &r->st, err);
     if (!rc && r->st.batch % r->world)
-        rc = dv_fail(err,
-                     "%s: [train] batch = %ld does not divide across %d ranks (each rank "
-                     "takes batch / ranks samples); use a multiple of %d",
-                     cfg->path, r->st.batch, r->world, r->world);
+        rc = DV_ERROR(err,
+                      "%s: [train] batch = %ld does not divide across %d ranks (each rank "
+                      "takes batch / ranks samples); use a multiple of %d",
+                      cfg->path, r->st.batch, r->world, r->world);
     if (dv_agree(c, rc, err)) return -1;
     r->local_batch = (int)(r->st.batch / r->world);
     r->eval_batch = r->local_batch > 256 ? r->local_batch : 256;
@@ -201,16 +201,16 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
     if (need_train) rc = open_split(r, r->st.train_x, r->st.train_y, &r->train, err);
     if (!rc && r->st.has_val) rc = open_split(r, r->st.val_x, r->st.val_y, &r->val, err);
     if (!rc && need_train && dv_split_info_get(r->train)->n < r->st.batch)
-        rc = dv_fail(err, "%s: %s has %lld %s, fewer than one global batch of %ld", r->st.file,
-                     r->tokens ? r->st.train_tokens : r->st.train_x,
-                     (long long)dv_split_info_get(r->train)->n, r->tokens ? "windows" : "samples",
-                     r->st.batch);
+        rc = DV_ERROR(err, "%s: %s has %lld %s, fewer than one global batch of %ld", r->st.file,
+                      r->tokens ? r->st.train_tokens : r->st.train_x,
+                      (long long)dv_split_info_get(r->train)->n, r->tokens ? "windows" : "samples",
+                      r->st.batch);
     if (!rc && need_train) rc = make_loader(r, r->train, 0, &r->tl, err);
     if (!rc && r->val) rc = make_loader(r, r->val, 1, &r->vl, err);
     if (!rc) {
         r->host_targets = malloc((size_t)r->eval_batch * (size_t)r->m->outputs * sizeof(float));
         r->config_text = dv_config_text(cfg);
-        if (!r->host_targets || !r->config_text) rc = dv_fail(err, "out of memory");
+        if (!r->host_targets || !r->config_text) rc = DV_ERROR(err, "out of memory");
     }
     if (dv_agree(c, rc, err)) return -1;
     /* the sharded update works on host memory: the CPU backend's path */
@@ -224,7 +224,7 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
     }
     r->bucket_floats = (size_t)(r->st.bucket_mb * 1048576.0 / sizeof(float));
     if (r->bucket_floats < 1) r->bucket_floats = 1;
-    if (dv_ring_init(&r->ring, r->be, r->m->stats, 2)) rc = dv_fail(err, "out of device memory");
+    if (dv_ring_init(&r->ring, r->be, r->m->stats, 2)) rc = DV_ERROR(err, "out of device memory");
     if (!rc && need_train && r->be->stream) {
         /* gradients live on the GPU: NCCL, or MPI through host memory */
         int ndev = dv_backend_cuda_device_count();
@@ -233,8 +233,8 @@ static int run_setup(run *r, dv_comm *c, dv_config *cfg, int need_train) {
                                  (dv_comm_device_mode)r->st.comm, most, err);
         r->device_comm = !rc;
     } else if (!rc && r->st.comm == DV_COMM_DEVICE_NCCL && need_train) {
-        rc = dv_fail(err, "%s: [train] comm = nccl needs the CUDA backend (this run uses %s)",
-                     cfg->path, r->be->name);
+        rc = DV_ERROR(err, "%s: [train] comm = nccl needs the CUDA backend (this run uses %s)",
+                      cfg->path, r->be->name);
     }
     return dv_agree(c, rc, err) ? -1 : 0;
 }
@@ -292,7 +292,7 @@ static int evaluate(run *r, dv_loader *l, double *loss, double *acc, double *cou
         sums[1] += st[1];
         sums[2] += (double)b.count * m->positions;
     }
-    if (!rc && r->be->check(r->be->ctx, r->err, sizeof(r->err))) rc = -1;
+    if (!rc && r->be->check(r->be->ctx, r->err)) rc = -1;
     if (dv_agree(r->comm, rc, r->err)) return -1;
     if (dv_comm_allreduce_double(r->comm, sums, 3, DV_REDUCE_SUM, r->err)) {
         dv_comm_abort(r->comm, 1, r->err);
@@ -608,7 +608,7 @@ int dv_train_run(dv_comm *c, dv_config *cfg, const char *resume) {
             rc = dv_checkpoint_streams(ckpt, &table, &rows, &tc, r->err);
             if (!rc && table && rows == (int)r->st.batch && (size_t)tc == cols) {
                 rc = streams_io(r, table, 0)
-                         ? dv_fail(r->err, "out of memory for the carried state")
+                         ? DV_ERROR(r->err, "out of memory for the carried state")
                          : 0;
                 r->streams_resumed = !rc;
             } else if (!rc && r->rank == 0) {
@@ -697,10 +697,10 @@ int dv_eval_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *split,
         return 1;
     }
     int rc = r->vl ? 0
-                   : dv_fail(r->err,
-                             "%s: no split to evaluate: set [data] val or pass "
-                             "--split GROUP",
-                             cfg->path);
+                   : DV_ERROR(r->err,
+                              "%s: no split to evaluate: set [data] val or pass "
+                              "--split GROUP",
+                              cfg->path);
     if (!rc) rc = dv_checkpoint_load(ckpt, r->m, NULL, 0, r->err);
     if (dv_agree(c, rc, r->err)) {
         run_free(r);

@@ -19,13 +19,6 @@
 
 #define DV_NAME_LEN 64
 
-/* printf into err, returning -1 so `return fail(err, ...)` reads well. */
-int dv_fail(char *err, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
-
 /* ---- config (config.c) -------------------------------------------------- */
 
 typedef struct dv_cfg_kv {

@@ -71,11 +71,10 @@ static void cpu_destroy(dv_backend *be) {
 }
 
 /* CPU ops cannot fail once their buffers exist. */
-static int cpu_check(void *ctx, char *err, size_t errlen) {
+static dv_status cpu_check(void *ctx, char *err) {
     (void)ctx;
     (void)err;
-    (void)errlen;
-    return 0;
+    return DV_OK;
 }
 
 dv_backend *dv_backend_cpu_create(int threads) {

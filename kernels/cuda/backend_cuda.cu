@@ -22,8 +22,7 @@
 void dv_cuda_record(dv_cuda_ctx *cx, const char *file, int line, const char *call,
                     const char *msg) {
     if (cx->err[0]) return; /* the first error is the one that explains the rest */
-    const char *base = strrchr(file, '/');
-    snprintf(cx->err, sizeof(cx->err), "%s:%d: %s: %s", base ? base + 1 : file, line, call, msg);
+    dv_error_at(cx->err, file, line, call, "%s", msg);
 }
 
 int dv_cuda_check_(dv_cuda_ctx *cx, cudaError_t rc, const char *file, int line, const char *call) {
@@ -43,13 +42,14 @@ int dv_cublas_check_(dv_cuda_ctx *cx, cublasStatus_t rc, const char *file, int l
     return 1;
 }
 
-static int cuda_check(void *ctx, char *err, size_t errlen) {
+static dv_status cuda_check(void *ctx, char *err) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
     /* a kernel that faulted shows up only here, at the next query */
     DV_CUDA_CHECK(cx, cudaGetLastError());
-    if (!cx->err[0]) return 0;
-    if (err && errlen) snprintf(err, errlen, "CUDA device %d: %s", cx->device, cx->err);
-    return -1;
+    if (!cx->err[0]) return DV_OK;
+    if (!err) return DV_ERR;
+    memcpy(err, cx->err, sizeof(cx->err));
+    return dv_error_context(err, "CUDA device %d", cx->device);
 }
 
 /* ---- memory ------------------------------------------------------------ */
@@ -258,21 +258,14 @@ extern "C" int dv_backend_cuda_device_count(void) {
     return n;
 }
 
-extern "C" dv_backend *dv_backend_cuda_create(int device, dv_precision precision, char *err,
-                                              size_t errlen) {
-    char scratch_err[8];
-    if (!err || !errlen) {
-        err = scratch_err;
-        errlen = sizeof(scratch_err);
-    }
+extern "C" dv_backend *dv_backend_cuda_create(int device, dv_precision precision, char *err) {
     int count = dv_backend_cuda_device_count();
     if (count < 1) {
-        snprintf(err, errlen,
-                 "no GPU is visible to CUDA (check the driver and CUDA_VISIBLE_DEVICES)");
+        DV_ERROR(err, "no GPU is visible to CUDA (check the driver and CUDA_VISIBLE_DEVICES)");
         return NULL;
     }
     if (device < 0 || device >= count) {
-        snprintf(err, errlen, "CUDA device %d does not exist (%d visible)", device, count);
+        DV_ERROR(err, "CUDA device %d does not exist (%d visible)", device, count);
         return NULL;
     }
     dv_backend_box *box = (dv_backend_box *)calloc(1, sizeof(*box));
@@ -280,7 +273,7 @@ extern "C" dv_backend *dv_backend_cuda_create(int device, dv_precision precision
     if (!box || !cx) {
         free(box);
         free(cx);
-        snprintf(err, errlen, "out of memory");
+        DV_ERROR(err, "out of memory");
         return NULL;
     }
     cx->device = device;
@@ -305,7 +298,10 @@ extern "C" dv_backend *dv_backend_cuda_create(int device, dv_precision precision
     /* fp32 means fp32: no silent TF32 in cublasSgemm */
     fail = fail || DV_CUBLAS_CHECK(cx, cublasSetMathMode(cx->blas, CUBLAS_DEFAULT_MATH));
     if (fail) {
-        snprintf(err, errlen, "CUDA device %d: %s", device, cx->err);
+        if (err) {
+            memcpy(err, cx->err, sizeof(cx->err));
+            dv_error_context(err, "CUDA device %d", device);
+        }
         dv_backend_free(be);
         return NULL;
     }

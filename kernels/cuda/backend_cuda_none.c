@@ -5,10 +5,10 @@
 
 #include <stdio.h>
 
-dv_backend *dv_backend_cuda_create(int device, dv_precision precision, char *err, size_t errlen) {
+dv_backend *dv_backend_cuda_create(int device, dv_precision precision, char *err) {
     (void)device;
     (void)precision;
-    if (err && errlen > 0) snprintf(err, errlen, "Dive was built without CUDA");
+    DV_ERROR(err, "Dive was built without CUDA");
     return NULL;
 }
 

@@ -36,10 +36,11 @@ typedef struct dv_cuda_ctx {
     size_t scratch_bytes;
     double *host_sum; /* pinned: sumsq's result */
     int num_sms;
-    char err[512]; /* first error recorded; "" while none */
+    char err[DV_ERR_LEN]; /* first error recorded (dv_error_at); "" while none */
 } dv_cuda_ctx;
 
-/* Records "file:line: call: message" as the context's first error. */
+/* Records "[rank] file:line: call: message" (dv_error_at) as the
+ * context's first error. */
 void dv_cuda_record(dv_cuda_ctx *cx, const char *file, int line, const char *call, const char *msg);
 
 /* Check a cudaError_t (records it; evaluates to nonzero on failure). */
