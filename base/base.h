@@ -105,6 +105,11 @@ void dv_error_set_origin(int rank, int size, const char *host);
 /* The "[rank r/n host]" of this process (borrowed). */
 const char *dv_error_origin(void);
 
+/* Elements of an array (not a pointer). Name tables are tied to their
+ * enums with it: `_Static_assert(DV_ARRAY_LEN(names) == DV_X_COUNT + 1, ...)`
+ * over designated initializers ending in a NULL. */
+#define DV_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
 /* Seconds on a monotonic clock. */
 double dv_now(void);
 

@@ -115,6 +115,7 @@ typedef enum dv_comm_device_mode {
     DV_COMM_DEVICE_AUTO = 0, /* NCCL unless some GPU is shared by two ranks */
     DV_COMM_DEVICE_NCCL,     /* NCCL, or fail on every rank where a GPU is shared */
     DV_COMM_DEVICE_MPI,      /* staged through host memory, always */
+    DV_COMM_DEVICE_COUNT
 } dv_comm_device_mode;
 
 /* Sets up device all-reduces on `device`, one of the node's `ndevices`

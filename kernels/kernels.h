@@ -54,9 +54,10 @@ typedef enum dv_act {
     DV_ACT_SIGMOID,
     DV_ACT_TANH,
     DV_ACT_SOFTMAX, /* over the last dim of (rows, cols) */
+    DV_ACT_COUNT
 } dv_act;
 
-typedef enum dv_pool { DV_POOL_MAX = 0, DV_POOL_MIN, DV_POOL_AVG } dv_pool;
+typedef enum dv_pool { DV_POOL_MAX = 0, DV_POOL_MIN, DV_POOL_AVG, DV_POOL_COUNT } dv_pool;
 
 /* What the GEMMs compute in (CUDA; the CPU backend always uses fp32).
  * Inputs, outputs and the master weights stay fp32 either way: TF32 and
@@ -65,6 +66,7 @@ typedef enum dv_precision {
     DV_PRECISION_FP32 = 0,
     DV_PRECISION_TF32,
     DV_PRECISION_BF16,
+    DV_PRECISION_COUNT
 } dv_precision;
 
 typedef enum dv_opt {
@@ -73,6 +75,7 @@ typedef enum dv_opt {
     DV_OPT_NESTEROV,
     DV_OPT_ADAM,
     DV_OPT_ADAMW,
+    DV_OPT_COUNT
 } dv_opt;
 
 /* Geometry of a 2-D convolution or pooling window. */

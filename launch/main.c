@@ -1,9 +1,9 @@
-/* main.c — the `dive` command: dispatches to the trainer's subcommands.
+/* main.c — the `dive` command: dispatches to the subcommands of cli/.
  * Launch it directly, or under mpirun / srun for train, eval and predict. */
 #include <stdio.h>
 #include <string.h>
 
-#include "trainer.h"
+#include "cli.h"
 
 static const char usage[] =
     "usage: dive COMMAND [ARGS]   (dive COMMAND --help for each)\n"

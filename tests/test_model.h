@@ -3,7 +3,8 @@
 #ifndef DV_TEST_MODEL_H
 #define DV_TEST_MODEL_H
 
-#include "trainer-impl.h"
+#include "checkpoint.h"
+#include "model.h"
 
 /* The model of config `text` (params from seed 3, scratch for batch B) on
  * be, or NULL with the message in err. With check_used, a key the build

@@ -15,6 +15,9 @@
 #include <png.h>
 #include <unistd.h>
 
+#include "cli-impl.h"
+#include "image.h"
+#include "run-impl.h"
 #include "test_model.h"
 
 static const char cnn_cfg[] = "[data]\n"
@@ -59,8 +62,8 @@ static void test_config_sections_in_order(void **state) {
     assert_int_equal(cfg.sec[7].line, 21); /* [flatten], true line number */
     assert_int_equal(cfg.sec[7].nkv, 0);
     long v;
-    assert_int_equal(dv_cfg_int(&cfg, dv_config_find(&cfg, "train"), "batch", 0, 1, 100, &v, err),
-                     0);
+    assert_int_equal(
+        dv_config_int(&cfg, dv_config_find(&cfg, "train"), "batch", 0, 1, 100, &v, err), 0);
     assert_int_equal(v, 4);
     dv_config_free(&cfg);
 }
@@ -70,12 +73,12 @@ static void test_config_errors_name_line(void **state) {
     dv_config cfg;
     char err[DV_ERR_LEN];
     assert_int_equal(dv_config_load_text(&cfg, "t.cfg", cnn_cfg, err), 0);
-    dv_cfg_section *d = dv_config_find(&cfg, "dense_1");
+    dv_config_section *d = dv_config_find(&cfg, "dense_1");
     assert_non_null(d);
     /* bad value */
     assert_int_equal(dv_config_set(&cfg, "dense_1.units=abc", err), 0);
     long units;
-    assert_int_equal(dv_cfg_int(&cfg, d, "units", 0, 1, 10, &units, err), -1);
+    assert_int_equal(dv_config_int(&cfg, d, "units", 0, 1, 10, &units, err), -1);
     assert_non_null(strstr(err, "--set dense_1.units"));
     assert_non_null(strstr(err, "not an integer"));
     /* ambiguous type */
@@ -90,8 +93,8 @@ static void test_config_errors_name_line(void **state) {
     /* unknown key, reported with its true line */
     assert_int_equal(
         dv_config_load_text(&cfg, "u.cfg", "[train]\nbatch = 4\n\n[dense]\nunitz = 3\n", err), 0);
-    assert_int_equal(dv_cfg_int(&cfg, dv_config_find(&cfg, "train"), "batch", 0, 1, 9, &units, err),
-                     0);
+    assert_int_equal(
+        dv_config_int(&cfg, dv_config_find(&cfg, "train"), "batch", 0, 1, 9, &units, err), 0);
     assert_int_equal(dv_config_check_used(&cfg, err), -1);
     assert_non_null(strstr(err, "u.cfg:5"));
     assert_non_null(strstr(err, "unitz"));
@@ -136,13 +139,13 @@ static void test_config_sub(void **state) {
     assert_string_equal(g.sec[1].name, "dense_1");
     assert_string_equal(g.sec[2].type, "reshape");
     long units;
-    assert_int_equal(dv_cfg_int(&g, &g.sec[1], "units", 0, 1, 99, &units, err), 0);
+    assert_int_equal(dv_config_int(&g, &g.sec[1], "units", 0, 1, 99, &units, err), 0);
     assert_int_equal(units, 5);
     /* messages name the prefixed section and the true line */
-    assert_int_equal(dv_cfg_int(&g, &g.sec[2], "bogus", 0, 2, 9, &units, err), -1);
+    assert_int_equal(dv_config_int(&g, &g.sec[2], "bogus", 0, 2, 9, &units, err), -1);
     assert_non_null(strstr(err, "gan.cfg:19: [generator.reshape] bogus"));
     assert_int_equal(dv_config_set(&g, "dense_1.units=x", err), 0);
-    assert_int_equal(dv_cfg_int(&g, &g.sec[1], "units", 0, 1, 99, &units, err), -1);
+    assert_int_equal(dv_config_int(&g, &g.sec[1], "units", 0, 1, 99, &units, err), -1);
     assert_non_null(strstr(err, "--set generator.dense_1.units"));
 
     const int img[3] = {1, 2, 2};
@@ -150,16 +153,17 @@ static void test_config_sub(void **state) {
     assert_int_equal(d.nsec, 2);
     assert_string_equal(d.sec[1].name, "judge");
     const char *shape;
-    assert_int_equal(dv_cfg_str(&d, &d.sec[0], "shape", NULL, &shape, err), 0);
+    assert_int_equal(dv_config_str(&d, &d.sec[0], "shape", NULL, &shape, err), 0);
     assert_string_equal(shape, "1,2,2");
 
     /* what the sub-configs read counts as read; the rest is reported */
-    dv_cfg_section *gs = dv_config_find(&cfg, "gan");
-    assert_int_equal(dv_cfg_int(&cfg, gs, "latent", 0, 1, 9, &units, err), 0);
-    assert_int_equal(dv_cfg_str(&cfg, dv_config_find(&cfg, "data"), "file", NULL, &shape, err), 0);
+    dv_config_section *gs = dv_config_find(&cfg, "gan");
+    assert_int_equal(dv_config_int(&cfg, gs, "latent", 0, 1, 9, &units, err), 0);
+    assert_int_equal(dv_config_str(&cfg, dv_config_find(&cfg, "data"), "file", NULL, &shape, err),
+                     0);
     assert_int_equal(
-        dv_cfg_str(&cfg, dv_config_find(&cfg, "generator.train_1"), "lr", NULL, &shape, err), 0);
-    assert_int_equal(dv_cfg_int(&d, &d.sec[1], "units", 0, 1, 9, &units, err), 0);
+        dv_config_str(&cfg, dv_config_find(&cfg, "generator.train_1"), "lr", NULL, &shape, err), 0);
+    assert_int_equal(dv_config_int(&d, &d.sec[1], "units", 0, 1, 9, &units, err), 0);
     dv_config_sub_done(&cfg, &g);
     dv_config_sub_done(&cfg, &d);
     assert_int_equal(dv_config_check_used(&cfg, err), -1);
@@ -192,7 +196,7 @@ static void test_config_text_round_trip(void **state) {
         assert_int_equal(a.sec[i].nkv, b.sec[i].nkv);
     }
     const char *lr;
-    assert_int_equal(dv_cfg_str(&b, dv_config_find(&b, "train"), "lr", NULL, &lr, err), 0);
+    assert_int_equal(dv_config_str(&b, dv_config_find(&b, "train"), "lr", NULL, &lr, err), 0);
     assert_string_equal(lr, "0.5");
     free(text);
     dv_config_free(&a);

@@ -11,9 +11,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "trainer-impl.h"
+#include "layer-impl.h"
 
-static int is_layer_section(const dv_cfg_section *s) {
+const char *const dv_loss_names[] = {[DV_LOSS_XENT] = "cross_entropy",
+                                     [DV_LOSS_MSE] = "mse",
+                                     [DV_LOSS_BCE] = "bce",
+                                     [DV_LOSS_PERCEPTRON] = "perceptron",
+                                     NULL};
+_Static_assert(DV_ARRAY_LEN(dv_loss_names) == DV_LOSS_COUNT + 1, "a name for every dv_loss");
+
+static int is_layer_section(const dv_config_section *s) {
     return strcmp(s->type, "data") && strcmp(s->type, "train") && strcmp(s->type, "input") &&
            strcmp(s->type, "gan");
 }
@@ -56,7 +63,7 @@ static void init_param(const dv_param *p, uint64_t seed, float *host) {
     }
 }
 
-static int alloc_buffers(dv_model *m, char *err) {
+static dv_status alloc_buffers(dv_model *m, char *err) {
     dv_backend *be = m->be;
     size_t B = (size_t)m->max_batch, maxe = m->in_elems;
     m->acts = calloc((size_t)m->nlayers, sizeof(float *));
@@ -85,55 +92,53 @@ static int alloc_buffers(dv_model *m, char *err) {
     if (!m->params || !m->grads || !m->state1 || !m->state2 || !m->buffers || !m->input ||
         !m->dbuf[0] || !m->dbuf[1] || !m->targets || !m->labels || !m->row_id || !m->stats)
         return DV_ERROR(err, "out of memory for a model of %zu parameters", m->nparams);
-    return 0;
+    return DV_OK;
 }
 
 /* [input]: shape = C,H,W | K | H,W (one channel) | T,F with sequence =
  * true; or tokens = T with vocab = V (token ids for an embedding). */
-static int read_input(dv_model *m, dv_config *cfg, dv_cfg_section *in, char *err) {
+static dv_status read_input(dv_model *m, dv_config *cfg, dv_config_section *in, char *err) {
     static const char *const bools[] = {"false", "true", NULL};
     long tokens, vocab;
     int seq;
-    if (dv_cfg_int(cfg, in, "tokens", 0, 1, 1 << 20, &tokens, err) ||
-        dv_cfg_int(cfg, in, "vocab", 0, 2, 1 << 24, &vocab, err) ||
-        dv_cfg_enum(cfg, in, "sequence", "false", bools, &seq, err))
-        return -1;
-    char where[1200];
-    dv_cfg_where(cfg, in, NULL, where, sizeof(where));
+    DV_TRY(dv_config_int(cfg, in, "tokens", 0, 1, 1 << 20, &tokens, err));
+    DV_TRY(dv_config_int(cfg, in, "vocab", 0, 2, 1 << 24, &vocab, err));
+    DV_TRY(dv_config_enum(cfg, in, "sequence", "false", bools, &seq, err));
     if (tokens) {
         if (!vocab)
-            return DV_ERROR(err,
-                            "%s: tokens = %ld needs vocab = V (the vocabulary size; dive train "
-                            "fills it in from a token file)",
-                            where, tokens);
+            return DV_CONFIG_ERROR(err, cfg, in, NULL,
+                                   "tokens = %ld needs vocab = V (the vocabulary size; dive train "
+                                   "fills it in from a token file)",
+                                   tokens);
         if (dv_config_has(in, "shape"))
-            return DV_ERROR(err, "%s: give either shape or tokens, not both", where);
+            return DV_CONFIG_ERROR(err, cfg, in, NULL, "give either shape or tokens, not both");
         m->tokens = 1;
         m->vocab = (int)vocab;
         m->in_ndim = 1;
         m->in_shape[0] = (int)tokens;
         m->in_elems = (size_t)tokens;
-        return 0;
+        return DV_OK;
     }
-    if (vocab) return DV_ERROR(err, "%s: vocab is for token inputs (tokens = T)", where);
-    if (dv_cfg_ints(cfg, in, "shape", m->in_shape, 3, &m->in_ndim, err)) return -1;
+    if (vocab) return DV_CONFIG_ERROR(err, cfg, in, NULL, "vocab is for token inputs (tokens = T)");
+    DV_TRY(dv_config_ints(cfg, in, "shape", m->in_shape, 3, &m->in_ndim, err));
     m->in_elems = 1;
     for (int i = 0; i < m->in_ndim; i++)
         m->in_elems *= (size_t)m->in_shape[i];
     if (seq && m->in_ndim != 2)
-        return DV_ERROR(err, "%s: sequence = true needs shape = T,F (steps, features)", where);
+        return DV_CONFIG_ERROR(err, cfg, in, NULL,
+                               "sequence = true needs shape = T,F (steps, features)");
     if (m->in_ndim == 2 && !seq) { /* (H, W) is one channel */
         m->in_shape[2] = m->in_shape[1];
         m->in_shape[1] = m->in_shape[0];
         m->in_shape[0] = 1;
         m->in_ndim = 3;
     }
-    return 0;
+    return DV_OK;
 }
 
 /* Resolves every tied param (dense `tie = LAYER`) to its target, which
  * must have the same shape; tied params take no storage. */
-static int resolve_ties(dv_model *m, char *err) {
+static dv_status resolve_ties(dv_model *m, char *err) {
     for (int i = 0; i < m->nlayers; i++)
         for (int k = 0; k < m->layers[i].nparam; k++) {
             dv_param *p = &m->layers[i].param[k];
@@ -144,59 +149,30 @@ static int resolve_ties(dv_model *m, char *err) {
                 return DV_ERROR(err, "%s: cannot tie %s to a parameter of another shape",
                                 m->layers[i].name, p->name);
         }
-    return 0;
+    return DV_OK;
 }
 
-int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss, uint64_t seed,
-                   int max_batch, char *err) {
-    *out = NULL;
-    dv_model *m = calloc(1, sizeof(*m));
-    if (!m) return DV_ERROR(err, "out of memory");
-    m->be = be;
-    m->loss = loss;
-    m->seed = seed;
-    m->max_batch = max_batch;
-
-    dv_cfg_section *in = dv_config_find(cfg, "input");
-    if (!in) {
-        dv_model_free(m);
-        return DV_ERROR(err,
-                        "%s: no [input] section (it gives the sample shape, e.g. "
-                        "shape = 1,28,28)",
-                        cfg->path);
-    }
-    if (read_input(m, cfg, in, err)) {
-        dv_model_free(m);
-        return -1;
-    }
-
+/* The layers of cfg's layer sections, each reading the shape the one
+ * before puts out. */
+static dv_status build_layers(dv_model *m, dv_config *cfg, char *err) {
     int n = 0;
     for (int i = 0; i < cfg->nsec; i++)
         n += is_layer_section(&cfg->sec[i]);
-    if (!n) {
-        dv_model_free(m);
-        return DV_ERROR(err, "%s: no layer sections after [input]", cfg->path);
-    }
+    if (!n) return DV_ERROR(err, "%s: no layer sections after [input]", cfg->path);
     m->layers = calloc((size_t)n, sizeof(dv_layer));
-    if (!m->layers) {
-        dv_model_free(m);
-        return DV_ERROR(err, "out of memory");
-    }
+    if (!m->layers) return DV_ERROR(err, "out of memory");
     int in_ndim = m->in_ndim, in_shape[3];
     memcpy(in_shape, m->in_shape, sizeof(in_shape));
     size_t in_elems = m->in_elems;
     for (int i = 0; i < cfg->nsec; i++) {
-        dv_cfg_section *s = &cfg->sec[i];
+        dv_config_section *s = &cfg->sec[i];
         if (!is_layer_section(s)) continue;
         dv_layer *l = &m->layers[m->nlayers];
         l->index = m->nlayers++;
         l->in_ndim = in_ndim;
         memcpy(l->in_shape, in_shape, sizeof(in_shape));
         l->in_elems = in_elems;
-        if (dv_layer_init(l, cfg, s, m, err)) {
-            dv_model_free(m);
-            return -1;
-        }
+        DV_TRY(dv_layer_init(l, cfg, s, m, err));
         l->out_elems = 1;
         for (int k = 0; k < l->out_ndim; k++)
             l->out_elems *= (size_t)l->out_shape[k];
@@ -204,45 +180,42 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
         memcpy(in_shape, l->out_shape, sizeof(in_shape));
         in_elems = l->out_elems;
     }
+    return DV_OK;
+}
+
+/* What the layers together must satisfy for the loss. */
+static dv_status check_model(dv_model *m, const dv_config *cfg, dv_loss loss, char *err) {
     dv_layer *last = &m->layers[m->nlayers - 1];
-    /* a sequence output (T, K) is scored per position */
-    m->positions = last->out_ndim == 2 ? last->out_shape[0] : 1;
-    m->outputs = (int)(last->out_elems / (size_t)m->positions);
-    if (m->tokens && strcmp(m->layers[0].type, "embedding")) {
-        dv_model_free(m);
+    if (m->tokens && strcmp(m->layers[0].type, "embedding"))
         return DV_ERROR(err, "%s: a token input (tokens = T) must start with an [embedding]",
                         cfg->path);
-    }
-    if (resolve_ties(m, err)) {
-        dv_model_free(m);
-        return -1;
-    }
+    DV_TRY(resolve_ties(m, err));
     if ((loss == DV_LOSS_XENT && last->act == DV_ACT_SOFTMAX) ||
         (loss == DV_LOSS_BCE && last->act == DV_ACT_SIGMOID))
         last->act_in_loss = 1;
     int has_perceptron = 0;
     for (int i = 0; i < m->nlayers; i++)
         has_perceptron |= !strcmp(m->layers[i].type, "perceptron");
-    if (has_perceptron && (m->nlayers != 1 || loss != DV_LOSS_PERCEPTRON)) {
-        dv_model_free(m);
+    if (has_perceptron && (m->nlayers != 1 || loss != DV_LOSS_PERCEPTRON))
         return DV_ERROR(err,
                         "%s: a [perceptron] is a model of its own: it must be the only layer, "
                         "with loss = perceptron in [train]",
                         cfg->path);
-    }
-    if (loss == DV_LOSS_PERCEPTRON && !has_perceptron) {
-        dv_model_free(m);
+    if (loss == DV_LOSS_PERCEPTRON && !has_perceptron)
         return DV_ERROR(err, "%s: loss = perceptron needs a [perceptron] model", cfg->path);
-    }
-    if (loss == DV_LOSS_XENT && m->outputs < 2) {
-        dv_model_free(m);
+    if (loss == DV_LOSS_XENT && m->outputs < 2)
         return DV_ERROR(err,
                         "%s: loss = cross_entropy needs at least 2 outputs but the last layer "
                         "has %d (use bce for one output)",
                         cfg->path, m->outputs);
-    }
+    return DV_OK;
+}
 
-    /* Reverse layer order: the last layer's gradients come first. */
+/* Lays the parameters out in reverse layer order (the last layer's
+ * gradients come first), allocates, initialises them from the seed and
+ * sets up every layer's scratch. */
+static dv_status place_params(dv_model *m, uint64_t seed, char *err) {
+    dv_backend *be = m->be;
     for (int i = m->nlayers - 1; i >= 0; i--) {
         dv_layer *l = &m->layers[i];
         for (int k = 0; k < l->nparam; k++) {
@@ -258,16 +231,11 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
         }
         l->grad_end = m->nparams;
     }
-    if (alloc_buffers(m, err)) {
-        dv_model_free(m);
-        return -1;
-    }
+    DV_TRY(alloc_buffers(m, err));
     float *host = malloc(dv_model_max_param_count(m) * sizeof(float));
-    if (!host) {
-        dv_model_free(m);
-        return DV_ERROR(err, "out of memory");
-    }
-    for (int i = 0; i < m->nlayers; i++) {
+    if (!host) return DV_ERROR(err, "out of memory");
+    dv_status st = DV_OK;
+    for (int i = 0; i < m->nlayers && st == DV_OK; i++) {
         dv_layer *l = &m->layers[i];
         for (int k = 0; k < l->nparam; k++) {
             dv_param *p = &l->param[k];
@@ -283,22 +251,48 @@ int dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
             init_param(p, pseed, host);
             be->to_device(be->ctx, p->data, host, p->count * sizeof(float));
         }
-        if (dv_layer_setup(l, m, err)) {
-            free(host);
-            dv_model_free(m);
-            return -1;
-        }
+        st = dv_layer_setup(l, m, err);
     }
     free(host);
-    if (m->work_floats) {
+    if (st == DV_OK && m->work_floats) {
         m->work = be->alloc(be->ctx, m->work_floats * sizeof(float));
-        if (!m->work) {
-            dv_model_free(m);
-            return DV_ERROR(err, "out of memory for the convolution workspace");
-        }
+        if (!m->work) st = DV_ERROR(err, "out of memory for the convolution workspace");
+    }
+    return st;
+}
+
+static dv_status build(dv_model *m, dv_config *cfg, dv_loss loss, uint64_t seed, char *err) {
+    dv_config_section *in = dv_config_find(cfg, "input");
+    if (!in)
+        return DV_ERROR(err,
+                        "%s: no [input] section (it gives the sample shape, e.g. "
+                        "shape = 1,28,28)",
+                        cfg->path);
+    DV_TRY(read_input(m, cfg, in, err));
+    DV_TRY(build_layers(m, cfg, err));
+    dv_layer *last = &m->layers[m->nlayers - 1];
+    /* a sequence output (T, K) is scored per position */
+    m->positions = last->out_ndim == 2 ? last->out_shape[0] : 1;
+    m->outputs = (int)(last->out_elems / (size_t)m->positions);
+    DV_TRY(check_model(m, cfg, loss, err));
+    return place_params(m, seed, err);
+}
+
+dv_status dv_model_build(dv_model **out, dv_config *cfg, dv_backend *be, dv_loss loss,
+                         uint64_t seed, int max_batch, char *err) {
+    *out = NULL;
+    dv_model *m = calloc(1, sizeof(*m));
+    if (!m) return DV_ERROR(err, "out of memory");
+    m->be = be;
+    m->loss = loss;
+    m->seed = seed;
+    m->max_batch = max_batch;
+    if (build(m, cfg, loss, seed, err) != DV_OK) {
+        dv_model_free(m);
+        return DV_ERR;
     }
     *out = m;
-    return 0;
+    return DV_OK;
 }
 
 void dv_model_free(dv_model *m) {
@@ -381,6 +375,8 @@ void dv_model_loss(dv_model *m, int B, float grad_scale) {
     case DV_LOSS_PERCEPTRON:
         be->perceptron_loss(be->ctx, out, m->labels, B, K, grad_scale, m->dbuf[0], m->stats);
         break;
+    case DV_LOSS_COUNT: /* not a loss: dv_settings_read never gives it */
+        break;
     }
 }
 
@@ -411,7 +407,6 @@ int dv_model_classes(const dv_model *m) {
 }
 
 void dv_model_print(const dv_model *m, FILE *f) {
-    static const char *acts[] = {"", "relu", "leaky_relu", "sigmoid", "tanh", "softmax"};
     fprintf(f, "model: input (");
     for (int k = 0; k < m->in_ndim; k++)
         fprintf(f, "%s%d", k ? "," : "", m->in_shape[k]);
@@ -425,7 +420,8 @@ void dv_model_print(const dv_model *m, FILE *f) {
         for (int k = 0; k < l->out_ndim; k++)
             snprintf(shape + strlen(shape), sizeof(shape) - strlen(shape), "%s%d", k ? "," : "",
                      l->out_shape[k]);
-        fprintf(f, "  %-14s -> (%s) %s%s  %zu params\n", l->name, shape, acts[l->act],
+        fprintf(f, "  %-14s -> (%s) %s%s  %zu params\n", l->name, shape,
+                l->act == DV_ACT_LINEAR ? "" : dv_act_names[l->act],
                 l->act_in_loss ? " (in loss)" : "", np);
     }
     fprintf(f, "  total %zu parameters\n", m->nparams);

@@ -51,9 +51,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "trainer-impl.h"
+#include "layer-impl.h"
 
-typedef enum pos_kind { POS_LEARNED = 0, POS_SINUSOIDAL, POS_NONE } pos_kind;
+typedef enum pos_kind { POS_LEARNED = 0, POS_SINUSOIDAL, POS_NONE, POS_COUNT } pos_kind;
 
 /* One causal self-attention: shared by [attention] and [transformer]. */
 typedef struct attn {
@@ -408,12 +408,12 @@ static void block_backward(dv_layer *l, dv_model *m, const float *x, const float
 
 /* ---- setup: scratch once the param views and max_batch are known --------- */
 
-static int emb_setup(dv_layer *l, dv_model *m, char *err) {
+static dv_status emb_setup(dv_layer *l, dv_model *m, char *err) {
     seq_priv *p = l->priv;
     const int T = p->T, D = p->C;
     if (p->rate > 0.0f && !(p->mask1 = dev_alloc(p, m, (size_t)m->max_batch * T * D)))
         return DV_ERROR(err, "out of memory for %s", l->name);
-    if (p->pos != POS_SINUSOIDAL) return 0;
+    if (p->pos != POS_SINUSOIDAL) return DV_OK;
     float *host = malloc((size_t)T * D * sizeof(float));
     if (!host) return DV_ERROR(err, "out of memory");
     for (int t = 0; t < T; t++)
@@ -423,28 +423,28 @@ static int emb_setup(dv_layer *l, dv_model *m, char *err) {
         }
     m->be->to_device(m->be->ctx, l->param[1].data, host, (size_t)T * D * sizeof(float));
     free(host);
-    return 0;
+    return DV_OK;
 }
 
-static int ln_setup(dv_layer *l, dv_model *m, char *err) {
+static dv_status ln_setup(dv_layer *l, dv_model *m, char *err) {
     seq_priv *p = l->priv;
     size_t rows = (size_t)m->max_batch * p->T;
     p->mean1 = dev_alloc(p, m, rows);
     p->rstd1 = dev_alloc(p, m, rows);
     if (!p->mean1 || !p->rstd1) return DV_ERROR(err, "out of memory for %s", l->name);
-    return 0;
+    return DV_OK;
 }
 
-static int attn_layer_setup(dv_layer *l, dv_model *m, char *err) {
+static dv_status attn_layer_setup(dv_layer *l, dv_model *m, char *err) {
     seq_priv *p = l->priv;
     size_t n = (size_t)m->max_batch * p->T * p->C;
     if (attn_setup(&p->at, p, m) || (p->rate > 0.0f && !(p->mask1 = dev_alloc(p, m, n))))
         return DV_ERROR(err, "out of memory for %s", l->name);
     need_work(m, attn_work(&p->at, m->max_batch));
-    return 0;
+    return DV_OK;
 }
 
-static int block_setup(dv_layer *l, dv_model *m, char *err) {
+static dv_status block_setup(dv_layer *l, dv_model *m, char *err) {
     seq_priv *p = l->priv;
     size_t rows = (size_t)m->max_batch * p->T, n = rows * p->C, h = rows * p->hidden;
     if (attn_setup(&p->at, p, m)) return DV_ERROR(err, "out of memory for %s", l->name);
@@ -466,7 +466,7 @@ static int block_setup(dv_layer *l, dv_model *m, char *err) {
         if (!p->mask1 || !p->mask2) return DV_ERROR(err, "out of memory for %s", l->name);
     }
     need_work(m, block_work(p, m->max_batch));
-    return 0;
+    return DV_OK;
 }
 
 static const dv_layer_ops emb_ops = {
@@ -490,28 +490,25 @@ static dv_param *add_normal(dv_layer *l, const char *name, int ndim, const int *
     return w;
 }
 
-static int need_sequence(dv_layer *l, dv_config *cfg, dv_cfg_section *s, char *err) {
-    if (l->in_ndim == 2) return 0;
-    char where[1200];
-    dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-    return DV_ERROR(err,
-                    "%s: needs a sequence input (T, C) but gets %zu features in %d dims (set "
-                    "[input] shape = T,C with sequence = true, or start with an [embedding])",
-                    where, l->in_elems, l->in_ndim);
+static dv_status need_sequence(dv_layer *l, dv_config *cfg, dv_config_section *s, char *err) {
+    if (l->in_ndim == 2) return DV_OK;
+    return DV_CONFIG_ERROR(err, cfg, s, NULL,
+                           "needs a sequence input (T, C) but gets %zu features in %d dims (set "
+                           "[input] shape = T,C with sequence = true, or start with an "
+                           "[embedding])",
+                           l->in_elems, l->in_ndim);
 }
 
 /* heads (required, divides C) and the attention's four params. */
-static int attn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, seq_priv *p, float proj_std,
-                     char *err) {
+static dv_status attn_init(dv_layer *l, dv_config *cfg, dv_config_section *s, seq_priv *p,
+                           float proj_std, char *err) {
     long heads;
-    if (dv_cfg_int(cfg, s, "heads", 0, 1, 1 << 16, &heads, err)) return -1;
-    if (!heads) return dv_cfg_missing(cfg, s, "heads", err);
+    DV_TRY(dv_config_int(cfg, s, "heads", 0, 1, 1 << 16, &heads, err));
+    if (!heads) return DV_CONFIG_ERROR(err, cfg, s, NULL, "missing key 'heads'");
     const int C = p->C;
-    if (C % heads) {
-        char where[1200];
-        dv_cfg_where(cfg, s, "heads", where, sizeof(where));
-        return DV_ERROR(err, "%s: %d features do not split into %ld heads", where, C, heads);
-    }
+    if (C % heads)
+        return DV_CONFIG_ERROR(err, cfg, s, "heads", "%d features do not split into %ld heads", C,
+                               heads);
     attn *a = &p->at;
     a->T = p->T;
     a->C = C;
@@ -522,40 +519,38 @@ static int attn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, seq_priv *p
     dv_layer_add_param(l, "qkv_bias", 1, DV_INIT_ZERO, 1, bqkv);
     add_normal(l, "proj_weight", 2, wp, proj_std);
     dv_layer_add_param(l, "proj_bias", 1, DV_INIT_ZERO, 1, bp);
-    return 0;
+    return DV_OK;
 }
 
-static int read_rate(dv_config *cfg, dv_cfg_section *s, seq_priv *p, char *err) {
+static dv_status read_rate(dv_config *cfg, dv_config_section *s, seq_priv *p, char *err) {
     double rate;
-    if (dv_cfg_float(cfg, s, "dropout", 0, 0, 0.99, &rate, err)) return -1;
+    DV_TRY(dv_config_float(cfg, s, "dropout", 0, 0, 0.99, &rate, err));
     p->rate = (float)rate;
-    return 0;
+    return DV_OK;
 }
 
-static int read_eps(dv_config *cfg, dv_cfg_section *s, seq_priv *p, char *err) {
+static dv_status read_eps(dv_config *cfg, dv_config_section *s, seq_priv *p, char *err) {
     double eps;
-    if (dv_cfg_float(cfg, s, "eps", 1e-5, 1e-12, 1, &eps, err)) return -1;
+    DV_TRY(dv_config_float(cfg, s, "eps", 1e-5, 1e-12, 1, &eps, err));
     p->eps = (float)eps;
-    return 0;
+    return DV_OK;
 }
 
-static int emb_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m, seq_priv *p,
-                    char *err) {
-    static const char *const pos_names[] = {"learned", "sinusoidal", "none", NULL};
-    char where[1200];
-    dv_cfg_where(cfg, s, NULL, where, sizeof(where));
+static dv_status emb_init(dv_layer *l, dv_config *cfg, dv_config_section *s, const dv_model *m,
+                          seq_priv *p, char *err) {
+    static const char *const pos_names[] = {
+        [POS_LEARNED] = "learned", [POS_SINUSOIDAL] = "sinusoidal", [POS_NONE] = "none", NULL};
+    _Static_assert(DV_ARRAY_LEN(pos_names) == POS_COUNT + 1, "a name for every pos_kind");
     if (!m->tokens || l->index != 0)
-        return DV_ERROR(err,
-                        "%s: an [embedding] reads token ids, so it must be the first layer of "
-                        "a model with a token input ([input] tokens = T, vocab = V)",
-                        where);
+        return DV_CONFIG_ERROR(err, cfg, s, NULL,
+                               "an [embedding] reads token ids, so it must be the first layer of "
+                               "a model with a token input ([input] tokens = T, vocab = V)");
     long dim;
     int pos;
-    if (dv_cfg_int(cfg, s, "dim", 0, 1, 1 << 20, &dim, err) ||
-        dv_cfg_enum(cfg, s, "positions", "learned", pos_names, &pos, err) ||
-        read_rate(cfg, s, p, err))
-        return -1;
-    if (!dim) return dv_cfg_missing(cfg, s, "dim", err);
+    DV_TRY(dv_config_int(cfg, s, "dim", 0, 1, 1 << 20, &dim, err));
+    DV_TRY(dv_config_enum(cfg, s, "positions", "learned", pos_names, &pos, err));
+    DV_TRY(read_rate(cfg, s, p, err));
+    if (!dim) return DV_CONFIG_ERROR(err, cfg, s, NULL, "missing key 'dim'");
     p->T = l->in_shape[0];
     p->C = (int)dim;
     p->V = m->vocab;
@@ -568,14 +563,15 @@ static int emb_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_mod
     if (p->pos == POS_LEARNED) add_normal(l, "position", 2, pshape, 0.02f);
     if (p->pos == POS_SINUSOIDAL) dv_layer_add_param(l, "sinusoid", 0, DV_INIT_ZERO, 2, pshape);
     l->ops = &emb_ops;
-    return 0;
+    return DV_OK;
 }
 
-static int block_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, seq_priv *p, char *err) {
+static dv_status block_init(dv_layer *l, dv_config *cfg, dv_config_section *s, seq_priv *p,
+                            char *err) {
     long hidden;
-    if (dv_cfg_int(cfg, s, "hidden", 4L * p->C, 1, 1 << 24, &hidden, err) ||
-        read_rate(cfg, s, p, err) || read_eps(cfg, s, p, err))
-        return -1;
+    DV_TRY(dv_config_int(cfg, s, "hidden", 4L * p->C, 1, 1 << 24, &hidden, err));
+    DV_TRY(read_rate(cfg, s, p, err));
+    DV_TRY(read_eps(cfg, s, p, err));
     p->hidden = (int)hidden;
     int blocks = 0;
     for (int i = 0; i < cfg->nsec; i++)
@@ -585,7 +581,7 @@ static int block_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, seq_priv *
     int c1[1] = {C}, wfc[2] = {p->hidden, C}, bfc[1] = {p->hidden}, wfc2[2] = {C, p->hidden};
     dv_layer_add_param(l, "ln1_gamma", 1, DV_INIT_ONE, 1, c1);
     dv_layer_add_param(l, "ln1_beta", 1, DV_INIT_ZERO, 1, c1);
-    if (attn_init(l, cfg, s, p, res_std, err)) return -1;
+    DV_TRY(attn_init(l, cfg, s, p, res_std, err));
     dv_layer_add_param(l, "ln2_gamma", 1, DV_INIT_ONE, 1, c1);
     dv_layer_add_param(l, "ln2_beta", 1, DV_INIT_ZERO, 1, c1);
     add_normal(l, "fc_weight", 2, wfc, 0.02f);
@@ -593,11 +589,11 @@ static int block_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, seq_priv *
     add_normal(l, "fc2_weight", 2, wfc2, res_std);
     dv_layer_add_param(l, "fc2_bias", 1, DV_INIT_ZERO, 1, c1);
     l->ops = &block_ops;
-    return 0;
+    return DV_OK;
 }
 
-int dv_layer_seq_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m,
-                      char *err) {
+dv_status dv_layer_seq_init(dv_layer *l, dv_config *cfg, dv_config_section *s, const dv_model *m,
+                            char *err) {
     seq_priv *p = calloc(1, sizeof(*p));
     if (!p) return DV_ERROR(err, "out of memory");
     l->priv = p;
@@ -607,34 +603,29 @@ int dv_layer_seq_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_m
     p->T = l->in_ndim == 2 ? l->in_shape[0] : 1;
     p->C = l->in_shape[l->in_ndim - 1];
     const char *t = l->type;
-    if (!strcmp(t, "embedding")) {
-        return emb_init(l, cfg, s, m, p, err);
-    }
+    if (!strcmp(t, "embedding")) return emb_init(l, cfg, s, m, p, err);
     if (!strcmp(t, "gelu")) {
         l->ops = &gelu_ops;
-        return 0;
+        return DV_OK;
     }
     if (!strcmp(t, "layernorm")) {
-        if (l->in_ndim > 2) {
-            char where[1200];
-            dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-            return DV_ERROR(err,
-                            "%s: normalizes the last dim of a (T, C) or (K) input, not a "
-                            "(C, H, W) image (put a [flatten] before it)",
-                            where);
-        }
-        if (read_eps(cfg, s, p, err)) return -1;
+        if (l->in_ndim > 2)
+            return DV_CONFIG_ERROR(err, cfg, s, NULL,
+                                   "normalizes the last dim of a (T, C) or (K) input, not a "
+                                   "(C, H, W) image (put a [flatten] before it)");
+        DV_TRY(read_eps(cfg, s, p, err));
         int c1[1] = {p->C};
         dv_layer_add_param(l, "gamma", 1, DV_INIT_ONE, 1, c1);
         dv_layer_add_param(l, "beta", 1, DV_INIT_ZERO, 1, c1);
         l->ops = &ln_ops;
-        return 0;
+        return DV_OK;
     }
-    if (need_sequence(l, cfg, s, err)) return -1;
+    DV_TRY(need_sequence(l, cfg, s, err));
     if (!strcmp(t, "attention")) {
-        if (read_rate(cfg, s, p, err) || attn_init(l, cfg, s, p, 0.02f, err)) return -1;
+        DV_TRY(read_rate(cfg, s, p, err));
+        DV_TRY(attn_init(l, cfg, s, p, 0.02f, err));
         l->ops = &attn_ops;
-        return 0;
+        return DV_OK;
     }
     return block_init(l, cfg, s, p, err);
 }

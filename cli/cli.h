@@ -1,12 +1,12 @@
-/* trainer.h — the public face of Dive's trainer: the subcommands that the
- * `dive` CLI dispatches to. Each takes the arguments after its own name
+/* cli.h — the `dive` command's subcommands, which launch/main.c
+ * dispatches to. Each takes the arguments after its own name
  * (argv[0] is the subcommand), runs to completion on every MPI rank that
  * called it, and returns the process exit status (0 on success). Every
  * error a user can cause ends in one clear message and a non-zero status
  * on every rank.
  */
-#ifndef DV_TRAINER_H
-#define DV_TRAINER_H
+#ifndef DV_CLI_H
+#define DV_CLI_H
 
 #ifdef __cplusplus
 extern "C" {

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "trainer-impl.h"
+#include "run-impl.h"
 
 typedef struct sink {
     FILE *csv;
@@ -160,8 +160,8 @@ static int predict_rank0(dv_model *m, const char *file, const char *x, float x_s
     return rc;
 }
 
-int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_file,
-                   const char *split, const char *x_path, const char *out, int score) {
+dv_status dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_file,
+                         const char *split, const char *x_path, const char *out, int score) {
     char err[DV_ERR_LEN];
     dv_settings st;
     dv_backend *be = NULL;
@@ -188,78 +188,14 @@ int dv_predict_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *in_
     if (!rc) rc = dv_model_build(&m, cfg, be, st.loss, (uint64_t)st.seed, 256, err);
     if (!rc) rc = dv_config_check_used(cfg, err);
     if (!rc) rc = dv_checkpoint_load(ckpt, m, NULL, 0, err);
-    if (!dv_agree(c, rc, err)) {
+    rc = dv_agree(c, rc, err);
+    if (!rc) {
         if (dv_comm_rank(c) == 0)
             rc = predict_rank0(m, in_file ? in_file : st.file, x, (float)st.x_scale,
                                (float)st.x_shift, out, score, err);
-        rc = dv_agree(c, rc, err) ? -1 : 0;
-    } else {
-        rc = -1;
+        rc = dv_agree(c, rc, err);
     }
     dv_model_free(m);
     if (be) dv_backend_free(be);
-    return rc ? 1 : 0;
-}
-
-/* ---- class score ------------------------------------------------------------ */
-
-void dv_class_probs(const dv_model *m, const float *out, float *probs, int count) {
-    const int K = m->outputs, soft = m->layers[m->nlayers - 1].act == DV_ACT_SOFTMAX;
-    for (int i = 0; i < count; i++) {
-        const float *row = out + (size_t)i * K;
-        float *p = probs + (size_t)i * K, mx = row[0];
-        double sum = 0;
-        for (int k = 1; k < K; k++)
-            mx = row[k] > mx ? row[k] : mx;
-        for (int k = 0; k < K; k++)
-            sum += p[k] = soft ? row[k] : expf(row[k] - mx);
-        for (int k = 0; !soft && k < K; k++)
-            p[k] = (float)(p[k] / sum);
-    }
-}
-
-int dv_class_score_init(dv_class_score *s, int K) {
-    memset(s, 0, sizeof(*s));
-    s->K = K;
-    s->hist = calloc((size_t)K, sizeof(double));
-    s->sum_p = calloc((size_t)K, sizeof(double));
-    if (!s->hist || !s->sum_p) {
-        dv_class_score_free(s);
-        return -1;
-    }
-    return 0;
-}
-
-void dv_class_score_add(dv_class_score *s, const float *probs, int count) {
-    for (int i = 0; i < count; i++) {
-        const float *p = probs + (size_t)i * s->K;
-        int best = 0;
-        for (int k = 0; k < s->K; k++) {
-            if (p[k] > p[best]) best = k;
-            s->sum_p[k] += p[k];
-            if (p[k] > 0) s->sum_neg_h += (double)p[k] * log((double)p[k]);
-        }
-        s->sum_conf += p[best];
-        s->hist[best] += 1;
-        s->n++;
-    }
-}
-
-void dv_class_score_result(const dv_class_score *s, double *confidence, double *class_entropy,
-                           double *inception) {
-    double hc = 0, hm = 0;
-    for (int k = 0; s->n && k < s->K; k++) {
-        double q = s->hist[k] / (double)s->n, m = s->sum_p[k] / (double)s->n;
-        if (q > 0) hc -= q * log(q);
-        if (m > 0) hm -= m * log(m);
-    }
-    *confidence = s->n ? s->sum_conf / (double)s->n : 0;
-    *class_entropy = hc;
-    *inception = s->n ? exp(hm + s->sum_neg_h / (double)s->n) : 0;
-}
-
-void dv_class_score_free(dv_class_score *s) {
-    free(s->hist);
-    free(s->sum_p);
-    s->hist = s->sum_p = NULL;
+    return rc;
 }

@@ -7,7 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "trainer-impl.h"
+#include "checkpoint.h"
+#include "cli-impl.h"
 
 static const char *type_name(hid_t t, char *buf, size_t len) {
     H5T_class_t c = H5Tget_class(t);
@@ -73,7 +74,7 @@ static herr_t visit(hid_t obj, const char *name, const H5O_info_t *info, void *d
     return 0;
 }
 
-int dv_info_run(const char *path) {
+static int info_run(const char *path) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     if (access(path, R_OK)) {
         fprintf(stderr, "dive: error: %s: %s\n", path, strerror(errno));
@@ -119,4 +120,22 @@ int dv_info_run(const char *path) {
     if (!v.count) printf("  (no datasets)\n");
     H5Fclose(f);
     return 0;
+}
+
+static const char info_help[] =
+    "usage: dive info FILE.h5\n"
+    "\n"
+    "Summarises an HDF5 dataset file (every dataset: shape, type, chunking,\n"
+    "compression) or a Dive checkpoint (step, epoch, ranks, parameters, config).\n";
+
+int dv_cli_info(int argc, char **argv) {
+    if (dv_cli_wants_help(argc, argv)) {
+        fputs(info_help, stdout);
+        return 0;
+    }
+    if (argc != 2) {
+        fputs(info_help, stderr);
+        return 2;
+    }
+    return info_run(argv[1]);
 }

@@ -41,7 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "trainer-impl.h"
+#include "layer-impl.h"
 
 #define RNN_MAX_LAYERS 4
 
@@ -276,7 +276,7 @@ static float *scratch(dv_model *m, size_t n, int *bad) {
     return q;
 }
 
-static int rnn_setup(dv_layer *l, dv_model *m, char *err) {
+static dv_status rnn_setup(dv_layer *l, dv_model *m, char *err) {
     rnn_priv *p = l->priv;
     const size_t B = (size_t)m->max_batch, T = (size_t)p->T, H = (size_t)p->H;
     const size_t tb = T * B, maxf = (size_t)(p->F > p->H ? p->F : p->H);
@@ -306,7 +306,7 @@ static int rnn_setup(dv_layer *l, dv_model *m, char *err) {
         if (p->cell == CELL_LSTM) p->state_c = scratch(m, (size_t)p->L * B * H, &bad);
     }
     if (bad) return DV_ERROR(err, "out of memory for the scratch of %s", l->name);
-    return 0;
+    return DV_OK;
 }
 
 /* A stream's carried state: for each stacked layer k, h_k (H) and, for an
@@ -349,19 +349,16 @@ static const dv_layer_ops rnn_ops = {.forward = rnn_forward,
                                      .state_floats = rnn_state_floats,
                                      .state_io = rnn_state_io};
 
-int dv_layer_rnn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_model *m,
-                      char *err) {
+dv_status dv_layer_rnn_init(dv_layer *l, dv_config *cfg, dv_config_section *s, const dv_model *m,
+                            char *err) {
     (void)m;
     static const char *const returns[] = {"all", "last", NULL};
     static const char *const bools[] = {"false", "true", NULL};
-    char where[1200];
-    if (l->in_ndim != 2) {
-        dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-        return DV_ERROR(err,
-                        "%s: needs a sequence input (T, F) but gets %zu features per sample: set "
-                        "sequence = true in [input] or put it after an [embedding]",
-                        where, l->in_elems);
-    }
+    if (l->in_ndim != 2)
+        return DV_CONFIG_ERROR(err, cfg, s, NULL,
+                               "needs a sequence input (T, F) but gets %zu features per sample: "
+                               "set sequence = true in [input] or put it after an [embedding]",
+                               l->in_elems);
     rnn_priv *p = calloc(1, sizeof(*p));
     if (!p) return DV_ERROR(err, "out of memory");
     l->priv = p;
@@ -373,12 +370,11 @@ int dv_layer_rnn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_m
 
     long units, layers;
     int ret, stateful;
-    if (dv_cfg_int(cfg, s, "units", 0, 1, 1 << 20, &units, err) ||
-        dv_cfg_int(cfg, s, "layers", 1, 1, RNN_MAX_LAYERS, &layers, err) ||
-        dv_cfg_enum(cfg, s, "return", "all", returns, &ret, err) ||
-        dv_cfg_enum(cfg, s, "stateful", "false", bools, &stateful, err))
-        return -1;
-    if (!units) return dv_cfg_missing(cfg, s, "units", err);
+    DV_TRY(dv_config_int(cfg, s, "units", 0, 1, 1 << 20, &units, err));
+    DV_TRY(dv_config_int(cfg, s, "layers", 1, 1, RNN_MAX_LAYERS, &layers, err));
+    DV_TRY(dv_config_enum(cfg, s, "return", "all", returns, &ret, err));
+    DV_TRY(dv_config_enum(cfg, s, "stateful", "false", bools, &stateful, err));
+    if (!units) return DV_CONFIG_ERROR(err, cfg, s, NULL, "missing key 'units'");
     p->H = (int)units;
     p->L = (int)layers;
     p->last = ret == 1;
@@ -416,5 +412,5 @@ int dv_layer_rnn_init(dv_layer *l, dv_config *cfg, dv_cfg_section *s, const dv_m
             q->std = std;
         }
     }
-    return 0;
+    return DV_OK;
 }

@@ -9,7 +9,9 @@
  * gaps. No data rows, a missing file or a malformed line end with one
  * message.
  */
-#include "trainer-impl.h"
+#include "cli-impl.h"
+#include "config.h"
+#include "image.h"
 
 #include <errno.h>
 #include <math.h>
@@ -44,7 +46,7 @@ static void strip(char *s) {
         s[--n] = '\0';
 }
 
-static int read_csv(const char *path, csv *t, char *err) {
+static dv_status read_csv(const char *path, csv *t, char *err) {
     memset(t, 0, sizeof *t);
     FILE *f = fopen(path, "r");
     if (!f) return DV_ERROR(err, "%s: cannot open: %s", path, strerror(errno));
@@ -229,10 +231,10 @@ static void draw_panel(dv_canvas *c, int top, const csv *t, int xcol, const pane
 #undef PY
 }
 
-int dv_plot_metrics(const char *csv_path, const char *png_path, const char *xname, int width,
-                    char *err) {
+dv_status dv_plot_metrics(const char *csv_path, const char *png_path, const char *xname, int width,
+                          char *err) {
     csv t;
-    if (read_csv(csv_path, &t, err)) return -1;
+    if (read_csv(csv_path, &t, err)) return DV_ERR;
     int xcol = -1;
     for (int k = 0; k < t.ncols; k++)
         if (!strcmp(t.names[k], xname)) xcol = k;

@@ -14,8 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "trainer-impl.h"
-#include "trainer.h"
+#include "checkpoint.h"
+#include "cli-impl.h"
+#include "run.h"
 
 static const char sample_help[] =
     "usage: dive sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T]\n"
@@ -41,16 +42,17 @@ typedef struct sample_opts {
     double temperature;
 } sample_opts;
 
-static int parse_num(const char *opt, const char *v, double lo, double hi, double *out, char *err) {
+static dv_status parse_num(const char *opt, const char *v, double lo, double hi, double *out,
+                           char *err) {
     char *end;
     double x = strtod(v, &end);
     if (end == v || *end || !(x >= lo && x <= hi))
         return DV_ERROR(err, "%s: '%s' is not a number in [%g, %g]", opt, v, lo, hi);
     *out = x;
-    return 0;
+    return DV_OK;
 }
 
-static int parse_sample(int argc, char **argv, sample_opts *o, char *err) {
+static dv_status parse_sample(int argc, char **argv, sample_opts *o, char *err) {
     *o = (sample_opts){
         .prompt = "", .backend = "cpu", .tokens = 200, .seed = 1, .count = 64, .temperature = 0.8};
     for (int i = 1; i < argc; i++) {
@@ -70,27 +72,27 @@ static int parse_sample(int argc, char **argv, sample_opts *o, char *err) {
         else if (!strcmp(a, "-o"))
             o->out = v;
         else if (!strcmp(a, "--count")) {
-            if (parse_num(a, v, 1, 4096, &x, err)) return -1;
+            if (parse_num(a, v, 1, 4096, &x, err)) return DV_ERR;
             o->count = (long)x;
         } else if (!strcmp(a, "--tokens")) {
-            if (parse_num(a, v, 0, 1e7, &x, err)) return -1;
+            if (parse_num(a, v, 0, 1e7, &x, err)) return DV_ERR;
             o->tokens = (long)x;
         } else if (!strcmp(a, "--top-k")) {
-            if (parse_num(a, v, 1, 1 << 24, &x, err)) return -1;
+            if (parse_num(a, v, 1, 1 << 24, &x, err)) return DV_ERR;
             o->top_k = (long)x;
         } else if (!strcmp(a, "--seed")) {
-            if (parse_num(a, v, 0, 9e15, &x, err)) return -1;
+            if (parse_num(a, v, 0, 9e15, &x, err)) return DV_ERR;
             o->seed = (long)x;
             o->seed_given = 1;
         } else if (!strcmp(a, "--temperature")) {
-            if (parse_num(a, v, 0, 100, &o->temperature, err)) return -1;
+            if (parse_num(a, v, 0, 100, &o->temperature, err)) return DV_ERR;
         } else
             return DV_ERROR(err, "unknown option %s (see --help)", a);
     }
     if (!o->ckpt) return DV_ERROR(err, "missing CHECKPOINT (see --help)");
     if (strcmp(o->backend, "cpu") && strcmp(o->backend, "cuda"))
         return DV_ERROR(err, "--backend %s: use cpu or cuda", o->backend);
-    return 0;
+    return DV_OK;
 }
 
 static void put_token(const dv_vocab *v, int32_t id) {
@@ -190,8 +192,8 @@ static int32_t draw(const float *logits, int V, double temperature, long top_k, 
     return best;
 }
 
-static int run_sample(const sample_opts *o, char *err) {
-    int rc = -1;
+static dv_status run_sample(const sample_opts *o, char *err) {
+    dv_status rc = DV_ERR;
     dv_config cfg = {0};
     dv_vocab voc = {0};
     dv_backend *be = NULL;
@@ -200,10 +202,10 @@ static int run_sample(const sample_opts *o, char *err) {
     float *logits = NULL;
     double *p = NULL;
     char *text = dv_checkpoint_config(o->ckpt, err);
-    if (!text) return -1;
+    if (!text) return DV_ERR;
     if (dv_config_load_text(&cfg, o->ckpt, text, err)) goto done;
     const int gan = dv_config_find(&cfg, "gan") != NULL;
-    dv_cfg_section *in = dv_config_find(&cfg, "input");
+    dv_config_section *in = dv_config_find(&cfg, "input");
     if (gan && !o->out) {
         DV_ERROR(err, "%s: a GAN checkpoint: name the picture of its samples with -o GRID.png",
                  o->ckpt);
@@ -233,7 +235,7 @@ static int run_sample(const sample_opts *o, char *err) {
     if (gan) { /* by default the run's own seed: the images of its grids */
         long seed = o->seed;
         if (!o->seed_given &&
-            dv_cfg_int(&cfg, dv_config_find(&cfg, "train"), "seed", 42, 0, 1L << 62, &seed, err))
+            dv_config_int(&cfg, dv_config_find(&cfg, "train"), "seed", 42, 0, 1L << 62, &seed, err))
             goto done;
         rc = dv_gan_sample(o->ckpt, text, o->out, o->count, seed, be, err);
         goto done;
@@ -289,7 +291,7 @@ static int run_sample(const sample_opts *o, char *err) {
         fflush(stdout);
     }
     putchar('\n');
-    rc = 0;
+    rc = DV_OK;
 done:
     free(text);
     free(ctx);

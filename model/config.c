@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "trainer-impl.h"
+#include "config.h"
 
 #define MARKER_KEY "__dv_section__"
 
@@ -80,11 +80,11 @@ static void trim(char *s) {
     if (i) memmove(s, s + i, n - i + 1);
 }
 
-static dv_cfg_section *add_section(dv_config *cfg, const char *type, int line) {
-    dv_cfg_section *ns = realloc(cfg->sec, sizeof(*ns) * (size_t)(cfg->nsec + 1));
+static dv_config_section *add_section(dv_config *cfg, const char *type, int line) {
+    dv_config_section *ns = realloc(cfg->sec, sizeof(*ns) * (size_t)(cfg->nsec + 1));
     if (!ns) return NULL;
     cfg->sec = ns;
-    dv_cfg_section *s = &cfg->sec[cfg->nsec++];
+    dv_config_section *s = &cfg->sec[cfg->nsec++];
     memset(s, 0, sizeof(*s));
     snprintf(s->type, sizeof(s->type), "%s", type);
     s->line = line;
@@ -92,18 +92,18 @@ static dv_cfg_section *add_section(dv_config *cfg, const char *type, int line) {
     return s;
 }
 
-static dv_cfg_kv *find_kv(const dv_cfg_section *s, const char *key) {
+static dv_config_kv *find_kv(const dv_config_section *s, const char *key) {
     for (int i = 0; i < s->nkv; i++)
         if (!strcmp(s->kv[i].key, key)) return &s->kv[i];
     return NULL;
 }
 
-static int put_kv(dv_cfg_section *s, const char *key, const char *value, int line) {
-    dv_cfg_kv *kv = find_kv(s, key);
+static int put_kv(dv_config_section *s, const char *key, const char *value, int line) {
+    dv_config_kv *kv = find_kv(s, key);
     if (!kv) {
         if (s->nkv == s->cap) {
             int cap = s->cap ? s->cap * 2 : 8;
-            dv_cfg_kv *n = realloc(s->kv, sizeof(*n) * (size_t)cap);
+            dv_config_kv *n = realloc(s->kv, sizeof(*n) * (size_t)cap);
             if (!n) return -1;
             s->kv = n;
             s->cap = cap;
@@ -145,7 +145,7 @@ static int on_key(void *user, const char *section, const char *name, const char 
         DV_ERROR(pc->err, "%s:%d: key '%s' outside of any section", cfg->path, pc->rd->line, name);
         return 0;
     }
-    dv_cfg_section *s = &cfg->sec[cfg->nsec - 1];
+    dv_config_section *s = &cfg->sec[cfg->nsec - 1];
     if (find_kv(s, name)) {
         pc->failed = 1;
         DV_ERROR(pc->err, "%s:%d: key '%s' given twice in [%s]", cfg->path, pc->rd->line, name,
@@ -157,10 +157,10 @@ static int on_key(void *user, const char *section, const char *name, const char 
 }
 
 /* Layer names: the `name` key, or <type>_<k> counting sections of a type. */
-static int name_sections(dv_config *cfg, char *err) {
+static dv_status name_sections(dv_config *cfg, char *err) {
     for (int i = 0; i < cfg->nsec; i++) {
-        dv_cfg_section *s = &cfg->sec[i];
-        dv_cfg_kv *kv = find_kv(s, "name");
+        dv_config_section *s = &cfg->sec[i];
+        dv_config_kv *kv = find_kv(s, "name");
         int fixed = !strcmp(s->type, "data") || !strcmp(s->type, "train") ||
                     !strcmp(s->type, "input") || !strcmp(s->type, "gan");
         if (kv && fixed)
@@ -185,10 +185,10 @@ static int name_sections(dv_config *cfg, char *err) {
             if (!strcmp(cfg->sec[i].name, cfg->sec[j].name))
                 return DV_ERROR(err, "%s:%d: section name '%s' is already used at line %d",
                                 cfg->path, cfg->sec[i].line, cfg->sec[i].name, cfg->sec[j].line);
-    return 0;
+    return DV_OK;
 }
 
-static int parse_text(dv_config *cfg, const char *text, char *err) {
+static dv_status parse_text(dv_config *cfg, const char *text, char *err) {
     reader rd = {.text = text};
     parse_ctx pc = {.cfg = cfg, .rd = &rd};
     int rc = ini_parse_stream(read_line, &rd, on_key, &pc);
@@ -201,13 +201,13 @@ static int parse_text(dv_config *cfg, const char *text, char *err) {
     return name_sections(cfg, err);
 }
 
-int dv_config_load_text(dv_config *cfg, const char *label, const char *text, char *err) {
+dv_status dv_config_load_text(dv_config *cfg, const char *label, const char *text, char *err) {
     memset(cfg, 0, sizeof(*cfg));
     snprintf(cfg->path, sizeof(cfg->path), "%s", label);
     return parse_text(cfg, text, err);
 }
 
-int dv_config_load(dv_config *cfg, const char *path, char *err) {
+dv_status dv_config_load(dv_config *cfg, const char *path, char *err) {
     memset(cfg, 0, sizeof(*cfg));
     snprintf(cfg->path, sizeof(cfg->path), "%s", path);
     FILE *f = fopen(path, "rb");
@@ -258,13 +258,13 @@ void dv_config_free(dv_config *cfg) {
     memset(cfg, 0, sizeof(*cfg));
 }
 
-dv_cfg_section *dv_config_find(dv_config *cfg, const char *name) {
+dv_config_section *dv_config_find(dv_config *cfg, const char *name) {
     for (int i = 0; i < cfg->nsec; i++)
         if (!strcmp(cfg->sec[i].name, name)) return &cfg->sec[i];
     return NULL;
 }
 
-int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
+dv_status dv_config_set(dv_config *cfg, const char *assignment, char *err) {
     const char *eq = strchr(assignment, '=');
     const char *dot = strchr(assignment, '.');
     if (!eq || !dot || dot > eq || dot == assignment || eq == dot + 1)
@@ -289,7 +289,7 @@ int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
     snprintf(key, sizeof(key), "%.*s", (int)(eq - dot - 1), dot + 1);
     trim(sec);
     trim(key);
-    dv_cfg_section *s = dv_config_find(cfg, sec);
+    dv_config_section *s = dv_config_find(cfg, sec);
     if (!s) {
         int count = 0;
         for (int i = 0; i < cfg->nsec; i++)
@@ -324,11 +324,11 @@ int dv_config_set(dv_config *cfg, const char *assignment, char *err) {
     snprintf(value, sizeof(value), "%s", eq + 1);
     trim(value);
     if (put_kv(s, key, value, 0)) return DV_ERROR(err, "out of memory");
-    return 0;
+    return DV_OK;
 }
 
 void dv_config_unset(dv_config *cfg, const char *section, const char *key) {
-    dv_cfg_section *s = dv_config_find(cfg, section);
+    dv_config_section *s = dv_config_find(cfg, section);
     for (int i = 0; s && i < s->nkv; i++)
         if (!strcmp(s->kv[i].key, key)) {
             free(s->kv[i].value);
@@ -336,12 +336,6 @@ void dv_config_unset(dv_config *cfg, const char *section, const char *key) {
             s->nkv--;
             return;
         }
-}
-
-int dv_cfg_missing(const dv_config *cfg, const dv_cfg_section *s, const char *key, char *err) {
-    char where[1200];
-    dv_cfg_where(cfg, s, NULL, where, sizeof(where));
-    return DV_ERROR(err, "%s: missing key '%s'", where, key);
 }
 
 char *dv_config_text(const dv_config *cfg) {
@@ -355,7 +349,7 @@ char *dv_config_text(const dv_config *cfg) {
     if (!t) return NULL;
     *p = 0;
     for (int i = 0; i < cfg->nsec; i++) {
-        const dv_cfg_section *s = &cfg->sec[i];
+        const dv_config_section *s = &cfg->sec[i];
         p += sprintf(p, "%s[%s]\n", i ? "\n" : "", s->type);
         for (int j = 0; j < s->nkv; j++)
             p += sprintf(p, "%s = %s\n", s->kv[j].key, s->kv[j].value);
@@ -363,22 +357,39 @@ char *dv_config_text(const dv_config *cfg) {
     return t;
 }
 
-void dv_cfg_where(const dv_config *cfg, const dv_cfg_section *s, const char *key, char *buf,
-                  size_t len) {
-    const dv_cfg_kv *kv = key ? find_kv(s, key) : NULL;
-    int line = kv ? kv->line : s->line;
-    if (kv && line == 0) /* a sub-config's sections are named without its prefix */
+/* Where a section, or a key of it, is: "file:line: [section] key = value"
+ * (the value when the key holds one), or "--set section.key = value" for a
+ * value from the command line. */
+static void where_of(const dv_config *cfg, const dv_config_section *s, const char *key, char *buf,
+                     size_t len) {
+    const dv_config_kv *kv = key && s ? find_kv(s, key) : NULL;
+    int line = kv ? kv->line : s ? s->line : 0;
+    if (!s)
+        snprintf(buf, len, "%s", cfg->path);
+    else if (kv && line == 0) /* a sub-config's sections are named without its prefix */
         snprintf(buf, len, "--set %s%s.%s", find_kv(s, "name") ? "" : cfg->prefix, s->name, key);
     else if (key)
         snprintf(buf, len, "%s:%d: [%s%s] %s", cfg->path, line, cfg->prefix, s->type, key);
     else
         snprintf(buf, len, "%s:%d: [%s%s]", cfg->path, line, cfg->prefix, s->type);
+    if (kv && kv->value[0]) snprintf(buf + strlen(buf), len - strlen(buf), " = %s", kv->value);
 }
 
-int dv_config_check_used(const dv_config *cfg, char *err) {
+dv_status dv_config_error_at(char *err, const char *file, int line, const dv_config *cfg,
+                             const dv_config_section *s, const char *key, const char *fmt, ...) {
+    char where[1400], what[DV_ERR_LEN];
+    where_of(cfg, s, key, where, sizeof(where));
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    return dv_error_at(err, file, line, NULL, "%s: %s", where, what);
+}
+
+dv_status dv_config_check_used(const dv_config *cfg, char *err) {
     for (int i = 0; i < cfg->nsec; i++)
         for (int j = 0; j < cfg->sec[i].nkv; j++) {
-            const dv_cfg_kv *kv = &cfg->sec[i].kv[j];
+            const dv_config_kv *kv = &cfg->sec[i].kv[j];
             if (kv->used) continue;
             if (!kv->line)
                 return DV_ERROR(err, "--set %s.%s: unknown key '%s' in [%s] (see docs/config.md)",
@@ -386,30 +397,30 @@ int dv_config_check_used(const dv_config *cfg, char *err) {
             return DV_ERROR(err, "%s:%d: unknown key '%s' in [%s] (see docs/config.md)", cfg->path,
                             kv->line, kv->key, cfg->sec[i].type);
         }
-    return 0;
+    return DV_OK;
 }
 
-int dv_config_sub(const dv_config *cfg, const char *prefix, const int *shape, int ndim,
-                  dv_config *out, char *err) {
+dv_status dv_config_sub(const dv_config *cfg, const char *prefix, const int *shape, int ndim,
+                        dv_config *out, char *err) {
     memset(out, 0, sizeof(*out));
     snprintf(out->path, sizeof(out->path), "%s", cfg->path);
     snprintf(out->prefix, sizeof(out->prefix), "%s.", prefix);
     const size_t np = strlen(out->prefix);
-    dv_cfg_section *in = add_section(out, "input", 0);
+    dv_config_section *in = add_section(out, "input", 0);
     char dims[64] = "";
     for (int i = 0; i < ndim; i++)
         snprintf(dims + strlen(dims), sizeof(dims) - strlen(dims), "%s%d", i ? "," : "", shape[i]);
     if (!in || put_kv(in, "shape", dims, 0)) return DV_ERROR(err, "out of memory");
     in->kv[0].used = 0;
     for (int i = 0; i < cfg->nsec; i++) {
-        const dv_cfg_section *s = &cfg->sec[i];
+        const dv_config_section *s = &cfg->sec[i];
         if (strncmp(s->type, out->prefix, np) || !strcmp(s->type + np, "train")) continue;
         if (!strcmp(s->type + np, "input") || !strcmp(s->type + np, "data"))
             return DV_ERROR(err,
                             "%s:%d: [%s]: a GAN's models take their inputs from [gan] (the "
                             "generator's latent size; the discriminator sees images)",
                             cfg->path, s->line, s->type);
-        dv_cfg_section *d = add_section(out, s->type + np, s->line);
+        dv_config_section *d = add_section(out, s->type + np, s->line);
         if (!d) return DV_ERROR(err, "out of memory");
         d->origin = i;
         for (int k = 0; k < s->nkv; k++)
@@ -421,109 +432,100 @@ int dv_config_sub(const dv_config *cfg, const char *prefix, const int *shape, in
 
 void dv_config_sub_done(dv_config *cfg, const dv_config *sub) {
     for (int i = 0; i < sub->nsec; i++) {
-        const dv_cfg_section *s = &sub->sec[i];
+        const dv_config_section *s = &sub->sec[i];
         if (s->origin < 0 || s->origin >= cfg->nsec) continue;
         for (int k = 0; k < s->nkv; k++) {
-            dv_cfg_kv *kv = find_kv(&cfg->sec[s->origin], s->kv[k].key);
+            dv_config_kv *kv = find_kv(&cfg->sec[s->origin], s->kv[k].key);
             if (kv && s->kv[k].used) kv->used = 1;
         }
     }
 }
 
-int dv_config_has(const dv_cfg_section *s, const char *key) {
+int dv_config_has(const dv_config_section *s, const char *key) {
     return s && find_kv(s, key) != NULL;
 }
 
-static dv_cfg_kv *get(dv_cfg_section *s, const char *key) {
-    dv_cfg_kv *kv = s ? find_kv(s, key) : NULL;
+static dv_config_kv *get(dv_config_section *s, const char *key) {
+    dv_config_kv *kv = s ? find_kv(s, key) : NULL;
     if (kv) kv->used = 1;
     return kv;
 }
 
-int dv_cfg_str(const dv_config *cfg, dv_cfg_section *s, const char *key, const char *def,
-               const char **out, char *err) {
-    dv_cfg_kv *kv = get(s, key);
+dv_status dv_config_str(const dv_config *cfg, dv_config_section *s, const char *key,
+                        const char *def, const char **out, char *err) {
+    dv_config_kv *kv = get(s, key);
     if (!kv) {
         *out = def;
-        return 0;
+        return DV_OK;
     }
-    if (!kv->value[0]) {
-        char where[1200];
-        dv_cfg_where(cfg, s, key, where, sizeof(where));
-        return DV_ERROR(err, "%s: empty value", where);
-    }
+    if (!kv->value[0]) return DV_CONFIG_ERROR(err, cfg, s, key, "empty value");
     *out = kv->value;
-    return 0;
+    return DV_OK;
 }
 
-int dv_cfg_int(const dv_config *cfg, dv_cfg_section *s, const char *key, long def, long min,
-               long max, long *out, char *err) {
-    dv_cfg_kv *kv = get(s, key);
+dv_status dv_config_int(const dv_config *cfg, dv_config_section *s, const char *key, long def,
+                        long min, long max, long *out, char *err) {
+    dv_config_kv *kv = get(s, key);
     if (!kv) {
         *out = def;
-        return 0;
+        return DV_OK;
     }
-    char where[1200];
-    dv_cfg_where(cfg, s, key, where, sizeof(where));
     char *end;
     errno = 0;
     long v = strtol(kv->value, &end, 10);
     while (*end && isspace((unsigned char)*end))
         end++;
     if (errno || end == kv->value || *end)
-        return DV_ERROR(err, "%s = %s: not an integer", where, kv->value);
+        return DV_CONFIG_ERROR(err, cfg, s, key, "not an integer");
     if (v < min || v > max)
-        return DV_ERROR(err, "%s = %ld: must be between %ld and %ld", where, v, min, max);
+        return DV_CONFIG_ERROR(err, cfg, s, key, "must be between %ld and %ld", min, max);
     *out = v;
-    return 0;
+    return DV_OK;
 }
 
-int dv_cfg_float(const dv_config *cfg, dv_cfg_section *s, const char *key, double def, double min,
-                 double max, double *out, char *err) {
-    dv_cfg_kv *kv = get(s, key);
+dv_status dv_config_float(const dv_config *cfg, dv_config_section *s, const char *key, double def,
+                          double min, double max, double *out, char *err) {
+    dv_config_kv *kv = get(s, key);
     if (!kv) {
         *out = def;
-        return 0;
+        return DV_OK;
     }
-    char where[1200];
-    dv_cfg_where(cfg, s, key, where, sizeof(where));
     char *end;
     errno = 0;
     double v = strtod(kv->value, &end);
     while (*end && isspace((unsigned char)*end))
         end++;
     if (errno || end == kv->value || *end || !isfinite(v))
-        return DV_ERROR(err, "%s = %s: not a number", where, kv->value);
+        return DV_CONFIG_ERROR(err, cfg, s, key, "not a number");
     if (v < min || v > max)
-        return DV_ERROR(err, "%s = %g: must be between %g and %g", where, v, min, max);
+        return DV_CONFIG_ERROR(err, cfg, s, key, "must be between %g and %g", min, max);
     *out = v;
-    return 0;
+    return DV_OK;
 }
 
-int dv_cfg_enum(const dv_config *cfg, dv_cfg_section *s, const char *key, const char *def,
-                const char *const *choices, int *out, char *err) {
+dv_status dv_config_enum(const dv_config *cfg, dv_config_section *s, const char *key,
+                         const char *def, const char *const *choices, int *out, char *err) {
     const char *v = NULL;
-    if (dv_cfg_str(cfg, s, key, def, &v, err)) return -1;
+    DV_TRY(dv_config_str(cfg, s, key, def, &v, err));
     for (int i = 0; choices[i]; i++)
         if (!strcmp(v, choices[i])) {
             *out = i;
-            return 0;
+            return DV_OK;
         }
-    char where[1200], list[512] = "";
-    dv_cfg_where(cfg, s, key, where, sizeof(where));
+    char list[512] = "";
     for (int i = 0; choices[i]; i++) {
         strncat(list, i ? " | " : "", sizeof(list) - strlen(list) - 1);
         strncat(list, choices[i], sizeof(list) - strlen(list) - 1);
     }
-    return DV_ERROR(err, "%s = %s: expected one of %s", where, v, list);
+    if (!dv_config_has(s, key)) /* a default the caller got wrong */
+        return DV_CONFIG_ERROR(err, cfg, s, NULL, "%s = %s: expected one of %s", key, v, list);
+    return DV_CONFIG_ERROR(err, cfg, s, key, "expected one of %s", list);
 }
 
-int dv_cfg_ints(const dv_config *cfg, dv_cfg_section *s, const char *key, int *vals, int max,
-                int *n, char *err) {
-    dv_cfg_kv *kv = get(s, key);
-    if (!kv) return dv_cfg_missing(cfg, s, key, err);
-    char where[1200];
-    dv_cfg_where(cfg, s, key, where, sizeof(where));
+dv_status dv_config_ints(const dv_config *cfg, dv_config_section *s, const char *key, int *vals,
+                         int max, int *n, char *err) {
+    dv_config_kv *kv = get(s, key);
+    if (!kv) return DV_CONFIG_ERROR(err, cfg, s, NULL, "missing key '%s'", key);
     const char *p = kv->value;
     *n = 0;
     while (*p) {
@@ -531,8 +533,8 @@ int dv_cfg_ints(const dv_config *cfg, dv_cfg_section *s, const char *key, int *v
         errno = 0;
         long v = strtol(p, &end, 10);
         if (end == p || errno || v < 1 || v > (1L << 30) || *n == max)
-            return DV_ERROR(err, "%s = %s: expected up to %d positive integers separated by commas",
-                            where, kv->value, max);
+            return DV_CONFIG_ERROR(err, cfg, s, key,
+                                   "expected up to %d positive integers separated by commas", max);
         vals[(*n)++] = (int)v;
         p = end;
         while (*p == ' ' || *p == '\t')
@@ -540,9 +542,8 @@ int dv_cfg_ints(const dv_config *cfg, dv_cfg_section *s, const char *key, int *v
         if (*p == ',')
             p++;
         else if (*p)
-            return DV_ERROR(err, "%s = %s: expected integers separated by commas", where,
-                            kv->value);
+            return DV_CONFIG_ERROR(err, cfg, s, key, "expected integers separated by commas");
     }
-    if (!*n) return DV_ERROR(err, "%s: empty value", where);
-    return 0;
+    if (!*n) return DV_CONFIG_ERROR(err, cfg, s, key, "empty value");
+    return DV_OK;
 }

@@ -29,7 +29,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "trainer-impl.h"
+#include "checkpoint.h"
 
 static const char *const train_attrs[] = {"step", "epoch",      "step_in_epoch", "world_size",
                                           "seed", "bad_epochs", "global_batch"};

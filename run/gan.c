@@ -33,7 +33,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "trainer-impl.h"
+#include "image.h"
+#include "run-impl.h"
 
 /* salts of the counter-based streams, so no two draw the same numbers */
 #define SALT_NOISE 0x6e6f697365ULL
@@ -88,13 +89,13 @@ typedef struct gan {
 
 /* The model of [<name>.<layer>] for inputs of `shape`, with its optimizer
  * settings. */
-static int side_build(gan *r, side *s, const char *name, const int *shape, int ndim, dv_loss loss,
-                      uint64_t salt, char *err) {
+static dv_status side_build(gan *r, side *s, const char *name, const int *shape, int ndim,
+                            dv_loss loss, uint64_t salt, char *err) {
     s->name = name;
     s->st = r->st;
     char tname[DV_NAME_LEN];
     snprintf(tname, sizeof(tname), "%s.train", name);
-    dv_cfg_section *t = NULL;
+    dv_config_section *t = NULL;
     for (int i = 0; i < r->cfg->nsec; i++) {
         if (strcmp(r->cfg->sec[i].type, tname)) continue;
         if (t)
@@ -102,35 +103,31 @@ static int side_build(gan *r, side *s, const char *name, const int *shape, int n
                             r->cfg->sec[i].line, tname, t->line);
         t = &r->cfg->sec[i];
     }
-    if (t && dv_settings_read_optimizer(r->cfg, t, &s->st, err)) return -1;
-    if (dv_config_sub(r->cfg, name, shape, ndim, &s->cfg, err)) return -1;
+    if (t && dv_settings_read_optimizer(r->cfg, t, &s->st, err)) return DV_ERR;
+    if (dv_config_sub(r->cfg, name, shape, ndim, &s->cfg, err)) return DV_ERR;
     if (s->cfg.nsec < 2)
         return DV_ERROR(err, "%s: no [%s.<layer>] sections: a GAN needs the layers of both models",
                         r->cfg->path, name);
-    int rc = dv_model_build(&s->m, &s->cfg, r->be, loss, dv_rand_hash((uint64_t)r->st.seed, salt),
-                            r->eval_batch, err);
+    dv_status rc = dv_model_build(&s->m, &s->cfg, r->be, loss,
+                                  dv_rand_hash((uint64_t)r->st.seed, salt), r->eval_batch, err);
     dv_config_sub_done(r->cfg, &s->cfg);
     return rc;
 }
 
-static int read_gan_section(gan *r, char *err) {
+static dv_status read_gan_section(gan *r, char *err) {
     dv_config *cfg = r->cfg;
-    dv_cfg_section *g = dv_config_find(cfg, "gan"), *t = dv_config_find(cfg, "train");
-    if (dv_config_has(t, "loss")) {
-        char where[1200];
-        dv_cfg_where(cfg, t, "loss", where, sizeof(where));
-        return DV_ERROR(err,
-                        "%s: a GAN's losses are fixed (BCE with logits for the discriminator, "
-                        "the non-saturating loss for the generator): remove it",
-                        where);
-    }
-    if (dv_cfg_int(cfg, g, "latent", 100, 1, 1 << 16, &r->latent, err) ||
-        dv_cfg_int(cfg, g, "samples", 64, 1, 1024, &r->grid, err) ||
-        dv_cfg_int(cfg, g, "score_samples", 1000, 1, 1 << 24, &r->score_n, err) ||
-        dv_cfg_float(cfg, g, "real_label", 1.0, 0.5, 1.0, &r->real_label, err) ||
-        dv_cfg_float(cfg, g, "ema", 0.0, 0.0, 0.99999, &r->ema, err) ||
-        dv_cfg_str(cfg, g, "score_classifier", NULL, &r->classifier, err))
-        return -1;
+    dv_config_section *g = dv_config_find(cfg, "gan"), *t = dv_config_find(cfg, "train");
+    if (dv_config_has(t, "loss"))
+        return DV_CONFIG_ERROR(err, cfg, t, "loss",
+                               "a GAN's losses are fixed (BCE with logits for the discriminator, "
+                               "the non-saturating loss for the generator): remove it");
+    if (dv_config_int(cfg, g, "latent", 100, 1, 1 << 16, &r->latent, err) ||
+        dv_config_int(cfg, g, "samples", 64, 1, 1024, &r->grid, err) ||
+        dv_config_int(cfg, g, "score_samples", 1000, 1, 1 << 24, &r->score_n, err) ||
+        dv_config_float(cfg, g, "real_label", 1.0, 0.5, 1.0, &r->real_label, err) ||
+        dv_config_float(cfg, g, "ema", 0.0, 0.0, 0.99999, &r->ema, err) ||
+        dv_config_str(cfg, g, "score_classifier", NULL, &r->classifier, err))
+        return DV_ERR;
     for (int i = 0; i < cfg->nsec; i++) {
         const char *type = cfg->sec[i].type;
         if (strcmp(type, "data") && strcmp(type, "train") && strcmp(type, "gan") &&
@@ -140,7 +137,7 @@ static int read_gan_section(gan *r, char *err) {
                             "[gan], [generator.<layer>] and [discriminator.<layer>]",
                             cfg->path, cfg->sec[i].line, type);
     }
-    return 0;
+    return DV_OK;
 }
 
 /* The averaged generator starts as G. */
@@ -175,9 +172,9 @@ static dv_model *sampler(const gan *r) {
 
 /* Both models: G from noise of [gan] latent to images of the data's size,
  * D from those images to one logit. */
-static int build_models(gan *r, char *err) {
+static dv_status build_models(gan *r, char *err) {
     const int lat = (int)r->latent;
-    if (side_build(r, &r->g, "generator", &lat, 1, DV_LOSS_MSE, SALT_G, err)) return -1;
+    if (side_build(r, &r->g, "generator", &lat, 1, DV_LOSS_MSE, SALT_G, err)) return DV_ERR;
     const dv_layer *gl = &r->g.m->layers[r->g.m->nlayers - 1];
     const size_t elems = dv_split_info_get(r->train)->x_elems;
     char shape[64] = "";
@@ -195,7 +192,7 @@ static int build_models(gan *r, char *err) {
                         "%zu",
                         r->cfg->path, shape, gl->out_elems, r->st.file, r->st.train_x, elems);
     if (side_build(r, &r->d, "discriminator", gl->out_shape, 3, DV_LOSS_BCE, SALT_D, err))
-        return -1;
+        return DV_ERR;
     if (r->d.m->outputs != 1 || r->d.m->positions != 1)
         return DV_ERROR(err,
                         "%s: the discriminator must end in one output (the logit of \"real\"), "
@@ -203,16 +200,17 @@ static int build_models(gan *r, char *err) {
                         r->cfg->path, r->d.m->outputs * r->d.m->positions);
     r->d_stats = r->d.m->stats;
     if (r->ema > 0) {
-        if (dv_model_build(&r->ge, &r->g.cfg, r->be, DV_LOSS_MSE, 0, r->eval_batch, err)) return -1;
+        if (dv_model_build(&r->ge, &r->g.cfg, r->be, DV_LOSS_MSE, 0, r->eval_batch, err))
+            return DV_ERR;
         dv_model_forward_only(r->ge);
         ema_reset(r);
     }
-    return 0;
+    return DV_OK;
 }
 
 /* [gan] score_classifier: a Dive classifier checkpoint, built from its own
  * config on this backend. */
-static int load_classifier(gan *r, char *err) {
+static dv_status load_classifier(gan *r, char *err) {
     char *text = dv_checkpoint_config(r->classifier, err);
     if (!text) {
         char why[DV_ERR_LEN];
@@ -222,7 +220,7 @@ static int load_classifier(gan *r, char *err) {
                         "examples/fmnist_cnn.cfg, or remove the key)",
                         r->cfg->path, why);
     }
-    int rc = dv_config_load_text(&r->ccfg, r->classifier, text, err);
+    dv_status rc = dv_config_load_text(&r->ccfg, r->classifier, text, err);
     free(text);
     if (!rc) rc = dv_settings_read(&r->ccfg, &r->cst, err);
     if (!rc && dv_config_find(&r->ccfg, "gan"))
@@ -270,14 +268,14 @@ static void gan_free(gan *r) {
     free(r->config_text);
 }
 
-static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
+static dv_status gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
     memset(r, 0, sizeof(*r));
     r->comm = c;
     r->cfg = cfg;
     r->world = dv_comm_size(c);
     r->rank = dv_comm_rank(c);
     char *err = r->err;
-    int rc = read_gan_section(r, err);
+    dv_status rc = read_gan_section(r, err);
     if (!rc) rc = dv_settings_read(cfg, &r->st, err);
     if (!rc && r->st.patience)
         rc = DV_ERROR(err,
@@ -289,20 +287,20 @@ static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
                       "%s: [train] batch = %ld does not divide across %d ranks (each rank "
                       "takes batch / ranks samples); use a multiple of %d",
                       cfg->path, r->st.batch, r->world, r->world);
-    if (dv_agree(c, rc, err)) return -1;
+    if (dv_agree(c, rc, err)) return DV_ERR;
     r->local_batch = (int)(r->st.batch / r->world);
     r->eval_batch = r->local_batch > 256 ? r->local_batch : 256;
     rc = dv_backend_open(c, &r->st, &r->be, err);
     /* the images alone: a GAN reads no labels */
-    if (!rc) rc = dv_split_open(&r->train, r->st.file, r->st.train_x, NULL, err) ? -1 : 0;
+    if (!rc) rc = dv_split_open(&r->train, r->st.file, r->st.train_x, NULL, err);
     if (!rc && dv_split_info_get(r->train)->n < r->st.batch)
         rc = DV_ERROR(err, "%s: %s has %lld images, fewer than one global batch of %ld", r->st.file,
                       r->st.train_x, (long long)dv_split_info_get(r->train)->n, r->st.batch);
     if (!rc) rc = build_models(r, err);
     if (!rc) rc = dv_config_check_used(cfg, err);
     if (!rc && r->classifier) rc = load_classifier(r, err);
-    if (dv_agree(c, rc, err) || dv_backend_agree(c, &r->st, r->be, err)) return -1;
-    rc = dv_make_loader(r->train, &r->st, c, r->local_batch, 0, 0, r->be, &r->tl, err);
+    if (dv_agree(c, rc, err) || dv_backend_agree(c, &r->st, r->be, err)) return DV_ERR;
+    rc = dv_run_loader_create(r->train, &r->st, c, r->local_batch, 0, 0, r->be, &r->tl, err);
     const size_t B = (size_t)r->eval_batch;
     const int K = r->cls ? r->cls->outputs : 1;
     r->hz = malloc(B * (size_t)r->latent * sizeof(float));
@@ -314,25 +312,17 @@ static int gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
     r->stats = r->be->alloc(r->be->ctx, NSUMS * sizeof(float));
     if (!rc && (!r->hz || !r->hrow || !r->himg || !r->hprob || !r->config_text || !r->stats))
         rc = DV_ERROR(err, "out of memory");
-    if (!rc && dv_ring_init(&r->ring, r->be, r->stats, NSUMS))
-        rc = DV_ERROR(err, "out of device memory");
-    if (!rc && r->be->stream) {
-        /* gradients live on the GPU: NCCL, or MPI through host memory */
-        int ndev = dv_backend_cuda_device_count();
+    if (!rc) rc = dv_ring_init(&r->ring, r->be, r->stats, NSUMS, err);
+    if (!rc) {
         size_t most = 1;
         const dv_model *ms[] = {r->g.m, r->d.m};
         for (int i = 0; i < 2; i++) {
             most = ms[i]->nparams > most ? ms[i]->nparams : most;
             most = ms[i]->nbuffers > most ? ms[i]->nbuffers : most;
         }
-        rc = dv_comm_device_init(c, dv_comm_select_device(c, ndev), ndev,
-                                 (dv_comm_device_mode)r->st.comm, most, err);
-        r->device_comm = !rc;
-    } else if (!rc && r->st.comm == DV_COMM_DEVICE_NCCL) {
-        rc = DV_ERROR(err, "%s: [train] comm = nccl needs the CUDA backend (this run uses %s)",
-                      cfg->path, r->be->name);
+        rc = dv_device_comm_open(c, &r->st, r->be, cfg, most, &r->device_comm, err);
     }
-    return dv_agree(c, rc, err) ? -1 : 0;
+    return dv_agree(c, rc, err);
 }
 
 /* ---- generating ------------------------------------------------------------- */
@@ -366,7 +356,7 @@ static void generate(gan *r, uint64_t seed, int n) {
  * output activation: tanh from [-1, 1], sigmoid from [0, 1], else the
  * samples' own range. The training grid and `dive sample` of the same seed
  * draw the same images. */
-static int write_samples(gan *r, uint64_t seed, long count, const char *path, char *err) {
+static dv_status write_samples(gan *r, uint64_t seed, long count, const char *path, char *err) {
     const dv_layer *gl = &r->g.m->layers[r->g.m->nlayers - 1];
     const size_t elems = gl->out_elems;
     float *all = malloc((size_t)count * elems * sizeof(float));
@@ -390,7 +380,7 @@ static int write_samples(gan *r, uint64_t seed, long count, const char *path, ch
         }
         if (hi <= lo) hi = lo + 1;
     }
-    int rc = r->be->check(r->be->ctx, err);
+    dv_status rc = r->be->check(r->be->ctx, err);
     if (!rc)
         rc = dv_image_grid_png(path, all, (int)count, gl->out_shape[0], gl->out_shape[1],
                                gl->out_shape[2], lo, hi, 0, err);
@@ -402,7 +392,7 @@ static int write_samples(gan *r, uint64_t seed, long count, const char *path, ch
  * (split NULL) or the first n of `split` — each rank taking rows rank,
  * rank + W, ...; summed over ranks. out: confidence, class entropy, score.
  * Collective. */
-static int score(gan *r, dv_split *split, int64_t n, double out[3]) {
+static dv_status score(gan *r, dv_split *split, int64_t n, double out[3]) {
     dv_model *cls = r->cls;
     const dv_backend *be = r->be;
     const int K = cls->outputs;
@@ -412,7 +402,7 @@ static int score(gan *r, dv_split *split, int64_t n, double out[3]) {
                  b = r->cst.x_shift - r->st.x_shift * r->cst.x_scale / r->st.x_scale;
     const uint64_t seed = dv_rand_hash((uint64_t)r->st.seed ^ SALT_SCORE, 0);
     dv_class_score sc;
-    int rc = dv_class_score_init(&sc, K) ? DV_ERROR(r->err, "out of memory") : 0;
+    dv_status rc = dv_class_score_init(&sc, K) ? DV_ERROR(r->err, "out of memory") : DV_OK;
     int64_t j = r->rank;
     while (!rc && j < n) {
         int count = 0;
@@ -439,7 +429,7 @@ static int score(gan *r, dv_split *split, int64_t n, double out[3]) {
     }
     if (dv_agree(r->comm, rc, r->err)) {
         dv_class_score_free(&sc);
-        return -1;
+        return DV_ERR;
     }
     /* the sums of every rank: n, confidences, sum p log p, histogram, mean p */
     const int len = 3 + 2 * K;
@@ -456,21 +446,21 @@ static int score(gan *r, dv_split *split, int64_t n, double out[3]) {
     free(v);
     dv_class_score_result(&sc, &out[0], &out[1], &out[2]);
     dv_class_score_free(&sc);
-    return 0;
+    return DV_OK;
 }
 
 /* The reference: the classifier's score of real images ([data] val, else
  * the training images), printed by rank 0. */
-static int score_real(gan *r, double out[3]) {
+static dv_status score_real(gan *r, double out[3]) {
     const char *x = r->st.has_val ? r->st.val_x : r->st.train_x;
     dv_split *s = NULL;
-    int rc = dv_split_open(&s, r->st.file, x, NULL, r->err) ? -1 : 0;
+    dv_status rc = dv_split_open(&s, r->st.file, x, NULL, r->err);
     if (!rc && dv_split_info_get(s)->x_elems != r->cls->in_elems)
         rc = DV_ERROR(r->err, "%s: %s has %zu values per image, the generator makes %zu",
                       r->st.file, x, dv_split_info_get(s)->x_elems, r->cls->in_elems);
     if (dv_agree(r->comm, rc, r->err)) {
         dv_split_free(s);
-        return -1;
+        return DV_ERR;
     }
     int64_t n = dv_split_info_get(s)->n < r->score_n ? dv_split_info_get(s)->n : r->score_n;
     rc = score(r, s, n, out);
@@ -494,14 +484,8 @@ static void side_update(gan *r, side *s, int64_t step, int64_t steps) {
         dv_device_sync(r->comm, be, r->device_comm, 0);
         dv_clip_grad_norm(be, m->grads, m->nparams, s->st.clip_norm);
     }
-    dv_opt_params op = {.kind = s->st.optimizer,
-                        .lr = (float)dv_lr_at(&s->st, step, steps),
-                        .momentum = (float)s->st.momentum,
-                        .beta1 = (float)s->st.beta1,
-                        .beta2 = (float)s->st.beta2,
-                        .eps = (float)s->st.eps,
-                        .weight_decay = (float)s->st.weight_decay,
-                        .step = (long)step + 1};
+    dv_opt_params op =
+        dv_settings_opt_params(&s->st, dv_lr_at(&s->st, step, steps), (long)step + 1);
     be->opt_step(be->ctx, &op, m->params, m->grads, m->state1, m->state2, m->nparams);
 }
 
@@ -561,23 +545,7 @@ static void gan_step(gan *r, const dv_batch *b, int64_t step, int64_t steps) {
 /* Adds the ring's per-step sums to ts in step order (this rank's). */
 static void loop_flush(void *ctx, dv_train_state *ts) {
     gan *r = ctx;
-    if (!r->ring.used) return;
-    float h[NSUMS * DV_RING_STEPS];
-    int64_t step0;
-    dv_device_sync(r->comm, r->be, r->device_comm, 0);
-    const int n = dv_ring_read(&r->ring, h, &step0);
-    for (int k = 0; k < n; k++)
-        for (int i = 0; i < NSUMS; i++) {
-            const float v = h[k * NSUMS + i];
-            if (!isfinite(v)) {
-                char msg[256];
-                snprintf(msg, sizeof(msg),
-                         "the GAN's losses became %f at step %lld; lower lr or set clip_norm", v,
-                         (long long)(step0 + k + 1));
-                dv_comm_abort(r->comm, 1, msg);
-            }
-            ts->sums[i] += v;
-        }
+    dv_ring_flush(&r->ring, r->comm, r->device_comm, ts->sums, "the GAN's losses");
 }
 
 /* ts with the epoch's running sums of every rank; at an epoch's end both
@@ -627,7 +595,7 @@ static void loop_stopped(void *ctx, const dv_train_state *g, double rate) {
 static int loop_epoch_end(void *ctx, dv_train_state *ts, const dv_train_state *g, int64_t epoch,
                           double rate, double t0) {
     gan *r = ctx;
-    int rc = 0;
+    dv_status rc = DV_OK;
     if (r->rank == 0) {
         char path[1200];
         snprintf(path, sizeof(path), "%s/samples-epoch-%03lld.png", r->st.run_dir,
@@ -668,23 +636,16 @@ static int loop_epoch_end(void *ctx, dv_train_state *ts, const dv_train_state *g
 
 /* Rank 0 writes both models and optimizers, and links last.h5 (and
  * best.h5) to it; every rank learns whether it worked. Collective. */
-static int gan_save(void *ctx, const dv_train_state *ts, int best) {
+static dv_status gan_save(void *ctx, const dv_train_state *ts, int best) {
     gan *r = ctx;
-    int rc = 0;
-    if (r->rank == 0) {
-        static const char *const roots[] = {"/generator", "/discriminator", "/generator_ema"};
-        dv_model *const models[] = {r->g.m, r->d.m, r->ge};
-        char path[1200];
-        dv_checkpoint_path(r->st.run_dir, r->st.keep, ts->step, path, sizeof(path));
-        rc = dv_checkpoint_save_models(path, 2 + (r->ge != NULL), models, roots, ts, r->config_text,
-                                       r->err);
-        if (!rc) rc = dv_checkpoint_publish(r->st.run_dir, path, r->st.keep, best, r->err);
-    }
-    return dv_agree(r->comm, rc, r->err) ? -1 : 0;
+    static const char *const roots[] = {"/generator", "/discriminator", "/generator_ema"};
+    dv_model *const models[] = {r->g.m, r->d.m, r->ge};
+    return dv_run_save(r->comm, &r->st, 2 + (r->ge != NULL), models, roots, ts, r->config_text,
+                       best, r->err);
 }
 
-static int gan_resume(gan *r, const char *ckpt, dv_train_state *ts) {
-    int rc = dv_checkpoint_load_model(ckpt, "/generator", r->g.m, ts, 1, r->err);
+static dv_status gan_resume(gan *r, const char *ckpt, dv_train_state *ts) {
+    dv_status rc = dv_checkpoint_load_model(ckpt, "/generator", r->g.m, ts, 1, r->err);
     if (!rc) rc = dv_checkpoint_load_model(ckpt, "/discriminator", r->d.m, NULL, 1, r->err);
     /* a run that turns on ema averages from the generator it resumes */
     if (!rc && r->ge && dv_checkpoint_has(ckpt, "/generator_ema"))
@@ -698,21 +659,6 @@ static int gan_resume(gan *r, const char *ckpt, dv_train_state *ts) {
     return rc;
 }
 
-static FILE *open_metrics(gan *r, int resumed) {
-    char path[1200];
-    snprintf(path, sizeof(path), "%s/metrics.csv", r->st.run_dir);
-    int fresh = access(path, F_OK) != 0 || !resumed;
-    FILE *f = fopen(path, fresh ? "w" : "a");
-    if (f && fresh) {
-        fprintf(f,
-                "epoch,step,lr,d_loss,g_loss,d_real_acc,d_fake_acc,samples_per_s,epoch_time_"
-                "s%s\n",
-                r->cls ? ",score,confidence,class_entropy" : "");
-        fflush(f);
-    }
-    return f;
-}
-
 /* ---- the loop's callbacks (dv_loop) ---------------------------------------- */
 
 static void loop_step(void *ctx, const dv_batch *b, dv_train_state *ts, int64_t s, int64_t first) {
@@ -723,11 +669,12 @@ static void loop_step(void *ctx, const dv_batch *b, dv_train_state *ts, int64_t 
     ts->seen += b->count;
 }
 
-int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
+dv_status dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume, int *stop_signal) {
+    *stop_signal = 0;
     gan R, *r = &R;
     if (gan_setup(r, c, cfg)) {
         gan_free(r);
-        return 1;
+        return DV_ERR;
     }
     dv_train_state ts = {.world_size = r->world,
                          .global_batch = r->st.batch,
@@ -735,11 +682,11 @@ int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
                          .best_val_loss = INFINITY,
                          .nsums = NSUMS};
     char ckpt[1200];
-    int rc = dv_run_begin(c, &r->st, resume, ckpt, sizeof(ckpt), r->err);
+    dv_status rc = dv_run_begin(c, &r->st, resume, ckpt, sizeof(ckpt), r->err);
     if (!rc && ckpt[0]) rc = gan_resume(r, ckpt, &ts);
     if (dv_agree(c, rc, r->err)) {
         gan_free(r);
-        return 1;
+        return DV_ERR;
     }
     dv_replicas_check(c, r->g.m);
     dv_replicas_check(c, r->d.m);
@@ -760,9 +707,14 @@ int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
     }
     if (r->cls && score_real(r, r->real)) {
         gan_free(r);
-        return 1;
+        return DV_ERR;
     }
-    r->metrics = r->rank == 0 ? open_metrics(r, ckpt[0] != 0) : NULL;
+    r->metrics = dv_run_metrics_open(c, &r->st, ckpt[0] != 0,
+                                     r->cls ? "epoch,step,lr,d_loss,g_loss,d_real_acc,d_fake_acc,"
+                                              "samples_per_s,epoch_time_s,score,confidence,class_"
+                                              "entropy"
+                                            : "epoch,step,lr,d_loss,g_loss,d_real_acc,d_fake_acc,"
+                                              "samples_per_s,epoch_time_s");
     r->live = dv_progress_live(&r->st, c);
     r->steps = steps;
     dv_loop loop = {.comm = c,
@@ -777,8 +729,8 @@ int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
                     .stopped = loop_stopped,
                     .epoch_end = loop_epoch_end,
                     .save = gan_save};
-    rc = dv_loop_run(&loop, &ts);
-    if (rc != 1) dv_run_done(c, &r->st, ts.step, "; samples-epoch-*.png");
+    rc = dv_loop_run(&loop, &ts, stop_signal);
+    if (!rc) dv_run_done(c, &r->st, ts.step, "; samples-epoch-*.png");
     if (r->metrics) fclose(r->metrics);
     gan_free(r);
     return rc;
@@ -786,16 +738,16 @@ int dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume) {
 
 /* ---- dive sample of a GAN checkpoint ------------------------------------------ */
 
-int dv_gan_sample(const char *ckpt, const char *config_text, const char *out, long count, long seed,
-                  dv_backend *be, char *err) {
+dv_status dv_gan_sample(const char *ckpt, const char *config_text, const char *out, long count,
+                        long seed, dv_backend *be, char *err) {
     dv_config cfg = {0};
     gan R = {0}, *r = &R;
     r->cfg = &cfg;
     r->eval_batch = 256;
-    int rc = dv_config_load_text(&cfg, ckpt, config_text, err);
+    dv_status rc = dv_config_load_text(&cfg, ckpt, config_text, err);
     if (!rc)
-        rc = dv_cfg_int(&cfg, dv_config_find(&cfg, "gan"), "latent", 100, 1, 1 << 16, &r->latent,
-                        err);
+        rc = dv_config_int(&cfg, dv_config_find(&cfg, "gan"), "latent", 100, 1, 1 << 16, &r->latent,
+                           err);
     const int lat = (int)r->latent;
     if (!rc) rc = dv_config_sub(&cfg, "generator", &lat, 1, &r->g.cfg, err);
     if (!rc) rc = dv_model_build(&r->g.m, &r->g.cfg, be, DV_LOSS_MSE, 0, r->eval_batch, err);
