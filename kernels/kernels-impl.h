@@ -1,5 +1,7 @@
-/* kernels-impl.h — private to kernels/: how a backend table is boxed so
- * dv_backend_free can release it without knowing the backend.
+/* kernels-impl.h — private to kernels/: what every backend shares. How a
+ * backend table is boxed so dv_backend_free can release it without knowing
+ * the backend, how a backend records the errors of its ops, and the
+ * counter-based random numbers in a form hot loops can inline.
  *
  * Every backend allocates a dv_backend_box (the public table first, so a
  * dv_backend * and its box share one address) and sets `destroy`, which
@@ -33,6 +35,22 @@ static inline uint64_t dv_rand_hash_inl(uint64_t seed, uint64_t counter) {
 static inline float dv_rand_uniform_inl(uint64_t seed, uint64_t counter) {
     return (float)(dv_rand_hash_inl(seed, counter) >> 40) * (1.0f / 16777216.0f);
 }
+
+/* Ops return void, so each backend keeps the first error its ops meet in a
+ * DV_ERR_LEN buffer of its ctx ("" while there is none; later errors are
+ * dropped, the first explains the rest), and its `check` hands it over.
+ *
+ * DV_BAD_ENUM(rec, type, v, count) is nonzero when v is not a member of
+ * the enum `type`, whose DV_<ENUM>_COUNT is `count`, after recording in
+ * `rec` "file:line: <function>: unknown <type> value <v>". An op tests its
+ * enum arguments with it before it does anything, so an unknown value
+ * computes nothing and `check` names the op and the value. */
+#define DV_BAD_ENUM(rec, type, v, count)                                                           \
+    ((unsigned)(v) >= (unsigned)(count)                                                            \
+         ? ((void)((rec)[0] || dv_error_at((rec), __FILE__, __LINE__, __func__,                    \
+                                           "unknown " #type " value %d", (int)(v))),               \
+            1)                                                                                     \
+         : 0)
 
 typedef struct dv_backend_box {
     dv_backend be;                   /* must stay first */

@@ -2,7 +2,8 @@
  * forward against a naive reference, every backward against central finite
  * differences of L = sum(y * r) for a random r (so dy = r), the losses'
  * gradients and statistics, the optimizers against hand-written two-step
- * references, clipping, and the counter-based RNG.
+ * references, clipping, the counter-based RNG, and the refusal of enum
+ * values outside their enums.
  *
  * FD losses are accumulated in double; inputs are small random values, and a
  * gradient passes when |fd - analytic| <= rtol*|fd| + atol*max|analytic|.
@@ -93,35 +94,10 @@ static void test_backend_basics(void **state) {
     (void)state;
     assert_string_equal(be->name, "cpu");
     /* Every slot of the table is filled. */
-    assert_non_null(be->alloc);
-    assert_non_null(be->free);
-    assert_non_null(be->to_device);
-    assert_non_null(be->to_host);
-    assert_non_null(be->copy);
-    assert_non_null(be->fill);
-    assert_non_null(be->sync);
-    assert_non_null(be->gemm);
-    assert_non_null(be->bias_forward);
-    assert_non_null(be->bias_backward);
-    assert_non_null(be->act_forward);
-    assert_non_null(be->act_backward);
-    assert_non_null(be->conv2d_workspace);
-    assert_non_null(be->conv2d_forward);
-    assert_non_null(be->conv2d_backward);
-    assert_non_null(be->pool2d_forward);
-    assert_non_null(be->pool2d_backward);
-    assert_non_null(be->dropout_forward);
-    assert_non_null(be->dropout_backward);
-    assert_non_null(be->batchnorm_forward);
-    assert_non_null(be->batchnorm_backward);
-    assert_non_null(be->xent_loss);
-    assert_non_null(be->bce_loss);
-    assert_non_null(be->mse_loss);
-    assert_non_null(be->perceptron_loss);
-    assert_non_null(be->opt_step);
-    assert_non_null(be->sumsq);
-    assert_non_null(be->scale);
-    assert_non_null(be->axpy);
+#define DV_OP(ret, name, params)                                                                   \
+    if (!be->name) fail_msg("table slot %s is NULL", #name);
+#include "ops.def"
+    test_expect_ok(be, "a fresh backend");
 
     float *x = be->alloc(be->ctx, 1000 * sizeof(float));
     assert_non_null(x);
@@ -1031,6 +1007,8 @@ static void test_optimizers(void **state) {
                     double mh = rm[i] / (1 - pow(0.9, step)), vh = rv[i] / (1 - pow(0.999, step));
                     rp[i] -= lr * mh / (sqrt(vh) + 1e-8);
                     break;
+                case DV_OPT_COUNT:
+                    fail_msg("DV_OPT_COUNT is not an optimizer");
                 }
             }
         }
@@ -1039,6 +1017,17 @@ static void test_optimizers(void **state) {
                 fail_msg("optimizer %d p[%d]: got %.7g want %.7g", k, i, p[i], rp[i]);
         free(p), free(m), free(v), free(g1), free(g2);
     }
+}
+
+/* An activation, pooling mode or optimizer kind outside its enum computes
+ * nothing, and check names the op and the value (test_rand.c). */
+static dv_backend *make_cpu(void) {
+    return dv_backend_cpu_create(1);
+}
+
+static void test_unknown_enums_cpu(void **state) {
+    (void)state;
+    test_unknown_enums(make_cpu);
 }
 
 static void test_clip_grad_norm(void **state) {
@@ -1082,6 +1071,7 @@ int main(void) {
         cmocka_unit_test(test_perceptron),
         cmocka_unit_test(test_optimizers),
         cmocka_unit_test(test_clip_grad_norm),
+        cmocka_unit_test(test_unknown_enums_cpu),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -3,8 +3,8 @@
  * go to both, and the CUDA results must match within a tolerance, or
  * exactly where the contract leaves no room (dropout masks, pooling's arg,
  * counts). Also: the memory entries (upload, host_alloc), GEMM-based ops in
- * TF32 and BF16 with loose tolerances, and run-to-run determinism of the
- * reductions.
+ * TF32 and BF16 with loose tolerances, run-to-run determinism of the
+ * reductions, and the refusal of enum values outside their enums.
  *
  * Without a usable device (no GPU, no driver, or Dive built without CUDA)
  * every test prints one line saying why and is skipped, never failed.
@@ -161,49 +161,9 @@ static void test_table(void **state) {
     assert_non_null(gpu->ctx);
     assert_non_null(gpu->stream);
     /* every slot of the table is filled */
-#define SLOT(f)                                                                                    \
-    { #f, gpu->f != NULL }
-    const struct {
-        const char *name;
-        int set;
-    } slots[] = {SLOT(alloc),
-                 SLOT(free),
-                 SLOT(to_device),
-                 SLOT(to_host),
-                 SLOT(copy),
-                 SLOT(fill),
-                 SLOT(sync),
-                 SLOT(host_alloc),
-                 SLOT(host_free),
-                 SLOT(upload),
-                 SLOT(check),
-                 SLOT(gemm),
-                 SLOT(bias_forward),
-                 SLOT(bias_backward),
-                 SLOT(act_forward),
-                 SLOT(act_backward),
-                 SLOT(conv2d_workspace),
-                 SLOT(conv2d_forward),
-                 SLOT(conv2d_backward),
-                 SLOT(pool2d_forward),
-                 SLOT(pool2d_backward),
-                 SLOT(upsample_forward),
-                 SLOT(upsample_backward),
-                 SLOT(dropout_forward),
-                 SLOT(dropout_backward),
-                 SLOT(batchnorm_forward),
-                 SLOT(batchnorm_backward),
-                 SLOT(xent_loss),
-                 SLOT(bce_loss),
-                 SLOT(mse_loss),
-                 SLOT(perceptron_loss),
-                 SLOT(opt_step),
-                 SLOT(sumsq),
-                 SLOT(scale),
-                 SLOT(axpy)};
-#undef SLOT
-    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
-        if (!slots[i].set) fail_msg("table slot %s is NULL", slots[i].name);
+#define DV_OP(ret, name, params)                                                                   \
+    if (!gpu->name) fail_msg("table slot %s is NULL", #name);
+#include "ops.def"
     test_expect_ok(gpu, "a fresh backend");
 }
 
@@ -1052,6 +1012,30 @@ static void test_determinism(void **state) {
     test_expect_ok(G, "determinism");
 }
 
+/* An activation, pooling mode or optimizer kind outside its enum launches
+ * nothing, and check names the op and the value (test_rand.c); a precision
+ * outside dv_precision gives no backend, and the reason names it. */
+static dv_backend *make_gpu(void) {
+    char reason[DV_ERR_LEN];
+    dv_backend *b = create_cuda(DV_PRECISION_FP32, reason, sizeof reason);
+    if (!b) fail_msg("a second CUDA backend: %s", reason);
+    return b;
+}
+
+static void test_unknown_enums_cuda(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+    test_unknown_enums(make_gpu);
+    const int bad[] = {DV_PRECISION_COUNT, -1, 7777};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        char err[DV_ERR_LEN] = "", want[32];
+        dv_backend *b = dv_backend_cuda_create(0, (dv_precision)bad[k], err);
+        snprintf(want, sizeof want, "value %d", bad[k]);
+        if (b || !strstr(err, "dv_precision") || !strstr(err, want))
+            fail_msg("precision %d: backend %p, reason: %s", bad[k], (void *)b, err);
+    }
+}
+
 /* After everything above, no error is pending. */
 static void test_check(void **state) {
     (void)state;
@@ -1066,15 +1050,25 @@ static void test_check(void **state) {
 int main(void) {
     test_rand_seed(12345); /* the inputs' generator (test_rand.h), independent of dv_rand */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_table),       cmocka_unit_test(test_memory),
-        cmocka_unit_test(test_blas1),       cmocka_unit_test(test_gemm),
-        cmocka_unit_test(test_bias),        cmocka_unit_test(test_act),
-        cmocka_unit_test(test_conv2d),      cmocka_unit_test(test_conv2d_chunked),
-        cmocka_unit_test(test_pool2d),      cmocka_unit_test(test_upsample),
-        cmocka_unit_test(test_dropout),     cmocka_unit_test(test_batchnorm),
-        cmocka_unit_test(test_losses),      cmocka_unit_test(test_opt),
-        cmocka_unit_test(test_tf32),        cmocka_unit_test(test_bf16),
-        cmocka_unit_test(test_determinism), cmocka_unit_test(test_check),
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_memory),
+        cmocka_unit_test(test_blas1),
+        cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_bias),
+        cmocka_unit_test(test_act),
+        cmocka_unit_test(test_conv2d),
+        cmocka_unit_test(test_conv2d_chunked),
+        cmocka_unit_test(test_pool2d),
+        cmocka_unit_test(test_upsample),
+        cmocka_unit_test(test_dropout),
+        cmocka_unit_test(test_batchnorm),
+        cmocka_unit_test(test_losses),
+        cmocka_unit_test(test_opt),
+        cmocka_unit_test(test_tf32),
+        cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_determinism),
+        cmocka_unit_test(test_check),
+        cmocka_unit_test(test_unknown_enums_cuda),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

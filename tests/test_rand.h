@@ -1,7 +1,8 @@
 /* test_rand.h — what the kernel tests (test_kernels*.c) share: their own
  * random numbers, independent of dv_rand, which is under test (a
  * splitmix64 generator that each test seeds once), zeroed float buffers,
- * the finite-difference gradient check, and device buffers of a backend.
+ * the finite-difference gradient check, device buffers of a backend, and
+ * the check of how a backend refuses enum values outside their enums.
  */
 #ifndef DV_TEST_RAND_H
 #define DV_TEST_RAND_H
@@ -51,5 +52,13 @@ void *test_dget(dv_backend *G, const void *d, size_t bytes);
 void test_expect_ok(dv_backend *G, const char *where);
 /* Fails the test, naming the first differing byte, unless got == want. */
 void test_expect_bits(const void *got, const void *want, size_t bytes, const char *what);
+
+/* Every op that takes an enum (act_forward, act_backward, pool2d_forward,
+ * pool2d_backward, opt_step), called with values outside its enum (its
+ * DV_<ENUM>_COUNT, -1, 7777), each on a fresh backend from make(): the op
+ * must leave every buffer it was given as it was, and check must then fail
+ * with a message that names the op and "value <v>". A second bad call must
+ * not replace the first message. make returns NULL to fail the test. */
+void test_unknown_enums(dv_backend *(*make)(void));
 
 #endif

@@ -1,5 +1,14 @@
-/* cpu-impl.h — private to kernels/cpu/: the CPU backend's context and the
- * ops that backend_cpu.c puts in its table (defined in ops_cpu.c).
+/* cpu-impl.h — private to kernels/cpu/: the CPU backend's context, the
+ * dv_cpu_<op> functions of every op of ops.def (which backend_cpu.c puts in
+ * its table), the GEMM helpers the op files share, and the vectorizable
+ * math the loops use.
+ *
+ * Where the ops live: core_cpu.c has memory, copies, fill, scale, sync and
+ * check (it calls no other file, so every file may call it);
+ * gemm_packed_cpu.c has gemm and the packed GEMMs (it calls core_cpu.c
+ * only); ops_cpu.c, seq_cpu.c and rnn_cpu.c have the rest and may call
+ * only those two; backend_cpu.c only builds the table. So no file calls one
+ * that calls it back (tests/lint_layers.sh checks).
  *
  * Hot loops carry DV_HOT: with GCC on x86-64 each is compiled three times
  * (baseline, AVX2+FMA, AVX-512) and picked at load time, so one binary runs
@@ -12,7 +21,7 @@
 
 #include <stdint.h>
 
-#include "kernels.h"
+#include "kernels-impl.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
@@ -74,111 +83,26 @@ static inline float dv_fast_sigmoidf(float x) {
 #endif
 
 typedef struct dv_cpu_ctx {
-    int threads;       /* OpenBLAS threads asked for (0: its default) */
-    int pack_own;      /* gemm_packed: own AVX-512 kernel (else OpenBLAS) */
-    float *pack_buf;   /* dv_cpu_gemm's packed B (dv_cpu_gemm_own) */
-    size_t pack_cap;   /* floats in pack_buf */
-    float *pack_a;     /* dv_cpu_gemm's packed blocks of op(A) */
-    size_t pack_a_cap; /* floats in pack_a */
+    int threads;          /* OpenBLAS threads asked for (0: its default) */
+    int pack_own;         /* gemm_packed: own AVX-512 kernel (else OpenBLAS) */
+    float *pack_buf;      /* dv_cpu_gemm's packed B (dv_cpu_gemm_own) */
+    size_t pack_cap;      /* floats in pack_buf */
+    float *pack_a;        /* dv_cpu_gemm's packed blocks of op(A) */
+    size_t pack_a_cap;    /* floats in pack_a */
+    char err[DV_ERR_LEN]; /* first error an op met (DV_BAD_ENUM); "" while none */
 } dv_cpu_ctx;
 
-void *dv_cpu_alloc(void *ctx, size_t bytes);
-void dv_cpu_free(void *ctx, void *p);
-void dv_cpu_memcpy(void *ctx, void *dst, const void *src, size_t bytes);
-void dv_cpu_fill(void *ctx, float *x, float value, size_t n);
-void dv_cpu_sync(void *ctx);
+/* Every op of ops.def: ret dv_cpu_<name>(params). */
+#define DV_OP(ret, name, params) ret dv_cpu_##name params;
+#include "ops.def"
 
+/* gemm_packed_cpu.c: whether a backend with `threads` OpenBLAS threads
+ * uses the own AVX-512 GEMM kernels (dv_cpu_ctx.pack_own), and the way
+ * into them for a product with leading dimensions: nonzero when it was
+ * done there, 0 to leave it to OpenBLAS (gemm_batched_ld's A B^T). */
 int dv_cpu_pack_own(int threads);
-int dv_cpu_gemm_own(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                    const float *A, const float *B, float beta, float *C);
 int dv_cpu_gemm_own_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                        const float *A, int lda, const float *B, int ldb, float beta, float *C,
                        int ldc);
-void dv_cpu_gemm_batched_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                            const float *A, int lda, long long stride_a, const float *B, int ldb,
-                            long long stride_b, float beta, float *C, int ldc, long long stride_c,
-                            int batch);
-size_t dv_cpu_gemm_pack_size(void *ctx, int K, int N);
-void dv_cpu_gemm_pack(void *ctx, int trans_b, int K, int N, const float *B, float *packed);
-void dv_cpu_gemm_packed(void *ctx, int M, int N, int K, float alpha, const float *A,
-                        const float *packed, float beta, float *C);
-void dv_cpu_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                 const float *A, const float *B, float beta, float *C);
-void dv_cpu_bias_forward(void *ctx, float *y, const float *bias, int B, int C, int S);
-void dv_cpu_bias_backward(void *ctx, const float *dy, float *dbias, int B, int C, int S);
-void dv_cpu_act_forward(void *ctx, dv_act act, float alpha, const float *x, float *y, size_t n,
-                        int cols);
-void dv_cpu_act_backward(void *ctx, dv_act act, float alpha, const float *y, const float *dy,
-                         float *dx, size_t n, int cols);
-
-size_t dv_cpu_conv2d_workspace(void *ctx, const dv_conv2d_geom *g);
-void dv_cpu_conv2d_forward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
-                           const float *b, float *y, float *work);
-void dv_cpu_conv2d_backward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
-                            const float *dy, float *dx, float *dw, float *db, float *work);
-void dv_cpu_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *x,
-                           float *y, int32_t *arg);
-void dv_cpu_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
-                            float *dx, const int32_t *arg);
-void dv_cpu_upsample_forward(void *ctx, int n, int H, int W, int s, const float *x, float *y);
-void dv_cpu_upsample_backward(void *ctx, int n, int H, int W, int s, const float *dy, float *dx);
-
-void dv_cpu_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t *row_id, int rows,
-                            int cols, const float *x, float *y, float *mask);
-void dv_cpu_dropout_backward(void *ctx, const float *mask, const float *dy, float *dx, size_t n);
-
-void dv_cpu_batchnorm_forward(void *ctx, int training, int B, int C, int S, float eps,
-                              float momentum, const float *x, const float *gamma, const float *beta,
-                              float *running_mean, float *running_var, float *save_mean,
-                              float *save_invstd, float *y);
-void dv_cpu_batchnorm_backward(void *ctx, int B, int C, int S, const float *x, const float *gamma,
-                               const float *save_mean, const float *save_invstd, const float *dy,
-                               float *dx, float *dgamma, float *dbeta);
-
-void dv_cpu_xent_loss(void *ctx, const float *logits, const int32_t *labels, int B, int K,
-                      float grad_scale, float *dlogits, float *stats);
-void dv_cpu_bce_loss(void *ctx, const float *logits, const float *targets, int B, int K,
-                     float grad_scale, float *dlogits, float *stats);
-void dv_cpu_mse_loss(void *ctx, const float *pred, const float *targets, int B, int K,
-                     float grad_scale, float *dpred, float *stats);
-void dv_cpu_perceptron_loss(void *ctx, const float *scores, const int32_t *labels, int B, int K,
-                            float grad_scale, float *dscores, float *stats);
-
-void dv_cpu_opt_step(void *ctx, const dv_opt_params *p, float *params, const float *grads,
-                     float *state1, float *state2, size_t n);
-double dv_cpu_sumsq(void *ctx, const float *x, size_t n);
-void dv_cpu_scale(void *ctx, float *x, float s, size_t n);
-void dv_cpu_axpy(void *ctx, float a, const float *x, float *y, size_t n);
-
-/* seq_{cpu,cuda}: gemm_batched, embedding, layernorm, gelu, causal softmax */
-void dv_cpu_gemm_batched(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                         const float *A, long long stride_a, const float *B, long long stride_b,
-                         float beta, float *C, long long stride_c, int batch);
-void dv_cpu_embedding_forward(void *ctx, const int32_t *ids, int N, int D, const float *table,
-                              float *y);
-void dv_cpu_embedding_backward(void *ctx, const int32_t *ids, int N, int D, int V, const float *dy,
-                               float *dtable);
-void dv_cpu_layernorm_forward(void *ctx, int N, int C, float eps, const float *x,
-                              const float *gamma, const float *beta, float *y, float *save_mean,
-                              float *save_rstd);
-void dv_cpu_layernorm_backward(void *ctx, int N, int C, const float *x, const float *gamma,
-                               const float *save_mean, const float *save_rstd, const float *dy,
-                               float *dx, float *dgamma, float *dbeta);
-void dv_cpu_transpose(void *ctx, int A, int B, int C, int D, const float *x, float *y);
-void dv_cpu_gelu_forward(void *ctx, const float *x, float *y, size_t n);
-void dv_cpu_gelu_backward(void *ctx, const float *x, const float *dy, float *dx, size_t n);
-void dv_cpu_causal_softmax_forward(void *ctx, int BH, int T, float scale, float *s);
-void dv_cpu_causal_softmax_backward(void *ctx, int BH, int T, float scale, const float *p,
-                                    const float *dp, float *ds);
-/* rnn_{cpu,cuda}: recurrent cells */
-void dv_cpu_lstm_cell_forward(void *ctx, int B, int H, float *gates, const float *c_prev, float *c,
-                              float *h);
-void dv_cpu_lstm_cell_backward(void *ctx, int B, int H, const float *gates, const float *c_prev,
-                               const float *c, const float *dh, const float *dc, float *dgates,
-                               float *dc_prev);
-void dv_cpu_gru_cell_forward(void *ctx, int B, int H, const float *gi, const float *gh,
-                             const float *h_prev, float *h, float *save);
-void dv_cpu_gru_cell_backward(void *ctx, int B, int H, const float *save, const float *h_prev,
-                              const float *dh, float *dgi, float *dgh, float *dh_prev);
 
 #endif

@@ -1,5 +1,6 @@
-/* gemm_packed_cpu.c — GEMM against a matrix packed once and used many
- * times: the recurrent weight W_hh of an RNN, multiplied by one step's
+/* gemm_packed_cpu.c — the CPU backend's GEMMs: gemm (dv_cpu_gemm, OpenBLAS
+ * or the own kernels below) and GEMM against a matrix packed once and used
+ * many times: the recurrent weight W_hh of an RNN, multiplied by one step's
  * (B, H) state T times per pass. OpenBLAS packs both operands on every call;
  * for these small products (32 x 1024 x 256 in fortunes_lstm) the packing
  * is a fifth of the time and the product runs at about 60% of the large-GEMM
@@ -24,6 +25,9 @@
  * (K, N), and the product is cblas_sgemm: the same contract, nothing
  * gained, nothing lost. Which form a backend uses is fixed when it is
  * created (dv_cpu_ctx.pack_own).
+ *
+ * Below the op files (ops_cpu.c, seq_cpu.c call in here), above core_cpu.c
+ * only: fill and scale for K = 0, dv_cpu_alloc for the packing buffers.
  */
 #include "cpu-impl.h"
 
@@ -366,11 +370,9 @@ static float *grow(float **buf, size_t *cap, size_t need, void *ctx) {
     return *buf;
 }
 
-/* dv_cpu_gemm through the own kernels, or 0 to leave the product to
- * OpenBLAS. Measured against cblas_sgemm on one thread (best of many
- * calls, AMD EPYC Zen 4):
- *   A op(B): op(B) packed whole into the ctx's buffer on each call (where
- *     M is large the packing is a sliver of the work) and A read in place.
+/* A product through the own kernels, or 0 to leave it to OpenBLAS. Measured against cblas_sgemm on
+ * one thread (best of many calls, AMD EPYC Zen 4): A op(B): op(B) packed whole into the ctx's
+ * buffer on each call (where M is large the packing is a sliver of the work) and A read in place.
  *     K >= 512 gains 1.15-1.45x (a layer's dx, an LSTM's input gradient),
  *     K = 64-256 1.0-1.2x with beta = 0 (OpenBLAS clears C in a pass of
  *     its own first) and 0.93-1.07x with beta = 1; so M >= 256 and K >= 64.
@@ -409,13 +411,29 @@ int dv_cpu_gemm_own_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K,
 #endif
 }
 
-int dv_cpu_gemm_own(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+static int gemm_own(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                     const float *A, const float *B, float beta, float *C) {
     if (trans_a ? trans_b || K < BLOCKED_MIN_K || M < BLOCKED_MIN_MN || N < BLOCKED_MIN_MN
                 : M < OWN_MIN_M || K < OWN_MIN_K)
         return 0;
     return dv_cpu_gemm_own_ld(ctx, trans_a, trans_b, M, N, K, alpha, A, trans_a ? M : K, B,
                               trans_b ? K : N, beta, C, N);
+}
+
+void dv_cpu_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 const float *A, const float *B, float beta, float *C) {
+    if (M <= 0 || N <= 0) return;
+    if (K > 0 && gemm_own(ctx, trans_a, trans_b, M, N, K, alpha, A, B, beta, C)) return;
+    if (K <= 0) { /* BLAS returns early here; the contract says C = beta*C */
+        if (beta == 0.0f)
+            dv_cpu_fill(ctx, C, 0.0f, (size_t)M * N);
+        else
+            dv_cpu_scale(ctx, C, beta, (size_t)M * N);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, trans_a ? M : K, B,
+                trans_b ? K : N, beta, C, N);
 }
 
 void dv_cpu_gemm_packed(void *ctx, int M, int N, int K, float alpha, const float *A,

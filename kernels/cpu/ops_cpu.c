@@ -1,12 +1,18 @@
-/* ops_cpu.c — every op of the CPU backend, forward and backward. These loops
- * are also the reference the CUDA ops are tested against, so they favour
- * plain, obviously-correct code; the hot ones are written so GCC vectorizes
- * them (restrict pointers, no branches in inner loops, several partial sums
- * in reductions) and carry DV_HOT (see cpu-impl.h).
+/* ops_cpu.c — the CPU backend's layer ops, forward and backward: bias,
+ * activations, convolution, pooling, upsampling, dropout, batch norm, the
+ * losses, the optimizer step, sumsq and axpy (GEMM is gemm_packed_cpu.c's,
+ * memory, fill and scale core_cpu.c's, the sequence ops seq_cpu.c's and
+ * rnn_cpu.c's). These loops are also the reference the CUDA ops are tested
+ * against, so they favour plain, obviously-correct code; the hot ones are
+ * written so GCC vectorizes them (restrict pointers, no branches in inner
+ * loops, several partial sums in reductions) and carry DV_HOT (see
+ * cpu-impl.h).
  *
  * Assumptions: every pointer is host memory; sizes fit in int where the
  * interface says int; ops never allocate (conv2d gets its column buffer from
- * the caller) and are single-threaded apart from OpenBLAS.
+ * the caller) and are single-threaded apart from OpenBLAS. An activation,
+ * pooling mode or optimizer kind outside its enum computes nothing: the op
+ * records it in the ctx (DV_BAD_ENUM) for check.
  */
 #include "cpu-impl.h"
 #include "kernels-impl.h"
@@ -57,18 +63,6 @@ static int argmax_f(const float *x, int n) {
     for (int k = 1; k < n; k++)
         if (x[k] > x[best]) best = k;
     return best;
-}
-
-DV_HOT void dv_cpu_fill(void *ctx, float *x, float value, size_t n) {
-    (void)ctx;
-    for (size_t i = 0; i < n; i++)
-        x[i] = value;
-}
-
-DV_HOT void dv_cpu_scale(void *ctx, float *x, float s, size_t n) {
-    (void)ctx;
-    for (size_t i = 0; i < n; i++)
-        x[i] *= s;
 }
 
 DV_HOT void dv_cpu_axpy(void *ctx, float a, const float *restrict x, float *restrict y, size_t n) {
@@ -153,7 +147,8 @@ static void softmax_rows(const float *x, float *y, size_t rows, int cols) {
 
 DV_HOT void dv_cpu_act_forward(void *ctx, dv_act act, float alpha, const float *x, float *y,
                                size_t n, int cols) {
-    (void)ctx;
+    dv_cpu_ctx *cx = ctx;
+    if (DV_BAD_ENUM(cx->err, dv_act, act, DV_ACT_COUNT)) return;
     switch (act) {
     case DV_ACT_LINEAR:
         if (x != y) memmove(y, x, n * sizeof *y);
@@ -177,12 +172,15 @@ DV_HOT void dv_cpu_act_forward(void *ctx, dv_act act, float alpha, const float *
     case DV_ACT_SOFTMAX:
         if (cols > 0) softmax_rows(x, y, n / (size_t)cols, cols);
         break;
+    case DV_ACT_COUNT: /* refused above */
+        break;
     }
 }
 
 DV_HOT void dv_cpu_act_backward(void *ctx, dv_act act, float alpha, const float *y, const float *dy,
                                 float *dx, size_t n, int cols) {
-    (void)ctx;
+    dv_cpu_ctx *cx = ctx;
+    if (DV_BAD_ENUM(cx->err, dv_act, act, DV_ACT_COUNT)) return;
     switch (act) {
     case DV_ACT_LINEAR:
         if (dx != dy) memmove(dx, dy, n * sizeof *dx);
@@ -212,6 +210,8 @@ DV_HOT void dv_cpu_act_backward(void *ctx, dv_act act, float alpha, const float 
             for (int k = 0; k < cols; k++)
                 xr[k] = yr[k] * (dr[k] - s);
         }
+        break;
+    case DV_ACT_COUNT: /* refused above */
         break;
     }
 }
@@ -939,7 +939,8 @@ DV_HOT static void pool_avg_forward(const dv_conv2d_geom *g, const float *restri
 
 void dv_cpu_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *x,
                            float *y, int32_t *arg) {
-    (void)ctx;
+    dv_cpu_ctx *cx = ctx;
+    if (DV_BAD_ENUM(cx->err, dv_pool, mode, DV_POOL_COUNT)) return;
     if (mode == DV_POOL_AVG)
         pool_avg_forward(g, x, y);
     else
@@ -948,7 +949,8 @@ void dv_cpu_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, con
 
 void dv_cpu_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
                             float *dx, const int32_t *arg) {
-    (void)ctx;
+    dv_cpu_ctx *cx = ctx;
+    if (DV_BAD_ENUM(cx->err, dv_pool, mode, DV_POOL_COUNT)) return;
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, p = g->pad;
     const size_t planes = (size_t)g->B * g->C, ny = planes * OH * OW;
     memset(dx, 0, planes * H * W * sizeof *dx);
@@ -1348,7 +1350,8 @@ static void adam_step(const adam_k *k, float *p, const float *g, float *m, float
 
 void dv_cpu_opt_step(void *ctx, const dv_opt_params *o, float *params, const float *grads,
                      float *state1, float *state2, size_t n) {
-    (void)ctx;
+    dv_cpu_ctx *cx = ctx;
+    if (DV_BAD_ENUM(cx->err, dv_opt, o->kind, DV_OPT_COUNT)) return;
     switch (o->kind) {
     case DV_OPT_SGD:
         sgd_step(o->lr, o->weight_decay, params, grads, n);
@@ -1373,5 +1376,7 @@ void dv_cpu_opt_step(void *ctx, const dv_opt_params *o, float *params, const flo
         adam_step(&k, params, grads, state1, state2, n);
         break;
     }
+    case DV_OPT_COUNT: /* refused above */
+        break;
     }
 }

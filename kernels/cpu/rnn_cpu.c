@@ -6,7 +6,7 @@
  * expression, so the two agree within the rounding of expf/tanhf (here
  * the vectorizable dv_fast_* of cpu-impl.h, within 3 ulp of libm's).
  *
- * Assumes: host memory, contracts of kernels.h; every unit (b, j) is read
+ * Assumes: host memory, contracts of ops.def; every unit (b, j) is read
  * before it is written, so in place use that maps a unit onto itself (for
  * instance dc_prev == dc, dgates == gates) is harmless. Each loop over j
  * carries `#pragma GCC ivdep`: no unit depends on another, which GCC cannot

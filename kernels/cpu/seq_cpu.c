@@ -1,5 +1,5 @@
 /* seq_cpu.c — the CPU ops for sequence models: batched GEMM, token
- * embedding, layer norm, GELU and causal softmax (contracts in kernels.h).
+ * embedding, layer norm, GELU and causal softmax (contracts in ops.def).
  * Like ops_cpu.c these are the reference the CUDA versions
  * (kernels/cuda/seq_cuda.cu) are tested against, so they are plain loops;
  * the orders of their sums are the ones the CUDA kernels restate where the

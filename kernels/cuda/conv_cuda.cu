@@ -1,5 +1,5 @@
 /* conv_cuda.cu — convolution and pooling on the GPU: the CUDA versions of the
- * CPU ops in kernels/cpu/ops_cpu.c, with the same contracts (kernels.h).
+ * CPU ops in kernels/cpu/ops_cpu.c, with the same contracts (ops.def).
  *
  * Convolution is im2col + one cuBLAS GEMM per chunk of samples. The
  * workspace holds the columns of a chunk of Bc samples, cols
@@ -19,8 +19,9 @@
  *
  * Assumes: every pointer is device memory; every launch goes on cx->stream
  * and nothing synchronizes; dv_cuda_gemm is row-major (as dv_cpu_gemm) and
- * applies the backend's precision; shapes fit int as kernels.h says (flat
- * indices are size_t).
+ * applies the backend's precision; shapes fit int as ops.def says (flat
+ * indices are size_t). A pooling mode outside dv_pool launches nothing:
+ * the op records it (DV_BAD_ENUM) for check.
  */
 #include "cuda-impl.h"
 
@@ -373,6 +374,7 @@ static __global__ void pool_bwd_kernel(int mode, const float *__restrict__ dy,
 extern "C" void dv_cuda_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g,
                                        const float *x, float *y, int32_t *arg) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    if (DV_BAD_ENUM(cx->err, dv_pool, mode, DV_POOL_COUNT)) return;
     const size_t n = (size_t)g->B * g->C * g->OH * g->OW;
     if (n == 0 || g->OH <= 0 || g->OW <= 0) return;
     pool_fwd_kernel<<<dv_cuda_blocks(cx, n), DV_CUDA_THREADS, 0, cx->stream>>>(
@@ -383,6 +385,7 @@ extern "C" void dv_cuda_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_
 extern "C" void dv_cuda_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g,
                                         const float *dy, float *dx, const int32_t *arg) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    if (DV_BAD_ENUM(cx->err, dv_pool, mode, DV_POOL_COUNT)) return;
     const size_t n = (size_t)g->B * g->C * g->H * g->W;
     if (n == 0 || g->OH <= 0 || g->OW <= 0) return;
     pool_bwd_kernel<<<dv_cuda_blocks(cx, n), DV_CUDA_THREADS, 0, cx->stream>>>(

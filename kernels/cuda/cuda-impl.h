@@ -1,22 +1,31 @@
 /* cuda-impl.h — private to kernels/cuda/: the CUDA backend's context, its
  * error recording, launch helpers, the counter-based RNG on the device, and
- * the ops backend_cuda.cu puts in its table.
+ * the dv_cuda_<op> functions of every op of ops.def (which backend_cuda.cu
+ * puts in its table).
  *
  * Every op is queued on ctx->stream and returns without waiting. Ops return
  * void (the backend table is shared with the CPU), so the first CUDA or
- * cuBLAS error is recorded in the context (DV_CUDA_CHECK / DV_CUDA_LAUNCHED)
- * and reported by the table's `check` at the caller's next sync point.
+ * cuBLAS error, or enum value outside its enum (DV_BAD_ENUM), is recorded
+ * in the context (DV_CUDA_CHECK / DV_CUDA_LAUNCHED) and reported by the
+ * table's `check` at the caller's next sync point.
  *
- * The kernels are the CPU ops of kernels/cpu/ops_cpu.c restated for the
- * GPU: same arguments, same contract (kernels.h), same arithmetic where the
- * order of a sum does not have to change. Sums that the CPU does in one
- * order are done here in a fixed tree order, so results do not depend on
- * timing (no float atomics), and they match the CPU within rounding.
+ * The kernels are the CPU ops of kernels/cpu/ restated for the GPU: same
+ * arguments, same contract (ops.def), same arithmetic where the order of a
+ * sum does not have to change. Sums that the CPU does in one order are done
+ * here in a fixed tree order, so results do not depend on timing (no float
+ * atomics), and they match the CPU within rounding.
+ *
+ * Where the ops live: core_cuda.cu has what the op files share (error
+ * recording and check, scratch, fill, scale, gemm) and calls none of them;
+ * memory_cuda.cu the memory ops; ops_cuda.cu, conv_cuda.cu, seq_cuda.cu
+ * and rnn_cuda.cu the rest, calling core_cuda.cu only; backend_cuda.cu
+ * only builds the table (and creates and destroys the backend). So no
+ * file calls one that calls it back (tests/lint_layers.sh checks).
  */
 #ifndef DV_CUDA_IMPL_H
 #define DV_CUDA_IMPL_H
 
-#include "kernels.h"
+#include "kernels-impl.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -82,97 +91,18 @@ __device__ __forceinline__ float dv_cuda_rand_uniform(uint64_t seed, uint64_t co
     return (float)(h >> 40) * (1.0f / 16777216.0f);
 }
 
-/* ---- ops (the table's entries), one file each group ----------------------- */
+/* The compute type of the cuBLAS *Ex GEMMs for the backend's precision
+ * (TF32 or BF16 inputs, fp32 sums); FP32 GEMMs are cublasSgemm*, which
+ * callers choose themselves. Nonzero, with the error recorded against
+ * `op`, for a value dv_precision does not have (dv_backend_cuda_create
+ * refuses those, so this only keeps every precision chain closed). */
+int dv_cuda_compute_type(dv_cuda_ctx *cx, const char *op, cublasComputeType_t *ct);
 
+/* Every op of ops.def: ret dv_cuda_<name>(params), with C linkage (the
+ * table is C's). */
 extern "C" {
-/* backend_cuda.cu */
-void dv_cuda_gemm(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                  const float *A, const float *B, float beta, float *C);
-void dv_cuda_fill(void *ctx, float *x, float value, size_t n);
-
-/* ops_cuda.cu: elementwise, activations, dropout, batch norm, losses,
- * optimizer, reductions */
-void dv_cuda_bias_forward(void *ctx, float *y, const float *bias, int B, int C, int S);
-void dv_cuda_bias_backward(void *ctx, const float *dy, float *dbias, int B, int C, int S);
-void dv_cuda_act_forward(void *ctx, dv_act act, float alpha, const float *x, float *y, size_t n,
-                         int cols);
-void dv_cuda_act_backward(void *ctx, dv_act act, float alpha, const float *y, const float *dy,
-                          float *dx, size_t n, int cols);
-void dv_cuda_dropout_forward(void *ctx, float rate, uint64_t seed, const int64_t *row_id, int rows,
-                             int cols, const float *x, float *y, float *mask);
-void dv_cuda_dropout_backward(void *ctx, const float *mask, const float *dy, float *dx, size_t n);
-void dv_cuda_batchnorm_forward(void *ctx, int training, int B, int C, int S, float eps,
-                               float momentum, const float *x, const float *gamma,
-                               const float *beta, float *running_mean, float *running_var,
-                               float *save_mean, float *save_invstd, float *y);
-void dv_cuda_batchnorm_backward(void *ctx, int B, int C, int S, const float *x, const float *gamma,
-                                const float *save_mean, const float *save_invstd, const float *dy,
-                                float *dx, float *dgamma, float *dbeta);
-void dv_cuda_xent_loss(void *ctx, const float *logits, const int32_t *labels, int B, int K,
-                       float grad_scale, float *dlogits, float *stats);
-void dv_cuda_bce_loss(void *ctx, const float *logits, const float *targets, int B, int K,
-                      float grad_scale, float *dlogits, float *stats);
-void dv_cuda_mse_loss(void *ctx, const float *pred, const float *targets, int B, int K,
-                      float grad_scale, float *dpred, float *stats);
-void dv_cuda_perceptron_loss(void *ctx, const float *scores, const int32_t *labels, int B, int K,
-                             float grad_scale, float *dscores, float *stats);
-void dv_cuda_opt_step(void *ctx, const dv_opt_params *p, float *params, const float *grads,
-                      float *state1, float *state2, size_t n);
-double dv_cuda_sumsq(void *ctx, const float *x, size_t n);
-void dv_cuda_scale(void *ctx, float *x, float s, size_t n);
-void dv_cuda_axpy(void *ctx, float a, const float *x, float *y, size_t n);
-
-/* conv_cuda.cu: convolution (im2col + cuBLAS) and pooling */
-size_t dv_cuda_conv2d_workspace(void *ctx, const dv_conv2d_geom *g);
-void dv_cuda_conv2d_forward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
-                            const float *b, float *y, float *work);
-void dv_cuda_conv2d_backward(void *ctx, const dv_conv2d_geom *g, const float *x, const float *w,
-                             const float *dy, float *dx, float *dw, float *db, float *work);
-void dv_cuda_pool2d_forward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *x,
-                            float *y, int32_t *arg);
-void dv_cuda_pool2d_backward(void *ctx, dv_pool mode, const dv_conv2d_geom *g, const float *dy,
-                             float *dx, const int32_t *arg);
-void dv_cuda_upsample_forward(void *ctx, int n, int H, int W, int s, const float *x, float *y);
-void dv_cuda_upsample_backward(void *ctx, int n, int H, int W, int s, const float *dy, float *dx);
-
-/* seq_{cpu,cuda}: gemm_batched, embedding, layernorm, gelu, causal softmax */
-void dv_cuda_gemm_batched(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                          const float *A, long long stride_a, const float *B, long long stride_b,
-                          float beta, float *C, long long stride_c, int batch);
-void dv_cuda_embedding_forward(void *ctx, const int32_t *ids, int N, int D, const float *table,
-                               float *y);
-void dv_cuda_embedding_backward(void *ctx, const int32_t *ids, int N, int D, int V, const float *dy,
-                                float *dtable);
-void dv_cuda_layernorm_forward(void *ctx, int N, int C, float eps, const float *x,
-                               const float *gamma, const float *beta, float *y, float *save_mean,
-                               float *save_rstd);
-void dv_cuda_layernorm_backward(void *ctx, int N, int C, const float *x, const float *gamma,
-                                const float *save_mean, const float *save_rstd, const float *dy,
-                                float *dx, float *dgamma, float *dbeta);
-void dv_cuda_transpose(void *ctx, int A, int B, int C, int D, const float *x, float *y);
-void dv_cuda_gemm_batched_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                             const float *A, int lda, long long stride_a, const float *B, int ldb,
-                             long long stride_b, float beta, float *C, int ldc, long long stride_c,
-                             int batch);
-size_t dv_cuda_gemm_pack_size(void *ctx, int K, int N);
-void dv_cuda_gemm_pack(void *ctx, int trans_b, int K, int N, const float *B, float *packed);
-void dv_cuda_gemm_packed(void *ctx, int M, int N, int K, float alpha, const float *A,
-                         const float *packed, float beta, float *C);
-void dv_cuda_gelu_forward(void *ctx, const float *x, float *y, size_t n);
-void dv_cuda_gelu_backward(void *ctx, const float *x, const float *dy, float *dx, size_t n);
-void dv_cuda_causal_softmax_forward(void *ctx, int BH, int T, float scale, float *s);
-void dv_cuda_causal_softmax_backward(void *ctx, int BH, int T, float scale, const float *p,
-                                     const float *dp, float *ds);
-/* rnn_{cpu,cuda}: recurrent cells */
-void dv_cuda_lstm_cell_forward(void *ctx, int B, int H, float *gates, const float *c_prev, float *c,
-                               float *h);
-void dv_cuda_lstm_cell_backward(void *ctx, int B, int H, const float *gates, const float *c_prev,
-                                const float *c, const float *dh, const float *dc, float *dgates,
-                                float *dc_prev);
-void dv_cuda_gru_cell_forward(void *ctx, int B, int H, const float *gi, const float *gh,
-                              const float *h_prev, float *h, float *save);
-void dv_cuda_gru_cell_backward(void *ctx, int B, int H, const float *save, const float *h_prev,
-                               const float *dh, float *dgi, float *dgh, float *dh_prev);
+#define DV_OP(ret, name, params) ret dv_cuda_##name params;
+#include "ops.def"
 }
 
 #endif

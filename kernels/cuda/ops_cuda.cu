@@ -1,6 +1,6 @@
 /* ops_cuda.cu — the CUDA versions of the elementwise, activation, dropout,
  * batch-norm, loss, optimizer and reduction ops of kernels/cpu/ops_cpu.c,
- * with the same contracts (kernels.h).
+ * with the same contracts (ops.def).
  *
  * Nothing here uses float atomics, so results are the same from run to run:
  *  - per-channel sums (bias backward, batch norm) split each channel's B*S
@@ -21,7 +21,9 @@
  *
  * Assumes: every pointer is device memory; every launch goes on cx->stream
  * and nothing synchronizes except sumsq, which must return a host value;
- * blocks have DV_CUDA_THREADS threads (a multiple of 32) unless noted.
+ * blocks have DV_CUDA_THREADS threads (a multiple of 32) unless noted. An
+ * activation or optimizer kind outside its enum launches nothing: the op
+ * records it (DV_BAD_ENUM) for check, so the kernels see known values only.
  */
 #include "cuda-impl.h"
 
@@ -375,6 +377,7 @@ static __global__ void softmax_bwd_kernel(const float *y, const float *dy, float
 void dv_cuda_act_forward(void *ctx, dv_act act, float alpha, const float *x, float *y, size_t n,
                          int cols) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    if (DV_BAD_ENUM(cx->err, dv_act, act, DV_ACT_COUNT)) return;
     if (n == 0) return;
     if (act == DV_ACT_LINEAR) {
         if (x != y)
@@ -399,6 +402,7 @@ void dv_cuda_act_forward(void *ctx, dv_act act, float alpha, const float *x, flo
 void dv_cuda_act_backward(void *ctx, dv_act act, float alpha, const float *y, const float *dy,
                           float *dx, size_t n, int cols) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    if (DV_BAD_ENUM(cx->err, dv_act, act, DV_ACT_COUNT)) return;
     if (n == 0) return;
     if (act == DV_ACT_LINEAR) {
         if (dx != dy)
@@ -874,7 +878,8 @@ static __device__ __forceinline__ void opt_one(const opt_k k, float *p, float g,
         *p = __fsub_rn(*p, __fmul_rn(k.lr, __fadd_rn(gi, __fmul_rn(k.mu, vi))));
         break;
     }
-    default: { /* adam / adamw: adam_scalar of ops_cpu.c */
+    case DV_OPT_ADAM:
+    case DV_OPT_ADAMW: { /* adam_scalar of ops_cpu.c */
         const float pi = __fmul_rn(*p, k.decay);
         const float gi = __fadd_rn(g, __fmul_rn(k.wd, pi));
         const float mi = __fadd_rn(__fmul_rn(k.b1, *m), __fmul_rn(k.c1, gi));
@@ -934,6 +939,7 @@ static __global__ void opt_step_kernel(opt_k k, float *__restrict__ p, const flo
 void dv_cuda_opt_step(void *ctx, const dv_opt_params *o, float *params, const float *grads,
                       float *state1, float *state2, size_t n) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    if (DV_BAD_ENUM(cx->err, dv_opt, o->kind, DV_OPT_COUNT)) return;
     if (n == 0) return;
     opt_k k;
     memset(&k, 0, sizeof k);
@@ -967,8 +973,8 @@ void dv_cuda_opt_step(void *ctx, const dv_opt_params *o, float *params, const fl
         k.decay = decoupled ? 1.0f - o->lr * o->weight_decay : 1.0f;
         break;
     }
-    default:
-        return; /* unknown kind: the CPU does nothing either */
+    case DV_OPT_COUNT: /* refused above */
+        return;
     }
     const uintptr_t bits =
         (uintptr_t)params | (uintptr_t)grads | (uintptr_t)state1 | (uintptr_t)state2;
@@ -1044,25 +1050,12 @@ double dv_cuda_sumsq(void *ctx, const float *x, size_t n) {
     return *cx->host_sum;
 }
 
-static __global__ void scale_kernel(float *x, float s, size_t n) {
-    const size_t step = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
-        x[i] *= s;
-}
-
 /* y += a*x, unfused as the CPU. */
 static __global__ void axpy_kernel(float a, const float *__restrict__ x, float *__restrict__ y,
                                    size_t n) {
     const size_t step = (size_t)gridDim.x * blockDim.x;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
         y[i] = __fadd_rn(y[i], __fmul_rn(a, x[i]));
-}
-
-void dv_cuda_scale(void *ctx, float *x, float s, size_t n) {
-    dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
-    if (n == 0) return;
-    scale_kernel<<<dv_cuda_blocks(cx, n), DV_CUDA_THREADS, 0, cx->stream>>>(x, s, n);
-    DV_CUDA_LAUNCHED(cx, "scale_kernel");
 }
 
 void dv_cuda_axpy(void *ctx, float a, const float *x, float *y, size_t n) {

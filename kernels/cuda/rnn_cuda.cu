@@ -1,6 +1,6 @@
 /* rnn_cuda.cu — the CUDA versions of the recurrent cells of
  * kernels/cpu/rnn_cpu.c (one LSTM or GRU time step, forward and backward),
- * with the same contracts (kernels.h); the formulas are derived there.
+ * with the same contracts (ops.def); the formulas are derived in rnn_cpu.c.
  *
  * One thread per unit (b, j) of the (B, H) state, in a grid-stride loop;
  * a thread reads its unit's gates before it writes anything, as the CPU

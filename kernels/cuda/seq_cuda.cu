@@ -1,6 +1,6 @@
 /* seq_cuda.cu — the CUDA versions of the sequence-model ops of
  * kernels/cpu/seq_cpu.c: batched GEMM (cuBLAS), embedding, layer norm, GELU
- * and causal softmax, with the same contracts (kernels.h).
+ * and causal softmax, with the same contracts (ops.def).
  *
  * As in ops_cuda.cu, no float atomics, so every result is the same from
  * run to run:
@@ -105,9 +105,8 @@ extern "C" void dv_cuda_gemm_batched_ld(void *ctx, int trans_a, int trans_b, int
                                                       stride_c, batch));
         return;
     }
-    const cublasComputeType_t ct = cx->precision == DV_PRECISION_BF16
-                                       ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                       : CUBLAS_COMPUTE_32F_FAST_TF32;
+    cublasComputeType_t ct;
+    if (dv_cuda_compute_type(cx, "dv_cuda_gemm_batched_ld", &ct)) return;
     DV_CUBLAS_CHECK(cx, cublasGemmStridedBatchedEx(cx->blas, opb, opa, N, M, K, &alpha, B,
                                                    CUDA_R_32F, ldb, stride_b, A, CUDA_R_32F, lda,
                                                    stride_a, &beta, C, CUDA_R_32F, ldc, stride_c,
