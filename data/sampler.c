@@ -1,4 +1,4 @@
-/* sampler.c — DESIGN.md's sampling contract: one permutation of [0, n) per
+/* sampler.c — docs/design.md's sampling contract: one permutation of [0, n) per
  * epoch, identical on every rank and machine; rank r takes every W-th sample
  * of each global batch; the last partial global batch is dropped so every
  * rank runs the same number of steps. Evaluation instead splits [0, n) into

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# e2e_bad_input.sh — DESIGN.md's "Bad input" contract, end to end: a missing
+# e2e_bad_input.sh — docs/design.md's "Bad input" contract, end to end: a missing
 # or corrupt file, a dataset of the wrong shape, a label out of range, an
 # unknown key, a batch that does not divide across ranks... each
 #   - exits non-zero (on every rank, under mpirun),

@@ -1,4 +1,4 @@
-/* test_train_mpi.c — the data-parallel contracts of DESIGN.md, checked on
+/* test_train_mpi.c — the data-parallel contracts of docs/design.md, checked on
  * the real `dive` binary: the same config and seed on 1, 2 and 3 ranks ends
  * with the same parameters (within 1e-5 relative: only the summation order
  * differs), and a run stopped mid-epoch and resumed continues bit for bit
