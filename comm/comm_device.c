@@ -357,13 +357,18 @@ static const char *mode_name(int mode) {
     }
 }
 
+static void advance(dv_comm *c, int blocking, const dev_req *until);
+
 /* One step of init agreed by all ranks: each passes whether its part went
  * well; all get DV_OK, or all DV_ERR with err holding this rank's own
  * message where it failed, else the first failing rank's. */
 static dv_status agree(dv_comm *c, int ok, char *err) {
     char msg[DV_ERR_LEN] = "";
     if (!ok && err) snprintf(msg, sizeof msg, "%s", err);
-    c->algo->drain(c); /* as dv_comm_first_failed does; no device request exists yet */
+    /* what dv_comm_first_failed drains first (device requests exist only when
+     * init was called twice) */
+    advance(c, 1, NULL);
+    c->algo->drain(c);
     int first = dv_comm_agree(c, ok);
     if (first < 0) return DV_OK;
     DV_MPI_CHECK(err, MPI_Bcast(msg, DV_ERR_LEN, MPI_CHAR, first, c->world));
