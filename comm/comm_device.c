@@ -1,12 +1,16 @@
-/* comm_device.c — the GPU side of comm: in-place gradient averages of device
- * buffers over NCCL, or, where NCCL cannot serve (two ranks on one GPU, or
- * the MPI path asked for), over comm.c's host all-reduce through pinned
- * staging memory; and host flow control on a device stream that notices a
- * dead or hung rank instead of hanging.
+/* comm_device.c — the GPU side of comm, the dv_comm_device_ops table that
+ * comm.c reaches it through: in-place gradient averages of device buffers
+ * over NCCL, or, where NCCL cannot serve (two ranks on one GPU, or the MPI
+ * path asked for), over the host algorithm (c->algo) through pinned staging
+ * memory; and host flow control on a device stream that notices a dead or
+ * hung rank instead of hanging.
  *
  * Assumes the CUDA backend has bound this rank's device (cudaSetDevice) on
  * the thread that calls comm, which is the thread that owns MPI, and that
- * every rank starts the same device all-reduces in the same order.
+ * every rank starts the same device all-reduces in the same order. Calls
+ * nothing in comm.c (so it could be a module of its own): the host
+ * all-reduces go through the algorithm's table (c->algo), the error
+ * agreement comes from comm_common.c.
  *
  * Streams. comm owns one non-blocking stream. A start records an event
  * (`edge`) on the caller's stream and makes comm's stream wait on it, so the
@@ -16,8 +20,8 @@
  *  - NCCL: ncclAllReduce(avg) in place on comm's stream, then `done`.
  *  - MPI: device -> staging copy on comm's stream, then `copied`. Once the
  *    copy has finished (polled by dv_comm_progress, waited for by the wait
- *    and by every blocking collective through dv_comm_dev_flush) comm.c's
- *    host all-reduce runs on the staging range; the wait finishes it and
+ *    and by every blocking collective through the table's flush) the host
+ *    algorithm's all-reduce runs on the staging range; the wait finishes it and
  *    queues staging -> device on comm's stream, then `done`. The host
  *    all-reduces start in device-request start order on every rank (the
  *    poll stops at the first unfinished copy), as MPI and the shm barriers
@@ -76,7 +80,7 @@ struct dv_comm_dev_req {
     cudaEvent_t copied;     /* MPI path: x copied into staging */
     cudaEvent_t done;       /* x holds the average (on comm's stream) */
     size_t off;             /* MPI path: its staging range [off, off + n) */
-    dv_comm_request *inner; /* MPI path: comm.c's all-reduce of that range */
+    dv_comm_request *inner; /* MPI path: the host algorithm's all-reduce of that range */
     int started;            /* inner started (or tried: see failed) */
     int failed;             /* msg holds the first error; the wait reports it */
     char msg[DV_ERR_LEN];
@@ -97,7 +101,6 @@ typedef struct dv_comm_device {
     float *staging;  /* MPI path: pinned, staging_cap floats */
     size_t staging_cap, staging_used;
     dev_req *head, *tail; /* pending device requests */
-    int advancing;        /* inside advance(): no re-entry */
 } dv_comm_device;
 
 /* ---- errors --------------------------------------------------------------- */
@@ -291,14 +294,14 @@ static void device_release(dv_comm_device *d) {
     free(d);
 }
 
-void dv_comm_dev_free(dv_comm *c) {
+static void device_free(dv_comm *c) {
     if (!c || !c->dev) return;
     device_release(c->dev);
     c->dev = NULL;
 }
 
-const char *dv_comm_device_path(const dv_comm *c) {
-    if (!c || !c->dev) return NULL;
+static const char *device_path(const dv_comm *c) {
+    if (!c->dev) return NULL;
     return c->dev->path == PATH_NCCL ? "nccl" : "mpi";
 }
 
@@ -354,13 +357,19 @@ static const char *mode_name(int mode) {
     }
 }
 
+static void advance(dv_comm *c, int blocking, const dev_req *until);
+
 /* One step of init agreed by all ranks: each passes whether its part went
  * well; all get DV_OK, or all DV_ERR with err holding this rank's own
  * message where it failed, else the first failing rank's. */
 static dv_status agree(dv_comm *c, int ok, char *err) {
     char msg[DV_ERR_LEN] = "";
     if (!ok && err) snprintf(msg, sizeof msg, "%s", err);
-    int first = dv_comm_first_failed(c, ok);
+    /* what dv_comm_first_failed drains first (device requests exist only when
+     * init was called twice) */
+    advance(c, 1, NULL);
+    c->algo->drain(c);
+    int first = dv_comm_agree(c, ok);
     if (first < 0) return DV_OK;
     DV_MPI_CHECK(err, MPI_Bcast(msg, DV_ERR_LEN, MPI_CHAR, first, c->world));
     if (!ok) return DV_ERR; /* err still holds this rank's message */
@@ -386,7 +395,7 @@ static dv_status read_timeout(double *out, char *err) {
 static dv_status check_local(dv_comm *c, int device, int ndevices, dv_comm_device_mode mode,
                              rank_gpu *me, double *timeout, char *err) {
     DV_CHECK(!c->dev, err, "dv_comm_device_init",
-             "called twice on one comm (the %s path is set up)", dv_comm_device_path(c));
+             "called twice on one comm (the %s path is set up)", device_path(c));
     DV_CHECK((int)mode >= DV_COMM_DEVICE_AUTO && (int)mode <= DV_COMM_DEVICE_MPI, err,
              "dv_comm_device_init", "unknown device mode %d", (int)mode);
     DV_CHECK(ndevices >= 1 && device >= 0 && device < ndevices, err, "dv_comm_device_init",
@@ -462,9 +471,8 @@ static dv_status setup_nccl(dv_comm *c, dv_comm_device *d, ncclUniqueId *id, cha
     return DV_OK;
 }
 
-dv_status dv_comm_device_init(dv_comm *c, int device, int ndevices, dv_comm_device_mode mode,
-                              size_t max_floats, char *err) {
-    DV_CHECK(c, err, "dv_comm_device_init", "NULL comm");
+static dv_status device_init(dv_comm *c, int device, int ndevices, dv_comm_device_mode mode,
+                             size_t max_floats, char *err) {
     rank_gpu me;
     memset(&me, 0, sizeof me);
     me.rank = c->rank;
@@ -542,8 +550,8 @@ static dv_status start_mpi(dv_comm_device *d, dev_req *r, char *err) {
     return DV_OK;
 }
 
-dv_status dv_comm_dev_start(dv_comm *c, float *x, size_t n, void *stream, dv_comm_request **req,
-                            char *err) {
+static dv_status device_start(dv_comm *c, float *x, size_t n, void *stream, dv_comm_request **req,
+                              char *err) {
     dv_comm_device *d = c->dev;
     DV_CHECK(d, err, "dv_comm_allreduce_start",
              "a stream was given (x on the device), but dv_comm_device_init has not been called "
@@ -585,13 +593,10 @@ dv_status dv_comm_dev_start(dv_comm *c, float *x, size_t n, void *stream, dv_com
 /* MPI path: starts the host all-reduces of the pending requests in start
  * order, each once its copy into staging has finished; not blocking, it
  * stops at the first copy still running, blocking it waits for the copies
- * up to `until` (all when NULL). A host start inside may reach a blocking
- * collective's dv_comm_dev_flush (the shm segments growing): `advancing`
- * makes that a no-op, as the requests before this one are started. */
+ * up to `until` (all when NULL). */
 static void advance(dv_comm *c, int blocking, const dev_req *until) {
     dv_comm_device *d = c->dev;
-    if (!d || d->path != PATH_MPI || d->advancing) return;
-    d->advancing = 1;
+    if (!d || d->path != PATH_MPI) return;
     for (dev_req *r = d->head; r; r = r->next) {
         if (!r->started) {
             cudaError_t rc = blocking ? event_wait(d, r->copied) : cudaEventQuery(r->copied);
@@ -615,20 +620,19 @@ static void advance(dv_comm *c, int blocking, const dev_req *until) {
              * the other ranks start theirs, and every rank must run the
              * same host all-reduces in the same order. */
             char why[DV_ERR_LEN];
-            if (dv_comm_host_start(c, d->staging + r->off, r->base.n, &r->inner, why) != DV_OK)
+            if (c->algo->start(c, d->staging + r->off, r->base.n, &r->inner, why) != DV_OK)
                 req_fail(r, why);
             r->started = 1;
         }
         if (r == until) break;
     }
-    d->advancing = 0;
 }
 
-void dv_comm_dev_progress(dv_comm *c) {
+static void device_progress(dv_comm *c) {
     advance(c, 0, NULL);
 }
 
-void dv_comm_dev_flush(dv_comm *c) {
+static void device_flush(dv_comm *c) {
     advance(c, 1, NULL);
 }
 
@@ -657,7 +661,7 @@ static dv_status finish_mpi(dv_comm *c, dv_comm_device *d, dev_req *r, char *err
         char msg[DV_ERR_LEN];
         dv_comm_request *inner = r->inner;
         r->inner = NULL;
-        if (dv_comm_wait(c, inner, msg) != DV_OK) req_fail(r, msg);
+        if (inner->algo->wait(c, inner, msg) != DV_OK) req_fail(r, msg);
     }
     if (r->failed) {
         if (err) snprintf(err, DV_ERR_LEN, "%s", r->msg);
@@ -676,7 +680,7 @@ static dv_status finish_mpi(dv_comm *c, dv_comm_device *d, dev_req *r, char *err
     return DV_OK;
 }
 
-dv_status dv_comm_dev_wait(dv_comm *c, dv_comm_request *req, char *err) {
+static dv_status device_wait(dv_comm *c, dv_comm_request *req, char *err) {
     dv_comm_device *d = c->dev;
     DV_CHECK(d, err, "dv_comm_wait", "a device request, but the device side is gone");
     dev_req *r = req->dev;
@@ -726,14 +730,16 @@ static dv_status poll_ring(dv_comm *c, dv_comm_device *d, int keep, char *err) {
                     nccl ? "a rank may have died or hung; the NCCL communicator was aborted"
                          : "work queued on the stream did not finish, the GPU may have hung");
         }
-        if (d->path == PATH_MPI) dv_comm_progress(c); /* peers may wait on our host part */
+        if (d->path == PATH_MPI) { /* peers may wait on our host part */
+            advance(c, 0, NULL);
+            c->algo->progress(c);
+        }
         backoff(&polls);
     }
 }
 
-dv_status dv_comm_stream_wait(dv_comm *c, void *stream, int keep, char *err) {
-    if (!stream) return DV_OK;
-    DV_CHECK(c && c->dev, err, "dv_comm_stream_wait",
+static dv_status device_stream_wait(dv_comm *c, void *stream, int keep, char *err) {
+    DV_CHECK(c->dev, err, "dv_comm_stream_wait",
              "a stream was given, but dv_comm_device_init has not been called on this comm");
     DV_CHECK(keep >= 0, err, "dv_comm_stream_wait", "keep = %d: expected >= 0", keep);
     dv_comm_device *d = c->dev;
@@ -747,3 +753,15 @@ dv_status dv_comm_stream_wait(dv_comm *c, void *stream, int keep, char *err) {
     d->ring_count++;
     return poll_ring(c, d, keep, err);
 }
+
+const dv_comm_device_ops dv_comm_device_table = {
+    .name = "cuda",
+    .init = device_init,
+    .path = device_path,
+    .start = device_start,
+    .wait = device_wait,
+    .progress = device_progress,
+    .flush = device_flush,
+    .stream_wait = device_stream_wait,
+    .release = device_free,
+};

@@ -107,18 +107,18 @@ static void test_init_again(void **state) {
 /* ---- all-reduce --------------------------------------------------------- */
 
 static const char *algo_name(const dv_comm *c) {
-    return c->algo == DV_COMM_ALGO_SHM ? "shm" : "mpi";
+    return c->algo->name;
 }
 
 /* Runs fn on c with every algorithm c can use: MPI always, shm where
  * dv_comm_init set it up (more than one rank per node, the same number on
  * every node, DIVE_COMM_ALGO not mpi). */
 static void for_each_algo(tcheck *t, dv_comm *c, void (*fn)(tcheck *, dv_comm *)) {
-    dv_comm_algo native = c->algo;
-    c->algo = DV_COMM_ALGO_MPI;
+    const dv_comm_algo *native = c->algo;
+    dv_comm_set_algo(c, &dv_comm_algo_mpi);
     fn(t, c);
-    c->algo = native;
-    if (native == DV_COMM_ALGO_SHM) fn(t, c);
+    dv_comm_set_algo(c, native);
+    if (native == &dv_comm_algo_shm) fn(t, c);
 }
 
 /* x[i] = rank + first + i, plus `extra` on rank 0 only. All values are
@@ -229,7 +229,7 @@ static void check_sharded(tcheck *t, dv_comm *c, float *x, size_t n, int extra, 
     EXPECT_OK(t, dv_comm_allreduce_double(c, &part, 1, DV_REDUCE_MAX, err), err);
     /* disjoint and complete, or (no sharding) the whole vector everywhere */
     EXPECT(t, all == (part ? (double)n : (double)n * dv_comm_size(c)));
-    if (c->algo == DV_COMM_ALGO_MPI) EXPECT(t, lo == 0 && hi == n);
+    if (c->algo == &dv_comm_algo_mpi) EXPECT(t, lo == 0 && hi == n);
     fill_ramp(x, n, 0, dv_comm_rank(c), extra);
     EXPECT_OK(t, dv_comm_reduce_scatter_avg(c, x, n, err), err);
     EXPECT(t, ramp_mismatches(x + lo, hi - lo, lo, dv_comm_size(c), extra) == 0);
@@ -271,7 +271,7 @@ static void test_sharded(void **state) {
     enum { N = 5003 };
     char err[DV_ERR_LEN] = "";
     float *g = dv_comm_shared_buffer(g_comm, N, err);
-    if (g_comm->algo == DV_COMM_ALGO_SHM && dv_comm_size(g_comm) == dv_comm_local_size(g_comm)) {
+    if (g_comm->algo == &dv_comm_algo_shm && dv_comm_size(g_comm) == dv_comm_local_size(g_comm)) {
         EXPECT(&t, g != NULL);
         EXPECT(&t, dv_comm_shared_buffer(g_comm, N, err) == NULL); /* one only */
     } else {
@@ -351,7 +351,7 @@ static void check_identical(tcheck *t, dv_comm *c) {
             x[i] = noise(dv_comm_rank(c), i);
         EXPECT_OK(t, dv_comm_allreduce_avg(c, x, n, err), err);
         EXPECT(t, dv_comm_all_equal(c, x, n * sizeof *x) == 1);
-        if (c->algo == DV_COMM_ALGO_SHM && c->local_size == c->size) {
+        if (c->algo == &dv_comm_algo_shm && c->local_size == c->size) {
             size_t bad = noise_mismatches(c, x, n);
             if (bad) fprintf(stderr, "shm noise n=%zu: %zu wrong\n", n, bad);
             EXPECT(t, bad == 0);
@@ -376,7 +376,7 @@ static void check_growth(tcheck *t, dv_comm *c) {
         fill_ramp(x + off[k], sizes[k], off[k], dv_comm_rank(c), 1);
         EXPECT_OK(t, dv_comm_allreduce_avg(c, x + off[k], sizes[k], err), err);
         EXPECT(t, ramp_mismatches(x + off[k], sizes[k], off[k], dv_comm_size(c), 1) == 0);
-        if (c->algo == DV_COMM_ALGO_SHM) {
+        if (c->algo == &dv_comm_algo_shm) {
             EXPECT(t, c->shm.cap >= sizes[k] && c->shm.cap >= cap);
             cap = c->shm.cap;
         }
@@ -385,7 +385,7 @@ static void check_growth(tcheck *t, dv_comm *c) {
     dv_comm *c2 = NULL;
     EXPECT_OK(t, dv_comm_init(&c2, NULL, NULL, err), err);
     if (c2) {
-        c2->algo = c->algo == DV_COMM_ALGO_MPI ? DV_COMM_ALGO_MPI : c2->algo;
+        dv_comm_set_algo(c2, c->algo == &dv_comm_algo_mpi ? &dv_comm_algo_mpi : c2->algo);
         fill_ramp(x, total, 0, dv_comm_rank(c), 0);
         dv_comm_request *req[NS] = {0};
         for (int k = 0; k < NS; k++) {
@@ -398,7 +398,7 @@ static void check_growth(tcheck *t, dv_comm *c) {
         EXPECT(t, ramp_mismatches(x, total, 0, dv_comm_size(c), 0) == 0);
         EXPECT(t, c2->pending == NULL && c2->shm.head == NULL);
         /* grown to the largest bucket, 16-float aligned, not to their sum */
-        if (c2->algo == DV_COMM_ALGO_SHM) EXPECT(t, c2->shm.cap == 70016);
+        if (c2->algo == &dv_comm_algo_shm) EXPECT(t, c2->shm.cap == 70016);
     }
     dv_comm_free(c2);
     free(x);
@@ -431,7 +431,7 @@ static void check_shm_all(tcheck *t, dv_comm *c) {
     check_identical(t, c);
     check_growth(t, c);
     check_interleaved(t, c);
-    if (c->algo != DV_COMM_ALGO_SHM) return;
+    if (c->algo != &dv_comm_algo_shm) return;
     /* buffers longer than a round go in several (the last one short) */
     size_t chunk = c->shm.chunk;
     c->shm.chunk = 48;
@@ -451,7 +451,7 @@ static void test_shm(void **state) {
     dv_comm *c = g_comm;
     /* shm is the default wherever a node holds several ranks (CTest runs all
      * of them on one machine) */
-    EXPECT(&t, c->algo == (dv_comm_size(c) > 1 ? DV_COMM_ALGO_SHM : DV_COMM_ALGO_MPI));
+    EXPECT(&t, c->algo == (dv_comm_size(c) > 1 ? &dv_comm_algo_shm : &dv_comm_algo_mpi));
     for_each_algo(&t, c, check_shm_all);
     tcheck_finish(&t);
 }
@@ -476,7 +476,7 @@ static void test_shm_env(void **state) {
 
     dv_comm *c2 = init_with(&t, "mpi", NULL);
     if (c2) {
-        EXPECT(&t, c2->algo == DV_COMM_ALGO_MPI && c2->shm.ctl_win == MPI_WIN_NULL);
+        EXPECT(&t, c2->algo == &dv_comm_algo_mpi && c2->shm.ctl_win == MPI_WIN_NULL);
         check_avg_all(&t, c2);
     }
     dv_comm_free(c2);
@@ -492,7 +492,7 @@ static void test_shm_env(void **state) {
     c2 = init_with(&t, NULL, "1");
     if (c2) {
         EXPECT(&t, c2->local_size == 1 && c2->local_rank == 0);
-        EXPECT(&t, c2->algo == DV_COMM_ALGO_MPI);
+        EXPECT(&t, c2->algo == &dv_comm_algo_mpi);
         check_allreduce_avg(&t, c2, 1001, INT_MAX, 1);
     }
     dv_comm_free(c2);
@@ -504,7 +504,7 @@ static void test_shm_env(void **state) {
         int lsize = size - rank / 2 * 2 < 2 ? size - rank / 2 * 2 : 2;
         EXPECT(&t, c2->local_size == lsize && c2->local_rank == rank % 2);
         int uniform = size % 2 == 0;
-        EXPECT(&t, c2->algo == (size > 1 && uniform ? DV_COMM_ALGO_SHM : DV_COMM_ALGO_MPI));
+        EXPECT(&t, c2->algo == (size > 1 && uniform ? &dv_comm_algo_shm : &dv_comm_algo_mpi));
         EXPECT(&t, (c2->shm.cross != MPI_COMM_NULL) == (size > 2 && uniform));
         for_each_algo(&t, c2, check_avg_all);
         for_each_algo(&t, c2, check_async_all);

@@ -396,10 +396,10 @@ static void test_mpi_path(void **state) {
     const char *path = c ? dv_comm_device_path(c) : NULL;
     EXPECT(&t, path && strcmp(path, "mpi") == 0);
     if (path && s) {
-        dv_comm_algo native = c->algo;
-        c->algo = DV_COMM_ALGO_MPI;
+        const dv_comm_algo *native = c->algo;
+        dv_comm_set_algo(c, &dv_comm_algo_mpi);
         check_buckets(&t, c, s, 11);
-        c->algo = native;
+        dv_comm_set_algo(c, native);
         check_buckets(&t, c, s, 5);
         check_steps(&t, c, s);
 
