@@ -110,6 +110,14 @@ const char *dv_error_origin(void);
  * over designated initializers ending in a NULL. */
 #define DV_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Opens Dive's module `name` (libdive-<name>.so), from the path in the
+ * environment variable `env` when it is set, else beside libdive.so or the
+ * program. NULL, with the reason in err (the missing library dlopen names),
+ * when it cannot be loaded. The handle stays open for the process. */
+void *dv_module_open(const char *name, const char *env, char *err);
+/* A symbol of a module, or NULL with err. */
+void *dv_module_symbol(void *module, const char *symbol, char *err);
+
 /* Seconds on a monotonic clock. */
 double dv_now(void);
 

@@ -44,7 +44,7 @@ Prints exactly one line
 X measured over the training steps after the first 2 (warm-up); a step's
 time includes gathering its batch, as Dive's does. With --dive-checkpoint it
 trains nothing: it loads the weights of a Dive checkpoint of the same model
-(parameter names as trainer/layers_rnn.c and trainer/layers_seq.c write them)
+(parameter names as model/layer_rnn.c and model/layer_seq.c write them)
 and prints `torch <model>: val loss <L> of <H5>`, which should match
 `dive eval CONFIG --checkpoint H5` to about 6 digits.
 """
@@ -180,7 +180,7 @@ def load_dive(net, path):
     net.load_state_dict(sd)
 
 
-# ---- schedule (trainer/train.c: dv_lr_at) -------------------------------------
+# ---- schedule (run/settings.c: dv_lr_at) -------------------------------------
 
 def lr_at(step, lr, warmup, cosine, total, lr_min):
     if warmup and step < warmup:

@@ -10,8 +10,10 @@
  *
  *   comm.c            start-up, ranks, the public API: dispatch through
  *                     c->algo and c->devops, and the other collectives
- *   comm_device.c     the device side (comm_device_none.c without CUDA),
- *                     reached only through its dv_comm_device_ops table; it
+ *   comm_device_none.c  the device side until dv_comm_device_init loads the
+ *                     CUDA module, whose comm_device.c takes over (NCCL, or
+ *                     MPI through pinned memory); both are reached only
+ *                     through their dv_comm_device_ops table, and the module
  *                     runs its host all-reduces through c->algo
  *   comm_mpi.c        the algorithm tables: how floats are averaged
  *   comm_shm.c
@@ -21,7 +23,8 @@
  * Assumes MPI (mpi.h); nothing outside comm/ may depend on these fields.
  * The device side keeps its CUDA and NCCL state behind the opaque pointers
  * below, so this header and every file but comm_device.c compile without
- * CUDA.
+ * CUDA; comm_device.c is built into the CUDA module (libdive-cuda.so),
+ * never into libdive.so.
  */
 #ifndef DV_COMM_IMPL_H
 #define DV_COMM_IMPL_H
@@ -191,7 +194,20 @@ struct dv_comm_device_ops {
     void (*release)(dv_comm *c);
 };
 
-extern const dv_comm_device_ops dv_comm_device_table;
+/* The device side until dv_comm_device_init loads the CUDA module
+ * (comm_device_none.c): device buffers are an error that says why, and
+ * init loads the module and hands over to its table. */
+extern const dv_comm_device_ops dv_comm_device_none;
+
+/* What the CUDA module (libdive-cuda.so; comm_device.c is in it) exports
+ * as dv_comm_cuda_module(): its table, with what refuses a module of
+ * another build (it reads struct dv_comm, so the layouts must agree). */
+#define DV_COMM_CUDA_ABI 1
+typedef struct dv_comm_cuda_api {
+    int abi;          /* DV_COMM_CUDA_ABI */
+    size_t comm_size; /* sizeof(struct dv_comm) */
+    const dv_comm_device_ops *ops;
+} dv_comm_cuda_api;
 
 /* ---- comm_common.c: below every other file of comm ----------------------- */
 

@@ -10,7 +10,8 @@
  * The float averages are the algorithm's (c->algo: comm_mpi.c, or
  * comm_shm.c where every node holds the same number > 1 of ranks and
  * DIVE_COMM_ALGO is not mpi); device buffers are the device side's
- * (c->devops: comm_device.c, or comm_device_none.c without CUDA). This file
+ * (c->devops: comm_device_none.c until a GPU run loads the CUDA module
+ * with comm_device.c). This file
  * only checks arguments, dispatches, and keeps the ordering rule that ties
  * them together: every blocking collective and every host start first lets
  * the device side start the host all-reduces of the device requests started
@@ -101,7 +102,7 @@ dv_status dv_comm_init(dv_comm **out, int *argc, char ***argv, char *err) {
     c->node = MPI_COMM_NULL;
     c->algo = &dv_comm_algo_mpi;
     dv_comm_shm_clear(c);
-    c->devops = &dv_comm_device_table;
+    c->devops = &dv_comm_device_none;
     c->max_count = INT_MAX;
     if (comm_setup(c, argc, argv, err) != DV_OK) {
         dv_comm_free(c);

@@ -129,8 +129,11 @@ typedef enum dv_comm_device_mode {
  * comm): the n of all device requests started and not yet waited must fit
  * in it together (the whole gradient, for one all-reduce per bucket of it).
  * NCCL ignores it. Reads DIVE_COMM_TIMEOUT (seconds, default 600, 0 waits
- * forever; see dv_comm_stream_wait). Fails when called twice on one comm,
- * and where Dive was built without CUDA. dv_comm_free releases it all (the
+ * forever; see dv_comm_stream_wait). The device side lives in the CUDA
+ * module (libdive-cuda.so, or the one DIVE_CUDA_MODULE names), which the
+ * first call loads. Fails when called twice on one comm, and where the
+ * module cannot be loaded (Dive built without CUDA, or the CUDA libraries
+ * absent). dv_comm_free releases it all (the
  * NCCL communicator, comm's stream and events, the staging buffer); free
  * the comm while the device is still up, not after a cudaDeviceReset. */
 dv_status dv_comm_device_init(dv_comm *c, int device, int ndevices, dv_comm_device_mode mode,

@@ -754,7 +754,7 @@ static dv_status device_stream_wait(dv_comm *c, void *stream, int keep, char *er
     return poll_ring(c, d, keep, err);
 }
 
-const dv_comm_device_ops dv_comm_device_table = {
+static const dv_comm_device_ops cuda_ops = {
     .name = "cuda",
     .init = device_init,
     .path = device_path,
@@ -765,3 +765,8 @@ const dv_comm_device_ops dv_comm_device_table = {
     .stream_wait = device_stream_wait,
     .release = device_free,
 };
+
+const dv_comm_cuda_api *dv_comm_cuda_module(void) {
+    static const dv_comm_cuda_api api = {DV_COMM_CUDA_ABI, sizeof(struct dv_comm), &cuda_ops};
+    return &api;
+}

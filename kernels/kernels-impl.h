@@ -52,6 +52,19 @@ static inline float dv_rand_uniform_inl(uint64_t seed, uint64_t counter) {
             1)                                                                                     \
          : 0)
 
+/* The CUDA backend lives in a module (libdive-cuda.so, base.h's
+ * dv_module_open) that libdive.so opens only when a run asks for a GPU.
+ * The module exports dv_kernels_cuda_module(), which returns this table;
+ * dv_backend_cuda_create and dv_backend_cuda_device_count (cuda_load.c)
+ * go through it. `abi` and `table_size` refuse a module of another build. */
+#define DV_KERNELS_CUDA_ABI 1
+typedef struct dv_kernels_cuda_api {
+    int abi;           /* DV_KERNELS_CUDA_ABI */
+    size_t table_size; /* sizeof(dv_backend) */
+    int (*device_count)(void);
+    dv_backend *(*create)(int device, dv_precision precision, char *err);
+} dv_kernels_cuda_api;
+
 typedef struct dv_backend_box {
     dv_backend be;                   /* must stay first */
     void (*destroy)(dv_backend *be); /* frees be->ctx; NULL: free(be->ctx) */

@@ -1,4 +1,4 @@
-/* layers_rnn.c — the recurrent layers [rnn], [lstm] and [gru]: a stack of
+/* layer_rnn.c — the recurrent layers [rnn], [lstm] and [gru]: a stack of
  * `layers` recurrent layers of `units` hidden units over a sequence input
  * (T, F), written with the backend's ops only (GEMMs, the cell ops,
  * transposes), so the same code runs on the CPU and on CUDA.

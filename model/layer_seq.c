@@ -1,4 +1,4 @@
-/* layers_seq.c — the Transformer-side layers: [embedding], [layernorm],
+/* layer_seq.c — the Transformer-side layers: [embedding], [layernorm],
  * [gelu], [attention] and [transformer], built only from backend ops on
  * device pointers, so the same code runs on the CPU and on CUDA.
  *
@@ -43,7 +43,7 @@
  * heads, and for a block also LN1(x), x1, LN2(x1), the MLP's hidden
  * pre- and post-GELU values, the layer-norm statistics and dropout masks.
  *
- * Contracts (layers.c): parameter gradients accumulate, dx is overwritten
+ * Contracts (layer-impl.h, model.h): parameter gradients accumulate, dx is overwritten
  * (NULL: not needed), dy may be overwritten; backward follows a training
  * forward of the same B rows.
  */

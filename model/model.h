@@ -155,7 +155,7 @@ struct dv_model {
      * detached (truncated BPTT); 0 starts from zeros. Eval forwards always
      * start from zeros and leave the carried state alone. */
     int carry;
-    /* Set by train.c around a checkpoint save: the stateful layers' carried
+    /* Set by run/train.c around a checkpoint save: the stateful layers' carried
      * state of every stream, (stream_rows = global batch, stream_cols), host;
      * written as /streams so a resumed run continues the streams. */
     const float *stream_state;

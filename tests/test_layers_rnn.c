@@ -1,5 +1,5 @@
 /* test_layers_rnn.c — the recurrent layers [rnn], [lstm], [gru]
- * (trainer/layers_rnn.c), built from config text into whole models.
+ * (model/layer_rnn.c), built from config text into whole models.
  *
  *  - config: param names and shapes, output shapes, and the errors for a
  *    non-sequence input, too many layers, a missing `units`;

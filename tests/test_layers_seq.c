@@ -1,4 +1,4 @@
-/* test_layers_seq.c — the Transformer-side layers of trainer/layers_seq.c
+/* test_layers_seq.c — the Transformer-side layers of model/layer_seq.c
  * ([embedding], [layernorm], [gelu], [attention], [transformer]) inside
  * whole models built from config text.
  *

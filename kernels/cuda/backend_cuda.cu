@@ -2,7 +2,9 @@
  * events, cuBLAS handle), destroy, the device count, and every op of ops.def
  * pointed at its dv_cuda_<op> (core_cuda.cu, memory_cuda.cu, ops_cuda.cu,
  * conv_cuda.cu, seq_cuda.cu, rnn_cuda.cu). This file only builds the table;
- * no other file calls into it but through the table.
+ * no other file calls into it but through the table. It is the entry of
+ * the CUDA module (kernels-impl.h, dv_kernels_cuda_api): libdive.so finds
+ * create and the device count through dv_kernels_cuda_module().
  *
  * Assumes: cudaSetDevice is the backend's first CUDA call, so everything
  * created here (and NCCL, later) belongs to that device.
@@ -28,7 +30,7 @@ static void cuda_destroy(dv_backend *be) {
     free(cx);
 }
 
-extern "C" int dv_backend_cuda_device_count(void) {
+static int cuda_device_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
         cudaGetLastError(); /* clear the sticky error left by a missing driver */
@@ -37,13 +39,13 @@ extern "C" int dv_backend_cuda_device_count(void) {
     return n;
 }
 
-extern "C" dv_backend *dv_backend_cuda_create(int device, dv_precision precision, char *err) {
+static dv_backend *cuda_create(int device, dv_precision precision, char *err) {
     if ((unsigned)precision >= DV_PRECISION_COUNT) {
         dv_error_at(err, __FILE__, __LINE__, __func__, "unknown dv_precision value %d",
                     (int)precision);
         return NULL;
     }
-    int count = dv_backend_cuda_device_count();
+    int count = cuda_device_count();
     if (count < 1) {
         DV_ERROR(err, "no GPU is visible to CUDA (check the driver and CUDA_VISIBLE_DEVICES)");
         return NULL;
@@ -94,4 +96,10 @@ extern "C" dv_backend *dv_backend_cuda_create(int device, dv_precision precision
 #define DV_OP(ret, name, params) be->name = dv_cuda_##name;
 #include "ops.def"
     return be;
+}
+
+extern "C" const dv_kernels_cuda_api *dv_kernels_cuda_module(void) {
+    static const dv_kernels_cuda_api api = {DV_KERNELS_CUDA_ABI, sizeof(dv_backend),
+                                            cuda_device_count, cuda_create};
+    return &api;
 }
