@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "cli-impl.h"
-#include "data.h"
+#include "import.h"
 
 static const char import_help[] =
     "usage: dive import idx IMAGES LABELS -o OUT.h5 [--split NAME]\n"

@@ -16,6 +16,7 @@
 
 #include "checkpoint.h"
 #include "cli-impl.h"
+#include "tokens.h"
 #include "run.h"
 
 static const char sample_help[] =

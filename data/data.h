@@ -1,7 +1,7 @@
 /* data.h — datasets for Dive: opening and validating HDF5 files, the
- * sampler (one shuffle per epoch, sharded across ranks), the batch loader
- * with its prefetch thread, and importers that turn IDX and CSV files into
- * Dive's HDF5 layout.
+ * sampler (one shuffle per epoch, sharded across ranks) and the batch
+ * loader with its prefetch thread. Token streams and the vocabulary are in
+ * tokens.h, the IDX, CSV and text importers in import.h.
  *
  * data never sees a tensor or MPI: it is told this rank's index and the
  * world size, and fills plain host buffers. Errors come back as dv_status
@@ -11,8 +11,6 @@
  * Layout (see docs/data.md): a split is a group holding `x` (N, ...) of
  * uint8 / int / float32 / float64 and `y`, either int labels (N) or floats
  * (N, K); any dataset paths may be given instead of the group defaults.
- * Token streams are 1-D integer datasets, with their vocabulary in /vocab
- * (docs/data.md, "Token files").
  */
 #ifndef DV_DATA_H
 #define DV_DATA_H
@@ -92,7 +90,7 @@ dv_status dv_split_read(dv_split *s, const int64_t *idx, int count, float x_scal
 
 /* ---- the sampler ------------------------------------------------------- */
 
-/* DESIGN.md's sampling contract. Training: one permutation of [0, n) per
+/* docs/design.md's sampling contract. Training: one permutation of [0, n) per
  * epoch from (seed + epoch), identical on every rank; global batch b of
  * the epoch is perm[b*G .. (b+1)*G); rank r takes its elements
  * r, r + W, r + 2W, ... (G/W of them). The last partial global batch is
@@ -182,132 +180,6 @@ dv_status dv_loader_start(dv_loader *l, int64_t epoch, int64_t step, char *err);
  * next one within the same pass). Returns DV_ERR with a message on an I/O
  * error; past the end of the pass returns DV_OK with batch->count == 0. */
 dv_status dv_loader_next(dv_loader *l, dv_batch *batch, char *err);
-
-/* ---- token streams ---------------------------------------------------- */
-
-/* A 1-D integer dataset of token ids read as training windows of length T:
- * window k covers tokens [k*T, k*T + T], T+1 tokens; its inputs are the
- * first T and its targets the last T (the inputs shifted by one). Windows
- * do not overlap (consecutive ones share one boundary token), so a stream
- * of n tokens has (n - 1) / T of them and the tail is never used.
- *
- * Training order: a dv_sampler with n = dv_tokens_windows(t, T) yields
- * window ids; it is used unchanged (one shuffle of the windows per epoch
- * from the seed, rank-strided global batches, drop-last), so DESIGN.md's
- * sampling contract holds for token streams as it does for samples. */
-typedef struct dv_tokens dv_tokens;
-
-typedef struct dv_tokens_info {
-    int64_t n;              /* tokens in the stream, >= 1 */
-    int64_t min, max;       /* smallest and largest id present */
-    int64_t min_at, max_at; /* first position holding each */
-} dv_tokens_info;
-
-/* Opens `dataset` (an absolute path, e.g. "/train/tokens") of `file`,
- * checks it is a non-empty 1-D integer dataset and scans its id range.
- * The reader is owned by the caller (dv_tokens_free), and keeps the file
- * open until then. Chunked and gzip-compressed datasets work. */
-dv_status dv_tokens_open(dv_tokens **out, const char *file, const char *dataset, char *err);
-void dv_tokens_free(dv_tokens *t);
-const dv_tokens_info *dv_tokens_info_get(const dv_tokens *t);
-int64_t dv_tokens_count(const dv_tokens *t);
-/* Checks every id lies in [0, vocab_size); the message names the file,
- * the dataset, the id and its position. */
-dv_status dv_tokens_check(const dv_tokens *t, int64_t vocab_size, char *err);
-/* Windows of length T in the stream: (n - 1) / T; 0 when T < 1. */
-int64_t dv_tokens_windows(const dv_tokens *t, int T);
-/* Reads tokens [start, start+count) into out (count). */
-dv_status dv_tokens_read(dv_tokens *t, int64_t start, int64_t count, int32_t *out, char *err);
-/* Reads the windows window_ids[0..count) (any order, any repeats; each in
- * [0, dv_tokens_windows)) into x (count, T) inputs and y (count, T)
- * targets: x[i][j] = tokens[w*T + j], y[i][j] = tokens[w*T + j + 1]. */
-dv_status dv_tokens_read_windows(dv_tokens *t, int T, const int64_t *window_ids, int count,
-                                 int32_t *x, int32_t *y, char *err);
-
-/* The vocabulary stored with a token file (/vocab: attributes kind and
- * size, dataset codepoints). */
-typedef enum dv_vocab_kind {
-    DV_VOCAB_BYTES = 0, /* id = byte value; size 256 */
-    DV_VOCAB_CHARS,     /* id = index of a Unicode code point, sorted */
-} dv_vocab_kind;
-
-typedef struct dv_vocab {
-    dv_vocab_kind kind;
-    int64_t size;        /* V */
-    int32_t *codepoints; /* (V), owned: the code point (bytes: the byte) of each id */
-} dv_vocab;
-
-/* Reads and validates `group` (NULL: "/vocab") of `file` into v: kind is
- * "bytes" or "chars", size matches codepoints; bytes are 0..255 in order;
- * chars strictly increasing in [0, 0x10FFFF]. Free with dv_vocab_free. */
-dv_status dv_vocab_read(dv_vocab *v, const char *file, const char *group, char *err);
-/* Writes v as /vocab of `file` (created if missing; an existing /vocab is
- * replaced, everything else kept), in the layout dv_vocab_read reads:
- * checkpoints of language models carry their vocabulary this way. */
-dv_status dv_vocab_write(const dv_vocab *v, const char *file, char *err);
-/* Frees v->codepoints and zeroes v (v may be NULL). */
-void dv_vocab_free(dv_vocab *v);
-
-/* Incremental UTF-8 decoder, strict (no overlong forms, no surrogates,
- * nothing above U+10FFFF), so a block boundary may fall inside a
- * character: the text importer and `dive sample`'s prompts decode alike.
- * Start from a zeroed dv_utf8; `need` > 0 after the last byte means the
- * input ended inside a character. */
-typedef struct dv_utf8 {
-    int32_t cp, min;
-    int need;
-} dv_utf8;
-
-#define DV_UTF8_BAD  (-1) /* invalid input */
-#define DV_UTF8_MORE (-2) /* more bytes are needed */
-
-/* Feeds one byte: the code point when one is complete, else DV_UTF8_MORE
- * or DV_UTF8_BAD. */
-int32_t dv_utf8_feed(dv_utf8 *u, unsigned char b);
-
-/* ---- importers -------------------------------------------------------- */
-
-/* IDX (MNIST / Fashion-MNIST; raw or gzip): images (N, rows, cols) uint8 and
- * labels (N) uint8 into `out_file` as /<split>/x and /<split>/y (chunked,
- * gzip). The file is created if missing; an existing split is replaced;
- * other splits are kept. */
-dv_status dv_import_idx(const char *images, const char *labels, const char *out_file,
-                        const char *split, char *err);
-
-/* Numeric CSV: one sample per line, `label_col` (0-based; negative counts
- * from the end, -1 = last) holds an integer label, the other columns are
- * float32 features. `header` 1 skips the first line. Writes /<split>/x
- * (N, F) float32 and /<split>/y (N) int32. */
-dv_status dv_import_csv(const char *csv, int label_col, int header, const char *out_file,
-                        const char *split, char *err);
-
-/* Text into a token file: the regular files named by `inputs`, each a
- * file or a directory walked recursively (symbolic links inside it are
- * not followed) in sorted path order (byte order, like `LC_ALL=C sort`),
- * the inputs in the order given. A file with a NUL byte, or with
- * DV_VOCAB_CHARS one that is not valid UTF-8, is skipped (on_skip is told
- * why). The files' tokens, concatenated in that order, are split: the last
- * round(val_fraction * n) tokens (0 <= val_fraction < 1) go to
- * /val/tokens, the rest to /train/tokens (int32, chunked, gzip); the
- * vocabulary to /vocab. Those three are replaced if present; everything
- * else in out_file is kept. Inputs are read twice (validate and count,
- * then write), so memory does not grow with the corpus. */
-typedef struct dv_text_options {
-    dv_vocab_kind vocab;
-    double val_fraction;
-    /* Called once per skipped file (may be NULL). */
-    void (*on_skip)(void *ctx, const char *path, const char *why);
-    void *ctx;
-} dv_text_options;
-
-typedef struct dv_text_report {
-    int64_t files_read, files_skipped;
-    int64_t n_train, n_val; /* tokens */
-    int64_t vocab_size;
-} dv_text_report;
-
-dv_status dv_import_text(const char *const *inputs, int n_inputs, const dv_text_options *opt,
-                         const char *out_file, dv_text_report *report, char *err);
 
 #ifdef __cplusplus
 }

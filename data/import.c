@@ -10,6 +10,7 @@
  */
 #include "data.h"
 #include "data-impl.h"
+#include "import.h"
 
 #include <errno.h>
 #include <hdf5.h>

@@ -12,6 +12,8 @@
  */
 #include "data.h"
 #include "data-impl.h"
+#include "import.h"
+#include "tokens.h"
 
 #include <dirent.h>
 #include <errno.h>

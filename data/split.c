@@ -11,6 +11,7 @@
  */
 #include "data.h"
 #include "data-impl.h"
+#include "tokens.h"
 
 #include <errno.h>
 #include <hdf5.h>

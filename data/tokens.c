@@ -9,6 +9,7 @@
  */
 #include "data.h"
 #include "data-impl.h"
+#include "tokens.h"
 
 #include <hdf5.h>
 #include <stdlib.h>

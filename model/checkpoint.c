@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "data.h"
 
 static const char *const train_attrs[] = {"step", "epoch",      "step_in_epoch", "world_size",
                                           "seed", "bad_epochs", "global_batch"};

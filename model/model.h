@@ -17,7 +17,7 @@
 
 #include "config.h"
 #include "kernels.h"
-#include "data.h"
+#include "tokens.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -21,6 +21,8 @@
 
 #include "data.h"
 #include "data-impl.h"
+#include "import.h"
+#include "tokens.h"
 
 static char tmp_dir[256];
 
