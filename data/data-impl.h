@@ -1,13 +1,18 @@
-/* data-impl.h — helpers shared by the files of data/, private to it.
+/* data-impl.h — what the files of data/ share, private to data/: the
+ * bracket around HDF5 calls, and the reading helpers of the split and token
+ * readers (all in h5.c, the one owner of HDF5).
  *
- * dv_h5_enter / dv_h5_leave bracket every run of HDF5 calls: they take the
- * HDF5 lock and silence HDF5's automatic error-stack printing, then restore
- * the caller's setting, so a bad file gives one message of ours, not a dump.
+ * dv_h5_enter / dv_h5_leave bracket every run of HDF5 calls made outside
+ * h5.c's own functions: they take the HDF5 lock and silence HDF5's
+ * automatic error-stack printing, then restore the caller's handler, so a
+ * bad file gives one message of ours, not a dump.
  */
 #ifndef DV_DATA_IMPL_H
 #define DV_DATA_IMPL_H
 
 #include "data.h"
+#include "h5.h"
+#include "tokens.h"
 
 #include <hdf5.h>
 
@@ -19,8 +24,12 @@ typedef struct dv_h5_quiet {
 void dv_h5_enter(dv_h5_quiet *q);
 void dv_h5_leave(dv_h5_quiet *q);
 
-/* Checks that `file` can be read and is HDF5 (call inside enter/leave). */
-dv_status dv_h5_check_file(const char *file, char *err);
+/* The HDF5 file id of h, for the readers that keep datasets open. */
+hid_t dv_h5_id(const dv_h5 *h);
+
+/* Decompressed chunks cached per dataset by default; a streaming loader
+ * raises this to its memory budget (dv_split_set_cache). */
+#define DV_H5_CHUNK_CACHE ((size_t)32 << 20)
 
 /* Gives the x dataset's chunk cache `bytes` (never less than the default):
  * a streaming loader whose float32 copy did not fit its memory budget may
@@ -28,7 +37,11 @@ dv_status dv_h5_check_file(const char *file, char *err);
  * the same chunks. */
 void dv_split_set_cache(dv_split *s, size_t bytes);
 
-/* ---- reading (split.c), shared with the token reader ---------------- */
+/* ---- reading (h5.c), shared by the split and token readers ------------ */
+
+/* Opens dataset `path` of fid with a chunk cache of `bytes` (call inside
+ * enter/leave). */
+hid_t dv_h5_open_cached(hid_t fid, const char *path, size_t bytes);
 
 /* Opens `path` of fid as a numeric dataset of rank 1..8 (with the default
  * chunk cache); *cls receives its type class (H5T_INTEGER or H5T_FLOAT),
@@ -44,25 +57,24 @@ herr_t dv_h5_read_rows(hid_t d, hid_t mtype, int64_t start, int64_t count, void 
 dv_status dv_h5_scan_range(hid_t d, int64_t n, const char *file, const char *path, int64_t *lo,
                            int64_t *lo_at, int64_t *hi, int64_t *hi_at, char *err);
 
-/* ---- writing (import.c), shared by the importers ------------------- */
+/* ---- writing (import.c), shared by the importers --------------------- */
 
 /* Opens out_file for writing, creating it if missing, and removes the
  * objects `replace[0..nreplace)` (absolute paths) where present, so an
- * import replaces what it writes and keeps everything else. */
-hid_t dv_import_open(const char *out_file, const char *const *replace, int nreplace, char *err);
+ * import replaces what it writes and keeps everything else. NULL, with the
+ * message in err, on failure. */
+dv_h5 *dv_import_open(const char *out_file, const char *const *replace, int nreplace, char *err);
 
-/* Closes fid; when st is not DV_OK first removes `written`, so a failed
+/* Closes h; when st is not DV_OK first removes `written`, so a failed
  * import never leaves data that looks complete. Returns st, or DV_ERR if
  * the close fails (disk full). */
-dv_status dv_import_close(hid_t fid, const char *const *written, int nwritten, dv_status st,
-                          const char *out_file, char *err);
+dv_status dv_import_close(dv_h5 *h, const char *const *written, int nwritten, dv_status st,
+                          char *err);
 
-/* Creates a chunked, gzip-compressed dataset of `rank` dims, chunks of
- * chunk_rows along the first; missing groups are created. */
-hid_t dv_import_create_ds(hid_t fid, const char *path, hid_t type, int rank, const hsize_t *dims,
-                          hsize_t chunk_rows);
+/* ---- the vocabulary (tokens.c), shared with the text importer -------- */
 
-/* Writes rows [at, at+count) of d from buf (memory type mtype). */
-herr_t dv_import_write_rows(hid_t d, hid_t mtype, hsize_t at, hsize_t count, const void *buf);
+/* Writes v as /vocab of the open file h (replacing an existing /vocab):
+ * the codepoints dataset and the attributes kind and size. */
+dv_status dv_vocab_write_to(dv_h5 *h, const dv_vocab *v, char *err);
 
 #endif

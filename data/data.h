@@ -1,7 +1,9 @@
-/* data.h — datasets for Dive: opening and validating HDF5 files, the
- * sampler (one shuffle per epoch, sharded across ranks) and the batch
- * loader with its prefetch thread. Token streams and the vocabulary are in
- * tokens.h, the IDX, CSV and text importers in import.h.
+/* data.h — datasets for Dive: splits (an inputs dataset and a targets
+ * dataset of one HDF5 file, opened and validated), the sampler (one shuffle
+ * per epoch, sharded across ranks) and the batch loader with its prefetch
+ * thread. Token streams and the vocabulary are in tokens.h, the IDX, CSV
+ * and text importers in import.h, and HDF5 itself (files, the lock, the
+ * error stack) in h5.h.
  *
  * data never sees a tensor or MPI: it is told this rank's index and the
  * world size, and fills plain host buffers. Errors come back as dv_status
@@ -23,16 +25,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* ---- the HDF5 lock ------------------------------------------------------ */
-
-/* The HDF5 library (the MPI build) is not thread-safe, and a streaming
- * loader with prefetch reads HDF5 on its own thread. Every HDF5 call in
- * data/ holds this lock; code elsewhere that calls HDF5 while a loader may
- * be prefetching (checkpoint writes, `dive info`) must hold it too. The
- * lock is recursive, so data/ functions may be called while holding it. */
-void dv_hdf5_lock(void);
-void dv_hdf5_unlock(void);
 
 /* ---- splits: an x dataset and a y dataset of the same N ---------------- */
 

@@ -8,24 +8,21 @@
  * IDX is streamed in blocks, so its size is bounded only by the disk; a CSV
  * is parsed into memory first (CSV data sets are small).
  */
-#include "data.h"
 #include "data-impl.h"
+#include "h5.h"
 #include "import.h"
 
 #include <errno.h>
-#include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #define IDX_IMAGES_MAGIC 0x00000803u
 #define IDX_LABELS_MAGIC 0x00000801u
 #define IDX_CHUNK_ROWS   64
 #define IDX_BLOCK_ROWS   8192
-#define GZIP_LEVEL       4
 /* CSV chunks hold about this many elements (1 MiB of float32). */
 #define CSV_CHUNK_ELEMS (1 << 18)
 
@@ -42,83 +39,25 @@ static int norm_split(const char *split, char *buf, size_t len) {
     return n > 1;
 }
 
-hid_t dv_import_open(const char *out_file, const char *const *replace, int nreplace, char *err) {
-    hid_t fid;
-    if (access(out_file, F_OK) == 0) {
-        if (dv_h5_check_file(out_file, err) != DV_OK) return H5I_INVALID_HID;
-        fid = H5Fopen(out_file, H5F_ACC_RDWR, H5P_DEFAULT);
-        if (fid < 0) {
-            DV_ERROR(err, "%s: cannot open for writing (read-only, or a corrupt HDF5 file?)",
-                     out_file);
-            return H5I_INVALID_HID;
-        }
-    } else {
-        fid = H5Fcreate(out_file, H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
-        if (fid < 0) {
-            DV_ERROR(err, "%s: cannot create: %s", out_file, strerror(errno));
-            return H5I_INVALID_HID;
-        }
-    }
+dv_h5 *dv_import_open(const char *out_file, const char *const *replace, int nreplace, char *err) {
+    dv_h5 *h = NULL;
+    if (dv_h5_open(&h, out_file, DV_H5_WRITE, err) != DV_OK) return NULL;
     for (int i = 0; i < nreplace; i++) {
-        /* H5Oopen also fails for a missing intermediate group: nothing to do. */
-        hid_t obj = H5Oopen(fid, replace[i], H5P_DEFAULT);
-        if (obj < 0) continue;
-        H5Oclose(obj);
-        if (H5Ldelete(fid, replace[i], H5P_DEFAULT) < 0) {
+        if (dv_h5_delete(h, replace[i], err) != DV_OK) {
             DV_ERROR(err, "%s: cannot replace the existing %s", out_file, replace[i]);
-            H5Fclose(fid);
-            return H5I_INVALID_HID;
+            dv_h5_close(h, NULL);
+            return NULL;
         }
     }
-    return fid;
+    return h;
 }
 
-dv_status dv_import_close(hid_t fid, const char *const *written, int nwritten, dv_status st,
-                          const char *out_file, char *err) {
+dv_status dv_import_close(dv_h5 *h, const char *const *written, int nwritten, dv_status st,
+                          char *err) {
     for (int i = 0; st != DV_OK && i < nwritten; i++)
-        H5Ldelete(fid, written[i], H5P_DEFAULT);
-    if (H5Fclose(fid) < 0 && st == DV_OK) {
-        DV_ERROR(err, "%s: closing failed (disk full?)", out_file);
-        st = DV_ERR;
-    }
+        dv_h5_delete(h, written[i], NULL);
+    if (dv_h5_close(h, st == DV_OK ? err : NULL) != DV_OK) st = DV_ERR;
     return st;
-}
-
-hid_t dv_import_create_ds(hid_t fid, const char *path, hid_t type, int rank, const hsize_t *dims,
-                          hsize_t chunk_rows) {
-    hsize_t chunk[8];
-    for (int i = 0; i < rank; i++)
-        chunk[i] = dims[i] ? dims[i] : 1;
-    chunk[0] = chunk_rows < chunk[0] ? (chunk_rows ? chunk_rows : 1) : chunk[0];
-    hid_t space = H5Screate_simple(rank, dims, NULL);
-    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-    H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    H5Pset_chunk(dcpl, rank, chunk);
-    H5Pset_deflate(dcpl, GZIP_LEVEL);
-    hid_t d = H5Dcreate2(fid, path, type, space, lcpl, dcpl, H5P_DEFAULT);
-    H5Pclose(dcpl);
-    H5Pclose(lcpl);
-    H5Sclose(space);
-    return d;
-}
-
-herr_t dv_import_write_rows(hid_t d, hid_t mtype, hsize_t at, hsize_t count, const void *buf) {
-    hid_t fs = H5Dget_space(d);
-    int r = H5Sget_simple_extent_ndims(fs);
-    hsize_t dims[8], off[8] = {0}, cnt[8];
-    H5Sget_simple_extent_dims(fs, dims, NULL);
-    for (int i = 0; i < r; i++)
-        cnt[i] = i == 0 ? count : dims[i];
-    off[0] = at;
-    herr_t e = H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
-    /* Same shape as the file selection: a flat memory space is several
-     * times slower in HDF5. */
-    hid_t ms = H5Screate_simple(r, cnt, NULL);
-    if (e >= 0) e = H5Dwrite(d, mtype, ms, fs, H5P_DEFAULT, buf);
-    H5Sclose(ms);
-    H5Sclose(fs);
-    return e;
 }
 
 /* ---- IDX ---------------------------------------------------------------- */
@@ -171,40 +110,38 @@ static gzFile idx_open(const char *path, uint32_t magic, int ndims, uint32_t *di
     return gz;
 }
 
-static dv_status idx_write(hid_t fid, const char *group, gzFile gi, gzFile gl, const uint32_t *id,
+static dv_status idx_write(dv_h5 *h, const char *group, gzFile gi, gzFile gl, const uint32_t *id,
                            const char *images, const char *labels, const char *out_file,
                            char *err) {
     char xpath[300], ypath[300];
     snprintf(xpath, sizeof(xpath), "%s/x", group);
     snprintf(ypath, sizeof(ypath), "%s/y", group);
-    hsize_t xd[3] = {id[0], id[1], id[2]}, yd[1] = {id[0]};
-    hid_t x = dv_import_create_ds(fid, xpath, H5T_STD_U8LE, 3, xd, IDX_CHUNK_ROWS);
-    hid_t y = dv_import_create_ds(fid, ypath, H5T_STD_U8LE, 1, yd, IDX_CHUNK_ROWS * 16);
+    int64_t xd[3] = {id[0], id[1], id[2]}, yd[1] = {id[0]};
     size_t row = (size_t)id[1] * id[2];
     unsigned char *xb = malloc(row * IDX_BLOCK_ROWS), *yb = malloc(IDX_BLOCK_ROWS);
     dv_status st = DV_ERR;
-    if (x < 0 || y < 0) {
-        DV_ERROR(err, "%s: cannot create %s", out_file, x < 0 ? xpath : ypath);
+    if (dv_h5_create_dataset(h, xpath, DV_H5_U8, 3, xd, IDX_CHUNK_ROWS, err) != DV_OK ||
+        dv_h5_create_dataset(h, ypath, DV_H5_U8, 1, yd, IDX_CHUNK_ROWS * 16, err) != DV_OK)
         goto done;
-    }
     if (!xb || !yb) {
         DV_ERROR(err, "%s: out of memory", out_file);
         goto done;
     }
-    for (hsize_t at = 0; at < id[0]; at += IDX_BLOCK_ROWS) {
-        hsize_t c = id[0] - at < IDX_BLOCK_ROWS ? id[0] - at : IDX_BLOCK_ROWS;
-        if (read_full(gi, xb, row * c) != 0) {
+    for (int64_t at = 0; at < id[0]; at += IDX_BLOCK_ROWS) {
+        int64_t c = id[0] - at < IDX_BLOCK_ROWS ? id[0] - at : IDX_BLOCK_ROWS;
+        if (read_full(gi, xb, row * (size_t)c) != 0) {
             DV_ERROR(err, "%s: truncated: ends before image %llu of %u", images,
                      (unsigned long long)at, id[0]);
             goto done;
         }
-        if (read_full(gl, yb, c) != 0) {
+        if (read_full(gl, yb, (size_t)c) != 0) {
             DV_ERROR(err, "%s: truncated: ends before label %llu of %u", labels,
                      (unsigned long long)at, id[0]);
             goto done;
         }
-        if (dv_import_write_rows(x, H5T_NATIVE_UCHAR, at, c, xb) < 0 ||
-            dv_import_write_rows(y, H5T_NATIVE_UCHAR, at, c, yb) < 0) {
+        char why[DV_ERR_LEN];
+        if (dv_h5_write_rows(h, xpath, DV_H5_U8, at, c, xb, why) != DV_OK ||
+            dv_h5_write_rows(h, ypath, DV_H5_U8, at, c, yb, why) != DV_OK) {
             DV_ERROR(err, "%s: writing %s failed (disk full?)", out_file, group);
             goto done;
         }
@@ -213,13 +150,11 @@ static dv_status idx_write(hid_t fid, const char *group, gzFile gi, gzFile gl, c
 done:
     free(xb);
     free(yb);
-    if (x >= 0) H5Dclose(x);
-    if (y >= 0) H5Dclose(y);
     return st;
 }
 
-static dv_status import_idx_locked(const char *images, const char *labels, const char *out_file,
-                                   const char *group, char *err) {
+static dv_status import_idx_group(const char *images, const char *labels, const char *out_file,
+                                  const char *group, char *err) {
     uint32_t id[3], ld[1];
     gzFile gi = idx_open(images, IDX_IMAGES_MAGIC, 3, id, err);
     if (!gi) return DV_ERR;
@@ -234,10 +169,10 @@ static dv_status import_idx_locked(const char *images, const char *labels, const
     } else if (id[0] == 0 || id[1] == 0 || id[2] == 0) {
         DV_ERROR(err, "%s: no images (dimensions %u x %u x %u)", images, id[0], id[1], id[2]);
     } else {
-        hid_t fid = dv_import_open(out_file, &group, 1, err);
-        if (fid >= 0) {
-            st = idx_write(fid, group, gi, gl, id, images, labels, out_file, err);
-            st = dv_import_close(fid, &group, 1, st, out_file, err);
+        dv_h5 *h = dv_import_open(out_file, &group, 1, err);
+        if (h) {
+            st = idx_write(h, group, gi, gl, id, images, labels, out_file, err);
+            st = dv_import_close(h, &group, 1, st, err);
         }
     }
     gzclose(gi);
@@ -252,11 +187,7 @@ dv_status dv_import_idx(const char *images, const char *labels, const char *out_
         DV_ERROR(err, "%s: invalid split name \"%s\"", out_file, split);
         return DV_ERR;
     }
-    dv_h5_quiet q;
-    dv_h5_enter(&q);
-    dv_status st = import_idx_locked(images, labels, out_file, group, err);
-    dv_h5_leave(&q);
-    return st;
+    return import_idx_group(images, labels, out_file, group, err);
 }
 
 /* ---- CSV ---------------------------------------------------------------- */
@@ -385,24 +316,22 @@ static dv_status csv_parse(const char *csv, int label_col, int header, csv_data 
 }
 
 static dv_status csv_write(const csv_data *d, const char *out_file, const char *group, char *err) {
-    hid_t fid = dv_import_open(out_file, &group, 1, err);
-    if (fid < 0) return DV_ERR;
-    char xpath[300], ypath[300];
+    dv_h5 *h = dv_import_open(out_file, &group, 1, err);
+    if (!h) return DV_ERR;
+    char xpath[300], ypath[300], why[DV_ERR_LEN];
     snprintf(xpath, sizeof(xpath), "%s/x", group);
     snprintf(ypath, sizeof(ypath), "%s/y", group);
-    hsize_t xd[2] = {d->n, d->f}, yd[1] = {d->n};
-    hsize_t rows = CSV_CHUNK_ELEMS / d->f ? CSV_CHUNK_ELEMS / d->f : 1;
-    hid_t x = dv_import_create_ds(fid, xpath, H5T_IEEE_F32LE, 2, xd, rows);
-    hid_t y = dv_import_create_ds(fid, ypath, H5T_STD_I32LE, 1, yd, CSV_CHUNK_ELEMS);
+    int64_t xd[2] = {(int64_t)d->n, (int64_t)d->f}, yd[1] = {(int64_t)d->n};
+    int64_t rows = CSV_CHUNK_ELEMS / d->f ? (int64_t)(CSV_CHUNK_ELEMS / d->f) : 1;
     dv_status st = DV_OK;
-    if (x < 0 || y < 0 || dv_import_write_rows(x, H5T_NATIVE_FLOAT, 0, d->n, d->x) < 0 ||
-        dv_import_write_rows(y, H5T_NATIVE_INT32, 0, d->n, d->y) < 0) {
+    if (dv_h5_create_dataset(h, xpath, DV_H5_F32, 2, xd, rows, why) != DV_OK ||
+        dv_h5_create_dataset(h, ypath, DV_H5_I32, 1, yd, CSV_CHUNK_ELEMS, why) != DV_OK ||
+        dv_h5_write_rows(h, xpath, DV_H5_F32, 0, (int64_t)d->n, d->x, why) != DV_OK ||
+        dv_h5_write_rows(h, ypath, DV_H5_I32, 0, (int64_t)d->n, d->y, why) != DV_OK) {
         DV_ERROR(err, "%s: writing %s failed (disk full?)", out_file, group);
         st = DV_ERR;
     }
-    if (x >= 0) H5Dclose(x);
-    if (y >= 0) H5Dclose(y);
-    return dv_import_close(fid, &group, 1, st, out_file, err);
+    return dv_import_close(h, &group, 1, st, err);
 }
 
 dv_status dv_import_csv(const char *csv, int label_col, int header, const char *out_file,
@@ -414,12 +343,7 @@ dv_status dv_import_csv(const char *csv, int label_col, int header, const char *
     }
     csv_data d = {0};
     dv_status st = csv_parse(csv, label_col, header, &d, err);
-    if (st == DV_OK) {
-        dv_h5_quiet q;
-        dv_h5_enter(&q);
-        st = csv_write(&d, out_file, group, err);
-        dv_h5_leave(&q);
-    }
+    if (st == DV_OK) st = csv_write(&d, out_file, group, err);
     free(d.x);
     free(d.y);
     return st;

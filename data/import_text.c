@@ -10,14 +10,13 @@
  * stays bounded whatever the size of the corpus. A file that changes
  * between the passes is an error, never a silently wrong split.
  */
-#include "data.h"
 #include "data-impl.h"
+#include "h5.h"
 #include "import.h"
 #include "tokens.h"
 
 #include <dirent.h>
 #include <errno.h>
-#include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -238,7 +237,7 @@ static dv_status count_files(file_list *l, const dv_text_options *opt, counter *
 /* ---- pass 2: write ---------------------------------------------------- */
 
 typedef struct writer {
-    hid_t train, val;
+    dv_h5 *h;
     int64_t n_train;
     int64_t pos;           /* tokens emitted so far */
     int64_t block_at;      /* stream position of buf[0] */
@@ -251,9 +250,10 @@ typedef struct writer {
 static int flush(writer *w) {
     if (w->fill == 0) return 0;
     int in_train = w->block_at < w->n_train;
-    hid_t d = in_train ? w->train : w->val;
-    hsize_t at = (hsize_t)(in_train ? w->block_at : w->block_at - w->n_train);
-    if (dv_import_write_rows(d, H5T_NATIVE_INT32, at, (hsize_t)w->fill, w->buf) < 0) return -1;
+    int64_t at = in_train ? w->block_at : w->block_at - w->n_train;
+    if (dv_h5_write_rows(w->h, in_train ? "/train/tokens" : "/val/tokens", DV_H5_I32, at, w->fill,
+                         w->buf, NULL) != DV_OK)
+        return -1;
     w->block_at += w->fill;
     w->fill = 0;
     return 0;
@@ -268,66 +268,18 @@ static void write_token(void *ctx, int32_t c) {
     if ((w->fill == TOKEN_CHUNK || w->pos == w->n_train) && flush(w) != 0) w->failed = 1;
 }
 
-static dv_status write_vocab(hid_t fid, dv_vocab_kind vkind, const int32_t *codepoints, int64_t v,
-                             const char *out_file, char *err) {
-    hsize_t dims[1] = {(hsize_t)v};
-    hid_t d = dv_import_create_ds(fid, "/vocab/codepoints", H5T_STD_I32LE, 1, dims, (hsize_t)v);
-    herr_t e = d < 0 ? -1 : dv_import_write_rows(d, H5T_NATIVE_INT32, 0, (hsize_t)v, codepoints);
-    if (d >= 0) H5Dclose(d);
-    hid_t g = e < 0 ? H5I_INVALID_HID : H5Gopen2(fid, "/vocab", H5P_DEFAULT);
-    if (g >= 0) {
-        /* A variable-length UTF-8 string, as h5py writes `attrs["kind"] = "chars"`. */
-        const char *kind = vkind == DV_VOCAB_CHARS ? "chars" : "bytes";
-        hid_t st = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
-        H5Tset_size(st, H5T_VARIABLE);
-        H5Tset_cset(st, H5T_CSET_UTF8);
-        hid_t a = H5Acreate2(g, "kind", st, sp, H5P_DEFAULT, H5P_DEFAULT);
-        e = a < 0 ? -1 : H5Awrite(a, st, &kind);
-        if (a >= 0) H5Aclose(a);
-        int64_t size = v;
-        a = e < 0 ? -1 : H5Acreate2(g, "size", H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-        e = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_INT64, &size);
-        if (a >= 0) H5Aclose(a);
-        H5Sclose(sp);
-        H5Tclose(st);
-        H5Gclose(g);
-    }
-    if (e < 0 || g < 0) {
-        DV_ERROR(err, "%s: writing /vocab failed (disk full?)", out_file);
-        return DV_ERR;
-    }
-    return DV_OK;
-}
-
-dv_status dv_vocab_write(const dv_vocab *v, const char *file, char *err) {
-    static const char *const vocab[] = {"/vocab"};
-    dv_h5_quiet q;
-    dv_h5_enter(&q);
-    hid_t fid = dv_import_open(file, vocab, 1, err);
-    dv_status st = DV_ERR;
-    if (fid >= 0) {
-        st = write_vocab(fid, v->kind, v->codepoints, v->size, file, err);
-        st = dv_import_close(fid, vocab, 1, st, file, err);
-    }
-    dv_h5_leave(&q);
-    return st;
-}
-
 static const char *const written[] = {"/train/tokens", "/val/tokens", "/vocab"};
 
 static dv_status write_out(file_list *l, const dv_text_options *opt, const int32_t *codepoints,
                            int64_t v, writer *w, int64_t n, const char *out_file, char *err) {
-    hid_t fid = dv_import_open(out_file, written, 3, err);
-    if (fid < 0) return DV_ERR;
+    w->h = dv_import_open(out_file, written, 3, err);
+    if (!w->h) return DV_ERR;
     dv_status st = DV_ERR;
-    hsize_t dt[1] = {(hsize_t)w->n_train}, dv[1] = {(hsize_t)(n - w->n_train)};
-    w->train = dv_import_create_ds(fid, written[0], H5T_STD_I32LE, 1, dt, TOKEN_CHUNK);
-    w->val = dv[0] ? dv_import_create_ds(fid, written[1], H5T_STD_I32LE, 1, dv, TOKEN_CHUNK)
-                   : H5I_INVALID_HID;
-    if (w->train < 0 || (dv[0] && w->val < 0)) {
-        DV_ERROR(err, "%s: cannot create %s", out_file, w->train < 0 ? written[0] : written[1]);
+    int64_t dt[1] = {w->n_train}, dv[1] = {n - w->n_train};
+    if (dv_h5_create_dataset(w->h, written[0], DV_H5_I32, 1, dt, TOKEN_CHUNK, err) != DV_OK ||
+        (dv[0] &&
+         dv_h5_create_dataset(w->h, written[1], DV_H5_I32, 1, dv, TOKEN_CHUNK, err) != DV_OK))
         goto done;
-    }
     for (size_t i = 0; i < l->n; i++) {
         text_file *f = &l->f[i];
         if (f->skipped) continue;
@@ -349,11 +301,12 @@ static dv_status write_out(file_list *l, const dv_text_options *opt, const int32
         DV_ERROR(err, "%s: writing tokens failed (disk full?)", out_file);
         goto done;
     }
-    st = write_vocab(fid, opt->vocab, codepoints, v, out_file, err);
+    dv_vocab vocab = {opt->vocab, v, (int32_t *)codepoints};
+    st = dv_vocab_write_to(w->h, &vocab, err);
 done:
-    if (w->train >= 0) H5Dclose(w->train);
-    if (w->val >= 0) H5Dclose(w->val);
-    return dv_import_close(fid, written, 3, st, out_file, err);
+    st = dv_import_close(w->h, written, 3, st, err);
+    w->h = NULL;
+    return st;
 }
 
 /* ---- the import ------------------------------------------------------- */
@@ -407,11 +360,7 @@ static dv_status import_text(file_list *l, const dv_text_options *opt, const cha
     rep->vocab_size = build_vocab(opt, k.present, codepoints, id_map);
     w->n_train = rep->n_train;
     w->id_map = id_map;
-    w->train = w->val = H5I_INVALID_HID;
-    dv_h5_quiet q;
-    dv_h5_enter(&q);
     st = write_out(l, opt, codepoints, rep->vocab_size, w, k.n, out_file, err);
-    dv_h5_leave(&q);
 done:
     free(k.present);
     free(codepoints);

@@ -4,240 +4,31 @@
  * range; reading gathers samples by index in any order, letting HDF5
  * convert the stored type to float32 / int32.
  *
- * Assumes the HDF5 library is not thread-safe (the Debian MPI build is not):
- * every HDF5 call in data/ runs under dv_hdf5_lock, which other modules take
- * too while a prefetching loader may be reading. HDF5's automatic error
- * printing is switched off inside our calls; errors come back as messages.
+ * Files are opened through h5.h; the dataset reads are HDF5 calls of their
+ * own, made between dv_h5_enter and dv_h5_leave (data-impl.h): under the
+ * HDF5 lock, which other modules' HDF5 calls take too while a prefetching
+ * loader may be reading, and with HDF5's error printing off for the
+ * duration only. Errors come back as messages.
  */
 #include "data.h"
 #include "data-impl.h"
 #include "tokens.h"
 
-#include <errno.h>
 #include <hdf5.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-/* Decompressed chunks cached per dataset by default; a streaming loader
- * raises this to its memory budget (dv_split_set_cache). */
-#define CHUNK_CACHE_BYTES ((size_t)32 << 20)
-/* Labels are scanned in blocks so a huge y never needs one allocation. */
-#define SCAN_ROWS (1 << 20)
 
 struct dv_split {
     char *file;
     char *x_path, *y_path;
-    hid_t fid, x, y;
+    dv_h5 *h; /* the open file */
+    hid_t x, y;
     dv_split_info info;
     int64_t label_min_at, label_max_at; /* first sample holding min / max */
     dv_tokens *tok;                     /* a token split: the stream, windows of T */
     int T;
 };
-
-static pthread_mutex_t hdf5_mutex = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
-
-void dv_hdf5_lock(void) {
-    pthread_mutex_lock(&hdf5_mutex);
-}
-
-void dv_hdf5_unlock(void) {
-    pthread_mutex_unlock(&hdf5_mutex);
-}
-
-void dv_h5_enter(dv_h5_quiet *q) {
-    dv_hdf5_lock();
-    H5Eget_auto2(H5E_DEFAULT, &q->func, &q->data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-}
-
-void dv_h5_leave(dv_h5_quiet *q) {
-    H5Eclear2(H5E_DEFAULT);
-    H5Eset_auto2(H5E_DEFAULT, q->func, q->data);
-    dv_hdf5_unlock();
-}
-
-/* Checks that `file` exists and is HDF5, so the caller's message says which
- * of the two it is rather than HDF5's generic open failure. */
-dv_status dv_h5_check_file(const char *file, char *err) {
-    if (access(file, R_OK) != 0) {
-        DV_ERROR(err, "%s: cannot open: %s", file, strerror(errno));
-        return DV_ERR;
-    }
-    htri_t is = H5Fis_hdf5(file);
-    if (is <= 0) {
-        DV_ERROR(err, "%s: not an HDF5 file", file);
-        return DV_ERR;
-    }
-    return DV_OK;
-}
-
-static const char *type_name(hid_t type) {
-    switch (H5Tget_class(type)) {
-    case H5T_STRING:
-        return "string";
-    case H5T_COMPOUND:
-        return "compound";
-    case H5T_ENUM:
-        return "enum";
-    case H5T_ARRAY:
-        return "array";
-    case H5T_VLEN:
-        return "variable-length";
-    case H5T_OPAQUE:
-        return "opaque";
-    case H5T_BITFIELD:
-        return "bitfield";
-    case H5T_REFERENCE:
-        return "reference";
-    case H5T_TIME:
-        return "time";
-    default:
-        return "non-numeric";
-    }
-}
-
-static int is_prime(size_t n) {
-    if (n < 2) return 0;
-    for (size_t d = 2; d * d <= n; d++)
-        if (n % d == 0) return 0;
-    return 1;
-}
-
-/* Opens dataset `path` with a chunk cache of `bytes`. HDF5 wants the slot
- * count prime and ~100x the number of chunks that fit, or chunks collide in
- * the hash and evict each other long before the cache is full. */
-static hid_t open_cached(hid_t fid, const char *path, size_t bytes) {
-    hid_t d = H5Dopen2(fid, path, H5P_DEFAULT);
-    if (d < 0) return d;
-    size_t chunk_bytes = 0;
-    hid_t dcpl = H5Dget_create_plist(d);
-    if (H5Pget_layout(dcpl) == H5D_CHUNKED) {
-        hsize_t cd[32];
-        int r = H5Pget_chunk(dcpl, 32, cd);
-        hid_t t = H5Dget_type(d);
-        chunk_bytes = H5Tget_size(t);
-        H5Tclose(t);
-        for (int i = 0; i < r; i++)
-            chunk_bytes *= (size_t)cd[i];
-    }
-    H5Pclose(dcpl);
-    if (chunk_bytes == 0) return d; /* contiguous: no chunk cache involved */
-    /* HDF5 shares one object among opens of a dataset and keeps the first
-     * open's cache, so this one must be closed before reopening. */
-    H5Dclose(d);
-    size_t fit = bytes / chunk_bytes + 1;
-    size_t slots = fit * 100 < 521 ? 521 : fit * 100;
-    if (slots > ((size_t)1 << 17)) slots = (size_t)1 << 17; /* the slot array is 8 B each */
-    while (!is_prime(slots))
-        slots++;
-    hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
-    H5Pset_chunk_cache(dapl, slots, bytes, 0.75);
-    d = H5Dopen2(fid, path, dapl);
-    H5Pclose(dapl);
-    return d;
-}
-
-dv_status dv_h5_open_dataset(hid_t fid, const char *file, const char *path, hid_t *out, int *rank,
-                             hsize_t *dims, H5T_class_t *cls, char *err) {
-    *out = H5I_INVALID_HID;
-    if (!path || !*path) {
-        DV_ERROR(err, "%s: empty dataset path", file);
-        return DV_ERR;
-    }
-    /* H5Oopen fails for a missing intermediate group too, which is what
-     * "not found" should cover. */
-    hid_t obj = H5Oopen(fid, path, H5P_DEFAULT);
-    if (obj < 0) {
-        DV_ERROR(err, "%s: dataset %s not found", file, path);
-        return DV_ERR;
-    }
-    H5I_type_t kind = H5Iget_type(obj);
-    H5Oclose(obj);
-    if (kind != H5I_DATASET) {
-        DV_ERROR(err, "%s: %s is a %s, not a dataset", file, path,
-                 kind == H5I_GROUP ? "group" : "named type");
-        return DV_ERR;
-    }
-    hid_t d = open_cached(fid, path, CHUNK_CACHE_BYTES);
-    if (d < 0) {
-        DV_ERROR(err, "%s: cannot open dataset %s", file, path);
-        return DV_ERR;
-    }
-    hid_t type = H5Dget_type(d);
-    hid_t space = H5Dget_space(d);
-    *cls = H5Tget_class(type);
-    int r = H5Sget_simple_extent_ndims(space);
-    dv_status st = DV_OK;
-    if (*cls != H5T_INTEGER && *cls != H5T_FLOAT) {
-        DV_ERROR(err,
-                 "%s: %s has a %s type; expected a numeric type (uint8, int, float32, float64)",
-                 file, path, type_name(type));
-        st = DV_ERR;
-    } else if (r < 1) {
-        DV_ERROR(err, "%s: %s is a scalar; expected an array of shape (N, ...)", file, path);
-        st = DV_ERR;
-    } else if (r > 8) {
-        DV_ERROR(err, "%s: %s has rank %d; at most 8 is supported", file, path, r);
-        st = DV_ERR;
-    } else {
-        H5Sget_simple_extent_dims(space, dims, NULL);
-        *rank = r;
-    }
-    H5Sclose(space);
-    H5Tclose(type);
-    if (st != DV_OK) {
-        H5Dclose(d);
-        return st;
-    }
-    *out = d;
-    return DV_OK;
-}
-
-herr_t dv_h5_read_rows(hid_t d, hid_t mtype, int64_t start, int64_t count, void *buf) {
-    hid_t fs = H5Dget_space(d);
-    int r = H5Sget_simple_extent_ndims(fs);
-    hsize_t dims[8], off[8] = {0}, cnt[8];
-    H5Sget_simple_extent_dims(fs, dims, NULL);
-    for (int i = 0; i < r; i++)
-        cnt[i] = i == 0 ? (hsize_t)count : dims[i];
-    off[0] = (hsize_t)start;
-    herr_t e = H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
-    /* A memory space of the file selection's shape, not a flat one: HDF5
-     * only takes its fast contiguous path when the two shapes match. */
-    hid_t ms = H5Screate_simple(r, cnt, NULL);
-    if (e >= 0) e = H5Dread(d, mtype, ms, fs, H5P_DEFAULT, buf);
-    H5Sclose(ms);
-    H5Sclose(fs);
-    return e;
-}
-
-dv_status dv_h5_scan_range(hid_t d, int64_t n, const char *file, const char *path, int64_t *lo,
-                           int64_t *lo_at, int64_t *hi, int64_t *hi_at, char *err) {
-    int64_t *buf = malloc(sizeof(int64_t) * (size_t)(n < SCAN_ROWS ? n : SCAN_ROWS));
-    if (!buf) {
-        DV_ERROR(err, "%s: out of memory scanning %s", file, path);
-        return DV_ERR;
-    }
-    *lo = INT64_MAX, *hi = INT64_MIN, *lo_at = *hi_at = 0;
-    for (int64_t at = 0; at < n; at += SCAN_ROWS) {
-        int64_t c = n - at < SCAN_ROWS ? n - at : SCAN_ROWS;
-        if (dv_h5_read_rows(d, H5T_NATIVE_INT64, at, c, buf) < 0) {
-            free(buf);
-            DV_ERROR(err, "%s: reading %s failed (corrupt or truncated file?)", file, path);
-            return DV_ERR;
-        }
-        for (int64_t i = 0; i < c; i++) {
-            if (buf[i] < *lo) *lo = buf[i], *lo_at = at + i;
-            if (buf[i] > *hi) *hi = buf[i], *hi_at = at + i;
-        }
-    }
-    free(buf);
-    return DV_OK;
-}
 
 static dv_status scan_labels(dv_split *s, char *err) {
     return dv_h5_scan_range(s->y, s->info.n, s->file, s->y_path, &s->info.label_min,
@@ -245,22 +36,18 @@ static dv_status scan_labels(dv_split *s, char *err) {
 }
 
 static dv_status open_locked(dv_split *s, char *err) {
-    if (dv_h5_check_file(s->file, err) != DV_OK) return DV_ERR;
-    s->fid = H5Fopen(s->file, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (s->fid < 0) {
-        DV_ERROR(err, "%s: cannot open (truncated or corrupt HDF5 file?)", s->file);
-        return DV_ERR;
-    }
+    DV_TRY(dv_h5_open(&s->h, s->file, DV_H5_READ, err));
+    hid_t fid = dv_h5_id(s->h);
     int xr = 0, yr = 0;
     hsize_t xd[8], yd[8];
     H5T_class_t xc, yc;
-    if (dv_h5_open_dataset(s->fid, s->file, s->x_path, &s->x, &xr, xd, &xc, err) != DV_OK)
+    if (dv_h5_open_dataset(fid, s->file, s->x_path, &s->x, &xr, xd, &xc, err) != DV_OK)
         return DV_ERR;
     if (!s->y_path[0]) { /* inputs only (prediction) */
         yr = 1;
         yd[0] = xd[0];
         yc = H5T_NO_CLASS;
-    } else if (dv_h5_open_dataset(s->fid, s->file, s->y_path, &s->y, &yr, yd, &yc, err) != DV_OK) {
+    } else if (dv_h5_open_dataset(fid, s->file, s->y_path, &s->y, &yr, yd, &yc, err) != DV_OK) {
         return DV_ERR;
     }
     if (xd[0] != yd[0]) {
@@ -320,7 +107,7 @@ dv_status dv_split_open(dv_split **out, const char *file, const char *x_path, co
         dv_split_free(s);
         return DV_ERR;
     }
-    s->fid = s->x = s->y = H5I_INVALID_HID;
+    s->x = s->y = H5I_INVALID_HID;
     dv_h5_quiet q;
     dv_h5_enter(&q);
     dv_status st = open_locked(s, err);
@@ -343,7 +130,7 @@ dv_status dv_split_open_tokens(dv_split **out, const char *file, const char *dat
         dv_split_free(s);
         return DV_ERR;
     }
-    s->fid = s->x = s->y = H5I_INVALID_HID;
+    s->x = s->y = H5I_INVALID_HID;
     s->T = T;
     if (dv_tokens_open(&s->tok, file, dataset, err) != DV_OK) {
         dv_split_free(s);
@@ -378,7 +165,7 @@ void dv_split_free(dv_split *s) {
     dv_h5_enter(&q);
     if (s->x >= 0) H5Dclose(s->x);
     if (s->y >= 0) H5Dclose(s->y);
-    if (s->fid >= 0) H5Fclose(s->fid);
+    dv_h5_close(s->h, NULL);
     dv_h5_leave(&q);
     free(s->file);
     free(s->x_path);
@@ -387,11 +174,11 @@ void dv_split_free(dv_split *s) {
 }
 
 void dv_split_set_cache(dv_split *s, size_t bytes) {
-    if (bytes <= CHUNK_CACHE_BYTES || s->tok) return;
+    if (bytes <= DV_H5_CHUNK_CACHE || s->tok) return;
     dv_h5_quiet q;
     dv_h5_enter(&q);
     H5Dclose(s->x);
-    s->x = open_cached(s->fid, s->x_path, bytes);
+    s->x = dv_h5_open_cached(dv_h5_id(s->h), s->x_path, bytes);
     /* It opened before, so failing now is unlikely; reads report it. */
     dv_h5_leave(&q);
 }

@@ -1,7 +1,7 @@
 /* tokens.c — token streams for language models: a 1-D integer dataset of
  * ids read as windows of T+1 tokens (inputs and targets shifted by one),
- * and the vocabulary stored beside it in /vocab (docs/data.md, "Token
- * files").
+ * and the vocabulary stored beside it in /vocab, read and written here
+ * (docs/data.md, "Token files").
  *
  * Each window is one hyperslab read through HDF5's chunk cache, so random
  * windows from a gzip-compressed stream inflate each chunk once while it
@@ -19,21 +19,18 @@
 
 struct dv_tokens {
     char *file, *path;
-    hid_t fid, d;
+    dv_h5 *h;
+    hid_t d;
     dv_tokens_info info;
 };
 
 static dv_status open_locked(dv_tokens *t, char *err) {
-    if (dv_h5_check_file(t->file, err) != DV_OK) return DV_ERR;
-    t->fid = H5Fopen(t->file, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (t->fid < 0) {
-        DV_ERROR(err, "%s: cannot open (truncated or corrupt HDF5 file?)", t->file);
-        return DV_ERR;
-    }
+    DV_TRY(dv_h5_open(&t->h, t->file, DV_H5_READ, err));
     int rank = 0;
     hsize_t dims[8];
     H5T_class_t cls;
-    if (dv_h5_open_dataset(t->fid, t->file, t->path, &t->d, &rank, dims, &cls, err) != DV_OK)
+    if (dv_h5_open_dataset(dv_h5_id(t->h), t->file, t->path, &t->d, &rank, dims, &cls, err) !=
+        DV_OK)
         return DV_ERR;
     if (cls != H5T_INTEGER || rank != 1) {
         DV_ERROR(err, "%s: %s is a %s dataset of rank %d; a token stream is 1-D integer ids",
@@ -57,7 +54,7 @@ dv_status dv_tokens_open(dv_tokens **out, const char *file, const char *dataset,
         dv_tokens_free(t);
         return DV_ERR;
     }
-    t->fid = t->d = H5I_INVALID_HID;
+    t->d = H5I_INVALID_HID;
     dv_h5_quiet q;
     dv_h5_enter(&q);
     dv_status st = open_locked(t, err);
@@ -75,7 +72,7 @@ void dv_tokens_free(dv_tokens *t) {
     dv_h5_quiet q;
     dv_h5_enter(&q);
     if (t->d >= 0) H5Dclose(t->d);
-    if (t->fid >= 0) H5Fclose(t->fid);
+    dv_h5_close(t->h, NULL);
     dv_h5_leave(&q);
     free(t->file);
     free(t->path);
@@ -161,55 +158,6 @@ dv_status dv_tokens_read_windows(dv_tokens *t, int T, const int64_t *window_ids,
 
 /* ---- the vocabulary ----------------------------------------------------- */
 
-/* Reads the string attribute `name` of obj (fixed or variable length, as
- * the C API or h5py write it) into buf. */
-static int read_str_attr(hid_t obj, const char *name, char *buf, size_t len) {
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0) return -1;
-    hid_t ft = H5Aget_type(a);
-    int rc = -1;
-    if (H5Tget_class(ft) == H5T_STRING) {
-        hid_t mt = H5Tcopy(H5T_C_S1);
-        H5Tset_cset(mt, H5Tget_cset(ft)); /* HDF5 converts no character set to another */
-        if (H5Tis_variable_str(ft) > 0) {
-            char *s = NULL;
-            H5Tset_size(mt, H5T_VARIABLE);
-            if (H5Aread(a, mt, &s) >= 0 && s) {
-                snprintf(buf, len, "%s", s);
-                H5free_memory(s);
-                rc = 0;
-            }
-        } else {
-            size_t sz = H5Tget_size(ft);
-            char *s = calloc(1, sz + 1);
-            H5Tset_size(mt, sz + 1);
-            if (s && H5Aread(a, mt, s) >= 0) {
-                snprintf(buf, len, "%s", s);
-                rc = 0;
-            }
-            free(s);
-        }
-        H5Tclose(mt);
-    }
-    H5Tclose(ft);
-    H5Aclose(a);
-    return rc;
-}
-
-static int read_int_attr(hid_t obj, const char *name, int64_t *v) {
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0) return -1;
-    hid_t ft = H5Aget_type(a), sp = H5Aget_space(a);
-    int rc = H5Tget_class(ft) == H5T_INTEGER && H5Sget_simple_extent_npoints(sp) == 1 &&
-                     H5Aread(a, H5T_NATIVE_INT64, v) >= 0
-                 ? 0
-                 : -1;
-    H5Sclose(sp);
-    H5Tclose(ft);
-    H5Aclose(a);
-    return rc;
-}
-
 static dv_status check_codepoints(const dv_vocab *v, const char *file, const char *path,
                                   char *err) {
     for (int64_t i = 0; i < v->size; i++) {
@@ -228,32 +176,27 @@ static dv_status check_codepoints(const dv_vocab *v, const char *file, const cha
     return DV_OK;
 }
 
-static dv_status vocab_locked(dv_vocab *v, const char *file, const char *group, char *err) {
-    char path[300], kind[32] = "";
+static dv_status vocab_locked(dv_vocab *v, dv_h5 *h, const char *group, char *err) {
+    const char *file = dv_h5_path(h);
+    char path[300], kind[32] = "", why[DV_ERR_LEN];
     snprintf(path, sizeof(path), "%s/codepoints", group);
-    if (dv_h5_check_file(file, err) != DV_OK) return DV_ERR;
-    hid_t fid = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (fid < 0) {
-        DV_ERROR(err, "%s: cannot open (truncated or corrupt HDF5 file?)", file);
-        return DV_ERR;
-    }
-    dv_status st = DV_ERR;
-    hid_t g = H5Oopen(fid, group, H5P_DEFAULT), d = H5I_INVALID_HID;
+    hid_t d = H5I_INVALID_HID;
     int rank = 0;
     hsize_t dims[8];
     H5T_class_t cls;
-    if (g < 0) {
+    dv_status st = DV_ERR;
+    if (!dv_h5_exists(h, group)) {
         DV_ERROR(err,
                  "%s: no vocabulary: %s not found (is this a token file from `dive import "
                  "text`?)",
                  file, group);
-    } else if (read_str_attr(g, "kind", kind, sizeof(kind)) != 0 ||
+    } else if (dv_h5_attr_get_string(h, group, "kind", kind, sizeof(kind), why) != DV_OK ||
                (strcmp(kind, "bytes") && strcmp(kind, "chars"))) {
         DV_ERROR(err, "%s: %s needs a string attribute 'kind', \"bytes\" or \"chars\"%s%s%s", file,
                  group, *kind ? " (it is \"" : "", kind, *kind ? "\")" : "");
-    } else if (read_int_attr(g, "size", &v->size) != 0 || v->size < 1) {
+    } else if (dv_h5_attr_get_int(h, group, "size", &v->size, why) != DV_OK || v->size < 1) {
         DV_ERROR(err, "%s: %s needs a positive integer attribute 'size'", file, group);
-    } else if (dv_h5_open_dataset(fid, file, path, &d, &rank, dims, &cls, err) != DV_OK) {
+    } else if (dv_h5_open_dataset(dv_h5_id(h), file, path, &d, &rank, dims, &cls, err) != DV_OK) {
         /* message set */
     } else if (cls != H5T_INTEGER || rank != 1 || (int64_t)dims[0] != v->size) {
         DV_ERROR(err, "%s: %s must be %lld integer code points (size), one per id", file, path,
@@ -269,18 +212,42 @@ static dv_status vocab_locked(dv_vocab *v, const char *file, const char *group, 
         st = check_codepoints(v, file, path, err);
     }
     if (d >= 0) H5Dclose(d);
-    if (g >= 0) H5Oclose(g);
-    H5Fclose(fid);
     return st;
 }
 
 dv_status dv_vocab_read(dv_vocab *v, const char *file, const char *group, char *err) {
     memset(v, 0, sizeof(*v));
+    dv_h5 *h = NULL;
+    DV_TRY(dv_h5_open(&h, file, DV_H5_READ, err));
     dv_h5_quiet q;
     dv_h5_enter(&q);
-    dv_status st = vocab_locked(v, file, group ? group : "/vocab", err);
+    dv_status st = vocab_locked(v, h, group ? group : "/vocab", err);
     dv_h5_leave(&q);
+    dv_h5_close(h, NULL);
     if (st != DV_OK) dv_vocab_free(v);
+    return st;
+}
+
+dv_status dv_vocab_write_to(dv_h5 *h, const dv_vocab *v, char *err) {
+    int64_t dims[1] = {v->size};
+    char why[DV_ERR_LEN];
+    if (dv_h5_delete(h, "/vocab", err) != DV_OK ||
+        dv_h5_create_dataset(h, "/vocab/codepoints", DV_H5_I32, 1, dims, v->size, why) != DV_OK ||
+        dv_h5_write_rows(h, "/vocab/codepoints", DV_H5_I32, 0, v->size, v->codepoints, why) !=
+            DV_OK ||
+        dv_h5_attr_set_string(h, "/vocab", "kind", v->kind == DV_VOCAB_CHARS ? "chars" : "bytes",
+                              why) != DV_OK ||
+        dv_h5_attr_set_int(h, "/vocab", "size", v->size, why) != DV_OK)
+        return DV_ERROR(err, "%s: writing /vocab failed (disk full?)", dv_h5_path(h));
+    return DV_OK;
+}
+
+dv_status dv_vocab_write(const dv_vocab *v, const char *file, char *err) {
+    dv_h5 *h = NULL;
+    DV_TRY(dv_h5_open(&h, file, DV_H5_WRITE, err));
+    dv_status st = dv_vocab_write_to(h, v, err);
+    if (st != DV_OK) dv_h5_delete(h, "/vocab", NULL);
+    if (dv_h5_close(h, st == DV_OK ? err : NULL) != DV_OK) st = DV_ERR;
     return st;
 }
 

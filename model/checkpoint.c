@@ -23,80 +23,43 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <hdf5.h>
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "checkpoint.h"
-#include "data.h"
+#include "h5.h"
+#include "tokens.h"
 
 static const char *const train_attrs[] = {"step", "epoch",      "step_in_epoch", "world_size",
                                           "seed", "bad_epochs", "global_batch"};
 static const char *const train_dattrs[] = {"best_val_loss", "loss_sum", "correct_sum", "seen"};
 
-static int write_dataset(hid_t loc, const char *name, const dv_param *p, const float *host) {
-    hsize_t dims[DV_TENSOR_MAX_DIMS];
-    for (int i = 0; i < p->ndim; i++)
-        dims[i] = (hsize_t)p->shape[i];
-    hid_t space = H5Screate_simple(p->ndim, dims, NULL);
-    hid_t ds = H5Dcreate2(loc, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t rc = ds < 0 ? -1 : H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host);
-    if (ds >= 0) H5Dclose(ds);
-    H5Sclose(space);
-    return rc < 0 ? -1 : 0;
-}
-
 /* Writes every param of the model under `root` (e.g. "/model"), taking the
  * values from `flat` (device, trainable layout) or the model's buffers. */
-static int write_tree(hid_t file, const char *root, const dv_model *m, const float *flat,
-                      int trainable_only, float *host) {
-    hid_t g = H5Gcreate2(file, root, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    if (g < 0) return -1;
-    int rc = 0;
-    for (int i = 0; i < m->nlayers && !rc; i++) {
+static dv_status write_tree(dv_h5 *f, const char *root, const dv_model *m, const float *flat,
+                            int trainable_only, float *host, char *err) {
+    DV_TRY(dv_h5_group(f, root, err));
+    for (int i = 0; i < m->nlayers; i++) {
         const dv_layer *l = &m->layers[i];
         if (!l->nparam) continue;
-        hid_t lg = H5Gcreate2(g, l->name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        if (lg < 0) {
-            rc = -1;
-            break;
-        }
-        for (int k = 0; k < l->nparam && !rc; k++) {
+        char name[512];
+        snprintf(name, sizeof(name), "%s/%s", root, l->name);
+        DV_TRY(dv_h5_group(f, name, err));
+        for (int k = 0; k < l->nparam; k++) {
             const dv_param *p = &l->param[k];
             if ((trainable_only && !p->trainable) || p->tie) continue; /* tied: stored once */
             const float *src = p->trainable ? flat + p->offset : m->buffers + p->offset;
             m->be->to_host(m->be->ctx, host, src, p->count * sizeof(float));
-            rc = write_dataset(lg, p->name, p, host);
+            int64_t dims[DV_TENSOR_MAX_DIMS];
+            for (int d = 0; d < p->ndim; d++)
+                dims[d] = p->shape[d];
+            snprintf(name, sizeof(name), "%s/%s/%s", root, l->name, p->name);
+            DV_TRY(dv_h5_write_floats(f, name, p->ndim, dims, host, err));
         }
-        H5Gclose(lg);
     }
-    H5Gclose(g);
-    return rc;
-}
-
-static int write_attr(hid_t loc, const char *name, hid_t type, const void *v) {
-    hid_t space = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(loc, name, type == H5T_NATIVE_INT64 ? H5T_STD_I64LE : H5T_IEEE_F64LE,
-                         space, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t rc = a < 0 ? -1 : H5Awrite(a, type, v);
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(space);
-    return rc < 0 ? -1 : 0;
-}
-
-static int write_string(hid_t loc, const char *name, const char *text) {
-    hid_t type = H5Tcopy(H5T_C_S1);
-    H5Tset_size(type, strlen(text) + 1);
-    H5Tset_strpad(type, H5T_STR_NULLTERM);
-    hid_t space = H5Screate(H5S_SCALAR);
-    hid_t ds = H5Dcreate2(loc, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t rc = ds < 0 ? -1 : H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text);
-    if (ds >= 0) H5Dclose(ds);
-    H5Sclose(space);
-    H5Tclose(type);
-    return rc < 0 ? -1 : 0;
+    return DV_OK;
 }
 
 static int fsync_path(const char *path, int dir) {
@@ -108,7 +71,9 @@ static int fsync_path(const char *path, int dir) {
 }
 
 /* HDF5 here is not thread-safe, and a streaming loader may be reading on
- * its prefetch thread: every HDF5 call of the trainer holds data's lock. */
+ * its prefetch thread: every HDF5 call goes through data's h5.h, which
+ * takes the HDF5 lock; a whole save or load holds it too, so it is one
+ * step for the prefetch thread. */
 static int save_locked(const char *path, int n, dv_model *const *models, const char *const *roots,
                        const dv_train_state *ts, const char *config_text, char *err);
 static int load_locked(const char *path, const char *root, dv_model *m, dv_train_state *ts,
@@ -125,9 +90,9 @@ int dv_checkpoint_save(const char *path, const dv_model *m, const dv_train_state
 int dv_checkpoint_save_models(const char *path, int n, dv_model *const *models,
                               const char *const *roots, const dv_train_state *ts,
                               const char *config_text, char *err) {
-    dv_hdf5_lock();
+    dv_h5_lock();
     int rc = save_locked(path, n, models, roots, ts, config_text, err);
-    dv_hdf5_unlock();
+    dv_h5_unlock();
     return rc;
 }
 
@@ -138,41 +103,55 @@ int dv_checkpoint_load(const char *path, dv_model *m, dv_train_state *ts, int wi
 
 int dv_checkpoint_load_model(const char *path, const char *root, dv_model *m, dv_train_state *ts,
                              int with_optimizer, char *err) {
-    dv_hdf5_lock();
+    dv_h5_lock();
     int rc = load_locked(path, root, m, ts, with_optimizer, err);
-    dv_hdf5_unlock();
+    dv_h5_unlock();
     return rc;
 }
 
 char *dv_checkpoint_config(const char *path, char *err) {
-    dv_hdf5_lock();
+    dv_h5_lock();
     char *text = config_locked(path, err);
-    dv_hdf5_unlock();
+    dv_h5_unlock();
     return text;
-}
-
-static int make_group(hid_t f, const char *name) {
-    hid_t g = H5Gcreate2(f, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    if (g < 0) return -1;
-    H5Gclose(g);
-    return 0;
 }
 
 /* One model's <root>/model and <root>/optimizer/{m,v} (a forward-only
  * model has no optimizer). */
-static int write_model(hid_t f, const char *root, const dv_model *m, float *host) {
+static dv_status write_model(dv_h5 *f, const char *root, const dv_model *m, float *host,
+                             char *err) {
     char name[256];
-    int rc = root[0] ? make_group(f, root) : 0;
+    if (root[0]) DV_TRY(dv_h5_group(f, root, err));
     snprintf(name, sizeof(name), "%s/model", root);
-    if (!rc) rc = write_tree(f, name, m, m->params, 0, host);
-    if (!m->state1) return rc;
+    DV_TRY(write_tree(f, name, m, m->params, 0, host, err));
+    if (!m->state1) return DV_OK;
     snprintf(name, sizeof(name), "%s/optimizer", root);
-    if (!rc) rc = make_group(f, name);
+    DV_TRY(dv_h5_group(f, name, err));
     snprintf(name, sizeof(name), "%s/optimizer/m", root);
-    if (!rc) rc = write_tree(f, name, m, m->state1, 1, host);
+    DV_TRY(write_tree(f, name, m, m->state1, 1, host, err));
     snprintf(name, sizeof(name), "%s/optimizer/v", root);
-    if (!rc) rc = write_tree(f, name, m, m->state2, 1, host);
-    return rc;
+    return write_tree(f, name, m, m->state2, 1, host, err);
+}
+
+/* The /train attributes, the config text and the carried streams. */
+static dv_status write_state(dv_h5 *f, const dv_model *m, const dv_train_state *ts,
+                             const char *config_text, char *err) {
+    DV_TRY(dv_h5_group(f, "/train", err));
+    int64_t iv[] = {ts->step, ts->epoch,      ts->step_in_epoch, ts->world_size,
+                    ts->seed, ts->bad_epochs, ts->global_batch};
+    double dvals[] = {ts->best_val_loss, ts->loss_sum, ts->correct_sum, ts->seen};
+    for (int i = 0; i < 7; i++)
+        DV_TRY(dv_h5_attr_set_int(f, "/train", train_attrs[i], iv[i], err));
+    for (int i = 0; i < 4; i++)
+        DV_TRY(dv_h5_attr_set_double(f, "/train", train_dattrs[i], dvals[i], err));
+    if (ts->nsums)
+        DV_TRY(dv_h5_attr_set_doubles(f, "/train", "sums", ts->sums, (size_t)ts->nsums, err));
+    DV_TRY(dv_h5_write_string(f, "/config", config_text ? config_text : "", err));
+    if (m->stream_state) {
+        int64_t dims[2] = {m->stream_rows, m->stream_cols};
+        DV_TRY(dv_h5_write_floats(f, "/streams", 2, dims, m->stream_state, err));
+    }
+    return DV_OK;
 }
 
 static int save_locked(const char *path, int n, dv_model *const *models, const char *const *roots,
@@ -180,57 +159,26 @@ static int save_locked(const char *path, int n, dv_model *const *models, const c
     const dv_model *m = models[0]; /* the one that may carry streams and a vocabulary */
     char tmp[1200];
     snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     size_t most = 1;
     for (int i = 0; i < n; i++)
         if (dv_model_max_param_count(models[i]) > most) most = dv_model_max_param_count(models[i]);
     float *host = malloc(most * sizeof(float));
     if (!host) return DV_ERROR(err, "%s: out of memory", path);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) {
+    dv_h5 *f = NULL;
+    if (dv_h5_create(&f, tmp, err) != DV_OK) {
         free(host);
-        return DV_ERROR(err, "%s: cannot create checkpoint file (%s)", tmp, strerror(errno));
+        return DV_ERR;
     }
+    char why[DV_ERR_LEN] = "";
+    errno = 0;
     int rc = 0;
     for (int i = 0; i < n && !rc; i++)
-        rc = write_model(f, roots[i], models[i], host);
-    if (!rc) {
-        hid_t tg = H5Gcreate2(f, "/train", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        if (tg < 0) rc = -1;
-        int64_t iv[] = {ts->step, ts->epoch,      ts->step_in_epoch, ts->world_size,
-                        ts->seed, ts->bad_epochs, ts->global_batch};
-        double dvals[] = {ts->best_val_loss, ts->loss_sum, ts->correct_sum, ts->seen};
-        for (int i = 0; i < 7 && !rc; i++)
-            rc = write_attr(tg, train_attrs[i], H5T_NATIVE_INT64, &iv[i]);
-        for (int i = 0; i < 4 && !rc; i++)
-            rc = write_attr(tg, train_dattrs[i], H5T_NATIVE_DOUBLE, &dvals[i]);
-        if (!rc && ts->nsums) {
-            hsize_t dim = (hsize_t)ts->nsums;
-            hid_t space = H5Screate_simple(1, &dim, NULL);
-            hid_t a = H5Acreate2(tg, "sums", H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT);
-            if (a < 0 || H5Awrite(a, H5T_NATIVE_DOUBLE, ts->sums) < 0) rc = -1;
-            if (a >= 0) H5Aclose(a);
-            H5Sclose(space);
-        }
-        if (tg >= 0) H5Gclose(tg);
-    }
-    if (!rc) rc = write_string(f, "/config", config_text ? config_text : "");
-    if (!rc && m->stream_state) {
-        hsize_t dims[2] = {(hsize_t)m->stream_rows, (hsize_t)m->stream_cols};
-        hid_t space = H5Screate_simple(2, dims, NULL);
-        hid_t ds =
-            H5Dcreate2(f, "/streams", H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        if (ds < 0 ||
-            H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, m->stream_state) < 0)
-            rc = -1;
-        if (ds >= 0) H5Dclose(ds);
-        H5Sclose(space);
-    }
+        rc = write_model(f, roots[i], models[i], host, why);
+    if (!rc) rc = write_state(f, m, ts, config_text, why);
     free(host);
-    if (!rc && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) rc = -1;
-    if (H5Fclose(f) < 0) rc = -1;
-    char verr[DV_ERR_LEN];
-    if (!rc && m->vocab_map && dv_vocab_write(m->vocab_map, tmp, verr) != DV_OK) rc = -1;
+    if (!rc) rc = dv_h5_flush(f, why);
+    if (dv_h5_close(f, rc ? NULL : why) != DV_OK) rc = -1;
+    if (!rc && m->vocab_map && dv_vocab_write(m->vocab_map, tmp, why) != DV_OK) rc = -1;
     if (!rc && fsync_path(tmp, 0)) rc = -1;
     if (rc) {
         int e = errno;
@@ -252,33 +200,28 @@ static int save_locked(const char *path, int n, dv_model *const *models, const c
     return 0;
 }
 
-static int read_tree(hid_t file, const char *root, const char *path, dv_model *m, float *flat,
+static int read_tree(dv_h5 *f, const char *root, const char *path, dv_model *m, float *flat,
                      int trainable_only, float *host, char *err) {
     for (int i = 0; i < m->nlayers; i++) {
         dv_layer *l = &m->layers[i];
         for (int k = 0; k < l->nparam; k++) {
             dv_param *p = &l->param[k];
             if ((trainable_only && !p->trainable) || p->tie) continue;
-            char name[512];
+            char name[512], why[DV_ERR_LEN];
             snprintf(name, sizeof(name), "%s/%s/%s", root, l->name, p->name);
-            if (H5Lexists(file, root, H5P_DEFAULT) <= 0 ||
-                H5Oexists_by_name(file, name, H5P_DEFAULT) <= 0)
+            if (!dv_h5_exists(f, name))
                 return DV_ERROR(err,
                                 "%s: checkpoint has no %s — was it written for another "
                                 "model?",
                                 path, name);
-            hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
-            if (ds < 0) return DV_ERROR(err, "%s: %s is not a dataset", path, name);
-            hid_t space = H5Dget_space(ds);
-            int nd = H5Sget_simple_extent_ndims(space);
-            hsize_t dims[8] = {0};
+            int nd = 0;
+            int64_t dims[8] = {0};
+            if (dv_h5_shape(f, name, &nd, dims, 8, why) != DV_OK)
+                return DV_ERROR(err, "%s: %s is not a dataset", path, name);
             int ok = nd == p->ndim && nd <= 8;
-            if (ok) H5Sget_simple_extent_dims(space, dims, NULL);
             for (int d = 0; ok && d < nd; d++)
-                ok = dims[d] == (hsize_t)p->shape[d];
-            H5Sclose(space);
+                ok = dims[d] == p->shape[d];
             if (!ok) {
-                H5Dclose(ds);
                 char want[64] = "";
                 for (int d = 0; d < p->ndim; d++)
                     snprintf(want + strlen(want), sizeof(want) - strlen(want), "%s%d", d ? "," : "",
@@ -288,9 +231,8 @@ static int read_tree(hid_t file, const char *root, const char *path, dv_model *m
                                 "(expected %s)",
                                 path, name, want);
             }
-            herr_t rc = H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host);
-            H5Dclose(ds);
-            if (rc < 0) return DV_ERROR(err, "%s: cannot read %s", path, name);
+            if (dv_h5_read_floats(f, name, host, p->count, why) != DV_OK)
+                return DV_ERROR(err, "%s: cannot read %s", path, name);
             float *dst = p->trainable ? flat + p->offset : m->buffers + p->offset;
             m->be->to_device(m->be->ctx, dst, host, p->count * sizeof(float));
         }
@@ -298,42 +240,52 @@ static int read_tree(hid_t file, const char *root, const char *path, dv_model *m
     return 0;
 }
 
-static int read_attr(hid_t loc, const char *name, hid_t type, void *v) {
-    if (H5Aexists(loc, name) <= 0) return -1;
-    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
-    if (a < 0) return -1;
-    herr_t rc = H5Aread(a, type, v);
-    H5Aclose(a);
-    return rc < 0 ? -1 : 0;
-}
-
-static hid_t open_checkpoint(const char *path, char *err) {
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+/* Opens a checkpoint for reading; a missing file is named as a checkpoint. */
+static dv_h5 *open_checkpoint(const char *path, char *err) {
     if (access(path, R_OK)) {
         DV_ERROR(err, "%s: cannot open checkpoint: %s", path, strerror(errno));
-        return -1;
+        return NULL;
     }
-    if (H5Fis_hdf5(path) <= 0) {
-        DV_ERROR(err, "%s: not an HDF5 file (or it is damaged)", path);
-        return -1;
-    }
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) DV_ERROR(err, "%s: cannot open checkpoint (damaged HDF5 file?)", path);
+    dv_h5 *f = NULL;
+    if (dv_h5_open(&f, path, DV_H5_READ, err) != DV_OK) return NULL;
     return f;
+}
+
+/* The /train attributes into ts. */
+static int read_state(dv_h5 *f, const char *path, dv_train_state *ts, char *err) {
+    char why[DV_ERR_LEN];
+    memset(ts, 0, sizeof(*ts));
+    int64_t *iv[] = {&ts->step, &ts->epoch,      &ts->step_in_epoch, &ts->world_size,
+                     &ts->seed, &ts->bad_epochs, &ts->global_batch};
+    double *dvals[] = {&ts->best_val_loss, &ts->loss_sum, &ts->correct_sum, &ts->seen};
+    for (int i = 0; i < 7; i++)
+        if (dv_h5_attr_get_int(f, "/train", train_attrs[i], iv[i], why) != DV_OK)
+            return DV_ERROR(err, "%s: checkpoint lacks /train attribute '%s'", path,
+                            train_attrs[i]);
+    for (int i = 0; i < 4; i++)
+        if (dv_h5_attr_get_double(f, "/train", train_dattrs[i], dvals[i], why) != DV_OK)
+            return DV_ERROR(err, "%s: checkpoint lacks /train attribute '%s'", path,
+                            train_dattrs[i]);
+    if (dv_h5_attr_exists(f, "/train", "sums")) {
+        size_t n = 0;
+        if (dv_h5_attr_get_doubles(f, "/train", "sums", ts->sums, DV_TRAIN_SUMS, &n, why) != DV_OK)
+            return DV_ERROR(err, "%s: /train attribute 'sums' is damaged", path);
+        ts->nsums = (int)n;
+    }
+    return 0;
 }
 
 static int load_locked(const char *path, const char *root, dv_model *m, dv_train_state *ts,
                        int with_optimizer, char *err) {
-    hid_t f = open_checkpoint(path, err);
-    if (f < 0) return -1;
+    dv_h5 *f = open_checkpoint(path, err);
+    if (!f) return -1;
     char model[256], om[256], ov[256];
     snprintf(model, sizeof(model), "%s/model", root);
     snprintf(om, sizeof(om), "%s/optimizer/m", root);
     snprintf(ov, sizeof(ov), "%s/optimizer/v", root);
-    if ((root[0] && H5Lexists(f, root, H5P_DEFAULT) <= 0) ||
-        H5Lexists(f, model, H5P_DEFAULT) <= 0) {
-        int gan = !root[0] && H5Lexists(f, "/generator", H5P_DEFAULT) > 0;
-        H5Fclose(f);
+    if (!dv_h5_exists(f, model)) {
+        int gan = !root[0] && dv_h5_exists(f, "/generator");
+        dv_h5_close(f, NULL);
         if (gan)
             return DV_ERROR(
                 err, "%s: a GAN checkpoint (its models are /generator and /discriminator)", path);
@@ -348,67 +300,28 @@ static int load_locked(const char *path, const char *root, dv_model *m, dv_train
         if (!rc) rc = read_tree(f, ov, path, m, m->state2, 1, host, err);
     }
     free(host);
-    if (!rc && ts) {
-        memset(ts, 0, sizeof(*ts));
-        hid_t tg =
-            H5Lexists(f, "/train", H5P_DEFAULT) > 0 ? H5Gopen2(f, "/train", H5P_DEFAULT) : -1;
-        int64_t *iv[] = {&ts->step, &ts->epoch,      &ts->step_in_epoch, &ts->world_size,
-                         &ts->seed, &ts->bad_epochs, &ts->global_batch};
-        double *dvals[] = {&ts->best_val_loss, &ts->loss_sum, &ts->correct_sum, &ts->seen};
-        for (int i = 0; i < 7 && !rc; i++)
-            if (tg < 0 || read_attr(tg, train_attrs[i], H5T_NATIVE_INT64, iv[i]))
-                rc = DV_ERROR(err, "%s: checkpoint lacks /train attribute '%s'", path,
-                              train_attrs[i]);
-        for (int i = 0; i < 4 && !rc; i++)
-            if (read_attr(tg, train_dattrs[i], H5T_NATIVE_DOUBLE, dvals[i]))
-                rc = DV_ERROR(err, "%s: checkpoint lacks /train attribute '%s'", path,
-                              train_dattrs[i]);
-        if (!rc && H5Aexists(tg, "sums") > 0) {
-            hid_t a = H5Aopen(tg, "sums", H5P_DEFAULT);
-            hid_t space = a < 0 ? -1 : H5Aget_space(a);
-            hssize_t n = space < 0 ? -1 : H5Sget_simple_extent_npoints(space);
-            if (n < 0 || n > DV_TRAIN_SUMS || H5Aread(a, H5T_NATIVE_DOUBLE, ts->sums) < 0)
-                rc = DV_ERROR(err, "%s: /train attribute 'sums' is damaged", path);
-            else
-                ts->nsums = (int)n;
-            if (space >= 0) H5Sclose(space);
-            if (a >= 0) H5Aclose(a);
-        }
-        if (tg >= 0) H5Gclose(tg);
-    }
-    H5Fclose(f);
+    if (!rc && ts) rc = read_state(f, path, ts, err);
+    dv_h5_close(f, NULL);
     return rc;
 }
 
 int dv_checkpoint_has(const char *path, const char *name) {
     char err[DV_ERR_LEN];
-    dv_hdf5_lock();
-    hid_t f = open_checkpoint(path, err);
-    int has = f >= 0 && H5Lexists(f, name, H5P_DEFAULT) > 0;
-    if (f >= 0) H5Fclose(f);
-    dv_hdf5_unlock();
+    dv_h5_lock();
+    dv_h5 *f = open_checkpoint(path, err);
+    int has = f && dv_h5_exists(f, name);
+    dv_h5_close(f, NULL);
+    dv_h5_unlock();
     return has;
 }
 
 static char *config_locked(const char *path, char *err) {
-    hid_t f = open_checkpoint(path, err);
-    if (f < 0) return NULL;
-    char *text = NULL;
-    if (H5Lexists(f, "/config", H5P_DEFAULT) > 0) {
-        hid_t ds = H5Dopen2(f, "/config", H5P_DEFAULT);
-        hid_t type = H5Dget_type(ds);
-        size_t n = H5Tget_size(type);
-        if (H5Tget_class(type) == H5T_STRING && !H5Tis_variable_str(type)) {
-            text = calloc(n + 1, 1);
-            if (text && H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text) < 0) {
-                free(text);
-                text = NULL;
-            }
-        }
-        H5Tclose(type);
-        H5Dclose(ds);
-    }
-    H5Fclose(f);
+    dv_h5 *f = open_checkpoint(path, err);
+    if (!f) return NULL;
+    char *text = NULL, why[DV_ERR_LEN];
+    if (dv_h5_exists(f, "/config") && dv_h5_read_string(f, "/config", &text, why) != DV_OK)
+        text = NULL;
+    dv_h5_close(f, NULL);
     if (!text) DV_ERROR(err, "%s: checkpoint holds no readable /config", path);
     return text;
 }
@@ -418,30 +331,27 @@ static char *config_locked(const char *path, char *err) {
 static int streams_locked(const char *path, float **out, int *rows, int *cols, char *err) {
     *out = NULL;
     *rows = *cols = 0;
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) return DV_ERROR(err, "%s: cannot open", path);
+    dv_h5 *f = NULL;
+    if (dv_h5_open(&f, path, DV_H5_READ, err) != DV_OK) return -1;
     int rc = 0;
-    if (H5Lexists(f, "/streams", H5P_DEFAULT) > 0) {
-        hid_t ds = H5Dopen2(f, "/streams", H5P_DEFAULT);
-        hid_t space = ds < 0 ? -1 : H5Dget_space(ds);
-        hsize_t dims[2] = {0, 0};
-        if (space < 0 || H5Sget_simple_extent_ndims(space) != 2 ||
-            H5Sget_simple_extent_dims(space, dims, NULL) < 0 || dims[0] > (1u << 30) ||
-            dims[1] > (1u << 30)) {
+    if (dv_h5_exists(f, "/streams")) {
+        int nd = 0;
+        int64_t dims[2] = {0, 0};
+        char why[DV_ERR_LEN];
+        if (dv_h5_shape(f, "/streams", &nd, dims, 2, why) != DV_OK || nd != 2 ||
+            dims[0] > (1 << 30) || dims[1] > (1 << 30)) {
             rc = DV_ERROR(err, "%s: /streams is not a 2-D dataset", path);
         } else {
-            *out = malloc((size_t)(dims[0] * dims[1]) * sizeof(float) + 1);
+            size_t count = (size_t)(dims[0] * dims[1]);
+            *out = malloc(count * sizeof(float) + 1);
             if (!*out)
                 rc = DV_ERROR(err, "%s: out of memory", path);
-            else if (H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0)
+            else if (dv_h5_read_floats(f, "/streams", *out, count, why) != DV_OK)
                 rc = DV_ERROR(err, "%s: cannot read /streams", path);
             *rows = (int)dims[0], *cols = (int)dims[1];
         }
-        if (space >= 0) H5Sclose(space);
-        if (ds >= 0) H5Dclose(ds);
     }
-    H5Fclose(f);
+    dv_h5_close(f, NULL);
     if (rc) {
         free(*out);
         *out = NULL;
@@ -450,8 +360,8 @@ static int streams_locked(const char *path, float **out, int *rows, int *cols, c
 }
 
 int dv_checkpoint_streams(const char *path, float **out, int *rows, int *cols, char *err) {
-    dv_hdf5_lock();
+    dv_h5_lock();
     int rc = streams_locked(path, out, rows, cols, err);
-    dv_hdf5_unlock();
+    dv_h5_unlock();
     return rc;
 }

@@ -1,25 +1,24 @@
 /* predict.c — `dive predict`: the model's outputs for every sample of an
- * inputs dataset, to HDF5 (/pred, /output) or CSV. The work runs on rank 0;
- * other ranks only share in the error agreement, so it behaves the same
- * under mpirun as alone. */
+ * inputs dataset, to HDF5 (/pred, /output, written through data's h5.h) or
+ * CSV. The work runs on rank 0; other ranks only share in the error
+ * agreement, so it behaves the same under mpirun as alone. */
 #include <errno.h>
-#include <hdf5.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "h5.h"
 #include "run-impl.h"
 
 typedef struct sink {
     FILE *csv;
-    hid_t file, pred, output;
+    dv_h5 *file; /* /pred and /output */
     int64_t n;
     int K;
 } sink;
 
 static int sink_open(sink *s, const char *path, int64_t n, int K, char *err) {
     memset(s, 0, sizeof(*s));
-    s->file = s->pred = s->output = -1;
     s->n = n;
     s->K = K;
     size_t len = strlen(path);
@@ -32,19 +31,10 @@ static int sink_open(sink *s, const char *path, int64_t n, int K, char *err) {
         fprintf(s->csv, "\n");
         return 0;
     }
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    s->file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (s->file < 0) return DV_ERROR(err, "%s: cannot create HDF5 file", path);
-    hsize_t d1[1] = {(hsize_t)n}, d2[2] = {(hsize_t)n, (hsize_t)K};
-    hid_t sp1 = H5Screate_simple(1, d1, NULL), sp2 = H5Screate_simple(2, d2, NULL);
-    s->pred =
-        H5Dcreate2(s->file, "/pred", H5T_STD_I32LE, sp1, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    s->output =
-        H5Dcreate2(s->file, "/output", H5T_IEEE_F32LE, sp2, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    H5Sclose(sp1);
-    H5Sclose(sp2);
-    if (s->pred < 0 || s->output < 0) return DV_ERROR(err, "%s: cannot create datasets", path);
-    return 0;
+    DV_TRY(dv_h5_create(&s->file, path, err));
+    int64_t dims[2] = {n, K};
+    DV_TRY(dv_h5_create_dataset(s->file, "/pred", DV_H5_I32, 1, dims, 0, err));
+    return dv_h5_create_dataset(s->file, "/output", DV_H5_F32, 2, dims, 0, err);
 }
 
 static int sink_write(sink *s, int64_t first, int count, const int32_t *pred, const float *out) {
@@ -57,30 +47,19 @@ static int sink_write(sink *s, int64_t first, int count, const int32_t *pred, co
         }
         return ferror(s->csv) ? -1 : 0;
     }
-    hsize_t off[2] = {(hsize_t)first, 0}, cnt[2] = {(hsize_t)count, (hsize_t)s->K};
-    int rc = 0;
-    hid_t fs = H5Dget_space(s->pred), ms = H5Screate_simple(1, cnt, NULL);
-    H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
-    if (H5Dwrite(s->pred, H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, pred) < 0) rc = -1;
-    H5Sclose(fs);
-    H5Sclose(ms);
-    fs = H5Dget_space(s->output);
-    ms = H5Screate_simple(2, cnt, NULL);
-    H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
-    if (H5Dwrite(s->output, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, out) < 0) rc = -1;
-    H5Sclose(fs);
-    H5Sclose(ms);
-    return rc;
+    char err[DV_ERR_LEN];
+    if (dv_h5_write_rows(s->file, "/pred", DV_H5_I32, first, count, pred, err) != DV_OK ||
+        dv_h5_write_rows(s->file, "/output", DV_H5_F32, first, count, out, err) != DV_OK)
+        return -1;
+    return 0;
 }
 
 static int sink_close(sink *s) {
     int rc = 0;
     if (s->csv && fclose(s->csv)) rc = -1;
-    if (s->pred >= 0) H5Dclose(s->pred);
-    if (s->output >= 0) H5Dclose(s->output);
-    if (s->file >= 0 && H5Fclose(s->file) < 0) rc = -1;
+    if (s->file && dv_h5_close(s->file, NULL) != DV_OK) rc = -1;
     s->csv = NULL;
-    s->file = s->pred = s->output = -1;
+    s->file = NULL;
     return rc;
 }
 
@@ -99,7 +78,7 @@ static int predict_rank0(dv_model *m, const char *file, const char *x, float x_s
     float *ho = malloc((size_t)B * (size_t)K * sizeof(float));
     int32_t *hp = malloc((size_t)B * sizeof(int32_t));
     int64_t *idx = malloc((size_t)B * sizeof(int64_t));
-    sink s = {.file = -1, .pred = -1, .output = -1};
+    sink s = {0};
     dv_class_score sc = {0};
     float *prob = score ? malloc((size_t)B * (size_t)K * sizeof(float)) : NULL;
     int rc = hx && ho && hp && idx && (!score || prob) ? 0 : DV_ERROR(err, "out of memory");
