@@ -103,7 +103,7 @@ struct dv_comm_request {
     /* Non-NULL for a device request (x is a device pointer): its state in
      * comm_device.c. Device requests are not on `pending`; on the MPI path
      * each one owns a host request (on `pending`) over its staging range. */
-    struct dv_comm_dev_req *dev;
+    struct dv_comm_device_req *dev;
 };
 
 /* ---- the float-averaging algorithms ----------------------------------------

@@ -72,9 +72,9 @@
 
 enum { PATH_NCCL = 1, PATH_MPI = 2 };
 
-typedef struct dv_comm_dev_req dev_req;
+typedef struct dv_comm_device_req dev_req;
 
-struct dv_comm_dev_req {
+struct dv_comm_device_req {
     dv_comm_request base;   /* the caller's handle; base.dev points here */
     cudaStream_t stream;    /* the caller's: waits for `done` at dv_comm_wait */
     cudaEvent_t copied;     /* MPI path: x copied into staging */
