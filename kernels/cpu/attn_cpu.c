@@ -11,7 +11,8 @@
  * of scale * S (max, exp, sum, then scaled by 1/sum; zeros at j > i) and
  * lse_i = max + log(sum); O_blk = P V[0:i1]. The row loop is the one of the
  * unfused causal softmax this replaced, and at T = 2 QB (the examples'
- * window of 128) so are the products, so o has the same bits as before.
+ * window of 128) the products are the ones it made (rows split at T/2), so
+ * forward does the same arithmetic as before.
  *
  * Backward, per block, the blocks taken last to first (the last one covers
  * every key, so it overwrites dk and dv, and the others add to them):
