@@ -34,12 +34,13 @@
  *
  * Attention: q, k, v come from three GEMMs on the (B*T, C) input into a
  * (3, B, T, C) block, one transpose splits all three into heads
- * (3, B, H, T, Dh), the scores (B*H, T, T) = q k^T are one batched GEMM that
- * the causal softmax turns into probabilities in place; that one (T, T)
- * tensor is kept for backward (backward needs one more, dP, in the shared
- * workspace). The temporaries of forward and backward live in the model's
+ * (3, B, H, T, Dh), and the backend's fused attention (attention_forward,
+ * flash style) gives the heads' outputs and each row's log-sum-exp (B*H, T)
+ * without ever holding a (T, T) matrix: per head, memory is O(T). Backward
+ * (attention_backward) recomputes the probabilities from q, k and the
+ * log-sum-exp. The temporaries of forward and backward live in the model's
  * shared workspace m->work (layers run one at a time), so only what
- * backward reads is kept per layer: q, k, v, the probabilities, the merged
+ * backward reads is kept per layer: q, k, v, the log-sum-exp, the merged
  * heads, and for a block also LN1(x), x1, LN2(x1), the MLP's hidden
  * pre- and post-GELU values, the layer-norm statistics and dropout masks.
  *
@@ -60,7 +61,7 @@ typedef struct attn {
     int T, C, H, Dh;
     const dv_param *p; /* qkv_weight, qkv_bias, proj_weight, proj_bias, in a row */
     float *qkv;        /* (3, B, H, T, Dh): q, k, v split into heads */
-    float *prob;       /* (B*H, T, T): causal softmax probabilities */
+    float *lse;        /* (B*H, T): each row's log-sum-exp, from forward */
     float *merged;     /* (B, T, C): the heads' outputs, the projection's input */
 } attn;
 
@@ -112,62 +113,19 @@ static uint64_t drop_seed(const dv_layer *l, const dv_model *m, uint64_t which) 
 
 /* ---- attention ------------------------------------------------------------ */
 
-/* Floats of m->work that attn_forward / attn_backward use at B rows. */
-static size_t attn_work(const attn *a, int B) {
+/* Floats of m->work that attn_forward / attn_backward use at B rows: six
+ * (B, T, C) slots, then the fused attention's own workspace. */
+static size_t attn_work(const attn *a, const dv_backend *be, int B) {
     size_t n = (size_t)B * a->T * a->C;
-    return (size_t)B * a->H * a->T * a->T + 6 * n;
+    return 6 * n + be->attention_workspace(be->ctx, B * a->H, a->T, a->Dh);
 }
 
 static int attn_setup(attn *a, seq_priv *p, dv_model *m) {
     size_t B = (size_t)m->max_batch, n = B * a->T * a->C;
     a->qkv = dev_alloc(p, m, 3 * n);
-    a->prob = dev_alloc(p, m, B * a->H * a->T * a->T);
+    a->lse = dev_alloc(p, m, B * a->H * a->T);
     a->merged = dev_alloc(p, m, n);
-    return a->qkv && a->prob && a->merged ? 0 : -1;
-}
-
-/* ---- causal products: the blocks above the diagonal skipped -------------
- * Per head, the (T, T) scores and probabilities are needed only at j <= i.
- * Rows split at h = T/2: rows [0, h) use columns [0, h) only, rows [h, T)
- * all of them, so each product does 3/4 of the full work. The block never
- * computed (rows [0, h), columns [h, T)) is zeroed by the causal softmax
- * and its backward, which write every j > i. */
-
-/* S (T, T) = X Y^T at j <= i (X, Y: (T, Dh) per head). */
-static void causal_xyt(const dv_backend *be, int T, int Dh, int BH, const float *X, const float *Y,
-                       float *S) {
-    const int h = T / 2;
-    const long long sh = (long long)T * Dh, ss = (long long)T * T;
-    if (h > 0)
-        be->gemm_batched_ld(be->ctx, 0, 1, h, h, Dh, 1.0f, X, Dh, sh, Y, Dh, sh, 0.0f, S, T, ss,
-                            BH);
-    be->gemm_batched_ld(be->ctx, 0, 1, T - h, T, Dh, 1.0f, X + (size_t)h * Dh, Dh, sh, Y, Dh, sh,
-                        0.0f, S + (size_t)h * T, T, ss, BH);
-}
-
-/* O (T, Dh) = P Z, P (T, T) zero above the diagonal. */
-static void causal_pz(const dv_backend *be, int T, int Dh, int BH, const float *P, const float *Z,
-                      float *O) {
-    const int h = T / 2;
-    const long long sh = (long long)T * Dh, ss = (long long)T * T;
-    if (h > 0)
-        be->gemm_batched_ld(be->ctx, 0, 0, h, Dh, h, 1.0f, P, T, ss, Z, Dh, sh, 0.0f, O, Dh, sh,
-                            BH);
-    be->gemm_batched_ld(be->ctx, 0, 0, T - h, Dh, T, 1.0f, P + (size_t)h * T, T, ss, Z, Dh, sh,
-                        0.0f, O + (size_t)h * Dh, Dh, sh, BH);
-}
-
-/* O (T, Dh) = P^T Z, P zero above the diagonal: row j of O sums P[i][j]
- * Z[i] over i >= j, so rows [h, T) need only P's rows [h, T). */
-static void causal_ptz(const dv_backend *be, int T, int Dh, int BH, const float *P, const float *Z,
-                       float *O) {
-    const int h = T / 2;
-    const long long sh = (long long)T * Dh, ss = (long long)T * T;
-    if (h > 0)
-        be->gemm_batched_ld(be->ctx, 1, 0, h, Dh, T, 1.0f, P, T, ss, Z, Dh, sh, 0.0f, O, Dh, sh,
-                            BH);
-    be->gemm_batched_ld(be->ctx, 1, 0, T - h, Dh, T - h, 1.0f, P + (size_t)h * T + h, T, ss,
-                        Z + (size_t)h * Dh, Dh, sh, 0.0f, O + (size_t)h * Dh, Dh, sh, BH);
+    return a->qkv && a->lse && a->merged ? 0 : -1;
 }
 
 /* out (B, T, C) = beta * out + Attn(x (B, T, C)); beta is 0 or 1 (1 adds
@@ -185,10 +143,9 @@ static void attn_forward(const attn *a, dv_model *m, int B, const float *x, floa
     }
     be->transpose(be->ctx, 3 * B, T, H, Dh, lin, a->qkv);
     const float *q = a->qkv, *k = a->qkv + n, *v = a->qkv + 2 * n;
-    causal_xyt(be, T, Dh, BH, q, k, a->prob);
-    be->causal_softmax_forward(be->ctx, BH, T, 1.0f / sqrtf((float)Dh), a->prob);
     float *heads = work; /* (B, H, T, Dh); lin is done with */
-    causal_pz(be, T, Dh, BH, a->prob, v, heads);
+    be->attention_forward(be->ctx, BH, T, Dh, 1.0f / sqrtf((float)Dh), q, k, v, heads, a->lse,
+                          work + 6 * n);
     be->transpose(be->ctx, B, H, T, Dh, heads, a->merged);
     be->gemm(be->ctx, 0, 1, N, C, C, 1.0f, a->merged, a->p[2].data, beta, out);
     be->bias_forward(be->ctx, out, a->p[3].data, N, C, 1);
@@ -204,21 +161,19 @@ static void attn_backward(const attn *a, dv_model *m, int B, const float *x, con
     const float *q = a->qkv, *k = a->qkv + n, *v = a->qkv + 2 * n;
     const float *w = a->p[0].data;
     float *dw = a->p[0].grad, *db = a->p[1].grad;
-    float *dp = work;                          /* (B*H, T, T) */
-    float *dqkv = dp + (size_t)BH * T * T;     /* (3, B, H, T, Dh) */
-    float *dlin = dqkv + 3 * n;                /* (3, B, T, C) */
-    float *dmerged = dlin, *dheads = dlin + n; /* before dlin is written */
+    float *dqkv = work;         /* (3, B, H, T, Dh) */
+    float *dlin = work + 3 * n; /* (3, B, T, C) */
+    /* before dlin is written: the gradient of the merged heads, of the
+     * heads, and the heads' outputs again, in head layout */
+    float *dmerged = dlin, *dheads = dlin + n, *heads = dlin + 2 * n;
 
     be->gemm(be->ctx, 1, 0, C, C, N, 1.0f, dout, a->merged, 1.0f, a->p[2].grad);
     be->bias_backward(be->ctx, dout, a->p[3].grad, N, C, 1);
     be->gemm(be->ctx, 0, 0, N, C, C, 1.0f, dout, a->p[2].data, 0.0f, dmerged);
     be->transpose(be->ctx, B, T, H, Dh, dmerged, dheads);
-    /* dv = P^T dheads; dP = dheads v^T; dS in place; dq = dS k; dk = dS^T q */
-    causal_ptz(be, T, Dh, BH, a->prob, dheads, dqkv + 2 * n);
-    causal_xyt(be, T, Dh, BH, dheads, v, dp);
-    be->causal_softmax_backward(be->ctx, BH, T, 1.0f / sqrtf((float)Dh), a->prob, dp, dp);
-    causal_pz(be, T, Dh, BH, dp, k, dqkv);
-    causal_ptz(be, T, Dh, BH, dp, q, dqkv + n);
+    be->transpose(be->ctx, B, T, H, Dh, a->merged, heads);
+    be->attention_backward(be->ctx, BH, T, Dh, 1.0f / sqrtf((float)Dh), q, k, v, heads, a->lse,
+                           dheads, dqkv, dqkv + n, dqkv + 2 * n, work + 6 * n);
     be->transpose(be->ctx, 3 * B, H, T, Dh, dqkv, dlin);
     for (int j = 0; j < 3; j++) {
         be->gemm(be->ctx, 1, 0, C, C, N, 1.0f, dlin + j * n, x, 1.0f, dw + j * cc);
@@ -319,9 +274,9 @@ enum {
 
 /* Workspace of a block: two (B, T, C) slots, then either the attention's
  * temporaries or the MLP's (B, T, hidden) gradient. */
-static size_t block_work(const seq_priv *p, int B) {
+static size_t block_work(const seq_priv *p, const dv_backend *be, int B) {
     size_t n = (size_t)B * p->T * p->C, h = (size_t)B * p->T * p->hidden;
-    size_t a = attn_work(&p->at, B);
+    size_t a = attn_work(&p->at, be, B);
     return 2 * n + (a > h ? a : h);
 }
 
@@ -440,7 +395,7 @@ static dv_status attn_layer_setup(dv_layer *l, dv_model *m, char *err) {
     size_t n = (size_t)m->max_batch * p->T * p->C;
     if (attn_setup(&p->at, p, m) || (p->rate > 0.0f && !(p->mask1 = dev_alloc(p, m, n))))
         return DV_ERROR(err, "out of memory for %s", l->name);
-    need_work(m, attn_work(&p->at, m->max_batch));
+    need_work(m, attn_work(&p->at, m->be, m->max_batch));
     return DV_OK;
 }
 
@@ -465,7 +420,7 @@ static dv_status block_setup(dv_layer *l, dv_model *m, char *err) {
         p->mask2 = dev_alloc(p, m, n);
         if (!p->mask1 || !p->mask2) return DV_ERROR(err, "out of memory for %s", l->name);
     }
-    need_work(m, block_work(p, m->max_batch));
+    need_work(m, block_work(p, m->be, m->max_batch));
     return DV_OK;
 }
 

@@ -1,11 +1,12 @@
 /* test_kernels_seq.c — the sequence-model ops (gemm_batched, embedding,
- * layer norm, GELU, causal softmax).
+ * layer norm, GELU, the fused causal attention).
  *
  * Part A, on the CPU backend: every forward against a naive reference in
  * double, every backward against central finite differences of
  * L = sum(y * r) for a random r (so dy = r), plus the contracts' details
  * (accumulation into parameter gradients, strides with padding, repeated
- * ids, zeros above the diagonal and causality, in-place backward).
+ * ids, in-place backward, outputs overwritten); the attention also against
+ * the reference's analytic gradients (a full softmax per row).
  * Part B, CUDA against the CPU on the same inputs, and run-to-run
  * determinism of the CUDA reductions. Without a usable device Part B prints
  * one line saying why and skips; tests/cuda_emu builds this file against
@@ -487,75 +488,150 @@ static void test_gelu_cpu(void **state) {
     free(s.x), free(s.y), free(s.r), free(dx), free(inplace);
 }
 
-/* ---- causal softmax ------------------------------------------------------------ */
+/* ---- fused causal attention ------------------------------------------------------ */
 
-typedef struct csm_st {
-    int BH, T;
+typedef struct att_st {
+    int BH, T, Dh;
     float scale;
-    float *s, *p, *r;
-} csm_st;
+    float *q, *k, *v, *r; /* inputs; r = dL/do of L = sum(o * r) */
+    float *o, *lse, *work;
+} att_st;
 
-static double csm_loss(void *q) {
-    csm_st *c = q;
-    const size_t n = (size_t)c->BH * c->T * c->T;
-    memcpy(c->p, c->s, n * sizeof *c->p);
-    cpu->causal_softmax_forward(cpu->ctx, c->BH, c->T, c->scale, c->p);
-    return test_dot(c->p, c->r, n);
+static att_st att_make(dv_backend *G, int BH, int T, int Dh, float lo, float hi) {
+    const size_t n = (size_t)BH * T * Dh, nw = G->attention_workspace(G->ctx, BH, T, Dh);
+    att_st a = {BH,
+                T,
+                Dh,
+                1.0f / sqrtf((float)Dh),
+                rand_buf(n, lo, hi),
+                rand_buf(n, lo, hi),
+                rand_buf(n, -1, 1),
+                rand_buf(n, -1, 1),
+                test_fbuf(n),
+                test_fbuf((size_t)BH * T),
+                test_fbuf(nw ? nw : 1)};
+    for (size_t i = 0; i < nw; i++)
+        a.work[i] = NAN; /* scratch: nothing may be read before it is written */
+    return a;
 }
 
-static void run_csm_cpu(int BH, int T) {
-    const size_t n = (size_t)BH * T * T;
-    csm_st c = {BH, T, 0.35f, rand_buf(n, -3, 3), test_fbuf(n), rand_buf(n, -1, 1)};
-    csm_loss(&c);
-    char what[64];
-    snprintf(what, sizeof what, "causal softmax T=%d", T);
-    for (size_t row = 0; row < (size_t)BH * T; row++) {
-        const int i = (int)(row % T);
-        const float *sr = c.s + row * T, *pr = c.p + row * T;
-        double m = -INFINITY, sum = 0.0, want[64];
-        assert_true(T <= 64);
-        for (int j = 0; j <= i; j++)
-            m = fmax(m, (double)c.scale * sr[j]);
-        for (int j = 0; j <= i; j++)
-            sum += want[j] = exp((double)c.scale * sr[j] - m);
-        for (int j = 0; j <= i; j++)
-            want[j] /= sum;
-        expect_ref(pr, want, (size_t)i + 1, 1e-6, what);
-        for (int j = i + 1; j < T; j++)
-            if (pr[j] != 0.0f)
-                fail_msg("%s: p[%zu][%d] = %g above the diagonal", what, row, j, pr[j]);
-    }
-    /* causality: new scores above the diagonal change nothing */
-    float *s2 = dup_buf(c.s, n), *p1 = dup_buf(c.p, n);
-    for (size_t row = 0; row < (size_t)BH * T; row++)
-        for (int j = (int)(row % T) + 1; j < T; j++)
-            s2[row * T + j] = test_rand_uniform(-50, 50);
-    cpu->causal_softmax_forward(cpu->ctx, BH, T, c.scale, s2);
-    test_expect_bits(s2, p1, n * sizeof(float), "causal softmax causality");
-    /* backward against FD (zero gradient above the diagonal included) */
-    float *ds = rand_buf(n, -1, 1); /* garbage that must be overwritten */
-    cpu->causal_softmax_backward(cpu->ctx, BH, T, c.scale, p1, c.r, ds);
-    for (size_t row = 0; row < (size_t)BH * T; row++)
-        for (int j = (int)(row % T) + 1; j < T; j++)
-            assert_true(ds[row * T + j] == 0.0f);
-    if (T > 1) { /* T == 1: p == 1 whatever s, so the gradient is all zero */
-        snprintf(what, sizeof what, "causal softmax ds T=%d", T);
-        test_fd_check(csm_loss, &c, c.s, ds, n, 1e-3f, 1e-2, 1e-3, what);
-    } else {
-        for (size_t k = 0; k < n; k++)
-            assert_true(ds[k] == 0.0f && c.p[k] == 1.0f);
-    }
-    float *inplace = dup_buf(c.r, n); /* ds == dp */
-    cpu->causal_softmax_backward(cpu->ctx, BH, T, c.scale, p1, inplace, inplace);
-    test_expect_bits(inplace, ds, n * sizeof(float), "causal softmax backward in place");
-    free(c.s), free(c.p), free(c.r), free(s2), free(p1), free(ds), free(inplace);
+static void att_free(att_st *a) {
+    free(a->q), free(a->k), free(a->v), free(a->r), free(a->o), free(a->lse), free(a->work);
 }
 
-static void test_causal_softmax_cpu(void **state) {
+/* The naive reference in double, the full softmax of each row: o, lse and,
+ * for do = r, the analytic dq, dk, dv. */
+static void att_reference(const att_st *a, double *o, double *lse, double *dq, double *dk,
+                          double *dv) {
+    const int T = a->T, Dh = a->Dh;
+    const size_t n = (size_t)a->BH * T * Dh;
+    double *p = malloc((size_t)T * sizeof *p), *dp = malloc((size_t)T * sizeof *dp);
+    assert_non_null(p), assert_non_null(dp);
+    for (size_t e = 0; e < n; e++)
+        dq[e] = dk[e] = dv[e] = 0.0;
+    for (int bh = 0; bh < a->BH; bh++) {
+        const size_t base = (size_t)bh * T * Dh;
+        const float *q = a->q + base, *k = a->k + base, *v = a->v + base, *r = a->r + base;
+        for (int i = 0; i < T; i++) {
+            double m = -INFINITY, sum = 0.0, dsum = 0.0;
+            for (int j = 0; j <= i; j++) {
+                double s = 0.0;
+                for (int d = 0; d < Dh; d++)
+                    s += (double)q[i * Dh + d] * k[j * Dh + d];
+                p[j] = s * a->scale;
+                m = fmax(m, p[j]);
+            }
+            for (int j = 0; j <= i; j++)
+                sum += p[j] = exp(p[j] - m);
+            lse[(size_t)bh * T + i] = m + log(sum);
+            for (int j = 0; j <= i; j++) {
+                p[j] /= sum;
+                dp[j] = 0.0;
+                for (int d = 0; d < Dh; d++)
+                    dp[j] += (double)r[i * Dh + d] * v[j * Dh + d];
+                dsum += p[j] * dp[j];
+            }
+            for (int d = 0; d < Dh; d++) {
+                double acc = 0.0;
+                for (int j = 0; j <= i; j++)
+                    acc += p[j] * v[j * Dh + d];
+                o[base + (size_t)i * Dh + d] = acc;
+            }
+            for (int j = 0; j <= i; j++) {
+                const double ds = p[j] * (dp[j] - dsum) * a->scale;
+                for (int d = 0; d < Dh; d++) {
+                    dq[base + (size_t)i * Dh + d] += ds * k[j * Dh + d];
+                    dk[base + (size_t)j * Dh + d] += ds * q[i * Dh + d];
+                    dv[base + (size_t)j * Dh + d] += p[j] * r[i * Dh + d];
+                }
+            }
+        }
+    }
+    free(p), free(dp);
+}
+
+static double att_loss(void *st) {
+    att_st *a = st;
+    cpu->attention_forward(cpu->ctx, a->BH, a->T, a->Dh, a->scale, a->q, a->k, a->v, a->o, a->lse,
+                           a->work);
+    return test_dot(a->o, a->r, (size_t)a->BH * a->T * a->Dh);
+}
+
+/* Forward and backward against the reference; with fd, the gradients also
+ * against finite differences of L through the op. */
+static void run_att_cpu(int BH, int T, int Dh, int fd) {
+    const size_t n = (size_t)BH * T * Dh, nl = (size_t)BH * T;
+    att_st a = att_make(cpu, BH, T, Dh, -1.5f, 1.5f);
+    double *ro = malloc(n * sizeof *ro), *rl = malloc(nl * sizeof *rl);
+    double *rq = malloc(n * sizeof *rq), *rk = malloc(n * sizeof *rk), *rv = malloc(n * sizeof *rv);
+    assert_true(ro && rl && rq && rk && rv);
+    att_reference(&a, ro, rl, rq, rk, rv);
+    char what[96];
+    for (size_t e = 0; e < n; e++)
+        a.o[e] = NAN; /* every output is written */
+    for (size_t e = 0; e < nl; e++)
+        a.lse[e] = NAN;
+    att_loss(&a);
+    snprintf(what, sizeof what, "attention o BH=%d T=%d Dh=%d", BH, T, Dh);
+    expect_ref(a.o, ro, n, 2e-6, what);
+    snprintf(what, sizeof what, "attention lse BH=%d T=%d Dh=%d", BH, T, Dh);
+    expect_ref(a.lse, rl, nl, 2e-6, what);
+
+    float *dq = test_fbuf(n), *dk = test_fbuf(n), *dv = test_fbuf(n);
+    for (size_t e = 0; e < n; e++)
+        dq[e] = dk[e] = dv[e] = NAN; /* overwritten, never added to */
+    cpu->attention_backward(cpu->ctx, BH, T, Dh, a.scale, a.q, a.k, a.v, a.o, a.lse, a.r, dq, dk,
+                            dv, a.work);
+    const float *got[3] = {dq, dk, dv};
+    const double *want[3] = {rq, rk, rv};
+    static const char *const names[3] = {"dq", "dk", "dv"};
+    for (int t = 0; t < 3; t++) {
+        snprintf(what, sizeof what, "attention %s BH=%d T=%d Dh=%d", names[t], BH, T, Dh);
+        expect_ref(got[t], want[t], n, 1e-5, what);
+    }
+    if (fd) {
+        float *param[3] = {a.q, a.k, a.v};
+        for (int t = 0; t < 3; t++) {
+            if (t < 2 && T == 1) continue; /* one key: o = v whatever q and k */
+            snprintf(what, sizeof what, "attention FD %s BH=%d T=%d Dh=%d", names[t], BH, T, Dh);
+            test_fd_check(att_loss, &a, param[t], got[t], n, 1e-2f, 1e-2, 1e-3, what);
+        }
+    }
+    free(ro), free(rl), free(rq), free(rk), free(rv), free(dq), free(dk), free(dv);
+    att_free(&a);
+}
+
+static void test_attention_cpu(void **state) {
     (void)state;
-    run_csm_cpu(3, 1);
-    run_csm_cpu(2, 5);
-    run_csm_cpu(2, 33);
+    run_att_cpu(3, 1, 8, 1);
+    run_att_cpu(1, 7, 16, 1);
+    run_att_cpu(3, 7, 8, 1);
+    run_att_cpu(1, 65, 64, 0);
+    run_att_cpu(3, 65, 16, 1);
+    run_att_cpu(1, 130, 8, 0);
+    run_att_cpu(3, 130, 64, 0);
+    run_att_cpu(1, 64, 16, 0);  /* exactly one block */
+    run_att_cpu(1, 128, 32, 0); /* two blocks, the examples' window */
 }
 
 /* ======================================================================= */
@@ -823,39 +899,80 @@ static void test_gelu_cuda(void **state) {
     gpu->free(gpu->ctx, xd), gpu->free(gpu->ctx, dyd), gpu->free(gpu->ctx, yd);
 }
 
-/* ---- causal softmax ---------------------------------------------------------------- */
+/* ---- fused causal attention ------------------------------------------------------------ */
 
-static void run_csm_cuda(int BH, int T, float scale) {
-    char what[64];
-    const size_t n = (size_t)BH * T * T;
-    float *s = rand_buf(n, -4, 4), *dp = rand_buf(n, -1, 1), *ds = test_fbuf(n);
-    float *sd = test_dput(gpu, s, n * sizeof(float)), *dpd = test_dput(gpu, dp, n * sizeof(float));
-    float *dsd = test_dalloc(gpu, n * sizeof(float));
-    gpu->fill(gpu->ctx, dsd, NAN, n); /* every entry must be written */
-    cpu->causal_softmax_forward(cpu->ctx, BH, T, scale, s);
-    gpu->causal_softmax_forward(gpu->ctx, BH, T, scale, sd);
-    snprintf(what, sizeof what, "causal softmax forward T=%d", T);
-    dexpect(gpu, sd, s, n, TOL_RED, what);
-    /* backward from the same p on both sides, then in place */
-    gpu->to_device(gpu->ctx, sd, s, n * sizeof(float));
-    cpu->causal_softmax_backward(cpu->ctx, BH, T, scale, s, dp, ds);
-    gpu->causal_softmax_backward(gpu->ctx, BH, T, scale, sd, dpd, dsd);
-    snprintf(what, sizeof what, "causal softmax backward T=%d", T);
-    dexpect(gpu, dsd, ds, n, TOL_RED, what);
-    gpu->causal_softmax_backward(gpu->ctx, BH, T, scale, sd, dpd, dpd);
-    dexpect(gpu, dpd, ds, n, TOL_RED, what);
+/* The CUDA op against the CPU's on the same inputs, outputs starting as
+ * NaN (every one written); backward twice, for the same bits. */
+static void run_att_cuda(int BH, int T, int Dh, float lo, float hi) {
+    char what[96];
+    const size_t n = (size_t)BH * T * Dh, nl = (size_t)BH * T, b = n * sizeof(float);
+    att_st a = att_make(cpu, BH, T, Dh, lo, hi);
+    float *dq = test_fbuf(n), *dk = test_fbuf(n), *dv = test_fbuf(n);
+    cpu->attention_forward(cpu->ctx, BH, T, Dh, a.scale, a.q, a.k, a.v, a.o, a.lse, a.work);
+    cpu->attention_backward(cpu->ctx, BH, T, Dh, a.scale, a.q, a.k, a.v, a.o, a.lse, a.r, dq, dk,
+                            dv, a.work);
+    float *qd = test_dput(gpu, a.q, b), *kd = test_dput(gpu, a.k, b), *vd = test_dput(gpu, a.v, b);
+    float *gd = test_dput(gpu, a.r, b);
+    float *od = test_dalloc(gpu, b), *ld = test_dalloc(gpu, nl * sizeof(float));
+    const size_t nw = gpu->attention_workspace(gpu->ctx, BH, T, Dh);
+    float *wd = test_dalloc(gpu, (nw ? nw : 1) * sizeof(float));
+    float *dd[6];
+    for (int t = 0; t < 6; t++)
+        dd[t] = test_dalloc(gpu, b);
+    gpu->fill(gpu->ctx, od, NAN, n);
+    gpu->fill(gpu->ctx, ld, NAN, nl);
+    gpu->fill(gpu->ctx, wd, NAN, nw ? nw : 1);
+    for (int t = 0; t < 6; t++)
+        gpu->fill(gpu->ctx, dd[t], NAN, n);
+    gpu->attention_forward(gpu->ctx, BH, T, Dh, a.scale, qd, kd, vd, od, ld, wd);
+    snprintf(what, sizeof what, "attention o BH=%d T=%d Dh=%d", BH, T, Dh);
+    dexpect(gpu, od, a.o, n, TOL_RED, what);
+    snprintf(what, sizeof what, "attention lse BH=%d T=%d Dh=%d", BH, T, Dh);
+    dexpect(gpu, ld, a.lse, nl, TOL_RED, what);
+    /* backward from the CPU's o and lse, so only backward is compared */
+    gpu->to_device(gpu->ctx, od, a.o, b);
+    gpu->to_device(gpu->ctx, ld, a.lse, nl * sizeof(float));
+    for (int rep = 0; rep < 2; rep++)
+        gpu->attention_backward(gpu->ctx, BH, T, Dh, a.scale, qd, kd, vd, od, ld, gd, dd[3 * rep],
+                                dd[3 * rep + 1], dd[3 * rep + 2], wd);
+    const float *want[3] = {dq, dk, dv};
+    static const char *const names[3] = {"dq", "dk", "dv"};
+    for (int t = 0; t < 3; t++) {
+        snprintf(what, sizeof what, "attention %s BH=%d T=%d Dh=%d", names[t], BH, T, Dh);
+        dexpect(gpu, dd[t], want[t], n, TOL_RED, what);
+        float *first = test_dget(gpu, dd[t], b), *again = test_dget(gpu, dd[t + 3], b);
+        test_expect_bits(again, first, b, what);
+        free(first), free(again);
+    }
     test_expect_ok(gpu, what);
-    free(s), free(dp), free(ds);
-    gpu->free(gpu->ctx, sd), gpu->free(gpu->ctx, dpd), gpu->free(gpu->ctx, dsd);
+    float *dev[] = {qd, kd, vd, gd, od, ld, wd, dd[0], dd[1], dd[2], dd[3], dd[4], dd[5]};
+    for (size_t t = 0; t < sizeof dev / sizeof dev[0]; t++)
+        gpu->free(gpu->ctx, dev[t]);
+    free(dq), free(dk), free(dv);
+    att_free(&a);
 }
 
-static void test_causal_softmax_cuda(void **state) {
+static void test_attention_cuda(void **state) {
     (void)state;
     REQUIRE_GPU();
-    run_csm_cuda(3, 1, 0.5f);
-    run_csm_cuda(3, 7, 0.125f);
-    run_csm_cuda(2, 40, 0.25f);
-    run_csm_cuda(2, 70, 1.0f);
+    run_att_cuda(3, 1, 8, -1, 1);
+    run_att_cuda(1, 7, 16, -1, 1);
+    run_att_cuda(3, 65, 64, -1, 1);
+    run_att_cuda(1, 130, 8, -2, 2);
+    run_att_cuda(1, 130, 64, -1, 1);
+    run_att_cuda(2, 70, 33, -1, 1);  /* the Dh <= 64 tiles, half used */
+    run_att_cuda(1, 40, 128, -1, 1); /* the Dh <= 128 tiles */
+    run_att_cuda(1, 33, 100, -3, 3); /* peaked rows */
+    /* a head size over 128 computes nothing and is the backend's error */
+    char err[DV_ERR_LEN] = "";
+    dv_backend *G = create_cuda(DV_PRECISION_FP32, NULL, 0);
+    assert_non_null(G);
+    float *x = test_dalloc(G, 2 * 129 * sizeof(float));
+    G->attention_forward(G->ctx, 1, 2, 129, 0.1f, x, x, x, x, x, x);
+    assert_int_equal(G->check(G->ctx, err), DV_ERR);
+    if (!strstr(err, "head size 129")) fail_msg("unexpected error: %s", err);
+    G->free(G->ctx, x);
+    dv_backend_free(G);
 }
 
 /* After everything above, no error is pending. */
@@ -873,10 +990,10 @@ int main(void) {
         cmocka_unit_test(test_gemm_batched_cpu),    cmocka_unit_test(test_embedding_cpu),
         cmocka_unit_test(test_layernorm_cpu),       cmocka_unit_test(test_gelu_cpu),
         cmocka_unit_test(test_transpose_cpu),       cmocka_unit_test(test_transpose_cuda),
-        cmocka_unit_test(test_causal_softmax_cpu),  cmocka_unit_test(test_gemm_batched_cuda),
-        cmocka_unit_test(test_embedding_cuda),      cmocka_unit_test(test_layernorm_cuda),
-        cmocka_unit_test(test_gelu_cuda),           cmocka_unit_test(test_causal_softmax_cuda),
+        cmocka_unit_test(test_gemm_batched_cuda),   cmocka_unit_test(test_embedding_cuda),
+        cmocka_unit_test(test_layernorm_cuda),      cmocka_unit_test(test_gelu_cuda),
         cmocka_unit_test(test_gemm_batched_ld_cpu), cmocka_unit_test(test_gemm_batched_ld_cuda),
+        cmocka_unit_test(test_attention_cpu),       cmocka_unit_test(test_attention_cuda),
         cmocka_unit_test(test_check_cuda),          cmocka_unit_test(test_gemm_packed_cuda),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -6,8 +6,8 @@
  * Where the ops live: core_cpu.c has memory, copies, fill, scale, sync and
  * check (it calls no other file, so every file may call it);
  * gemm_packed_cpu.c has gemm and the packed GEMMs (it calls core_cpu.c
- * only); ops_cpu.c, seq_cpu.c and rnn_cpu.c have the rest and may call
- * only those two; backend_cpu.c only builds the table. So no file calls one
+ * only); ops_cpu.c, seq_cpu.c, attn_cpu.c and rnn_cpu.c have the rest and
+ * may call only those two; backend_cpu.c only builds the table. So no file calls one
  * that calls it back (tests/lint_layers.sh checks).
  *
  * Hot loops carry DV_HOT: with GCC on x86-64 each is compiled three times
@@ -99,7 +99,8 @@ typedef struct dv_cpu_ctx {
 /* gemm_packed_cpu.c: whether a backend with `threads` OpenBLAS threads
  * uses the own AVX-512 GEMM kernels (dv_cpu_ctx.pack_own), and the way
  * into them for a product with leading dimensions: nonzero when it was
- * done there, 0 to leave it to OpenBLAS (gemm_batched_ld's A B^T). */
+ * done there, 0 to leave it to OpenBLAS (gemm_batched_ld's and attention's
+ * A B^T). */
 int dv_cpu_pack_own(int threads);
 int dv_cpu_gemm_own_ld(void *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                        const float *A, int lda, const float *B, int ldb, float beta, float *C,

@@ -13,7 +13,7 @@
  * OpenBLAS without it for 4096 x 512 x 128 with beta = 1, 0.95x with it).
  *
  * dv_cpu_gemm sends large A op(B) products here too (op(B) packed per
- * call, as the CPU's gemm_batched_ld does for attention's A B^T), and
+ * call, as the CPU's gemm_batched_ld and attention do for A B^T), and
  * A^T B (weight gradients: K is the rows of a batch, thousands) to a
  * blocked variant: KC rows of op(B) packed into panels, MC rows of op(A)
  * packed into strips of 8 rows interleaved along K (kernel_8p), as in a

@@ -1,5 +1,6 @@
 /* seq_cpu.c — the CPU ops for sequence models: batched GEMM, token
- * embedding, layer norm, GELU and causal softmax (contracts in ops.def).
+ * embedding, layer norm, transpose and GELU (contracts in ops.def; the fused
+ * attention is attn_cpu.c).
  * Like ops_cpu.c these are the reference the CUDA versions
  * (kernels/cuda/seq_cuda.cu) are tested against, so they are plain loops;
  * the orders of their sums are the ones the CUDA kernels restate where the
@@ -232,82 +233,5 @@ DV_HOT void dv_cpu_gelu_backward(void *ctx, const float *x, const float *dy, flo
         const float v = x[i], sv = gelu_s(v);
         const float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);
         dx[i] = dy[i] * (sv + 2.0f * v * sv * (1.0f - sv) * du);
-    }
-}
-
-/* ---- causal softmax --------------------------------------------------------- */
-
-/* The row reductions (max, sum, dot) keep LANES partial results, one per
- * vector lane, and combine them at the end: without -ffast-math GCC
- * vectorizes no float reduction written as one running value, and exp is
- * dv_fast_expf, not libm's scalar call (together a sixth of the GPT step's
- * non-GEMM time before). */
-#define LANES 16
-
-DV_HOT void dv_cpu_causal_softmax_forward(void *ctx, int BH, int T, float scale, float *s) {
-    (void)ctx;
-    for (size_t r = 0; r < (size_t)BH * T; r++) {
-        const int n = (int)(r % (size_t)T) + 1; /* the row's query position + 1 */
-        float *row = s + r * T;
-        float mx[LANES], sm[LANES];
-        for (int l = 0; l < LANES; l++)
-            mx[l] = -INFINITY, sm[l] = 0.0f;
-        int j = 0;
-        for (; j + LANES <= n; j += LANES)
-            for (int l = 0; l < LANES; l++) {
-                const float v = row[j + l] * scale;
-                row[j + l] = v;
-                mx[l] = v > mx[l] ? v : mx[l];
-            }
-        float m = -INFINITY;
-        for (; j < n; j++) {
-            row[j] *= scale;
-            m = row[j] > m ? row[j] : m;
-        }
-        for (int l = 0; l < LANES; l++)
-            m = mx[l] > m ? mx[l] : m;
-        for (j = 0; j + LANES <= n; j += LANES)
-            for (int l = 0; l < LANES; l++) {
-                const float e = dv_fast_expf(row[j + l] - m);
-                row[j + l] = e;
-                sm[l] += e;
-            }
-        float sum = 0.0f;
-        for (; j < n; j++) {
-            row[j] = dv_fast_expf(row[j] - m);
-            sum += row[j];
-        }
-        for (int l = 0; l < LANES; l++)
-            sum += sm[l];
-        const float inv = 1.0f / sum;
-        for (j = 0; j < n; j++)
-            row[j] *= inv;
-        for (; j < T; j++)
-            row[j] = 0.0f;
-    }
-}
-
-DV_HOT void dv_cpu_causal_softmax_backward(void *ctx, int BH, int T, float scale, const float *p,
-                                           const float *dp, float *ds) {
-    (void)ctx;
-    for (size_t r = 0; r < (size_t)BH * T; r++) {
-        const int n = (int)(r % (size_t)T) + 1;
-        const float *pr = p + r * T, *dr = dp + r * T;
-        float *out = ds + r * T;
-        float dl[LANES] = {0};
-        int j = 0;
-        for (; j + LANES <= n; j += LANES)
-            for (int l = 0; l < LANES; l++)
-                dl[l] += pr[j + l] * dr[j + l];
-        float dot = 0.0f;
-        for (; j < n; j++)
-            dot += pr[j] * dr[j];
-        for (int l = 0; l < LANES; l++)
-            dot += dl[l];
-#pragma GCC ivdep
-        for (j = 0; j < n; j++) /* dr[j] is read before out[j] (== dr[j]) is written */
-            out[j] = pr[j] * (dr[j] - dot) * scale;
-        for (; j < T; j++)
-            out[j] = 0.0f;
     }
 }

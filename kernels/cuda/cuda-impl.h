@@ -17,8 +17,8 @@
  *
  * Where the ops live: core_cuda.cu has what the op files share (error
  * recording and check, scratch, fill, scale, gemm) and calls none of them;
- * memory_cuda.cu the memory ops; ops_cuda.cu, conv_cuda.cu, seq_cuda.cu
- * and rnn_cuda.cu the rest, calling core_cuda.cu only; backend_cuda.cu
+ * memory_cuda.cu the memory ops; ops_cuda.cu, conv_cuda.cu, seq_cuda.cu,
+ * attn_cuda.cu and rnn_cuda.cu the rest, calling core_cuda.cu only; backend_cuda.cu
  * only builds the table (and creates and destroys the backend). So no
  * file calls one that calls it back (tests/lint_layers.sh checks).
  */

@@ -1,6 +1,7 @@
 /* seq_cuda.cu — the CUDA versions of the sequence-model ops of
- * kernels/cpu/seq_cpu.c: batched GEMM (cuBLAS), embedding, layer norm, GELU
- * and causal softmax, with the same contracts (ops.def).
+ * kernels/cpu/seq_cpu.c: batched GEMM (cuBLAS), embedding, layer norm,
+ * transpose and GELU, with the same contracts (ops.def; the fused attention
+ * is attn_cuda.cu).
  *
  * As in ops_cuda.cu, no float atomics, so every result is the same from
  * run to run:
@@ -15,8 +16,8 @@
  *  - layer norm's dgamma/dbeta split the rows into G chunks, G a function
  *    of N only; block (column tile, chunk) sums its chunk in a fixed order
  *    into scratch and a second kernel adds the G partials in order;
- *  - row statistics (layer norm, softmax) are butterfly warp sums, one warp
- *    a row, which give every lane the same bits.
+ *  - row statistics (layer norm) are butterfly warp sums, one warp a row,
+ *    which give every lane the same bits.
  * Layer norm keeps its sums in double, as the CPU does.
  *
  * Assumes: device pointers; every launch on cx->stream, nothing
@@ -45,18 +46,6 @@ static __device__ __forceinline__ size_t row_warps(void) {
 static __device__ __forceinline__ double lanes_sum_d(double v) {
     for (int o = 16; o; o /= 2)
         v += __shfl_xor_sync(ALL_LANES, v, o);
-    return v;
-}
-
-static __device__ __forceinline__ float lanes_sum_f(float v) {
-    for (int o = 16; o; o /= 2)
-        v += __shfl_xor_sync(ALL_LANES, v, o);
-    return v;
-}
-
-static __device__ __forceinline__ float lanes_max_f(float v) {
-    for (int o = 16; o; o /= 2)
-        v = fmaxf(v, __shfl_xor_sync(ALL_LANES, v, o));
     return v;
 }
 
@@ -482,68 +471,4 @@ extern "C" void dv_cuda_gelu_backward(void *ctx, const float *x, const float *dy
     if (!n) return;
     gelu_bwd_kernel<<<dv_cuda_blocks(cx, n), DV_CUDA_THREADS, 0, cx->stream>>>(x, dy, dx, n);
     DV_CUDA_LAUNCHED(cx, "gelu_bwd_kernel");
-}
-
-/* ---- causal softmax -------------------------------------------------------------------- */
-
-/* One warp a row of (BH*T, T); row r is query position r % T. In place:
- * the max is complete (shuffles) before any lane writes, and later passes
- * touch only the lane's own entries. scale * s is rounded on its own
- * (__fmul_rn), as the CPU stores it, so the exponents get the same bits. */
-static __global__ void csm_fwd_kernel(float *s, size_t rows, int T, float scale) {
-    const int lane = threadIdx.x & 31;
-    for (size_t r = row_warp0(); r < rows; r += row_warps()) {
-        const int i = (int)(r % (size_t)T);
-        float *row = s + r * T;
-        float m = -INFINITY;
-        for (int j = lane; j <= i; j += 32)
-            m = fmaxf(m, __fmul_rn(scale, row[j]));
-        m = lanes_max_f(m);
-        float sum = 0.0f;
-        for (int j = lane; j <= i; j += 32) {
-            const float e = expf(__fmul_rn(scale, row[j]) - m);
-            row[j] = e;
-            sum += e;
-        }
-        const float inv = 1.0f / lanes_sum_f(sum);
-        for (int j = lane; j < T; j += 32)
-            row[j] = j <= i ? row[j] * inv : 0.0f;
-    }
-}
-
-/* ds = p (dp - dot(p, dp)) scale on j <= i; ds may be dp (the dot is
- * complete before any lane writes). */
-static __global__ void csm_bwd_kernel(const float *p, const float *dp, float *ds, size_t rows,
-                                      int T, float scale) {
-    const int lane = threadIdx.x & 31;
-    for (size_t r = row_warp0(); r < rows; r += row_warps()) {
-        const int i = (int)(r % (size_t)T);
-        const float *pr = p + r * T, *dr = dp + r * T;
-        float *out = ds + r * T;
-        float dot = 0.0f;
-        for (int j = lane; j <= i; j += 32)
-            dot += pr[j] * dr[j];
-        dot = lanes_sum_f(dot);
-        for (int j = lane; j < T; j += 32)
-            out[j] = j <= i ? pr[j] * (dr[j] - dot) * scale : 0.0f;
-    }
-}
-
-extern "C" void dv_cuda_causal_softmax_forward(void *ctx, int BH, int T, float scale, float *s) {
-    dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
-    if (BH <= 0 || T <= 0) return;
-    const size_t rows = (size_t)BH * T;
-    csm_fwd_kernel<<<dv_cuda_blocks(cx, rows * 32), DV_CUDA_THREADS, 0, cx->stream>>>(s, rows, T,
-                                                                                      scale);
-    DV_CUDA_LAUNCHED(cx, "csm_fwd_kernel");
-}
-
-extern "C" void dv_cuda_causal_softmax_backward(void *ctx, int BH, int T, float scale,
-                                                const float *p, const float *dp, float *ds) {
-    dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
-    if (BH <= 0 || T <= 0) return;
-    const size_t rows = (size_t)BH * T;
-    csm_bwd_kernel<<<dv_cuda_blocks(cx, rows * 32), DV_CUDA_THREADS, 0, cx->stream>>>(
-        p, dp, ds, rows, T, scale);
-    DV_CUDA_LAUNCHED(cx, "csm_bwd_kernel");
 }
