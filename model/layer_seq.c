@@ -49,6 +49,7 @@
  * forward of the same B rows.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -120,12 +121,22 @@ static size_t attn_work(const attn *a, const dv_backend *be, int B) {
     return 6 * n + be->attention_workspace(be->ctx, B * a->H, a->T, a->Dh);
 }
 
-static int attn_setup(attn *a, seq_priv *p, dv_model *m) {
+/* The attention's buffers; refuses a head size the backend's fused
+ * attention does not take (attention_workspace says SIZE_MAX), so it is
+ * named when the model is built, not at the first step. */
+static dv_status attn_setup(attn *a, seq_priv *p, dv_model *m, const dv_layer *l, char *err) {
+    const dv_backend *be = m->be;
+    if (be->attention_workspace(be->ctx, 1, a->T, a->Dh) == SIZE_MAX)
+        return DV_ERROR(err,
+                        "%s: head size %d (width / heads) is larger than the %s backend's "
+                        "attention takes (use more heads)",
+                        l->name, a->Dh, be->name);
     size_t B = (size_t)m->max_batch, n = B * a->T * a->C;
     a->qkv = dev_alloc(p, m, 3 * n);
     a->lse = dev_alloc(p, m, B * a->H * a->T);
     a->merged = dev_alloc(p, m, n);
-    return a->qkv && a->lse && a->merged ? 0 : -1;
+    if (!a->qkv || !a->lse || !a->merged) return DV_ERROR(err, "out of memory for %s", l->name);
+    return DV_OK;
 }
 
 /* out (B, T, C) = beta * out + Attn(x (B, T, C)); beta is 0 or 1 (1 adds
@@ -393,7 +404,8 @@ static dv_status ln_setup(dv_layer *l, dv_model *m, char *err) {
 static dv_status attn_layer_setup(dv_layer *l, dv_model *m, char *err) {
     seq_priv *p = l->priv;
     size_t n = (size_t)m->max_batch * p->T * p->C;
-    if (attn_setup(&p->at, p, m) || (p->rate > 0.0f && !(p->mask1 = dev_alloc(p, m, n))))
+    DV_TRY(attn_setup(&p->at, p, m, l, err));
+    if (p->rate > 0.0f && !(p->mask1 = dev_alloc(p, m, n)))
         return DV_ERROR(err, "out of memory for %s", l->name);
     need_work(m, attn_work(&p->at, m->be, m->max_batch));
     return DV_OK;
@@ -402,7 +414,7 @@ static dv_status attn_layer_setup(dv_layer *l, dv_model *m, char *err) {
 static dv_status block_setup(dv_layer *l, dv_model *m, char *err) {
     seq_priv *p = l->priv;
     size_t rows = (size_t)m->max_batch * p->T, n = rows * p->C, h = rows * p->hidden;
-    if (attn_setup(&p->at, p, m)) return DV_ERROR(err, "out of memory for %s", l->name);
+    DV_TRY(attn_setup(&p->at, p, m, l, err));
     p->mean1 = dev_alloc(p, m, rows);
     p->rstd1 = dev_alloc(p, m, rows);
     p->mean2 = dev_alloc(p, m, rows);

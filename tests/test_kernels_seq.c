@@ -967,6 +967,8 @@ static void test_attention_cuda(void **state) {
     char err[DV_ERR_LEN] = "";
     dv_backend *G = create_cuda(DV_PRECISION_FP32, NULL, 0);
     assert_non_null(G);
+    assert_true(G->attention_workspace(G->ctx, 1, 2, 128) != SIZE_MAX);
+    assert_true(G->attention_workspace(G->ctx, 1, 2, 129) == SIZE_MAX); /* layers refuse it */
     float *x = test_dalloc(G, 2 * 129 * sizeof(float));
     G->attention_forward(G->ctx, 1, 2, 129, 0.1f, x, x, x, x, x, x);
     assert_int_equal(G->check(G->ctx, err), DV_ERR);

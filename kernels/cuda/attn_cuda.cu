@@ -42,6 +42,7 @@
 #include "cuda-impl.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #define ALL_LANES 0xffffffffu
@@ -492,7 +493,8 @@ static int att_bad_dh(dv_cuda_ctx *cx, int Dh, const char *op) {
 }
 
 extern "C" size_t dv_cuda_attention_workspace(void *ctx, int BH, int T, int Dh) {
-    (void)ctx, (void)Dh;
+    (void)ctx;
+    if (Dh > ATT_MAXDH) return SIZE_MAX; /* not taken: the layer refuses it at setup */
     return BH > 0 && T > 0 ? (size_t)BH * (size_t)T : 0; /* backward's D */
 }
 
