@@ -118,7 +118,8 @@ static int ends_with(const char *s, const char *suffix) {
 /* The group of column `name`, or NULL when it is not plotted. */
 static const char *group_of(const char *name) {
     if (!strcmp(name, "epoch") || !strcmp(name, "step") || !strcmp(name, "lr") ||
-        ends_with(name, "_per_s") || ends_with(name, "_time_s"))
+        ends_with(name, "_per_s") || ends_with(name, "_time_s") || !strcmp(name, "tflops") ||
+        !strcmp(name, "mfu"))
         return NULL;
     const char *u = strrchr(name, '_');
     return u ? u + 1 : name;

@@ -71,10 +71,18 @@ static dv_status conv_setup(dv_layer *l, dv_model *m, char *err) {
     return DV_OK;
 }
 
+/* 2 C KH KW per output value (F OH OW of them). */
+static double conv_flops(const dv_layer *l) {
+    const conv_priv *p = l->priv;
+    const dv_conv2d_geom *g = &p->g;
+    return 2.0 * g->F * g->OH * g->OW * (double)g->C * g->KH * g->KW;
+}
+
 static const dv_layer_ops conv_ops = {.forward = conv_forward,
                                       .backward = conv_backward,
                                       .free = dv_layer_free_priv,
-                                      .setup = conv_setup};
+                                      .setup = conv_setup,
+                                      .flops = conv_flops};
 
 dv_status dv_layer_conv2d_init(dv_layer *l, dv_config *cfg, dv_config_section *s, const dv_model *m,
                                char *err) {

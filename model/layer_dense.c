@@ -36,7 +36,13 @@ static void dense_backward(dv_layer *l, dv_model *m, const float *x, const float
     if (dx) be->gemm(be->ctx, 0, 0, B * T, K, U, 1.0f, dy, l->param[0].data, 0.0f, dx);
 }
 
-static const dv_layer_ops dense_ops = {.forward = dense_forward, .backward = dense_backward};
+/* y = x W^T: 2 K U per row, T rows. */
+static double dense_flops(const dv_layer *l) {
+    return 2.0 * (double)l->in_elems * (double)l->out_elems / dense_rows(l);
+}
+
+static const dv_layer_ops dense_ops = {
+    .forward = dense_forward, .backward = dense_backward, .flops = dense_flops};
 
 /* `tie = NAME`: the weight is the (V, D) table of an earlier embedding
  * NAME, so units = V and the input has D features. */

@@ -342,7 +342,17 @@ static int rnn_state_io(dv_layer *l, dv_model *m, int B, float *host, int save) 
     return 0;
 }
 
-static const dv_layer_ops rnn_ops = {.forward = rnn_forward,
+/* Per stacked layer k and step: x_t W_ih^T and h W_hh^T, 2 (F_k + H) G H. */
+static double rnn_flops(const dv_layer *l) {
+    const rnn_priv *p = l->priv;
+    double f = 0;
+    for (int k = 0; k < p->L; k++)
+        f += 2.0 * p->T * (double)((k ? p->H : p->F) + p->H) * p->G * p->H;
+    return f;
+}
+
+static const dv_layer_ops rnn_ops = {.flops = rnn_flops,
+                                     .forward = rnn_forward,
                                      .backward = rnn_backward,
                                      .free = rnn_free,
                                      .setup = rnn_setup,

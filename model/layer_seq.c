@@ -442,12 +442,37 @@ static const dv_layer_ops ln_ops = {
     .forward = ln_forward, .backward = ln_backward, .free = seq_free, .setup = ln_setup};
 static const dv_layer_ops gelu_ops = {
     .forward = gelu_forward, .backward = gelu_backward, .free = seq_free, .setup = NULL};
+/* FLOPs of one sample (docs/gpu.md, "Throughput and MFU"): the q, k, v
+ * and output projections, 2 T C 4C, and the causal half of Q K^T and P V:
+ * position t attends to t + 1 keys, T (T + 1) / 2 pairs, each 2 Dh per
+ * head and product, so 2 C T (T + 1) for both. Softmax and the biases are
+ * element-wise and not counted. */
+static double attn_flops(const attn *a) {
+    const double T = a->T, C = a->C;
+    return 8.0 * T * C * C + 2.0 * C * T * (T + 1);
+}
+
+static double attn_layer_flops(const dv_layer *l) {
+    const seq_priv *p = l->priv;
+    return attn_flops(&p->at);
+}
+
+/* The attention and the MLP's two GEMMs, 2 T C hidden each. */
+static double block_flops(const dv_layer *l) {
+    const seq_priv *p = l->priv;
+    return attn_flops(&p->at) + 4.0 * p->T * (double)p->C * p->hidden;
+}
+
 static const dv_layer_ops attn_ops = {.forward = attn_layer_forward,
                                       .backward = attn_layer_backward,
                                       .free = seq_free,
-                                      .setup = attn_layer_setup};
-static const dv_layer_ops block_ops = {
-    .forward = block_forward, .backward = block_backward, .free = seq_free, .setup = block_setup};
+                                      .setup = attn_layer_setup,
+                                      .flops = attn_layer_flops};
+static const dv_layer_ops block_ops = {.forward = block_forward,
+                                       .backward = block_backward,
+                                       .free = seq_free,
+                                       .setup = block_setup,
+                                       .flops = block_flops};
 
 /* ---- construction ---------------------------------------------------------- */
 

@@ -426,3 +426,12 @@ void dv_model_print(const dv_model *m, FILE *f) {
     }
     fprintf(f, "  total %zu parameters\n", m->nparams);
 }
+
+double dv_model_train_flops(const dv_model *m) {
+    double f = 0;
+    for (int i = 0; i < m->nlayers; i++) {
+        const dv_layer *l = &m->layers[i];
+        if (l->ops && l->ops->flops) f += l->ops->flops(l);
+    }
+    return 3 * f;
+}

@@ -88,6 +88,11 @@ typedef struct dv_layer_ops {
      * in from it (NULL when the layer carries nothing); -1: out of memory. */
     size_t (*state_floats)(const dv_layer *l);
     int (*state_io)(dv_layer *l, dv_model *m, int B, float *host, int save);
+    /* FLOPs of one sample's forward: 2 per multiply-add of the layer's
+     * GEMMs and convolutions; element-wise work is not counted (NULL: 0,
+     * as for pooling, norms, activations). docs/gpu.md, "Throughput and
+     * MFU". */
+    double (*flops)(const dv_layer *l);
 } dv_layer_ops;
 
 /* Shapes. Per sample, a layer sees (C, H, W) images, (K) vectors, or
@@ -200,6 +205,10 @@ float *dv_model_outputs(dv_model *m, int B);
 /* Number of output classes a label may address (outputs, or 2 for one
  * sigmoid/perceptron output). */
 int dv_model_classes(const dv_model *m);
+/* Training FLOPs per sample: 3 x the layers' forward FLOPs (backward is
+ * twice forward: the gradients of the inputs and of the weights). Token
+ * models: divide by T (m->positions) for FLOPs per token. */
+double dv_model_train_flops(const dv_model *m);
 /* A one-line-per-layer summary (for rank 0 at start-up). */
 void dv_model_print(const dv_model *m, FILE *f);
 

@@ -39,6 +39,8 @@ typedef struct dv_classifier {
     double lr;           /* of the last step taken */
     int live;            /* rank 0's progress is one live line */
     FILE *metrics;       /* rank 0: metrics.csv */
+    double flops;        /* training FLOPs per sample (dv_model_train_flops) */
+    double peak;         /* peak FLOP/s per device; 0: unknown (no MFU) */
     char err[DV_ERR_LEN];
     int comm_failed;
 } dv_classifier;

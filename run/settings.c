@@ -119,6 +119,7 @@ dv_status dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
     DV_TRY(dv_config_float(cfg, t, "lr_gamma", 0.1, 0, 1, &st->lr_gamma, err));
     DV_TRY(dv_config_float(cfg, t, "lr_min", 0, 0, 1e6, &st->lr_min, err));
     DV_TRY(dv_config_float(cfg, t, "bucket_mb", 4, 0.001, 1e6, &st->bucket_mb, err));
+    DV_TRY(dv_config_float(cfg, t, "peak_tflops", 0, 0, 1e9, &st->peak_tflops, err));
     READ_ENUM("backend", "auto", dv_backend_kind_names, &st->backend);
     READ_ENUM("progress", "auto", dv_progress_names, &st->progress);
     READ_ENUM("precision", "fp32", dv_precision_names, &st->precision);

@@ -62,6 +62,7 @@ typedef struct dv_settings {
     long epochs, batch, seed, patience, keep, checkpoint_every, log_every, threads, max_steps;
     long warmup_steps, lr_step_epochs;
     double lr, lr_min, lr_gamma, momentum, beta1, beta2, eps, weight_decay, clip_norm, bucket_mb;
+    double peak_tflops; /* per device, for MFU; 0: the backend's, if it knows */
     dv_opt optimizer;
     dv_loss loss;
     dv_sched schedule;

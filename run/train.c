@@ -215,14 +215,27 @@ static const char *unit(const run *r) {
     return r->tokens ? "tokens" : "samples"; /* token models count tokens: rate * T */
 }
 
+/* The FLOP/s all ranks achieve at `rate` samples/s (global), and the MFU:
+ * that over the peak of every rank's device; NAN when the peak is unknown
+ * (docs/gpu.md, "Throughput and MFU"). */
+static double achieved_flops(const run *r, double rate) {
+    return rate * r->flops;
+}
+
+static double mfu(const run *r, double rate) {
+    return r->peak > 0 ? achieved_flops(r, rate) / (r->peak * r->world) : NAN;
+}
+
 static void loop_progress(void *ctx, const dv_train_state *ts, int64_t epoch, int64_t step,
                           int64_t steps, double rate, double eta) {
     const run *r = ctx;
     int mins = (int)(eta / 60), secs = (int)eta % 60;
-    printf("%sepoch %lld/%ld  step %lld/%lld  loss %.4f  %.0f %s/s  ETA %d:%02d%s",
+    char u[32] = "";
+    if (r->peak > 0) snprintf(u, sizeof u, "  MFU %.3g%%", 100 * mfu(r, rate));
+    printf("%sepoch %lld/%ld  step %lld/%lld  loss %.4f  %.0f %s/s%s  ETA %d:%02d%s",
            r->live ? "\r" : "", (long long)epoch + 1, r->st.epochs, (long long)step,
-           (long long)steps, ts->loss_sum / ts->seen, rate * r->m->positions, unit(r), mins, secs,
-           r->live ? "   " : "\n");
+           (long long)steps, ts->loss_sum / ts->seen, rate * r->m->positions, unit(r), u, mins,
+           secs, r->live ? "   " : "\n");
     fflush(stdout);
 }
 
@@ -259,14 +272,18 @@ static int loop_epoch_end(void *ctx, dv_train_state *ts, const dv_train_state *g
         if (r->vl) printf(" | val loss %.4f", vloss);
         if (r->vl && r->tokens) printf(" ppl %.2f", exp(vloss));
         if (r->vl) printf(" acc %.4f", vacc);
-        printf(" | train %.0f %s/s | %.1f s%s\n", rate * positions, unit(r), secs,
-               improved && r->vl ? " | best" : "");
+        printf(" | train %.0f %s/s", rate * positions, unit(r));
+        if (r->peak > 0) printf(" MFU %.3g%%", 100 * mfu(r, rate));
+        printf(" | %.1f s%s\n", secs, improved && r->vl ? " | best" : "");
         fflush(stdout);
         if (r->metrics) {
             fprintf(r->metrics, "%lld,%lld,%g,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f", (long long)epoch + 1,
                     (long long)ts->step, r->lr, tloss, tacc, vloss, vacc, rate, secs);
             if (r->tokens)
                 fprintf(r->metrics, ",%.1f,%.4f,%.4f", rate * positions, exp(tloss), exp(vloss));
+            /* tflops: achieved by all ranks; mfu: a fraction, empty when unknown */
+            fprintf(r->metrics, ",%.6g,", achieved_flops(r, rate) / 1e12);
+            if (r->peak > 0) fprintf(r->metrics, "%.6f", mfu(r, rate));
             fprintf(r->metrics, "\n");
             fflush(r->metrics);
         }
@@ -327,6 +344,14 @@ static void print_plan(const run *r, int64_t steps) {
         printf(" (%s GEMMs), gradients %s", dv_precision_names[r->st.precision],
                dv_comm_device_path(r->comm) ? dv_comm_device_path(r->comm) : "?");
     printf("\n");
+    const double per = r->flops / (r->tokens ? m->positions : 1);
+    printf("compute: %.4g train FLOPs per %s", per, r->tokens ? "token" : "sample");
+    if (r->peak > 0)
+        printf("; peak %.4g TFLOP/s per device (%s)", r->peak / 1e12,
+               r->st.peak_tflops > 0 ? "peak_tflops" : be->name);
+    else
+        printf("; peak unknown, no MFU (set [train] peak_tflops)");
+    printf("\n");
     fflush(stdout);
 }
 
@@ -350,13 +375,15 @@ dv_status dv_train_run(dv_comm *c, dv_config *cfg, const char *resume_from, int 
     }
     dv_replicas_check(c, r->m);
     r->steps = dv_loader_steps(r->tl);
+    r->flops = dv_model_train_flops(r->m);
+    r->peak = r->st.peak_tflops > 0 ? r->st.peak_tflops * 1e12 : r->be->peak_flops(r->be->ctx);
     if (r->rank == 0) print_plan(r, r->steps);
     r->metrics = dv_run_metrics_open(c, &r->st, ckpt[0] != 0,
                                      r->tokens ? "epoch,step,lr,train_loss,train_acc,val_loss,"
                                                  "val_acc,samples_per_s,epoch_time_s,tokens_per_"
-                                                 "s,train_ppl,val_ppl"
+                                                 "s,train_ppl,val_ppl,tflops,mfu"
                                                : "epoch,step,lr,train_loss,train_acc,val_loss,"
-                                                 "val_acc,samples_per_s,epoch_time_s");
+                                                 "val_acc,samples_per_s,epoch_time_s,tflops,mfu");
     r->live = dv_progress_live(&r->st, c);
     r->lr = r->st.lr;
     dv_loop loop = {.comm = c,
@@ -372,6 +399,9 @@ dv_status dv_train_run(dv_comm *c, dv_config *cfg, const char *resume_from, int 
                     .epoch_end = loop_epoch_end,
                     .save = save};
     rc = dv_loop_run(&loop, &ts, stop_signal);
+    if (!rc && r->rank == 0)
+        printf("peak memory: %.1f MiB (backend %s)\n",
+               (double)r->be->peak_bytes(r->be->ctx) / (1024.0 * 1024.0), r->be->name);
     if (!rc) dv_run_done(c, &r->st, ts.step, "");
     if (r->metrics) fclose(r->metrics);
     dv_classifier_free(r);

@@ -54,8 +54,8 @@ expect_ok "train the LSTM under mpirun -np 2"
 check "reports windows, vocab and tokens/s" \
     bash -c "grep -q 'windows of 32 tokens (vocab $V)' '$OUT' && grep -q 'tokens/s' '$OUT'"
 check "the epoch lines carry perplexity" grep -Eq '^epoch 3/3 \| loss [0-9.]+ ppl [0-9.]+ .*val loss [0-9.]+ ppl [0-9.]+' "$OUT"
-check "metrics.csv has tokens_per_s, train_ppl, val_ppl" \
-    bash -c "head -1 run_lstm/metrics.csv | grep -q ',tokens_per_s,train_ppl,val_ppl$' &&
+check "metrics.csv has tokens_per_s, train_ppl, val_ppl, tflops, mfu" \
+    bash -c "head -1 run_lstm/metrics.csv | grep -q ',tokens_per_s,train_ppl,val_ppl,tflops,mfu$' &&
              [ \$(wc -l < run_lstm/metrics.csv) = 4 ]"
 vppl=$(tail -1 run_lstm/metrics.csv | cut -d, -f12)
 check "it learned the corpus: val perplexity $vppl < 4 (uniform: $V)" awk -v p="$vppl" 'BEGIN { exit !(p > 1 && p < 4) }'

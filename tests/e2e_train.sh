@@ -55,6 +55,18 @@ expect_ok "dive train (1 rank)"
 check "train prints the done line" grep -q '^done: 100 steps' "$OUT"
 check "run1/last.h5 and run1/best.h5 exist" test -s run1/last.h5 -a -s run1/best.h5
 check "metrics.csv: header and one line per epoch ($EPOCHS)" metrics_ok run1 "$EPOCHS"
+check "metrics.csv ends with tflops,mfu (mfu empty: no peak on the CPU)" \
+    bash -c "head -1 run1/metrics.csv | grep -q ',epoch_time_s,tflops,mfu$' &&
+             tail -1 run1/metrics.csv | grep -Eq ',[0-9.e+-]+,$'"
+check "train prints FLOPs per sample and peak memory, no MFU" \
+    bash -c "grep -q '^compute: .* train FLOPs per sample; peak unknown' '$OUT' &&
+             grep -Eq '^peak memory: [0-9.]+ MiB \(backend cpu\)' '$OUT' && ! grep -Eq 'MFU [0-9]' '$OUT'"
+e2e_run "$DIVE_BIN" train mlp.cfg --set train.peak_tflops=1 --set train.run_dir=run_mfu --set train.epochs=1
+expect_ok "dive train --set train.peak_tflops=1"
+grep -E 'MFU|^compute:|^peak memory:' "$OUT" | sed -n '1,2p;$p'
+check "the progress shows MFU, metrics.csv an mfu, and peak memory is printed" \
+    bash -c "grep -Eq 'samples/s  MFU [0-9.]+%  ETA' '$OUT' && grep -q '^peak memory: ' '$OUT' &&
+             tail -1 run_mfu/metrics.csv | grep -Eq ',[0-9.e+-]+,0\.[0-9]+$'"
 
 echo "== dive predict --score: the classifier's view of a set of inputs"
 e2e_run "$DIVE_BIN" predict mlp.cfg --checkpoint run1/best.h5 -o score.h5 --score

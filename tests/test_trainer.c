@@ -227,6 +227,37 @@ static void test_model_shapes(void **state) {
     dv_backend_free(be);
 }
 
+/* dv_model_train_flops: 3 x forward, 2 FLOPs per multiply-add of the GEMMs
+ * and convolutions, element-wise layers free; a GPT's per token is 6 N (N
+ * the matmul weights) plus 6 C (T + 1) per block for the causal attention
+ * (docs/gpu.md, "Throughput and MFU"). */
+static void test_model_train_flops(void **state) {
+    (void)state;
+    dv_backend *be = dv_backend_cpu_create(1);
+    dv_model *m = build("[input]\nshape = 10\n[dense]\nunits = 7\nactivation = relu\n"
+                        "[dropout]\nrate = 0.5\n[dense]\nunits = 3\n",
+                        be, DV_LOSS_XENT, 2);
+    assert_true(dv_model_train_flops(m) == 3.0 * 2 * (10 * 7 + 7 * 3));
+    dv_model_free(m);
+    /* conv 2 -> 3 channels, 3x3, pad 1 on 8x8; pools and batch norm free;
+     * dense 12 -> 5 -> 4 */
+    m = build(cnn_cfg, be, DV_LOSS_XENT, 2);
+    assert_true(dv_model_train_flops(m) == 3.0 * 2 * (3 * 8 * 8 * (2 * 3 * 3) + 12 * 5 + 5 * 4));
+    dv_model_free(m);
+    const int T = 6, V = 11, C = 8, HID = 16, L = 2;
+    m = build("[input]\ntokens = 6\nvocab = 11\n[embedding]\nname = tok\ndim = 8\n"
+              "[transformer]\nheads = 2\nhidden = 16\n[transformer]\nheads = 4\nhidden = 16\n"
+              "[layernorm]\n[dense]\ntie = tok\n",
+              be, DV_LOSS_XENT, 2);
+    /* per block q, k, v, proj (4 C^2) and the MLP (2 C HID); the head C V */
+    const double N = L * (4.0 * C * C + 2.0 * C * HID) + (double)C * V;
+    const double per_token = 6 * N + 6.0 * L * C * (T + 1);
+    assert_int_equal(m->positions, T);
+    assert_true(fabs(dv_model_train_flops(m) / T - per_token) < 1e-9 * per_token);
+    dv_model_free(m);
+    dv_backend_free(be);
+}
+
 static double batch_loss(dv_model *m, int B) {
     m->be->fill(m->be->ctx, m->stats, 0, 2);
     dv_model_forward(m, B, 1);
@@ -599,6 +630,7 @@ int main(void) {
         cmocka_unit_test(test_config_text_round_trip),
         cmocka_unit_test(test_config_sub),
         cmocka_unit_test(test_model_shapes),
+        cmocka_unit_test(test_model_train_flops),
         cmocka_unit_test(test_model_gradient),
         cmocka_unit_test(test_generator_layers),
         cmocka_unit_test(test_image_grid_png),

@@ -11,8 +11,8 @@
 static void cpu_destroy(dv_backend *be) {
     dv_cpu_ctx *cx = be->ctx;
     if (cx) {
-        free(cx->pack_buf);
-        free(cx->pack_a);
+        dv_cpu_free(cx, cx->pack_buf);
+        dv_cpu_free(cx, cx->pack_a);
     }
     free(cx);
 }

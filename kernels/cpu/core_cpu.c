@@ -1,7 +1,7 @@
-/* core_cpu.c — the bottom of the CPU backend: host memory, copies, uploads,
- * fill, scale, sync and check. Other CPU files call these (GEMM's K = 0
- * case fills or scales C; its packing buffers come from dv_cpu_alloc), and
- * nothing here calls them back.
+/* core_cpu.c — the bottom of the CPU backend: host memory (and the count
+ * of its bytes), copies, uploads, fill, scale, sync and check. Other CPU
+ * files call these (GEMM's K = 0 case fills or scales C; its packing
+ * buffers come from dv_cpu_alloc), and nothing here calls them back.
  *
  * Assumes: "device" memory is host memory, so every transfer is a memmove
  * and sync has nothing to wait for; ops report errors only through the
@@ -12,24 +12,50 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* 64-byte alignment: a cache line, and a full AVX-512 vector. */
+/* 64-byte alignment: a cache line, and a full AVX-512 vector. Every block
+ * starts with one such line that holds its size, so free can account for
+ * it (dv_cpu_ctx.cur_bytes, peak_bytes). */
 #define DV_CPU_ALIGN 64
 
 void *dv_cpu_alloc(void *ctx, size_t bytes) {
-    (void)ctx;
+    dv_cpu_ctx *cx = ctx;
     /* aligned_alloc wants a multiple of the alignment, and 0 bytes would
      * return NULL (read as failure) on some libcs. */
     size_t sz = (bytes + DV_CPU_ALIGN - 1) / DV_CPU_ALIGN * DV_CPU_ALIGN;
-    if (sz < bytes) return NULL; /* overflow */
-    if (sz == 0) sz = DV_CPU_ALIGN;
-    void *p = aligned_alloc(DV_CPU_ALIGN, sz);
-    if (p) memset(p, 0, sz);
-    return p;
+    if (sz < bytes || sz + DV_CPU_ALIGN < sz) return NULL; /* overflow */
+    sz += DV_CPU_ALIGN;
+    char *p = aligned_alloc(DV_CPU_ALIGN, sz);
+    if (!p) return NULL;
+    memset(p, 0, sz);
+    memcpy(p, &sz, sizeof sz);
+    size_t cur = __atomic_add_fetch(&cx->cur_bytes, sz, __ATOMIC_RELAXED);
+    size_t peak = __atomic_load_n(&cx->peak_bytes, __ATOMIC_RELAXED);
+    while (cur > peak && !__atomic_compare_exchange_n(&cx->peak_bytes, &peak, cur, 1,
+                                                      __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+    return p + DV_CPU_ALIGN;
 }
 
 void dv_cpu_free(void *ctx, void *p) {
+    dv_cpu_ctx *cx = ctx;
+    if (!p) return;
+    char *base = (char *)p - DV_CPU_ALIGN;
+    size_t sz;
+    memcpy(&sz, base, sizeof sz);
+    __atomic_sub_fetch(&cx->cur_bytes, sz, __ATOMIC_RELAXED);
+    free(base);
+}
+
+size_t dv_cpu_peak_bytes(void *ctx) {
+    dv_cpu_ctx *cx = ctx;
+    return __atomic_load_n(&cx->peak_bytes, __ATOMIC_RELAXED);
+}
+
+/* A CPU's peak depends on its vector units, cores and clocks, which Dive
+ * does not probe: unknown ([train] peak_tflops sets it). */
+double dv_cpu_peak_flops(void *ctx) {
     (void)ctx;
-    free(p);
+    return 0;
 }
 
 /* Host memory is the device's: the host_ entries are the plain ones. */

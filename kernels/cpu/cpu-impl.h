@@ -90,6 +90,8 @@ typedef struct dv_cpu_ctx {
     float *pack_a;        /* dv_cpu_gemm's packed blocks of op(A) */
     size_t pack_a_cap;    /* floats in pack_a */
     char err[DV_ERR_LEN]; /* first error an op met (DV_BAD_ENUM); "" while none */
+    size_t cur_bytes;     /* allocated now (alloc / free; atomic) */
+    size_t peak_bytes;    /* the most cur_bytes has been */
 } dv_cpu_ctx;
 
 /* Every op of ops.def: ret dv_cpu_<name>(params). */

@@ -363,7 +363,7 @@ static float *grow(float **buf, size_t *cap, size_t need, void *ctx) {
     if (need > *cap) {
         float *p = dv_cpu_alloc(ctx, need * sizeof *p);
         if (!p) return NULL;
-        free(*buf);
+        dv_cpu_free(ctx, *buf);
         *buf = p;
         *cap = need;
     }

@@ -23,6 +23,7 @@ static void cuda_destroy(dv_backend *be) {
     cudaFree(cx->staging);
     cudaFree(cx->scratch);
     if (cx->host_sum) cudaFreeHost(cx->host_sum);
+    free(cx->blocks);
     if (cx->staged) cudaEventDestroy(cx->staged);
     if (cx->staging_free) cudaEventDestroy(cx->staging_free);
     if (cx->copy_stream) cudaStreamDestroy(cx->copy_stream);
@@ -91,6 +92,7 @@ static dv_backend *cuda_create(int device, dv_precision precision, char *err) {
         dv_backend_free(be);
         return NULL;
     }
+    cx->peak_flops = dv_cuda_device_peak_flops(device, precision);
     be->name = "cuda";
     be->stream = cx->stream;
 #define DV_OP(ret, name, params) be->name = dv_cuda_##name;

@@ -2,7 +2,8 @@
  * table's check, the per-op scratch buffer, fill, scale, and GEMM through
  * cuBLAS in the backend's precision. The op files (ops_cuda.cu,
  * conv_cuda.cu, seq_cuda.cu, rnn_cuda.cu), memory_cuda.cu and
- * backend_cuda.cu call these; nothing here calls them back.
+ * backend_cuda.cu call these; nothing here calls them back. Also the
+ * table of the devices' peak FLOP/s, for MFU.
  *
  * Assumes: every launch goes on cx->stream and nothing here synchronizes
  * but check's query of the last error; dv_cuda_ctx.precision is a
@@ -13,6 +14,46 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+
+/* ---- peak FLOP/s (docs/gpu.md, "Throughput and MFU") ---------------------- */
+
+/* Per compute capability, a reference part's dense peak (no sparsity) in
+ * TFLOP/s at fp32 (CUDA cores), tf32 and bf16 (tensor cores), with its SM
+ * count and boost clock; another part of the same capability scales by SMs
+ * x clock (an H100 PCIe, 114 SMs at 1755 MHz, gets 757 bf16 TFLOP/s). */
+typedef struct peak_entry {
+    int major, minor;
+    double tflops[DV_PRECISION_COUNT];
+    int sms, mhz;
+} peak_entry;
+
+static const peak_entry peak_table[] = {
+    {8, 0, {19.5, 156.0, 312.0}, 108, 1410}, /* A100 SXM */
+    {9, 0, {66.9, 494.7, 989.4}, 132, 1980}, /* H100 / H200 SXM */
+};
+
+double dv_cuda_device_peak_flops(int device, dv_precision precision) {
+    int major = 0, minor = 0, sms = 0, khz = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device) != cudaSuccess) {
+        cudaGetLastError(); /* not knowing the peak is no error */
+        return 0;
+    }
+    if ((unsigned)precision >= DV_PRECISION_COUNT || sms <= 0 || khz <= 0) return 0;
+    for (size_t i = 0; i < sizeof peak_table / sizeof peak_table[0]; i++) {
+        const peak_entry *e = &peak_table[i];
+        if (e->major != major || e->minor != minor) continue;
+        return e->tflops[precision] * 1e12 * ((double)sms / e->sms) *
+               ((double)khz / 1000.0 / e->mhz);
+    }
+    return 0;
+}
+
+double dv_cuda_peak_flops(void *ctx) {
+    return ((dv_cuda_ctx *)ctx)->peak_flops;
+}
 
 /* ---- errors ------------------------------------------------------------ */
 

@@ -31,6 +31,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+/* A live block of `alloc` (dv_cuda_ctx.blocks). */
+typedef struct dv_cuda_block {
+    void *p;
+    size_t bytes;
+} dv_cuda_block;
+
 typedef struct dv_cuda_ctx {
     int device;
     dv_precision precision;
@@ -45,6 +51,11 @@ typedef struct dv_cuda_ctx {
     size_t scratch_bytes;
     double *host_sum; /* pinned: sumsq's result */
     int num_sms;
+    double peak_flops; /* dv_cuda_peak_flops: from the device's table entry, 0 unknown */
+    /* Dive's accounting of alloc / free: every live block and its size
+     * (allocations are few, made at set-up), the bytes now and at most */
+    dv_cuda_block *blocks;
+    size_t nblocks, cap_blocks, cur_bytes, peak_bytes;
     char err[DV_ERR_LEN]; /* first error recorded (dv_error_at); "" while none */
 } dv_cuda_ctx;
 
@@ -68,6 +79,12 @@ int dv_cublas_check_(dv_cuda_ctx *cx, cublasStatus_t rc, const char *file, int l
  * (ops run in stream order, so one op's scratch is never another's).
  * NULL (error recorded) when it cannot be had. */
 void *dv_cuda_scratch(dv_cuda_ctx *cx, size_t bytes);
+
+/* The peak dense-GEMM FLOP/s of the current device at `precision`, from
+ * its compute capability, SM count and clock (core_cuda.cu; the table is
+ * in docs/gpu.md, "Throughput and MFU"); 0 when the device is not in the
+ * table or cannot say. */
+double dv_cuda_device_peak_flops(int device, dv_precision precision);
 
 /* Threads per block for elementwise kernels, and a grid covering n with a
  * grid-stride loop (capped so huge n does not make huge grids). */

@@ -11,6 +11,7 @@
  */
 #include "cuda-impl.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 void *dv_cuda_alloc(void *ctx, size_t bytes) {
@@ -28,14 +29,39 @@ void *dv_cuda_alloc(void *ctx, size_t bytes) {
         cudaFree(p);
         return NULL;
     }
+    if (cx->nblocks == cx->cap_blocks) {
+        size_t cap = cx->cap_blocks ? 2 * cx->cap_blocks : 64;
+        void *b = realloc(cx->blocks, cap * sizeof *cx->blocks);
+        if (!b) {
+            cudaFree(p);
+            return NULL;
+        }
+        cx->blocks = (dv_cuda_block *)b;
+        cx->cap_blocks = cap;
+    }
+    cx->blocks[cx->nblocks].p = p;
+    cx->blocks[cx->nblocks++].bytes = bytes;
+    cx->cur_bytes += bytes;
+    if (cx->cur_bytes > cx->peak_bytes) cx->peak_bytes = cx->cur_bytes;
     return p;
 }
 
 void dv_cuda_free(void *ctx, void *p) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
     if (!p) return;
+    /* the newest blocks are the likeliest to go first */
+    for (size_t i = cx->nblocks; i-- > 0;)
+        if (cx->blocks[i].p == p) {
+            cx->cur_bytes -= cx->blocks[i].bytes;
+            cx->blocks[i] = cx->blocks[--cx->nblocks];
+            break;
+        }
     /* cudaFree waits for the device, so work still reading p finishes first */
     DV_CUDA_CHECK(cx, cudaFree(p));
+}
+
+size_t dv_cuda_peak_bytes(void *ctx) {
+    return ((dv_cuda_ctx *)ctx)->peak_bytes;
 }
 
 void dv_cuda_to_device(void *ctx, void *dst, const void *src, size_t bytes) {

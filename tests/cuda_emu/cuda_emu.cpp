@@ -215,6 +215,13 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
         *value = sms > 0 ? sms : 1;
         return cudaSuccess;
     }
+    case cudaDevAttrClockRate:
+        *value = 1000000; /* kHz */
+        return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: /* 0.0: no GPU, so no peak FLOP/s (MFU unknown) */
+    case cudaDevAttrComputeCapabilityMinor:
+        *value = 0;
+        return cudaSuccess;
     }
     return emu_error(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute %d not emulated",
                      (int)attr);
