@@ -43,6 +43,10 @@
  * backward reads is kept per layer: q, k, v, the log-sum-exp, the merged
  * heads, and for a block also LN1(x), x1, LN2(x1), the MLP's hidden
  * pre- and post-GELU values, the layer-norm statistics and dropout masks.
+ * A block's residual adds are fused with what follows them
+ * (residual_layernorm_forward: x1 and LN2(x1) in one pass, then y = x1 +
+ * MLP), the projections' biases folded in; backward adds the layer norms'
+ * gradients into the residual gradient (residual_layernorm_backward).
  *
  * Contracts (layer-impl.h, model.h): parameter gradients accumulate, dx is overwritten
  * (NULL: not needed), dy may be overwritten; backward follows a training
@@ -139,10 +143,11 @@ static dv_status attn_setup(attn *a, seq_priv *p, dv_model *m, const dv_layer *l
     return DV_OK;
 }
 
-/* out (B, T, C) = beta * out + Attn(x (B, T, C)); beta is 0 or 1 (1 adds
- * the attention to a residual already in out). work: attn_work floats. */
-static void attn_forward(const attn *a, dv_model *m, int B, const float *x, float *out, float beta,
-                         float *work) {
+/* out (B, T, C) = Attn(x (B, T, C)), overwritten; without proj_bias
+ * (add_bias 0) when the caller adds it in its residual add. work:
+ * attn_work floats. */
+static void attn_forward(const attn *a, dv_model *m, int B, const float *x, float *out,
+                         int add_bias, float *work) {
     const dv_backend *be = m->be;
     const int T = a->T, C = a->C, H = a->H, Dh = a->Dh, N = B * T, BH = B * H;
     const size_t n = (size_t)N * C, cc = (size_t)C * C;
@@ -158,8 +163,8 @@ static void attn_forward(const attn *a, dv_model *m, int B, const float *x, floa
     be->attention_forward(be->ctx, BH, T, Dh, 1.0f / sqrtf((float)Dh), q, k, v, heads, a->lse,
                           work + 6 * n);
     be->transpose(be->ctx, B, H, T, Dh, heads, a->merged);
-    be->gemm(be->ctx, 0, 1, N, C, C, 1.0f, a->merged, a->p[2].data, beta, out);
-    be->bias_forward(be->ctx, out, a->p[3].data, N, C, 1);
+    be->gemm(be->ctx, 0, 1, N, C, C, 1.0f, a->merged, a->p[2].data, 0.0f, out);
+    if (add_bias) be->bias_forward(be->ctx, out, a->p[3].data, N, C, 1);
 }
 
 /* From dout (B, T, C) (read only): the four params' grads +=, dx (B, T, C)
@@ -250,7 +255,7 @@ static void gelu_backward(dv_layer *l, dv_model *m, const float *x, const float 
 static void attn_layer_forward(dv_layer *l, dv_model *m, const float *x, float *y, int B,
                                int training) {
     seq_priv *p = l->priv;
-    attn_forward(&p->at, m, B, x, y, 0.0f, m->work);
+    attn_forward(&p->at, m, B, x, y, 1, m->work);
     if (training && p->rate > 0.0f)
         m->be->dropout_forward(m->be->ctx, p->rate, drop_seed(l, m, 0), m->row_id, B,
                                (int)l->out_elems, y, y, p->mask1);
@@ -296,39 +301,35 @@ static void block_forward(dv_layer *l, dv_model *m, const float *x, float *y, in
     seq_priv *p = l->priv;
     const dv_param *w = l->param;
     const int N = B * p->T, C = p->C, Hd = p->hidden;
-    const size_t n = (size_t)N * C, bytes = n * sizeof(float);
+    const size_t n = (size_t)N * C;
     const int drop = training && p->rate > 0.0f;
     float *r1 = m->work, *r3 = m->work + 2 * n;
 
     be->layernorm_forward(be->ctx, N, C, p->eps, x, w[TB_LN1_G].data, w[TB_LN1_B].data, p->ln1,
                           p->mean1, p->rstd1);
-    if (!drop) { /* x1 = x + Attn(LN1(x)), the residual added by the GEMM */
-        be->copy(be->ctx, p->x1, x, bytes);
-        attn_forward(&p->at, m, B, p->ln1, p->x1, 1.0f, r3);
-    } else { /* the attention goes through y, which is free until the end */
-        attn_forward(&p->at, m, B, p->ln1, y, 0.0f, r3);
-        be->dropout_forward(be->ctx, p->rate, drop_seed(l, m, 1), m->row_id, B, p->T * C, y, y,
+    /* x1 = x + Attn(LN1(x)) and LN2(x1) in one pass: the attention (in r1,
+     * free until the MLP) without its output bias, which the fused op adds;
+     * with dropout the bias goes in before the mask. */
+    attn_forward(&p->at, m, B, p->ln1, r1, drop, r3);
+    if (drop)
+        be->dropout_forward(be->ctx, p->rate, drop_seed(l, m, 1), m->row_id, B, p->T * C, r1, r1,
                             p->mask1);
-        be->copy(be->ctx, p->x1, x, bytes);
-        be->axpy(be->ctx, 1.0f, y, p->x1, n);
-    }
-    be->layernorm_forward(be->ctx, N, C, p->eps, p->x1, w[TB_LN2_G].data, w[TB_LN2_B].data, p->ln2,
-                          p->mean2, p->rstd2);
+    be->residual_layernorm_forward(be->ctx, N, C, p->eps, x, r1, drop ? NULL : w[TB_PROJ_B].data,
+                                   w[TB_LN2_G].data, w[TB_LN2_B].data, p->x1, p->ln2, p->mean2,
+                                   p->rstd2);
     be->gemm(be->ctx, 0, 1, N, Hd, C, 1.0f, p->ln2, w[TB_FC_W].data, 0.0f, p->fc);
     be->bias_forward(be->ctx, p->fc, w[TB_FC_B].data, N, Hd, 1);
     be->gelu_forward(be->ctx, p->fc, p->act, (size_t)N * Hd);
-    if (!drop) { /* y = x1 + MLP, the residual again added by the GEMM */
-        be->copy(be->ctx, y, p->x1, bytes);
-        be->gemm(be->ctx, 0, 1, N, C, Hd, 1.0f, p->act, w[TB_FC2_W].data, 1.0f, y);
+    /* y = x1 + MLP: the fc2 GEMM into y, then the residual and the bias
+     * (before the mask with dropout) in one pass, in place */
+    be->gemm(be->ctx, 0, 1, N, C, Hd, 1.0f, p->act, w[TB_FC2_W].data, 0.0f, y);
+    if (drop) {
         be->bias_forward(be->ctx, y, w[TB_FC2_B].data, N, C, 1);
-    } else {
-        be->gemm(be->ctx, 0, 1, N, C, Hd, 1.0f, p->act, w[TB_FC2_W].data, 0.0f, r1);
-        be->bias_forward(be->ctx, r1, w[TB_FC2_B].data, N, C, 1);
-        be->dropout_forward(be->ctx, p->rate, drop_seed(l, m, 2), m->row_id, B, p->T * C, r1, r1,
+        be->dropout_forward(be->ctx, p->rate, drop_seed(l, m, 2), m->row_id, B, p->T * C, y, y,
                             p->mask2);
-        be->copy(be->ctx, y, p->x1, bytes);
-        be->axpy(be->ctx, 1.0f, r1, y, n);
     }
+    be->residual_layernorm_forward(be->ctx, N, C, p->eps, p->x1, y, drop ? NULL : w[TB_FC2_B].data,
+                                   NULL, NULL, y, NULL, NULL, NULL);
 }
 
 static void block_backward(dv_layer *l, dv_model *m, const float *x, const float *y,
@@ -356,9 +357,9 @@ static void block_backward(dv_layer *l, dv_model *m, const float *x, const float
     be->gemm(be->ctx, 1, 0, Hd, C, N, 1.0f, dh, p->ln2, 1.0f, w[TB_FC_W].grad);
     be->bias_backward(be->ctx, dh, w[TB_FC_B].grad, N, Hd, 1);
     be->gemm(be->ctx, 0, 0, N, C, Hd, 1.0f, dh, w[TB_FC_W].data, 0.0f, r1);
-    be->layernorm_backward(be->ctx, N, C, p->x1, w[TB_LN2_G].data, p->mean2, p->rstd2, r1, r2,
-                           w[TB_LN2_G].grad, w[TB_LN2_B].grad);
-    be->axpy(be->ctx, 1.0f, r2, dy, n); /* dy now holds dx1 */
+    /* dy += LN2's backward: dy now holds dx1 */
+    be->residual_layernorm_backward(be->ctx, N, C, p->x1, w[TB_LN2_G].data, p->mean2, p->rstd2, r1,
+                                    dy, dy, w[TB_LN2_G].grad, w[TB_LN2_B].grad);
 
     /* attention branch */
     const float *dattn = dy;
@@ -367,9 +368,9 @@ static void block_backward(dv_layer *l, dv_model *m, const float *x, const float
         dattn = r1;
     }
     attn_backward(&p->at, m, B, p->ln1, dattn, r2, r3);
-    be->layernorm_backward(be->ctx, N, C, x, w[TB_LN1_G].data, p->mean1, p->rstd1, r2, dx,
-                           w[TB_LN1_G].grad, w[TB_LN1_B].grad);
-    if (dx) be->axpy(be->ctx, 1.0f, dy, dx, n);
+    /* dx = dx1 + LN1's backward */
+    be->residual_layernorm_backward(be->ctx, N, C, x, w[TB_LN1_G].data, p->mean1, p->rstd1, r2, dy,
+                                    dx, w[TB_LN1_G].grad, w[TB_LN1_B].grad);
 }
 
 /* ---- setup: scratch once the param views and max_batch are known --------- */

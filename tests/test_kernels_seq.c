@@ -434,6 +434,84 @@ static void test_layernorm_cpu(void **state) {
     run_ln_cpu(3, 130); /* more than one block of columns in the dgamma sums */
 }
 
+/* ---- residual + layer norm, fused ------------------------------------------ */
+
+/* got against want, which may differ by a contracted multiply-add:
+ * |got - want| <= 1e-6 (1 + |want|). */
+static void expect_near(const float *got, const float *want, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        if (!(fabsf(got[i] - want[i]) <= 1e-6f * (1.0f + fabsf(want[i]))))
+            fail_msg("%s[%zu]: got %.9g, want %.9g", what, i, got[i], want[i]);
+}
+
+/* residual_layernorm_forward against the sum in a loop plus
+ * layernorm_forward (the same bits); sum apart, sum == d and sum == x; y
+ * NULL (the sum alone). residual_layernorm_backward against
+ * layernorm_backward plus axpy: into dres == dx, into another dx, and dres
+ * NULL (the bits of layernorm_backward). */
+static void run_res_ln_cpu(int N, int C, int with_bias) {
+    char what[96];
+    const size_t n = (size_t)N * C, fb = sizeof(float);
+    float *x = rand_buf(n, 1, 3), *d = rand_buf(n, -1, 1);
+    float *bias = with_bias ? rand_buf(C, -1, 1) : NULL;
+    float *gamma = rand_buf(C, 0.5f, 1.5f), *beta = rand_buf(C, -0.5f, 0.5f);
+    float *s = test_fbuf(n), *y = test_fbuf(n), *mean = test_fbuf(N), *rstd = test_fbuf(N);
+    for (size_t i = 0; i < n; i++)
+        s[i] = bias ? x[i] + d[i] + bias[i % C] : x[i] + d[i];
+    cpu->layernorm_forward(cpu->ctx, N, C, 1e-5f, s, gamma, beta, y, mean, rstd);
+    float *s2 = test_fbuf(n), *y2 = test_fbuf(n), *mean2 = test_fbuf(N), *rstd2 = test_fbuf(N);
+    for (int alias = 0; alias < 3; alias++) {
+        float *xi = dup_buf(x, n), *di = dup_buf(d, n);
+        float *sum = alias == 0 ? s2 : alias == 1 ? di : xi;
+        snprintf(what, sizeof what, "residual layernorm N=%d C=%d bias=%d alias=%d", N, C,
+                 with_bias, alias);
+        cpu->residual_layernorm_forward(cpu->ctx, N, C, 1e-5f, xi, di, bias, gamma, beta, sum, y2,
+                                        mean2, rstd2);
+        test_expect_bits(sum, s, n * fb, what);
+        test_expect_bits(y2, y, n * fb, what);
+        test_expect_bits(mean2, mean, N * fb, what);
+        test_expect_bits(rstd2, rstd, N * fb, what);
+        free(xi), free(di);
+    }
+    float *di = dup_buf(d, n);
+    cpu->residual_layernorm_forward(cpu->ctx, N, C, 1e-5f, x, di, bias, NULL, NULL, di, NULL, NULL,
+                                    NULL);
+    test_expect_bits(di, s, n * fb, "residual add without layer norm");
+    free(di);
+
+    /* backward */
+    float *dy = rand_buf(n, -1, 1), *dres = rand_buf(n, -1, 1), *t = test_fbuf(n);
+    float *dg0 = rand_buf(C, -1, 1), *db0 = rand_buf(C, -1, 1);
+    float *dg = dup_buf(dg0, C), *db = dup_buf(db0, C), *want = dup_buf(dres, n);
+    cpu->layernorm_backward(cpu->ctx, N, C, s, gamma, mean, rstd, dy, t, dg, db);
+    cpu->axpy(cpu->ctx, 1.0f, t, want, n);
+    float *dx = dup_buf(dres, n), *dg2 = dup_buf(dg0, C), *db2 = dup_buf(db0, C);
+    cpu->residual_layernorm_backward(cpu->ctx, N, C, s, gamma, mean, rstd, dy, dx, dx, dg2, db2);
+    snprintf(what, sizeof what, "residual layernorm backward N=%d C=%d", N, C);
+    expect_near(dx, want, n, what);
+    test_expect_bits(dg2, dg, C * fb, "residual layernorm dgamma");
+    test_expect_bits(db2, db, C * fb, "residual layernorm dbeta");
+    float *dx2 = rand_buf(n, -1, 1);
+    cpu->residual_layernorm_backward(cpu->ctx, N, C, s, gamma, mean, rstd, dy, dres, dx2, NULL,
+                                     NULL);
+    test_expect_bits(dx2, dx, n * fb, "residual layernorm backward, dres apart");
+    cpu->residual_layernorm_backward(cpu->ctx, N, C, s, gamma, mean, rstd, dy, NULL, dx2, NULL,
+                                     NULL);
+    test_expect_bits(dx2, t, n * fb, "residual layernorm backward, dres NULL");
+    free(x), free(d), free(bias), free(gamma), free(beta), free(s), free(y), free(mean), free(rstd);
+    free(s2), free(y2), free(mean2), free(rstd2), free(dy), free(dres), free(t), free(dg0);
+    free(db0), free(dg), free(db), free(want), free(dx), free(dg2), free(db2), free(dx2);
+}
+
+static void test_residual_layernorm_cpu(void **state) {
+    (void)state;
+    static const int Ns[] = {1, 5}, Cs[] = {1, 7, 64, 768};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            for (int b = 0; b < 2; b++)
+                run_res_ln_cpu(Ns[i], Cs[j], b);
+}
+
 /* ---- GELU -------------------------------------------------------------------- */
 
 typedef struct gelu_st {
@@ -862,6 +940,85 @@ static void test_layernorm_cuda(void **state) {
     run_ln_cuda(600, 70); /* several row chunks in dgamma/dbeta */
 }
 
+/* ---- residual + layer norm, fused ---------------------------------------------- */
+
+typedef struct res_ln_out {
+    float *sum, *y, *mean, *rstd, *add, *dx, *dg, *db;
+} res_ln_out;
+
+/* On G from host inputs: the sum alone (y NULL, in place into a copy of
+ * x), forward in place (sum == d), and backward accumulating into a copy of dres;
+ * results copied to the host. */
+static res_ln_out res_ln_run(dv_backend *G, int N, int C, const float *x, const float *d,
+                             const float *bias, const float *gamma, const float *beta,
+                             const float *dy, const float *dres, const float *dg0,
+                             const float *db0) {
+    const size_t n = (size_t)N * C, fb = sizeof(float);
+    float *xd = test_dput(G, x, n * fb), *dd = test_dput(G, d, n * fb);
+    float *bd = bias ? test_dput(G, bias, C * fb) : NULL;
+    float *gd = test_dput(G, gamma, C * fb), *betad = test_dput(G, beta, C * fb);
+    float *dyd = test_dput(G, dy, n * fb), *dxd = test_dput(G, dres, n * fb);
+    float *dgd = test_dput(G, dg0, C * fb), *dbd = test_dput(G, db0, C * fb);
+    float *y = test_dalloc(G, n * fb), *mean = test_dalloc(G, N * fb),
+          *rstd = test_dalloc(G, N * fb), *add = test_dput(G, x, n * fb);
+    G->residual_layernorm_forward(G->ctx, N, C, 1e-5f, add, dd, bd, NULL, NULL, add, NULL, NULL,
+                                  NULL);
+    G->residual_layernorm_forward(G->ctx, N, C, 1e-5f, xd, dd, bd, gd, betad, dd, y, mean, rstd);
+    G->residual_layernorm_backward(G->ctx, N, C, dd, gd, mean, rstd, dyd, dxd, dxd, dgd, dbd);
+    test_expect_ok(G, "residual layernorm");
+    res_ln_out o = {test_dget(G, dd, n * fb),   test_dget(G, y, n * fb),
+                    test_dget(G, mean, N * fb), test_dget(G, rstd, N * fb),
+                    test_dget(G, add, n * fb),  test_dget(G, dxd, n * fb),
+                    test_dget(G, dgd, C * fb),  test_dget(G, dbd, C * fb)};
+    float *bufs[] = {xd, dd, bd, gd, betad, dyd, dxd, dgd, dbd, y, mean, rstd, add};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) G->free(G->ctx, bufs[i]);
+    return o;
+}
+
+static void res_ln_out_free(res_ln_out *o) {
+    free(o->sum), free(o->y), free(o->mean), free(o->rstd), free(o->add), free(o->dx);
+    free(o->dg), free(o->db);
+}
+
+static void run_res_ln_cuda(int N, int C, int with_bias) {
+    char what[96];
+    const size_t n = (size_t)N * C;
+    float *x = rand_buf(n, -2, 4), *d = rand_buf(n, -1, 1);
+    float *bias = with_bias ? rand_buf(C, -1, 1) : NULL;
+    float *gamma = rand_buf(C, 0.5f, 1.5f), *beta = rand_buf(C, -1, 1);
+    float *dy = rand_buf(n, -1, 1), *dres = rand_buf(n, -1, 1);
+    float *dg0 = rand_buf(C, -1, 1), *db0 = rand_buf(C, -1, 1);
+    res_ln_out h = res_ln_run(cpu, N, C, x, d, bias, gamma, beta, dy, dres, dg0, db0);
+    res_ln_out g = res_ln_run(gpu, N, C, x, d, bias, gamma, beta, dy, dres, dg0, db0);
+    res_ln_out g2 = res_ln_run(gpu, N, C, x, d, bias, gamma, beta, dy, dres, dg0, db0);
+    snprintf(what, sizeof what, "residual layernorm N=%d C=%d bias=%d", N, C, with_bias);
+    test_expect_bits(g.sum, h.sum, n * sizeof(float), what); /* the same two or three adds */
+    test_expect_bits(g.add, h.add, n * sizeof(float), what);
+    expect_close(g.y, h.y, n, TOL_EW, what);
+    expect_close(g.mean, h.mean, N, TOL_EW, what);
+    expect_close(g.rstd, h.rstd, N, TOL_EW, what);
+    expect_close(g.dx, h.dx, n, TOL_RED, what);
+    expect_close(g.dg, h.dg, C, TOL_RED, what);
+    expect_close(g.db, h.db, C, TOL_RED, what);
+    test_expect_bits(g2.dx, g.dx, n * sizeof(float), "residual layernorm dx run to run");
+    test_expect_bits(g2.dg, g.dg, C * sizeof(float), "residual layernorm dgamma run to run");
+    res_ln_out_free(&h), res_ln_out_free(&g), res_ln_out_free(&g2);
+    free(x), free(d), free(bias), free(gamma), free(beta), free(dy), free(dres), free(dg0);
+    free(db0);
+}
+
+static void test_residual_layernorm_cuda(void **state) {
+    (void)state;
+    REQUIRE_GPU();
+    static const int Ns[] = {1, 5}, Cs[] = {1, 7, 64, 768};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            for (int b = 0; b < 2; b++)
+                run_res_ln_cuda(Ns[i], Cs[j], b);
+    run_res_ln_cuda(600, 70, 1); /* several row chunks in dgamma/dbeta */
+}
+
 /* ---- GELU ------------------------------------------------------------------------ */
 
 static void test_transpose_cuda(void **state) {
@@ -989,14 +1146,24 @@ static void test_check_cuda(void **state) {
 int main(void) {
     test_rand_seed(4242);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gemm_batched_cpu),    cmocka_unit_test(test_embedding_cpu),
-        cmocka_unit_test(test_layernorm_cpu),       cmocka_unit_test(test_gelu_cpu),
-        cmocka_unit_test(test_transpose_cpu),       cmocka_unit_test(test_transpose_cuda),
-        cmocka_unit_test(test_gemm_batched_cuda),   cmocka_unit_test(test_embedding_cuda),
-        cmocka_unit_test(test_layernorm_cuda),      cmocka_unit_test(test_gelu_cuda),
-        cmocka_unit_test(test_gemm_batched_ld_cpu), cmocka_unit_test(test_gemm_batched_ld_cuda),
-        cmocka_unit_test(test_attention_cpu),       cmocka_unit_test(test_attention_cuda),
-        cmocka_unit_test(test_check_cuda),          cmocka_unit_test(test_gemm_packed_cuda),
+        cmocka_unit_test(test_gemm_batched_cpu),
+        cmocka_unit_test(test_embedding_cpu),
+        cmocka_unit_test(test_layernorm_cpu),
+        cmocka_unit_test(test_gelu_cpu),
+        cmocka_unit_test(test_transpose_cpu),
+        cmocka_unit_test(test_transpose_cuda),
+        cmocka_unit_test(test_gemm_batched_cuda),
+        cmocka_unit_test(test_embedding_cuda),
+        cmocka_unit_test(test_layernorm_cuda),
+        cmocka_unit_test(test_gelu_cuda),
+        cmocka_unit_test(test_residual_layernorm_cpu),
+        cmocka_unit_test(test_residual_layernorm_cuda),
+        cmocka_unit_test(test_gemm_batched_ld_cpu),
+        cmocka_unit_test(test_gemm_batched_ld_cuda),
+        cmocka_unit_test(test_attention_cpu),
+        cmocka_unit_test(test_attention_cuda),
+        cmocka_unit_test(test_check_cuda),
+        cmocka_unit_test(test_gemm_packed_cuda),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,5 +1,6 @@
 /* seq_cpu.c — the CPU ops for sequence models: batched GEMM, token
- * embedding, layer norm, transpose and GELU (contracts in ops.def; the fused
+ * embedding, layer norm (alone and fused with a residual add), transpose and
+ * GELU (contracts in ops.def; the fused
  * attention is attn_cpu.c).
  * Like ops_cpu.c these are the reference the CUDA versions
  * (kernels/cuda/seq_cuda.cu) are tested against, so they are plain loops;
@@ -90,47 +91,76 @@ DV_HOT void dv_cpu_embedding_backward(void *ctx, const int32_t *ids, int N, int 
  * vectorize without -ffast-math. */
 #define DLANES 8
 
+/* One row of layer norm; xr is read three times (in cache for a row). */
+static inline void ln_row(int C, float eps, const float *xr, const float *gamma, const float *beta,
+                          float *yr, float *mean_out, float *rstd_out) {
+    double sl[DLANES] = {0}, ql[DLANES] = {0}, sum = 0.0, ss = 0.0;
+    int j = 0;
+    for (; j + DLANES <= C; j += DLANES)
+        for (int l = 0; l < DLANES; l++)
+            sl[l] += xr[j + l];
+    for (; j < C; j++)
+        sum += xr[j];
+    for (int l = 0; l < DLANES; l++)
+        sum += sl[l];
+    const double m = sum / C;
+    for (j = 0; j + DLANES <= C; j += DLANES)
+        for (int l = 0; l < DLANES; l++) {
+            const double d = xr[j + l] - m;
+            ql[l] += d * d;
+        }
+    for (; j < C; j++) {
+        const double d = xr[j] - m;
+        ss += d * d;
+    }
+    for (int l = 0; l < DLANES; l++)
+        ss += ql[l];
+    const float mean = (float)m;
+    const float rstd = (float)(1.0 / sqrt(ss / C + eps));
+    if (mean_out) *mean_out = mean;
+    if (rstd_out) *rstd_out = rstd;
+    if (gamma && beta)
+        for (j = 0; j < C; j++)
+            yr[j] = (xr[j] - mean) * rstd * gamma[j] + beta[j];
+    else
+        for (j = 0; j < C; j++) {
+            const float g = gamma ? gamma[j] : 1.0f, b = beta ? beta[j] : 0.0f;
+            yr[j] = (xr[j] - mean) * rstd * g + b;
+        }
+}
+
 DV_HOT void dv_cpu_layernorm_forward(void *ctx, int N, int C, float eps, const float *x,
                                      const float *gamma, const float *beta, float *y,
                                      float *save_mean, float *save_rstd) {
     (void)ctx;
     if (C <= 0) return;
+    for (int r = 0; r < N; r++)
+        ln_row(C, eps, x + (size_t)r * C, gamma, beta, y + (size_t)r * C,
+               save_mean ? save_mean + r : NULL, save_rstd ? save_rstd + r : NULL);
+}
+
+/* Row by row: the sum written, then the same row (still in L1) through
+ * ln_row, so y is the bits of layernorm_forward on sum. sum may be x or
+ * d: each element is read before it is written. */
+DV_HOT void dv_cpu_residual_layernorm_forward(void *ctx, int N, int C, float eps, const float *x,
+                                              const float *d, const float *bias, const float *gamma,
+                                              const float *beta, float *sum, float *y,
+                                              float *save_mean, float *save_rstd) {
+    (void)ctx;
+    if (C <= 0) return;
     for (int r = 0; r < N; r++) {
-        const float *xr = x + (size_t)r * C;
-        float *yr = y + (size_t)r * C;
-        double sl[DLANES] = {0}, ql[DLANES] = {0}, sum = 0.0, ss = 0.0;
-        int j = 0;
-        for (; j + DLANES <= C; j += DLANES)
-            for (int l = 0; l < DLANES; l++)
-                sl[l] += xr[j + l];
-        for (; j < C; j++)
-            sum += xr[j];
-        for (int l = 0; l < DLANES; l++)
-            sum += sl[l];
-        const double m = sum / C;
-        for (j = 0; j + DLANES <= C; j += DLANES)
-            for (int l = 0; l < DLANES; l++) {
-                const double d = xr[j + l] - m;
-                ql[l] += d * d;
-            }
-        for (; j < C; j++) {
-            const double d = xr[j] - m;
-            ss += d * d;
-        }
-        for (int l = 0; l < DLANES; l++)
-            ss += ql[l];
-        const float mean = (float)m;
-        const float rstd = (float)(1.0 / sqrt(ss / C + eps));
-        if (save_mean) save_mean[r] = mean;
-        if (save_rstd) save_rstd[r] = rstd;
-        if (gamma && beta)
-            for (j = 0; j < C; j++)
-                yr[j] = (xr[j] - mean) * rstd * gamma[j] + beta[j];
+        const size_t o = (size_t)r * C;
+        const float *xr = x + o, *dr = d + o;
+        float *sr = sum + o;
+        if (bias)
+            for (int j = 0; j < C; j++)
+                sr[j] = xr[j] + dr[j] + bias[j];
         else
-            for (j = 0; j < C; j++) {
-                const float g = gamma ? gamma[j] : 1.0f, b = beta ? beta[j] : 0.0f;
-                yr[j] = (xr[j] - mean) * rstd * g + b;
-            }
+            for (int j = 0; j < C; j++)
+                sr[j] = xr[j] + dr[j];
+        if (y)
+            ln_row(C, eps, sr, gamma, beta, y + o, save_mean ? save_mean + r : NULL,
+                   save_rstd ? save_rstd + r : NULL);
     }
 }
 
@@ -138,10 +168,10 @@ DV_HOT void dv_cpu_layernorm_forward(void *ctx, int N, int C, float eps, const f
  * are double sums read row by row (no allocation, no strided walk). */
 #define LN_COLS 64
 
-DV_HOT void dv_cpu_layernorm_backward(void *ctx, int N, int C, const float *x, const float *gamma,
-                                      const float *save_mean, const float *save_rstd,
-                                      const float *dy, float *dx, float *dgamma, float *dbeta) {
-    (void)ctx;
+/* Both backward ops: dx = dres + the row's gradient (dres NULL: zero). */
+static inline void ln_backward(int N, int C, const float *x, const float *gamma,
+                               const float *save_mean, const float *save_rstd, const float *dy,
+                               const float *dres, float *dx, float *dgamma, float *dbeta) {
     if (N <= 0 || C <= 0) return;
     /* dx = rstd * (g dy - mean(g dy) - xhat * mean(g dy xhat)) per row */
     for (int r = 0; dx && r < N; r++) {
@@ -166,11 +196,19 @@ DV_HOT void dv_cpu_layernorm_backward(void *ctx, int N, int C, const float *x, c
         for (int l = 0; l < DLANES; l++)
             a += al[l], b += bl[l];
         const float ma = (float)(a / C), mb = (float)(b / C);
-        for (j = 0; j < C; j++) {
-            const float gd = (gamma ? gamma[j] : 1.0f) * dr[j];
-            const float xh = (xr[j] - mean) * rstd;
-            out[j] = rstd * (gd - ma - xh * mb);
-        }
+        const float *res = dres ? dres + (size_t)r * C : NULL;
+        if (res) /* res may be out: each element read, then written */
+            for (j = 0; j < C; j++) {
+                const float gd = (gamma ? gamma[j] : 1.0f) * dr[j];
+                const float xh = (xr[j] - mean) * rstd;
+                out[j] = res[j] + rstd * (gd - ma - xh * mb);
+            }
+        else
+            for (j = 0; j < C; j++) {
+                const float gd = (gamma ? gamma[j] : 1.0f) * dr[j];
+                const float xh = (xr[j] - mean) * rstd;
+                out[j] = rstd * (gd - ma - xh * mb);
+            }
     }
     if (!dgamma && !dbeta) return;
     for (int j0 = 0; j0 < C; j0 += LN_COLS) {
@@ -190,6 +228,22 @@ DV_HOT void dv_cpu_layernorm_backward(void *ctx, int N, int C, const float *x, c
             if (dbeta) dbeta[j0 + j] += (float)sb[j];
         }
     }
+}
+
+DV_HOT void dv_cpu_layernorm_backward(void *ctx, int N, int C, const float *x, const float *gamma,
+                                      const float *save_mean, const float *save_rstd,
+                                      const float *dy, float *dx, float *dgamma, float *dbeta) {
+    (void)ctx;
+    ln_backward(N, C, x, gamma, save_mean, save_rstd, dy, NULL, dx, dgamma, dbeta);
+}
+
+DV_HOT void dv_cpu_residual_layernorm_backward(void *ctx, int N, int C, const float *x,
+                                               const float *gamma, const float *save_mean,
+                                               const float *save_rstd, const float *dy,
+                                               const float *dres, float *dx, float *dgamma,
+                                               float *dbeta) {
+    (void)ctx;
+    ln_backward(N, C, x, gamma, save_mean, save_rstd, dy, dres, dx, dgamma, dbeta);
 }
 
 /* ---- transpose of the middle dims ------------------------------------------ */

@@ -1,7 +1,7 @@
 /* seq_cuda.cu — the CUDA versions of the sequence-model ops of
- * kernels/cpu/seq_cpu.c: batched GEMM (cuBLAS), embedding, layer norm,
- * transpose and GELU, with the same contracts (ops.def; the fused attention
- * is attn_cuda.cu).
+ * kernels/cpu/seq_cpu.c: batched GEMM (cuBLAS), embedding, layer norm (alone
+ * and fused with a residual add), transpose and GELU, with the same contracts (ops.def; the fused
+ * attention is attn_cuda.cu).
  *
  * As in ops_cuda.cu, no float atomics, so every result is the same from
  * run to run:
@@ -280,17 +280,88 @@ extern "C" void dv_cuda_layernorm_forward(void *ctx, int N, int C, float eps, co
     DV_CUDA_LAUNCHED(cx, "ln_fwd_kernel");
 }
 
+/* residual_layernorm_forward without the layer norm (y NULL): one thread an
+ * element. sum may be x or d: each element is read before it is written,
+ * by the same thread. */
+static __global__ void res_add_kernel(size_t n, int C, const float *x, const float *d,
+                                      const float *__restrict__ bias, float *sum) {
+    const size_t step = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
+        const float v = x[i] + d[i];
+        sum[i] = bias ? v + bias[i % C] : v;
+    }
+}
+
+/* One warp a row, as ln_fwd_kernel: the lane's elements of x + d + bias
+ * written to sum and summed, then the centred squares read back from sum
+ * (the lane's own writes), then y. sum may be x or d (no __restrict__ on
+ * them): every element is read, then written, by one lane. */
+static __global__ void res_ln_fwd_kernel(int N, int C, float eps, const float *x, const float *d,
+                                         const float *__restrict__ bias,
+                                         const float *__restrict__ gamma,
+                                         const float *__restrict__ beta, float *sum,
+                                         float *__restrict__ y, float *__restrict__ save_mean,
+                                         float *__restrict__ save_rstd) {
+    const int lane = threadIdx.x & 31;
+    for (size_t r = row_warp0(); r < (size_t)N; r += row_warps()) {
+        const float *xr = x + r * C, *dr = d + r * C;
+        float *sr = sum + r * C, *yr = y + r * C;
+        double s = 0.0;
+        for (int j = lane; j < C; j += 32) {
+            float v = xr[j] + dr[j];
+            if (bias) v += bias[j];
+            sr[j] = v;
+            s += v;
+        }
+        const double m = lanes_sum_d(s) / C;
+        double ss = 0.0;
+        for (int j = lane; j < C; j += 32) {
+            const double dv = sr[j] - m;
+            ss += dv * dv;
+        }
+        ss = lanes_sum_d(ss);
+        const float mean = (float)m;
+        const float rstd = (float)(1.0 / sqrt(ss / C + eps));
+        if (lane == 0 && save_mean) save_mean[r] = mean;
+        if (lane == 0 && save_rstd) save_rstd[r] = rstd;
+        for (int j = lane; j < C; j += 32) {
+            const float g = gamma ? gamma[j] : 1.0f, b = beta ? beta[j] : 0.0f;
+            yr[j] = (sr[j] - mean) * rstd * g + b;
+        }
+    }
+}
+
+extern "C" void dv_cuda_residual_layernorm_forward(void *ctx, int N, int C, float eps,
+                                                   const float *x, const float *d,
+                                                   const float *bias, const float *gamma,
+                                                   const float *beta, float *sum, float *y,
+                                                   float *save_mean, float *save_rstd) {
+    dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    if (N <= 0 || C <= 0) return;
+    if (!y) {
+        const size_t n = (size_t)N * C;
+        res_add_kernel<<<dv_cuda_blocks(cx, n), DV_CUDA_THREADS, 0, cx->stream>>>(n, C, x, d, bias,
+                                                                                  sum);
+        DV_CUDA_LAUNCHED(cx, "res_add_kernel");
+        return;
+    }
+    res_ln_fwd_kernel<<<dv_cuda_blocks(cx, (size_t)N * 32), DV_CUDA_THREADS, 0, cx->stream>>>(
+        N, C, eps, x, d, bias, gamma, beta, sum, y, save_mean, save_rstd);
+    DV_CUDA_LAUNCHED(cx, "res_ln_fwd_kernel");
+}
+
 /* dx, one warp a row: the row's two sums in double, then the same float
- * expression as the CPU. */
-static __global__ void ln_bwd_dx_kernel(int N, int C, const float *__restrict__ x,
-                                        const float *__restrict__ gamma,
-                                        const float *__restrict__ save_mean,
-                                        const float *__restrict__ save_rstd,
-                                        const float *__restrict__ dy, float *__restrict__ dx) {
+ * expression as the CPU, added to dres unless NULL. dres may be dx (no
+ * __restrict__ on them): each element is read, then written, by one lane. */
+static __global__ void
+ln_bwd_dx_kernel(int N, int C, const float *__restrict__ x, const float *__restrict__ gamma,
+                 const float *__restrict__ save_mean, const float *__restrict__ save_rstd,
+                 const float *__restrict__ dy, const float *dres, float *dx) {
     const int lane = threadIdx.x & 31;
     for (size_t r = row_warp0(); r < (size_t)N; r += row_warps()) {
         const float *xr = x + r * C, *dr = dy + r * C;
         float *out = dx + r * C;
+        const float *res = dres ? dres + r * C : NULL;
         const float mean = save_mean[r], rstd = save_rstd[r];
         double a = 0.0, b = 0.0;
         for (int j = lane; j < C; j += 32) {
@@ -302,7 +373,8 @@ static __global__ void ln_bwd_dx_kernel(int N, int C, const float *__restrict__ 
         for (int j = lane; j < C; j += 32) {
             const float gd = (gamma ? gamma[j] : 1.0f) * dr[j];
             const float xh = (xr[j] - mean) * rstd;
-            out[j] = rstd * (gd - ma - xh * mb);
+            const float v = rstd * (gd - ma - xh * mb);
+            out[j] = res ? res[j] + v : v;
         }
     }
 }
@@ -366,15 +438,16 @@ static __global__ void ln_param_add_kernel(int C, int G, const double *__restric
     if (dbeta) dbeta[c] += (float)tb;
 }
 
-extern "C" void dv_cuda_layernorm_backward(void *ctx, int N, int C, const float *x,
-                                           const float *gamma, const float *save_mean,
-                                           const float *save_rstd, const float *dy, float *dx,
-                                           float *dgamma, float *dbeta) {
+extern "C" void dv_cuda_residual_layernorm_backward(void *ctx, int N, int C, const float *x,
+                                                    const float *gamma, const float *save_mean,
+                                                    const float *save_rstd, const float *dy,
+                                                    const float *dres, float *dx, float *dgamma,
+                                                    float *dbeta) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
     if (N <= 0 || C <= 0) return;
     if (dx) {
         ln_bwd_dx_kernel<<<dv_cuda_blocks(cx, (size_t)N * 32), DV_CUDA_THREADS, 0, cx->stream>>>(
-            N, C, x, gamma, save_mean, save_rstd, dy, dx);
+            N, C, x, gamma, save_mean, save_rstd, dy, dres, dx);
         if (DV_CUDA_LAUNCHED(cx, "ln_bwd_dx_kernel")) return;
     }
     if (!dgamma && !dbeta) return;
@@ -389,6 +462,14 @@ extern "C" void dv_cuda_layernorm_backward(void *ctx, int N, int C, const float 
     ln_param_add_kernel<<<(unsigned)((C + DV_CUDA_THREADS - 1) / DV_CUDA_THREADS), DV_CUDA_THREADS,
                           0, cx->stream>>>(C, G, part_g, part_b, dgamma, dbeta);
     DV_CUDA_LAUNCHED(cx, "ln_param_add_kernel");
+}
+
+extern "C" void dv_cuda_layernorm_backward(void *ctx, int N, int C, const float *x,
+                                           const float *gamma, const float *save_mean,
+                                           const float *save_rstd, const float *dy, float *dx,
+                                           float *dgamma, float *dbeta) {
+    dv_cuda_residual_layernorm_backward(ctx, N, C, x, gamma, save_mean, save_rstd, dy, NULL, dx,
+                                        dgamma, dbeta);
 }
 
 /* ---- GELU ---------------------------------------------------------------------------- */
