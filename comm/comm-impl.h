@@ -17,8 +17,12 @@
  *                     runs its host all-reduces through c->algo
  *   comm_mpi.c        the algorithm tables: how floats are averaged
  *   comm_shm.c
+ *   comm_watch.c      the watchdog (watch-impl.h): the watched wait every
+ *                     blocking collective polls through, the post-mortem
+ *                     that names the ranks that did not arrive; error
+ *                     agreement
  *   comm_common.c     what all of them share: requests, the average's
- *                     division, MPI error messages, error agreement, abort
+ *                     division, MPI error messages, abort
  *
  * Assumes MPI (mpi.h); nothing outside comm/ may depend on these fields.
  * The device side keeps its CUDA and NCCL state behind the opaque pointers
@@ -33,6 +37,7 @@
 #include <stdatomic.h>
 
 #include "comm.h"
+#include "watch-impl.h"
 
 typedef struct dv_comm_algo dv_comm_algo;
 typedef struct dv_comm_device_ops dv_comm_device_ops;
@@ -77,8 +82,17 @@ struct dv_comm {
     dv_comm_request *pending;         /* started, not yet waited (doubly linked) */
     const dv_comm_device_ops *devops; /* the device side's table */
     struct dv_comm_device *dev;       /* its state; NULL until dv_comm_device_init */
+    dv_watchdog watch;                /* comm_watch.c: timeout, step, sequence hash */
     char host[256];
 };
+
+/* Entering a public collective: the watchdog's message names it, and it is
+ * folded into the sequence hash. */
+static inline void dv_comm_enter(dv_comm *c, dv_coll kind, uint64_t count) {
+    c->watch.what = kind;
+    c->watch.hash = dv_comm_hash_fold(c->watch.hash, kind, count);
+    c->watch.calls++;
+}
 
 /* One dv_comm_allreduce_start: a buffer of n floats. On the MPI path it is
  * reduced in `nreq` chunks of at most max_count elements, one MPI_Iallreduce
@@ -202,7 +216,7 @@ extern const dv_comm_device_ops dv_comm_device_none;
 /* What the CUDA module (libdive-cuda.so; comm_device.c is in it) exports
  * as dv_comm_cuda_module(): its table, with what refuses a module of
  * another build (it reads struct dv_comm, so the layouts must agree). */
-#define DV_COMM_CUDA_ABI 1
+#define DV_COMM_CUDA_ABI 2
 typedef struct dv_comm_cuda_api {
     int abi;          /* DV_COMM_CUDA_ABI */
     size_t comm_size; /* sizeof(struct dv_comm) */
@@ -231,8 +245,9 @@ void dv_comm_scale_avg(float *x, size_t n, int size);
 dv_status dv_comm_mpi_error(char *err, const char *file, int line, const char *call, int rc);
 #define DV_MPI_ERROR(err, call, rc) dv_comm_mpi_error((err), __FILE__, __LINE__, (call), (rc))
 
-/* The agreement of dv_comm_first_failed without its drain: the lowest rank
- * that passed ok == 0, or -1. Ends the job when MPI fails. */
+/* The agreement of dv_comm_first_failed without its drain (comm_watch.c:
+ * a watched all-reduce): the lowest rank that passed ok == 0, or -1. Ends
+ * the job when MPI fails. */
 int dv_comm_agree(dv_comm *c, int ok);
 /* Ends the job (dv_comm_abort) when rc is an MPI error: the error-agreement
  * points have no status to return. `call` names the place. */

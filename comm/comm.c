@@ -22,6 +22,11 @@
  * MPI counts are int, so buffers longer than c->max_count (INT_MAX) elements
  * go out in several calls.
  *
+ * Every public collective enters through dv_comm_enter: the watchdog's
+ * message names it and the sequence hash folds it (watch-impl.h). Every
+ * wait polls through the watchdog (comm_watch.c): the MPI collectives here
+ * are the nonblocking ones, completed by dv_comm_mpi_wait.
+ *
  * Errors inside the functions that return dv_status come back with a
  * message; the ones that cannot (first_failed, all_equal, barrier) are the
  * job's error-agreement points, so when MPI itself fails there they abort
@@ -49,6 +54,28 @@ static void drain(dv_comm *c) {
 
 /* ---- start-up ----------------------------------------------------------- */
 
+/* This rank's environment. The ranks agree on it with the host names
+ * (dv_comm_watch_setup), so a value that is bad on one rank fails every
+ * rank instead of leaving the others in the next collective. The timeout
+ * comes first: it has its default even when a later value is bad. */
+static dv_status read_env(dv_comm *c, int *fake_k, int *want_shm, char *err) {
+    DV_TRY(dv_comm_parse_timeout(getenv("DIVE_COMM_TIMEOUT"), &c->watch.timeout, err));
+    /* Testing only: DIVE_COMM_FAKE_NODE_SIZE=K makes ranks K*i..K*i+K-1 one
+     * "node", so the multi-node path runs on one machine. */
+    const char *fake = getenv("DIVE_COMM_FAKE_NODE_SIZE");
+    *fake_k = fake && *fake ? atoi(fake) : 0;
+    DV_CHECK(!fake || !*fake || *fake_k >= 1, err, "dv_comm_init",
+             "DIVE_COMM_FAKE_NODE_SIZE=%s is not a positive integer", fake);
+    const char *algo = getenv("DIVE_COMM_ALGO");
+    *want_shm = 1;
+    if (algo && !strcmp(algo, "mpi"))
+        *want_shm = 0;
+    else
+        DV_CHECK(!algo || !*algo || !strcmp(algo, "shm"), err, "dv_comm_init",
+                 "DIVE_COMM_ALGO=%s: expected shm or mpi", algo);
+    return DV_OK;
+}
+
 static dv_status comm_setup(dv_comm *c, int *argc, char ***argv, char *err) {
     int finalized = 0, initialized = 0;
     DV_MPI_CHECK(err, MPI_Finalized(&finalized));
@@ -68,12 +95,13 @@ static dv_status comm_setup(dv_comm *c, int *argc, char ***argv, char *err) {
     c->host[sizeof c->host - 1] = '\0';
     dv_error_set_origin(c->rank, c->size, c->host);
 
-    /* Testing only: DIVE_COMM_FAKE_NODE_SIZE=K makes ranks K*i..K*i+K-1 one
-     * "node", so the multi-node path runs on one machine. */
-    const char *fake = getenv("DIVE_COMM_FAKE_NODE_SIZE");
-    int fake_k = fake && *fake ? atoi(fake) : 0;
-    DV_CHECK(!fake || !*fake || fake_k >= 1, err, "dv_comm_init",
-             "DIVE_COMM_FAKE_NODE_SIZE=%s is not a positive integer", fake);
+    int fake_k = 0, want_shm = 1;
+    int ok = read_env(c, &fake_k, &want_shm, err) == DV_OK;
+    /* Past here every wait is watched. MPI_Init and the dups above are not:
+     * a rank that stops while the job starts still hangs it. */
+    DV_TRY(dv_comm_watch_setup(c, ok, err));
+    /* Set-up collectives without a nonblocking form: the all-gather just
+     * passed found every rank here. */
     if (fake_k >= 1)
         DV_MPI_CHECK(err, MPI_Comm_split(c->world, c->rank / fake_k, c->rank, &c->node));
     else
@@ -82,14 +110,6 @@ static dv_status comm_setup(dv_comm *c, int *argc, char ***argv, char *err) {
     DV_MPI_CHECK(err, MPI_Comm_set_errhandler(c->node, MPI_ERRORS_RETURN));
     DV_MPI_CHECK(err, MPI_Comm_rank(c->node, &c->local_rank));
     DV_MPI_CHECK(err, MPI_Comm_size(c->node, &c->local_size));
-
-    const char *algo = getenv("DIVE_COMM_ALGO");
-    int want_shm = 1;
-    if (algo && !strcmp(algo, "mpi"))
-        want_shm = 0;
-    else
-        DV_CHECK(!algo || !*algo || !strcmp(algo, "shm"), err, "dv_comm_init",
-                 "DIVE_COMM_ALGO=%s: expected shm or mpi", algo);
     return want_shm ? dv_comm_shm_setup(c, err) : DV_OK;
 }
 
@@ -100,6 +120,7 @@ dv_status dv_comm_init(dv_comm **out, int *argc, char ***argv, char *err) {
     DV_CHECK(c, err, "calloc", "out of memory");
     c->world = MPI_COMM_NULL;
     c->node = MPI_COMM_NULL;
+    c->watch.comm = MPI_COMM_NULL;
     c->algo = &dv_comm_algo_mpi;
     dv_comm_shm_clear(c);
     c->devops = &dv_comm_device_none;
@@ -122,6 +143,7 @@ void dv_comm_free(dv_comm *c) {
         dv_comm_request_release(c, c->pending);
     for (size_t i = 0; i < sizeof algos / sizeof *algos; i++)
         algos[i]->release(c);
+    dv_comm_watch_release(c);
     int finalized = 1;
     MPI_Finalized(&finalized);
     if (!finalized) {
@@ -161,6 +183,7 @@ int dv_comm_select_device(const dv_comm *c, int ndevices) {
 
 dv_status dv_comm_allreduce_avg(dv_comm *c, float *x, size_t n, char *err) {
     DV_CHECK(c && (x || n == 0), err, "dv_comm_allreduce_avg", "NULL comm or buffer");
+    dv_comm_enter(c, DV_COLL_ALLREDUCE, n);
     if (c->size == 1 || n == 0) return DV_OK;
     c->devops->flush(c);
     return c->algo->avg(c, x, n, err);
@@ -171,6 +194,7 @@ dv_status dv_comm_allreduce_start(dv_comm *c, float *x, size_t n, void *stream,
     DV_CHECK(req, err, "dv_comm_allreduce_start", "NULL request pointer");
     *req = NULL;
     DV_CHECK(c && (x || n == 0), err, "dv_comm_allreduce_start", "NULL comm or buffer");
+    dv_comm_enter(c, DV_COLL_ALLREDUCE_START, n);
     if (stream) return c->devops->start(c, x, n, stream, req, err);
     c->devops->flush(c); /* device requests started before this one go first */
     return c->algo->start(c, x, n, req, err);
@@ -185,6 +209,7 @@ void dv_comm_progress(dv_comm *c) {
 dv_status dv_comm_wait(dv_comm *c, dv_comm_request *req, char *err) {
     DV_CHECK(c && req, err, "dv_comm_wait", "NULL comm or request");
     DV_CHECK(req->owner == c, err, "dv_comm_wait", "request belongs to another comm");
+    c->watch.what = DV_COLL_ALLREDUCE_START;
     if (req->dev) return c->devops->wait(c, req, err);
     return req->algo->wait(c, req, err);
 }
@@ -198,6 +223,7 @@ void dv_comm_shard(const dv_comm *c, size_t n, size_t *lo, size_t *hi) {
 }
 
 float *dv_comm_shared_buffer(dv_comm *c, size_t n, char *err) {
+    dv_comm_enter(c, DV_COLL_SHARED_BUFFER, n);
     size_t lo, hi;
     if (!c->algo->shard(c, n, &lo, &hi)) return NULL;
     drain(c);
@@ -206,14 +232,20 @@ float *dv_comm_shared_buffer(dv_comm *c, size_t n, char *err) {
 
 dv_status dv_comm_reduce_scatter_avg(dv_comm *c, float *x, size_t n, char *err) {
     DV_CHECK(c && (x || n == 0), err, "dv_comm_reduce_scatter_avg", "NULL comm or buffer");
+    dv_comm_enter(c, DV_COLL_REDUCE_SCATTER, n);
     size_t lo, hi;
-    if (!c->algo->shard(c, n, &lo, &hi)) return dv_comm_allreduce_avg(c, x, n, err);
+    if (!c->algo->shard(c, n, &lo, &hi)) {
+        if (c->size == 1 || n == 0) return DV_OK;
+        c->devops->flush(c);
+        return c->algo->avg(c, x, n, err);
+    }
     drain(c);
     return c->algo->reduce_scatter(c, x, n, err);
 }
 
 dv_status dv_comm_allgather(dv_comm *c, float *x, size_t n, char *err) {
     DV_CHECK(c && (x || n == 0), err, "dv_comm_allgather", "NULL comm or buffer");
+    dv_comm_enter(c, DV_COLL_ALLGATHER, n);
     size_t lo, hi;
     if (!c->algo->shard(c, n, &lo, &hi)) return DV_OK;
     drain(c);
@@ -225,6 +257,7 @@ dv_status dv_comm_allgather(dv_comm *c, float *x, size_t n, char *err) {
 dv_status dv_comm_device_init(dv_comm *c, int device, int ndevices, dv_comm_device_mode mode,
                               size_t max_floats, char *err) {
     DV_CHECK(c, err, "dv_comm_device_init", "NULL comm");
+    dv_comm_enter(c, DV_COLL_DEVICE_INIT, 0);
     return c->devops->init(c, device, ndevices, mode, max_floats, err);
 }
 
@@ -235,6 +268,7 @@ const char *dv_comm_device_path(const dv_comm *c) {
 dv_status dv_comm_stream_wait(dv_comm *c, void *stream, int keep, char *err) {
     if (!stream) return DV_OK;
     DV_CHECK(c, err, "dv_comm_stream_wait", "NULL comm");
+    c->watch.what = DV_COLL_STREAM_WAIT;
     return c->devops->stream_wait(c, stream, keep, err);
 }
 
@@ -244,11 +278,14 @@ dv_status dv_comm_bcast(dv_comm *c, void *buf, size_t bytes, int root, char *err
     DV_CHECK(c && (buf || bytes == 0), err, "dv_comm_bcast", "NULL comm or buffer");
     DV_CHECK(root >= 0 && root < c->size, err, "dv_comm_bcast", "root %d is not a rank of %d", root,
              c->size);
+    dv_comm_enter(c, DV_COLL_BCAST, bytes);
     if (c->size == 1) return DV_OK;
     drain(c);
     for (size_t off = 0; off < bytes; off += c->max_count) {
         int count = (int)dv_comm_min(bytes - off, c->max_count);
-        DV_MPI_CHECK(err, MPI_Bcast((char *)buf + off, count, MPI_BYTE, root, c->world));
+        MPI_Request req = MPI_REQUEST_NULL;
+        DV_MPI_CHECK(err, MPI_Ibcast((char *)buf + off, count, MPI_BYTE, root, c->world, &req));
+        DV_MPI_CHECK(err, dv_comm_mpi_wait(c, 1, &req));
     }
     return DV_OK;
 }
@@ -270,13 +307,17 @@ dv_status dv_comm_allreduce_double(dv_comm *c, double *x, int n, dv_reduce op, c
     default:
         DV_FAIL(err, "dv_comm_allreduce_double", "unknown reduction %d", (int)op);
     }
+    dv_comm_enter(c, DV_COLL_ALLREDUCE_DOUBLE, (uint64_t)n);
     if (n == 0) return DV_OK;
     drain(c);
-    DV_MPI_CHECK(err, MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, mop, c->world));
+    MPI_Request req = MPI_REQUEST_NULL;
+    DV_MPI_CHECK(err, MPI_Iallreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, mop, c->world, &req));
+    DV_MPI_CHECK(err, dv_comm_mpi_wait(c, 1, &req));
     return DV_OK;
 }
 
 int dv_comm_first_failed(dv_comm *c, int ok) {
+    dv_comm_enter(c, DV_COLL_FIRST_FAILED, 1);
     drain(c);
     return dv_comm_agree(c, ok);
 }
@@ -302,16 +343,23 @@ static uint64_t hash_bytes(const void *buf, size_t bytes) {
 }
 
 int dv_comm_all_equal(dv_comm *c, const void *buf, size_t bytes) {
+    dv_comm_enter(c, DV_COLL_ALL_EQUAL, bytes);
     drain(c);
     uint64_t h = buf ? hash_bytes(buf, bytes) : hash_bytes("", 0);
     /* max(h) and max(~h) = ~min(h) in one reduction: equal iff min == max. */
     uint64_t mine[2] = {h, ~h}, top[2] = {0, 0};
-    dv_comm_abort_on_mpi_error(c, MPI_Allreduce(mine, top, 2, MPI_UINT64_T, MPI_MAX, c->world),
-                               "dv_comm_all_equal: MPI_Allreduce");
+    MPI_Request req = MPI_REQUEST_NULL;
+    int rc = MPI_Iallreduce(mine, top, 2, MPI_UINT64_T, MPI_MAX, c->world, &req);
+    if (rc == MPI_SUCCESS) rc = dv_comm_mpi_wait(c, 1, &req);
+    dv_comm_abort_on_mpi_error(c, rc, "dv_comm_all_equal: MPI_Iallreduce");
     return top[0] == ~top[1];
 }
 
 void dv_comm_barrier(dv_comm *c) {
+    dv_comm_enter(c, DV_COLL_BARRIER, 0);
     drain(c);
-    dv_comm_abort_on_mpi_error(c, MPI_Barrier(c->world), "dv_comm_barrier: MPI_Barrier");
+    MPI_Request req = MPI_REQUEST_NULL;
+    int rc = MPI_Ibarrier(c->world, &req);
+    if (rc == MPI_SUCCESS) rc = dv_comm_mpi_wait(c, 1, &req);
+    dv_comm_abort_on_mpi_error(c, rc, "dv_comm_barrier: MPI_Ibarrier");
 }

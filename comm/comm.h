@@ -14,6 +14,16 @@
  * already names the rank, host and call is in `err` (DV_ERR_LEN bytes).
  * The world communicator uses MPI_ERRORS_RETURN, so MPI failures come
  * back as statuses instead of killing the job silently.
+ *
+ * The watchdog: every blocking wait of comm (the collectives below, the
+ * wait of an asynchronous all-reduce, the device side's host waits) polls,
+ * spinning briefly, then yielding the core and sleeping (up to 1 ms a poll),
+ * so a long wait costs little CPU. A wait that makes no progress for the
+ * timeout (DIVE_COMM_TIMEOUT, or dv_comm_set_timeout) asks every other rank
+ * whether it is there (2 s at most), prints one line naming the collective,
+ * the step and the ranks that did not arrive, and ends the job
+ * (MPI_Abort); so does every rank that is waiting in comm when it is asked.
+ * See docs/reliability.md.
  */
 #ifndef DV_COMM_H
 #define DV_COMM_H
@@ -35,7 +45,10 @@ typedef enum dv_reduce { DV_REDUCE_SUM = 0, DV_REDUCE_MIN, DV_REDUCE_MAX } dv_re
 /* MPI_Init (once per process), world rank/size, and the node-local rank
  * from MPI_Comm_split_type(SHARED). Owned by the caller: dv_comm_free
  * finalizes MPI when this call initialized it (a host program that already
- * called MPI_Init keeps MPI). */
+ * called MPI_Init keeps MPI). Reads DIVE_COMM_TIMEOUT (seconds, default
+ * 600, 0 waits forever), DIVE_COMM_ALGO and DIVE_COMM_FAKE_NODE_SIZE; a bad
+ * value on any rank fails every rank, with a message naming the variable.
+ * Gathers every rank's host name (for the watchdog's message). */
 dv_status dv_comm_init(dv_comm **out, int *argc, char ***argv, char *err);
 void dv_comm_free(dv_comm *c);
 
@@ -44,6 +57,29 @@ int dv_comm_size(const dv_comm *c);
 int dv_comm_local_rank(const dv_comm *c);
 int dv_comm_local_size(const dv_comm *c);
 const char *dv_comm_host(const dv_comm *c); /* borrowed */
+
+/* The watchdog's timeout: seconds a wait may make no progress before the
+ * job ends (see the top of this file); 0 waits forever. dv_comm_init sets it
+ * from DIVE_COMM_TIMEOUT; set overrides it (the trainer's [train]
+ * comm_timeout) for every later wait, device waits included. A value that
+ * is not a number >= 0 leaves it as it is; infinity means 0. */
+void dv_comm_set_timeout(dv_comm *c, double seconds);
+double dv_comm_timeout(const dv_comm *c);
+
+/* The training step this rank is at, for the watchdog's message ("step
+ * 1234"; "start-up" before the first call). Call it every step. */
+void dv_comm_set_step(dv_comm *c, long step);
+
+/* A running 64-bit hash of the collectives this comm has entered: every
+ * collective of this header (all-reduces, asynchronous starts host and
+ * device, reduce-scatter, all-gather, shared buffer, broadcast, error
+ * agreement, all_equal, barrier, device init) folds its kind and its element
+ * or byte count in when it is called, in call order (waits, progress and
+ * stream waits are not collectives of their own). Two ranks that called the
+ * same collectives in the same order with the same sizes have the same
+ * hash; one different call makes them differ. To compare it across ranks,
+ * read it before the collective that compares it (which folds itself in). */
+uint64_t dv_comm_sequence_hash(const dv_comm *c);
 
 /* The device this rank should use given `ndevices` on its node: the local
  * rank modulo ndevices (ranks beyond the device count share, which only the
@@ -128,8 +164,8 @@ typedef enum dv_comm_device_mode {
  * max_floats sizes the MPI path's pinned host staging buffer (owned by
  * comm): the n of all device requests started and not yet waited must fit
  * in it together (the whole gradient, for one all-reduce per bucket of it).
- * NCCL ignores it. Reads DIVE_COMM_TIMEOUT (seconds, default 600, 0 waits
- * forever; see dv_comm_stream_wait). The device side lives in the CUDA
+ * NCCL ignores it. Its waits use the comm's timeout (dv_comm_timeout;
+ * see dv_comm_stream_wait). The device side lives in the CUDA
  * module (libdive-cuda.so, or the one DIVE_CUDA_MODULE names), which the
  * first call loads. Fails when called twice on one comm, and where the
  * module cannot be loaded (Dive built without CUDA, or the CUDA libraries
@@ -148,12 +184,13 @@ const char *dv_comm_device_path(const dv_comm *c);
  * waited for first), then waits until every event recorded so far except
  * the newest `keep` has completed. A training step ends with keep = 1 (the
  * host runs at most one step ahead of the GPU); keep = 0 before the host
- * reads results. It polls, checking NCCL for asynchronous errors; on one,
- * or when the wait lasts longer than DIVE_COMM_TIMEOUT seconds (a rank died
- * or hung), it aborts the NCCL communicator and fails with a message naming
- * this rank. The device side then stays failed (later starts, waits and
- * stream waits fail too) and the caller should end the job
- * (dv_comm_abort). A failed kernel or copy on `stream` fails it as well.
+ * reads results. It polls, checking NCCL for asynchronous errors; on one it
+ * aborts the NCCL communicator and fails with a message naming this rank.
+ * The device side then stays failed (later starts, waits and stream waits
+ * fail too) and the caller should end the job (dv_comm_abort). A failed
+ * kernel or copy on `stream` fails it as well. When no event completes for
+ * the comm's timeout (a rank died or hung, or the GPU did) the watchdog
+ * fires: it names the ranks that did not arrive and ends the job.
  * stream == NULL returns DV_OK at once. */
 dv_status dv_comm_stream_wait(dv_comm *c, void *stream, int keep, char *err);
 

@@ -1,15 +1,14 @@
 /* comm_common.c — what the other files of comm share, below all of them:
  * request bookkeeping, the division that turns a sum into an average, the
- * message of an MPI error code, the error agreement and ending the job.
+ * message of an MPI error code, and ending the job.
  *
- * Calls no other file of comm, so the algorithms (comm_mpi.c, comm_shm.c)
- * and the device side (comm_device.c) can use it without a call loop
- * through comm.c. Assumes MPI has started (dv_comm_init) except in
+ * Calls no other file of comm, so the algorithms (comm_mpi.c, comm_shm.c),
+ * the watchdog (comm_watch.c) and the device side (comm_device.c) can use it
+ * without a call loop through comm.c. Assumes MPI has started (dv_comm_init) except in
  * dv_comm_abort, which also works before and after.
  */
 #include "comm-impl.h"
 
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -73,13 +72,6 @@ void dv_comm_abort_on_mpi_error(dv_comm *c, int rc, const char *call) {
     char line[DV_ERR_LEN + 64];
     snprintf(line, sizeof line, "%s: %s (MPI error %d)", call, msg, rc);
     dv_comm_abort(c, 1, line);
-}
-
-int dv_comm_agree(dv_comm *c, int ok) {
-    int mine = ok ? INT_MAX : c->rank, lowest = INT_MAX;
-    dv_comm_abort_on_mpi_error(c, MPI_Allreduce(&mine, &lowest, 1, MPI_INT, MPI_MIN, c->world),
-                               "dv_comm_first_failed: MPI_Allreduce");
-    return lowest == INT_MAX ? -1 : lowest;
 }
 
 void dv_comm_abort(dv_comm *c, int code, const char *msg) {

@@ -10,7 +10,7 @@
  * every rank starts the same device all-reduces in the same order. Calls
  * nothing in comm.c (so it could be a module of its own): the host
  * all-reduces go through the algorithm's table (c->algo), the error
- * agreement comes from comm_common.c.
+ * agreement and the watched waits come from comm_watch.c.
  *
  * Streams. comm owns one non-blocking stream. A start records an event
  * (`edge`) on the caller's stream and makes comm's stream wait on it, so the
@@ -35,11 +35,17 @@
  * comm's stream, and its host all-reduce starts only after that copy.
  *
  * Failures. dv_comm_device_init agrees across ranks after each step (every
- * rank returns the same status). Past init, a failed CUDA or NCCL call, an
- * asynchronous NCCL error or a timeout in dv_comm_stream_wait marks the
- * device side broken and aborts the NCCL communicator (its kernels stop
- * waiting for peers, so later CUDA calls and dv_comm_free cannot hang on
- * them); every later device call fails at once and the caller ends the job.
+ * rank returns the same status); its MPI_Bcast and MPI_Allgather, which
+ * are not watched, each come right after a watched agreement that found
+ * every rank there. Past init, a failed CUDA or NCCL call or an
+ * asynchronous NCCL error marks the device side broken and aborts the NCCL
+ * communicator (its kernels stop waiting for peers, so later CUDA calls and
+ * dv_comm_free cannot hang on them); every later device call fails at once
+ * and the caller ends the job. The host's waits on the GPU (the stream
+ * wait, a copy to staging) are the watchdog's (comm_watch.c), like every
+ * other wait of comm: one that makes no progress for the comm's timeout
+ * (dv_comm_timeout) runs the post-mortem that names the ranks that did not
+ * arrive, prints it and ends the job.
  * The NCCL communicator is blocking: ncclCommInitRank and the first
  * ncclAllReduce's connection set-up can still wait on a rank that died just
  * then (mpirun ends the job when a rank exits that way).
@@ -49,22 +55,12 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
-#include <errno.h>
-#include <math.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define RING 8 /* events dv_comm_stream_wait keeps */
-/* Polls that only yield the core; later ones sleep. The yields (a few ms)
- * catch a step that ends soon; the sleeps keep a long wait cheap for the
- * ranks that share the node's cores. */
-#define POLL_YIELDS   2000
-#define POLL_SLEEP_NS 50000L
-#define TIMEOUT_S     600.0 /* DIVE_COMM_TIMEOUT's default */
 
 #define BROKEN_MSG                                                                                 \
     "the device all-reduce failed earlier on this rank (see the first error); end the job "        \
@@ -89,7 +85,6 @@ struct dv_comm_device_req {
 
 typedef struct dv_comm_device {
     int path;               /* PATH_NCCL or PATH_MPI */
-    double timeout;         /* seconds dv_comm_stream_wait waits; 0: forever */
     cudaStream_t stream;    /* comm's own, non-blocking */
     cudaEvent_t edge;       /* re-recorded on the caller's stream by each start */
     cudaEvent_t ring[RING]; /* dv_comm_stream_wait's, oldest at ring_head */
@@ -188,34 +183,21 @@ static void req_fail(dev_req *r, const char *msg) {
 
 /* ---- small helpers -------------------------------------------------------- */
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void backoff(unsigned *polls) {
-    if (*polls < POLL_YIELDS) {
-        (*polls)++;
-        sched_yield();
-        return;
-    }
-    struct timespec ts = {0, POLL_SLEEP_NS};
-    nanosleep(&ts, NULL);
-}
-
-/* Waits for `ev` by polling, for at most the timeout (0: forever). Returns
- * what cudaEventQuery last said: cudaErrorNotReady when time ran out. A
- * copy that never finishes (a hung GPU) then fails the request instead of
- * hanging the host in cudaEventSynchronize. */
-static cudaError_t event_wait(const dv_comm_device *d, cudaEvent_t ev) {
-    const double t0 = now_s();
-    for (unsigned polls = 0;;) {
-        cudaError_t rc = cudaEventQuery(ev);
-        if (rc != cudaErrorNotReady) return rc;
-        if (d->timeout > 0 && now_s() - t0 > d->timeout) return rc;
-        backoff(&polls);
-    }
+/* Waits for `ev` by polling, watched (a copy that never finishes, on a
+ * hung GPU, fires the watchdog instead of hanging the host in
+ * cudaEventSynchronize). Returns what cudaEventQuery last said:
+ * cudaErrorNotReady, with the watchdog's line in msg, only where the
+ * watchdog fired and handed its line back (a test's comm). */
+static cudaError_t event_wait(dv_comm *c, cudaEvent_t ev, char *msg) {
+    dv_watch w;
+    dv_watch_begin(&w);
+    const dv_coll what = c->watch.what;
+    c->watch.what = DV_COLL_STREAM_WAIT;
+    cudaError_t rc;
+    while ((rc = cudaEventQuery(ev)) == cudaErrorNotReady)
+        if (dv_watch_poll(c, &w, msg) != DV_OK) break;
+    c->watch.what = what;
+    return rc;
 }
 
 /* Events for requests come from a pool, so steps after the first create
@@ -377,30 +359,15 @@ static dv_status agree(dv_comm *c, int ok, char *err) {
     DV_FAIL(err, "dv_comm_device_init", "rank %d failed: %s", first, msg);
 }
 
-static dv_status read_timeout(double *out, char *err) {
-    const char *s = getenv("DIVE_COMM_TIMEOUT");
-    *out = TIMEOUT_S;
-    if (!s || !*s) return DV_OK;
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    DV_CHECK(end != s && *end == '\0' && errno == 0 && isfinite(v) && v >= 0, err,
-             "dv_comm_device_init",
-             "DIVE_COMM_TIMEOUT=%s: expected a number of seconds >= 0 (0 waits forever)", s);
-    *out = v;
-    return DV_OK;
-}
-
 /* Checks that need no other rank; fills this rank's GPU id. */
 static dv_status check_local(dv_comm *c, int device, int ndevices, dv_comm_device_mode mode,
-                             rank_gpu *me, double *timeout, char *err) {
+                             rank_gpu *me, char *err) {
     DV_CHECK(!c->dev, err, "dv_comm_device_init",
              "called twice on one comm (the %s path is set up)", device_path(c));
     DV_CHECK((int)mode >= DV_COMM_DEVICE_AUTO && (int)mode <= DV_COMM_DEVICE_MPI, err,
              "dv_comm_device_init", "unknown device mode %d", (int)mode);
     DV_CHECK(ndevices >= 1 && device >= 0 && device < ndevices, err, "dv_comm_device_init",
              "device %d is not one of the node's %d GPUs", device, ndevices);
-    DV_TRY(read_timeout(timeout, err));
     int cur = -1;
     CUDA_CHECK(err, cudaGetDevice(&cur));
     DV_CHECK(cur == device, err, "dv_comm_device_init",
@@ -477,9 +444,8 @@ static dv_status device_init(dv_comm *c, int device, int ndevices, dv_comm_devic
     memset(&me, 0, sizeof me);
     me.rank = c->rank;
     me.mode = (int)mode;
-    double timeout = TIMEOUT_S;
     rank_gpu *all = NULL;
-    int ok = check_local(c, device, ndevices, mode, &me, &timeout, err) == DV_OK;
+    int ok = check_local(c, device, ndevices, mode, &me, err) == DV_OK;
     if (ok && !(all = calloc((size_t)c->size, sizeof *all))) {
         dv_error_at(err, __FILE__, __LINE__, "calloc", "out of memory");
         ok = 0;
@@ -501,7 +467,6 @@ static dv_status device_init(dv_comm *c, int device, int ndevices, dv_comm_devic
         ok = 0;
     } else {
         d->path = path;
-        d->timeout = timeout;
         ok = setup_local(c, d, max_floats, &id, err) == DV_OK;
     }
     if (agree(c, ok, err) != DV_OK) {
@@ -599,19 +564,13 @@ static void advance(dv_comm *c, int blocking, const dev_req *until) {
     if (!d || d->path != PATH_MPI) return;
     for (dev_req *r = d->head; r; r = r->next) {
         if (!r->started) {
-            cudaError_t rc = blocking ? event_wait(d, r->copied) : cudaEventQuery(r->copied);
+            char msg[DV_ERR_LEN] = "";
+            cudaError_t rc = blocking ? event_wait(c, r->copied, msg) : cudaEventQuery(r->copied);
             if (rc == cudaErrorNotReady && !blocking) break;
-            if (rc == cudaErrorNotReady) {
-                char msg[DV_ERR_LEN];
-                dv_error_at(msg, __FILE__, __LINE__, "cudaEventQuery",
-                            "a bucket's copy to host memory made no progress for %g s: "
-                            "the GPU may have hung; set DIVE_COMM_TIMEOUT to wait "
-                            "longer (0 waits forever)",
-                            d->timeout);
+            if (rc == cudaErrorNotReady) { /* the watchdog fired (a test's comm) */
                 req_fail(r, msg);
                 device_break(d);
             } else if (rc != cudaSuccess) {
-                char msg[DV_ERR_LEN];
                 cuda_ok_(msg, rc, __FILE__, __LINE__, "cudaEventQuery");
                 req_fail(r, msg);
                 device_break(d);
@@ -695,10 +654,14 @@ static dv_status device_wait(dv_comm *c, dv_comm_request *req, char *err) {
 
 /* ---- host flow control ---------------------------------------------------- */
 
-/* Waits until at most `keep` events of the ring are outstanding. */
+/* Waits until at most `keep` events of the ring are outstanding: a watched
+ * wait, whose clock starts over whenever an event completes. When the
+ * watchdog hands its line back (a test's comm) the device side breaks. */
 static dv_status poll_ring(dv_comm *c, dv_comm_device *d, int keep, char *err) {
-    const double t0 = now_s();
-    for (unsigned polls = 0;;) {
+    dv_watch w;
+    dv_watch_begin(&w);
+    for (;;) {
+        int before = d->ring_count;
         while (d->ring_count > keep) {
             cudaError_t rc = cudaEventQuery(d->ring[d->ring_head]);
             if (rc == cudaErrorNotReady) break;
@@ -712,6 +675,7 @@ static dv_status poll_ring(dv_comm *c, dv_comm_device *d, int keep, char *err) {
             d->ring_count--;
         }
         if (d->ring_count <= keep) return DV_OK;
+        if (d->ring_count < before) dv_watch_progress(&w);
         if (d->nccl) {
             ncclResult_t ar = ncclSuccess;
             if (!NCCL_OK(err, ncclCommGetAsyncError(d->nccl, &ar))) {
@@ -720,21 +684,14 @@ static dv_status poll_ring(dv_comm *c, dv_comm_device *d, int keep, char *err) {
             }
             if (ar != ncclSuccess && ar != ncclInProgress) return nccl_async_fail(d, ar, err);
         }
-        if (d->timeout > 0 && now_s() - t0 > d->timeout) {
-            int nccl = d->path == PATH_NCCL;
-            device_break(d);
-            DV_FAIL(err, "dv_comm_stream_wait",
-                    "no progress for %g s: %s; set DIVE_COMM_TIMEOUT to wait longer (0 waits "
-                    "forever)",
-                    d->timeout,
-                    nccl ? "a rank may have died or hung; the NCCL communicator was aborted"
-                         : "work queued on the stream did not finish, the GPU may have hung");
-        }
         if (d->path == PATH_MPI) { /* peers may wait on our host part */
             advance(c, 0, NULL);
             c->algo->progress(c);
         }
-        backoff(&polls);
+        if (dv_watch_poll(c, &w, err) != DV_OK) {
+            device_break(d);
+            return DV_ERR;
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-/* comm_mpi.c — the mpi algorithm of comm's float averages: MPI_Allreduce
- * for the blocking average, one MPI_Iallreduce per chunk for the
- * asynchronous one, both on world, then the division by the world size
+/* comm_mpi.c — the mpi algorithm of comm's float averages: one
+ * MPI_Iallreduce per chunk, waited for at once for the blocking average and
+ * at dv_comm_wait for the asynchronous one, both on world, then the division by the world size
  * (dv_comm_scale_avg). Forced by DIVE_COMM_ALGO=mpi; serves wherever shm
  * does not apply. It never shards: every rank's shard is the whole vector.
  *
@@ -8,7 +8,8 @@
  * same n (MPI's rule for collectives). MPI counts are int, so buffers longer
  * than c->max_count (INT_MAX) elements go out in several calls. MPI moves
  * its own requests on, so progress only notices completions and there is
- * nothing to drain.
+ * nothing to drain. Every wait is the watchdog's (dv_comm_mpi_wait): the
+ * blocking average too is an MPI_Iallreduce waited for that way.
  */
 #include "comm-impl.h"
 
@@ -17,8 +18,10 @@
 static dv_status mpi_avg(dv_comm *c, float *x, size_t n, char *err) {
     for (size_t off = 0; off < n; off += c->max_count) {
         int count = (int)dv_comm_min(n - off, c->max_count);
-        DV_MPI_CHECK(err,
-                     MPI_Allreduce(MPI_IN_PLACE, x + off, count, MPI_FLOAT, MPI_SUM, c->world));
+        MPI_Request req = MPI_REQUEST_NULL;
+        DV_MPI_CHECK(
+            err, MPI_Iallreduce(MPI_IN_PLACE, x + off, count, MPI_FLOAT, MPI_SUM, c->world, &req));
+        DV_MPI_CHECK(err, dv_comm_mpi_wait(c, 1, &req));
     }
     dv_comm_scale_avg(x, n, c->size);
     return DV_OK;
@@ -74,8 +77,8 @@ static void mpi_progress(dv_comm *c) {
 
 static dv_status mpi_wait(dv_comm *c, dv_comm_request *r, char *err) {
     int rc = r->mpi_rc;
-    const char *call = rc != MPI_SUCCESS ? "MPI_Testall" : "MPI_Waitall";
-    if (rc == MPI_SUCCESS && !r->done) rc = MPI_Waitall(r->nreq, r->reqs, MPI_STATUSES_IGNORE);
+    const char *call = rc != MPI_SUCCESS ? "MPI_Testall" : "MPI_Testsome";
+    if (rc == MPI_SUCCESS && !r->done) rc = dv_comm_mpi_wait(c, r->nreq, r->reqs);
     float *x = r->x;
     size_t n = r->n;
     dv_comm_request_release(c, r);

@@ -34,7 +34,6 @@
  */
 #include "comm-impl.h"
 
-#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,11 +41,6 @@
 /* Slices and segment sizes are multiples of 16 floats (64 bytes), so two
  * ranks never write the same cache line and the sum loops stay aligned. */
 #define DV_SHM_ALIGN 16
-/* Polls of the barrier word before yielding: long enough (some tens of
- * microseconds) that ranks on idle cores meet without a system call, short
- * enough that an oversubscribed or busy node hands the core to the rank
- * being waited for. */
-#define DV_SHM_SPIN 1000
 /* Floats per round (1 MiB). A buffer far larger than the caches would go
  * through DRAM three times (copy in, sum, copy out); in rounds of this size
  * the segments and the slice of x stay in cache between the phases, for two
@@ -57,12 +51,6 @@ enum { SHM_QUEUED = 0, SHM_SUMMING, SHM_CROSS, SHM_COPYING };
 
 static size_t round_up(size_t n, size_t k) {
     return (n + k - 1) / k * k;
-}
-
-static void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
 }
 
 /* Split-phase barrier over the node: arrive returns the generation to wait
@@ -86,15 +74,15 @@ static int bar_passed(dv_comm *c, unsigned g) {
     return atomic_load_explicit(&c->shm.ctl->gen, memory_order_acquire) != g;
 }
 
+/* The watchdog's wait (watch-impl.h): it spins DV_WATCH_SPIN polls (some
+ * tens of microseconds, so ranks on idle cores meet without a system call),
+ * then yields the core to a rank an oversubscribed node keeps off it, then
+ * sleeps, and fires when the barrier does not pass for the timeout. */
 static void bar_wait(dv_comm *c, unsigned g) {
-    for (unsigned i = 0; !bar_passed(c, g);) {
-        if (i < DV_SHM_SPIN) {
-            cpu_relax();
-            i++;
-        } else {
-            sched_yield(); /* from now on every poll: a peer is off its core */
-        }
-    }
+    dv_watch w;
+    dv_watch_begin(&w);
+    while (!bar_passed(c, g))
+        dv_watch_poll(c, &w, NULL);
 }
 
 /* Blocking: waits for generation g to pass; else only looks. */
@@ -118,9 +106,13 @@ void dv_comm_shm_clear(dv_comm *c) {
  * serves. */
 dv_status dv_comm_shm_setup(dv_comm *c, char *err) {
     int ls[2] = {c->local_size, -c->local_size};
-    DV_MPI_CHECK(err, MPI_Allreduce(MPI_IN_PLACE, ls, 2, MPI_INT, MPI_MAX, c->world));
+    MPI_Request req = MPI_REQUEST_NULL;
+    DV_MPI_CHECK(err, MPI_Iallreduce(MPI_IN_PLACE, ls, 2, MPI_INT, MPI_MAX, c->world, &req));
+    DV_MPI_CHECK(err, dv_comm_mpi_wait(c, 1, &req));
     if (c->size == 1 || ls[0] == 1 || ls[0] != -ls[1]) return DV_OK;
 
+    /* Set-up collectives without a nonblocking form, right after the
+     * watched all-reduce that found every rank here. */
     if (c->size > c->local_size) {
         DV_MPI_CHECK(err, MPI_Comm_split(c->world, c->local_rank, c->rank, &c->shm.cross));
         DV_MPI_CHECK(err, MPI_Comm_set_errhandler(c->shm.cross, MPI_ERRORS_RETURN));
@@ -147,7 +139,9 @@ dv_status dv_comm_shm_setup(dv_comm *c, char *err) {
     }
     c->shm.seg = calloc(2 * (size_t)c->local_size, sizeof *c->shm.seg);
     DV_CHECK(c->shm.seg, err, "calloc", "out of memory");
-    DV_MPI_CHECK(err, MPI_Barrier(c->node)); /* the block is initialized */
+    req = MPI_REQUEST_NULL; /* the block is initialized */
+    DV_MPI_CHECK(err, MPI_Ibarrier(c->node, &req));
+    DV_MPI_CHECK(err, dv_comm_mpi_wait(c, 1, &req));
     c->shm.chunk = DV_SHM_CHUNK;
     c->algo = &dv_comm_algo_shm;
     return DV_OK;
@@ -254,7 +248,7 @@ static int shm_step(dv_comm *c, dv_comm_request *r, int blocking) {
             if (r->nreq > 0) {
                 int flag = 1, rc;
                 if (blocking)
-                    rc = MPI_Waitall(r->nreq, r->reqs, MPI_STATUSES_IGNORE);
+                    rc = dv_comm_mpi_wait(c, r->nreq, r->reqs);
                 else
                     rc = MPI_Testall(r->nreq, r->reqs, &flag, MPI_STATUSES_IGNORE);
                 if (rc != MPI_SUCCESS && r->mpi_rc == MPI_SUCCESS) r->mpi_rc = rc;
@@ -310,6 +304,9 @@ static void shm_drain(dv_comm *c) {
 static dv_status shm_reserve(dv_comm *c, size_t n, char *err) {
     if (n <= c->shm.cap) return DV_OK;
     shm_drain(c);
+    /* the watched barrier finds every local rank here, so the collective
+     * window calls after it (which have no nonblocking form) cannot wait on
+     * a missing one */
     bar_wait(c, bar_arrive(c));
     if (c->shm.win != MPI_WIN_NULL) DV_MPI_CHECK(err, MPI_Win_free(&c->shm.win));
     c->shm.cap = 0;
@@ -414,6 +411,7 @@ static float *const *shard_exchange(dv_comm *c, const float *x, size_t n, int ow
 
 static float *shm_shared_buffer(dv_comm *c, size_t n, char *err) {
     if (c->shm.gwin != MPI_WIN_NULL) return NULL;
+    bar_wait(c, bar_arrive(c)); /* every local rank is here: see shm_reserve */
     MPI_Info info;
     if (MPI_Info_create(&info) != MPI_SUCCESS) return NULL;
     MPI_Info_set(info, "alloc_shared_noncontig", "true");

@@ -17,6 +17,13 @@
  * all-reduce algorithm, so shm and MPI are both checked in one run. Comms
  * made under DIVE_COMM_FAKE_NODE_SIZE=2 run the multi-node (hierarchical)
  * path with 4 ranks on one machine.
+ *
+ * The watchdog (comm_watch.c) is tested in its parts, on comms of their own
+ * whose watchdog does not end the job (watch.fatal = 0): the settings and
+ * DIVE_COMM_TIMEOUT, the sequence hash, the post-mortem with every rank
+ * answering, with the others absent, and with the others joining from a
+ * watched wait, and the line it prints. tests/e2e_stall.sh stops a rank of
+ * a real training.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +32,7 @@
 #include <cmocka.h>
 
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -624,6 +632,280 @@ static void test_all_equal(void **state) {
     tcheck_finish(&t);
 }
 
+/* ---- the watchdog ---------------------------------------------------------- */
+
+/* 1 when every rank holds the same v (direct MPI: comm is under test). */
+static int same_everywhere(uint64_t v) {
+    uint64_t mine[2] = {v, ~v}, top[2] = {0, 0};
+    MPI_Allreduce(mine, top, 2, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+    return top[0] == ~top[1];
+}
+
+static void test_watch_settings(void **state) {
+    (void)state;
+    tcheck t = {0};
+    char err[DV_ERR_LEN] = "";
+    double v = -1;
+    EXPECT(&t, dv_comm_parse_timeout(NULL, &v, err) == DV_OK && v == 600);
+    EXPECT(&t, dv_comm_parse_timeout("", &v, err) == DV_OK && v == 600);
+    EXPECT(&t, dv_comm_parse_timeout("0", &v, err) == DV_OK && v == 0);
+    EXPECT(&t, dv_comm_parse_timeout("2.5", &v, err) == DV_OK && v == 2.5);
+    EXPECT(&t, dv_comm_parse_timeout("1e3", &v, err) == DV_OK && v == 1000);
+    const char *bad[] = {"soon", "-1", "3s", "nan", "inf", "1e999", " "};
+    for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+        char want[64];
+        snprintf(want, sizeof want, "DIVE_COMM_TIMEOUT=%s: expected", bad[k]);
+        err[0] = '\0';
+        EXPECT(&t, dv_comm_parse_timeout(bad[k], &v, err) == DV_ERR && strstr(err, want));
+    }
+
+    /* the default, unless the environment of this run sets one */
+    dv_comm *c = g_comm;
+    const char *env = getenv("DIVE_COMM_TIMEOUT");
+    if (!env || !*env) EXPECT(&t, dv_comm_timeout(c) == 600);
+    double was = dv_comm_timeout(c);
+    dv_comm_set_timeout(c, 2.5);
+    EXPECT(&t, dv_comm_timeout(c) == 2.5);
+    dv_comm_set_timeout(c, -1); /* ignored */
+    dv_comm_set_timeout(c, NAN);
+    EXPECT(&t, dv_comm_timeout(c) == 2.5);
+    dv_comm_set_timeout(c, INFINITY);
+    EXPECT(&t, dv_comm_timeout(c) == 0);
+    dv_comm_set_timeout(c, 0);
+    EXPECT(&t, dv_comm_timeout(c) == 0);
+    dv_comm_set_timeout(c, was);
+    dv_comm_set_timeout(NULL, 3);
+    EXPECT(&t, dv_comm_timeout(NULL) == 0);
+    EXPECT(&t, c->watch.step == -1);
+    dv_comm_set_step(c, 1234);
+    EXPECT(&t, c->watch.step == 1234);
+    dv_comm_set_step(c, -1);
+
+    /* dv_comm_init reads it once */
+    setenv("DIVE_COMM_TIMEOUT", "7", 1);
+    dv_comm *c2 = NULL;
+    EXPECT_OK(&t, dv_comm_init(&c2, NULL, NULL, err), err);
+    unsetenv("DIVE_COMM_TIMEOUT");
+    if (c2) EXPECT(&t, dv_comm_timeout(c2) == 7);
+    dv_comm_free(c2);
+
+    /* a bad value fails every rank, with a message naming the variable */
+    setenv("DIVE_COMM_TIMEOUT", "soon", 1);
+    c2 = NULL;
+    EXPECT(&t, dv_comm_init(&c2, NULL, NULL, err) == DV_ERR && c2 == NULL);
+    EXPECT(&t, strstr(err, "DIVE_COMM_TIMEOUT=soon") != NULL);
+    unsetenv("DIVE_COMM_TIMEOUT");
+
+    /* bad on one rank only: the others fail too, naming it */
+    int rank = dv_comm_rank(c), size = dv_comm_size(c);
+    if (rank == size - 1) setenv("DIVE_COMM_TIMEOUT", "-3", 1);
+    c2 = NULL;
+    EXPECT(&t, dv_comm_init(&c2, NULL, NULL, err) == DV_ERR && c2 == NULL);
+    unsetenv("DIVE_COMM_TIMEOUT");
+    if (rank == size - 1) {
+        EXPECT(&t, strstr(err, "DIVE_COMM_TIMEOUT=-3") != NULL);
+    } else {
+        char want[64];
+        snprintf(want, sizeof want, "rank %d (", size - 1);
+        EXPECT(&t, strstr(err, want) && strstr(err, "could not start"));
+    }
+    /* the host names were gathered */
+    for (int q = 0; q < size; q++)
+        EXPECT(&t, c->watch.hosts && c->watch.hosts[q][0] != '\0');
+    if (c->watch.hosts) EXPECT(&t, strncmp(c->watch.hosts[rank], c->host, DV_WATCH_HOST - 1) == 0);
+    tcheck_finish(&t);
+}
+
+/* The same collectives in the same order give the same hash on every rank;
+ * a call of another size makes it differ. */
+static void test_sequence_hash(void **state) {
+    (void)state;
+    tcheck t = {0};
+    char err[DV_ERR_LEN] = "";
+    int rank = dv_comm_rank(g_comm), size = dv_comm_size(g_comm);
+
+    /* the fold: order and sizes count */
+    uint64_t s0 = DV_COMM_HASH_SEED;
+    uint64_t ab = dv_comm_hash_fold(dv_comm_hash_fold(s0, DV_COLL_ALLREDUCE, 10), DV_COLL_BCAST, 4);
+    uint64_t ba = dv_comm_hash_fold(dv_comm_hash_fold(s0, DV_COLL_BCAST, 4), DV_COLL_ALLREDUCE, 10);
+    uint64_t ab2 =
+        dv_comm_hash_fold(dv_comm_hash_fold(s0, DV_COLL_ALLREDUCE, 11), DV_COLL_BCAST, 4);
+    EXPECT(&t, ab != ba && ab != ab2 && ba != ab2);
+    EXPECT(&t, dv_comm_hash_fold(s0, DV_COLL_BARRIER, 0) != s0);
+
+    dv_comm *c = NULL;
+    EXPECT_OK(&t, dv_comm_init(&c, NULL, NULL, err), err);
+    if (c) {
+        EXPECT(&t, dv_comm_sequence_hash(c) == DV_COMM_HASH_SEED && c->watch.calls == 0);
+        float x[10];
+        fill_ramp(x, 10, 0, rank, 0);
+        EXPECT_OK(&t, dv_comm_allreduce_avg(c, x, 10, err), err);
+        EXPECT(&t, dv_comm_sequence_hash(c) == dv_comm_hash_fold(s0, DV_COLL_ALLREDUCE, 10));
+        char b[5] = "abcd";
+        EXPECT_OK(&t, dv_comm_bcast(c, b, 5, 0, err), err);
+        dv_comm_barrier(c);
+        EXPECT(&t, dv_comm_first_failed(c, 1) == -1);
+        double d[3] = {1, 2, 3};
+        EXPECT_OK(&t, dv_comm_allreduce_double(c, d, 3, DV_REDUCE_SUM, err), err);
+        dv_comm_request *r = NULL;
+        EXPECT_OK(&t, dv_comm_allreduce_start(c, x, 7, NULL, &r, err), err);
+        if (r) EXPECT_OK(&t, dv_comm_wait(c, r, err), err);
+        EXPECT_OK(&t, dv_comm_reduce_scatter_avg(c, x, 10, err), err);
+        EXPECT_OK(&t, dv_comm_allgather(c, x, 10, err), err);
+        EXPECT(&t, dv_comm_all_equal(c, b, 5) == 1);
+        EXPECT(&t, c->watch.calls == 9);
+        uint64_t h = dv_comm_sequence_hash(c);
+        EXPECT(&t, h != DV_COMM_HASH_SEED);
+        EXPECT(&t, same_everywhere(h));
+
+        /* all_equal of another length on rank 0: a valid collective (its MPI
+         * count is fixed), but another size in the hash */
+        EXPECT(&t, dv_comm_all_equal(c, b, rank == 0 ? 4 : 5) == (size == 1));
+        EXPECT(&t, same_everywhere(dv_comm_sequence_hash(c)) == (size == 1));
+    }
+    dv_comm_free(c);
+    tcheck_finish(&t);
+}
+
+/* The line, on a copy of the comm posing as a job of 12 ranks. */
+static void test_watch_report(void **state) {
+    (void)state;
+    tcheck t = {0};
+    enum { N = 12 };
+    char hosts[N][DV_WATCH_HOST], answered[N], out[DV_ERR_LEN];
+    dv_comm fake = *g_comm;
+    fake.size = N;
+    fake.watch.hosts = hosts;
+    fake.watch.what = DV_COLL_ALLREDUCE_START;
+    fake.watch.step = 120;
+    fake.watch.timeout = 20;
+    for (int q = 0; q < N; q++) {
+        snprintf(hosts[q], sizeof hosts[q], "node%d", q / 4);
+        answered[q] = 1;
+    }
+    const char *tail = "; set DIVE_COMM_TIMEOUT or [train] comm_timeout to wait longer";
+    char want[DV_ERR_LEN];
+
+    answered[2] = 0;
+    dv_comm_watch_report(&fake, 1, answered, 1, 1, 20, 0, out, sizeof out);
+    snprintf(want, sizeof want,
+             "watchdog: all-reduce at step 120 made no progress for 20 s; rank 2 (node0) did not "
+             "arrive%s",
+             tail);
+    EXPECT(&t, strcmp(out, want) == 0);
+    if (strcmp(out, want)) fprintf(stderr, "got  %s\nwant %s\n", out, want);
+
+    answered[5] = 0;
+    fake.watch.what = DV_COLL_BARRIER;
+    fake.watch.step = -1;
+    fake.watch.timeout = 2.5;
+    dv_comm_watch_report(&fake, 1, answered, 2, -1, 0, 0, out, sizeof out);
+    snprintf(want, sizeof want,
+             "watchdog: barrier at start-up made no progress for 2.5 s; ranks 2 (node0), 5 (node1) "
+             "did not arrive%s",
+             tail);
+    EXPECT(&t, strcmp(out, want) == 0);
+    if (strcmp(out, want)) fprintf(stderr, "got  %s\nwant %s\n", out, want);
+
+    /* a rank that joined: who fired, and its view */
+    fake.watch.what = DV_COLL_FIRST_FAILED;
+    dv_comm_watch_report(&fake, 0, answered, 2, 0, 20, 0, out, sizeof out);
+    EXPECT(&t, strstr(out, "watchdog: error agreement at start-up: rank 0 (node0) found no "
+                           "progress for 20 s; ranks 2 (node0), 5 (node1) did not arrive;") == out);
+
+    /* many missing: the first 8 named, the rest counted */
+    for (int q = 1; q < N; q++)
+        answered[q] = 0;
+    dv_comm_watch_report(&fake, 1, answered, N - 1, -1, 0, 0, out, sizeof out);
+    EXPECT(&t, strstr(out, "ranks 1 (node0), 2 (node0), 3 (node0), 4 (node1), 5 (node1), 6 "
+                           "(node1), 7 (node1), 8 (node2) and 3 more did not arrive;") != NULL);
+
+    for (int q = 0; q < N; q++)
+        answered[q] = 1;
+    dv_comm_watch_report(&fake, 1, answered, 0, -1, 0, 0, out, sizeof out);
+    EXPECT(&t, strstr(out, "; no rank is missing") != NULL);
+    dv_comm_watch_report(&fake, 0, answered, 0, 3, 2.5, 0, out, sizeof out);
+    EXPECT(&t, strstr(out, ": rank 3 (node0) found no progress for 2.5 s; every rank answered;") !=
+                   NULL);
+    dv_comm_watch_report(&fake, 1, answered, -1, -1, 0, 0, out, sizeof out);
+    EXPECT(&t, strstr(out, "could not be asked") != NULL);
+    dv_comm_watch_report(&fake, 0, answered, 0, -1, 0, 3.25, out, sizeof out);
+    EXPECT(&t, strstr(out, "(this rank did not run for 3.2 s: stopped?)") != NULL);
+    EXPECT(&t, strcmp(dv_coll_name(DV_COLL_BCAST), "broadcast") == 0);
+    EXPECT(&t, strcmp(dv_coll_name(DV_COLL_COUNT), "collective") == 0);
+    tcheck_finish(&t);
+}
+
+/* The post-mortem: every rank in it hears every other; a rank alone in it
+ * hears nobody, within the grace period; ranks in a watched wait join it. */
+static void test_postmortem(void **state) {
+    (void)state;
+    tcheck t = {0};
+    char err[DV_ERR_LEN] = "";
+    dv_comm *c = NULL;
+    EXPECT_OK(&t, dv_comm_init(&c, NULL, NULL, err), err);
+    if (!c) {
+        tcheck_finish(&t);
+        return;
+    }
+    c->watch.fatal = 0;
+    dv_comm_set_timeout(c, 20);
+    int rank = dv_comm_rank(c), size = dv_comm_size(c), fired = -2;
+    double fired_timeout = -1;
+    char *answered = calloc((size_t)size, 1);
+
+    /* everyone */
+    EXPECT(&t, dv_comm_postmortem(c, 1, answered, &fired, &fired_timeout) == 0);
+    for (int q = 0; q < size; q++)
+        EXPECT(&t, answered[q] == 1);
+    EXPECT(&t, fired == (size == 1 ? -1 : rank == 0 ? 1 : 0));
+    if (size > 1) EXPECT(&t, fired_timeout == 20);
+
+    /* rank 0 alone: nobody answers, and it gives up after the grace period */
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0) {
+        c->watch.grace = 0.3;
+        double t0 = dv_now();
+        EXPECT(&t, dv_comm_postmortem(c, 1, answered, &fired, &fired_timeout) == size - 1);
+        double took = dv_now() - t0;
+        EXPECT(&t, size == 1 || (took >= 0.29 && took < 2));
+        EXPECT(&t, answered[0] == 1 && fired == -1);
+        for (int q = 1; q < size; q++)
+            EXPECT(&t, answered[q] == 0);
+        c->watch.grace = 2;
+    } else { /* the message nobody took: out of the way */
+        int64_t junk[8];
+        MPI_Recv(junk, 8, MPI_INT64_T, 0, DV_WATCH_TAG, c->watch.comm, MPI_STATUS_IGNORE);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+
+    /* rank 0 fires; the others, in a watched wait that would never end (no
+     * timeout), notice and join: each hears everyone, and says who fired */
+    if (rank == 0) {
+        EXPECT(&t, dv_comm_postmortem(c, 1, answered, &fired, &fired_timeout) == 0);
+    } else {
+        dv_comm_set_timeout(c, 0);
+        c->watch.what = DV_COLL_BARRIER;
+        dv_watch w;
+        dv_watch_begin(&w);
+        double t0 = dv_now();
+        dv_status st = DV_OK;
+        while (st == DV_OK && dv_now() - t0 < 30)
+            st = dv_watch_poll(c, &w, err);
+        EXPECT(&t, st == DV_ERR);
+        char want[128];
+        snprintf(want, sizeof want,
+                 "watchdog: barrier at start-up: rank 0 (%s) found no progress "
+                 "for 20 s; every rank answered",
+                 c->watch.hosts[0]);
+        EXPECT(&t, strstr(err, want) != NULL);
+        if (!strstr(err, want)) fprintf(stderr, "got  %s\nwant %s\n", err, want);
+    }
+    free(answered);
+    dv_comm_free(c);
+    tcheck_finish(&t);
+}
+
 /* ---- messages and check macros ------------------------------------------ */
 
 static int fake_mpi_call(int rc) {
@@ -714,12 +996,14 @@ int main(int argc, char **argv) {
         return 1;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_identity),      cmocka_unit_test(test_init_again),
-        cmocka_unit_test(test_allreduce_avg), cmocka_unit_test(test_allreduce_async),
-        cmocka_unit_test(test_bcast),         cmocka_unit_test(test_allreduce_double),
-        cmocka_unit_test(test_first_failed),  cmocka_unit_test(test_all_equal),
-        cmocka_unit_test(test_format_error),  cmocka_unit_test(test_shm),
-        cmocka_unit_test(test_shm_env),       cmocka_unit_test(test_sharded),
+        cmocka_unit_test(test_identity),       cmocka_unit_test(test_init_again),
+        cmocka_unit_test(test_allreduce_avg),  cmocka_unit_test(test_allreduce_async),
+        cmocka_unit_test(test_bcast),          cmocka_unit_test(test_allreduce_double),
+        cmocka_unit_test(test_first_failed),   cmocka_unit_test(test_all_equal),
+        cmocka_unit_test(test_format_error),   cmocka_unit_test(test_shm),
+        cmocka_unit_test(test_shm_env),        cmocka_unit_test(test_sharded),
+        cmocka_unit_test(test_watch_settings), cmocka_unit_test(test_sequence_hash),
+        cmocka_unit_test(test_watch_report),   cmocka_unit_test(test_postmortem),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL), worst = 0;
     MPI_Allreduce(&failed, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
