@@ -191,6 +191,7 @@ static void req_fail(dev_req *r, const char *msg) {
 static cudaError_t event_wait(dv_comm *c, cudaEvent_t ev, char *msg) {
     dv_watch w;
     dv_watch_begin(&w);
+    w.yield_s = DV_WATCH_YIELD_DEVICE_S;
     const dv_coll what = c->watch.what;
     c->watch.what = DV_COLL_STREAM_WAIT;
     cudaError_t rc;
@@ -660,6 +661,7 @@ static dv_status device_wait(dv_comm *c, dv_comm_request *req, char *err) {
 static dv_status poll_ring(dv_comm *c, dv_comm_device *d, int keep, char *err) {
     dv_watch w;
     dv_watch_begin(&w);
+    w.yield_s = DV_WATCH_YIELD_DEVICE_S;
     for (;;) {
         int before = d->ring_count;
         while (d->ring_count > keep) {

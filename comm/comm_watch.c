@@ -47,11 +47,10 @@
 
 #define TIMEOUT_S 600.0 /* DIVE_COMM_TIMEOUT's default */
 #define GRACE_S   2.0   /* how long the post-mortem listens */
-/* After the spin phase a wait yields the core for this long, then sleeps
+/* After the spin phase a wait yields the core for w->yield_s, then sleeps
  * idle / IDLE_SLEEP_DIV, at least IDLE_SLEEP_MIN and at most IDLE_SLEEP_MAX
  * seconds, so a short wait reacts fast, and a long one costs little CPU and
  * adds a bounded fraction of its length. */
-#define IDLE_YIELD_S   0.005
 #define IDLE_SLEEP_DIV 32.0
 #define IDLE_SLEEP_MIN 50e-6
 #define IDLE_SLEEP_MAX 1e-3
@@ -295,9 +294,11 @@ void dv_comm_watch_report(const dv_comm *c, int own, const char *answered, int m
             fired_timeout);
     else
         put(out, len, &at, ": another rank found no progress");
-    if (lost > 1) put(out, len, &at, " (this rank did not run for %.1f s: stopped?)", lost);
     double since = continued_at > 0 ? dv_now() - continued_at : -1;
-    if (since >= 0 && since < c->watch.timeout + c->watch.grace + 10) {
+    int was_stopped = since >= 0 && since < c->watch.timeout + c->watch.grace + 10;
+    if (lost > 1 && !was_stopped)
+        put(out, len, &at, " (this rank did not run for %.1f s: stopped?)", lost);
+    if (was_stopped) {
         put(out, len, &at,
             "; this rank was stopped and continued (SIGCONT) %.1f s ago: it is likely the rank "
             "the others found missing",
@@ -367,7 +368,7 @@ dv_status dv_comm_watch_idle(dv_comm *c, dv_watch *w, char *err) {
         w->last_probe = now;
         if (peer_fired(c)) return fire(c, w, 0, err);
     }
-    if (idle < IDLE_YIELD_S) {
+    if (idle < w->yield_s) {
         sched_yield();
     } else {
         double s = idle / IDLE_SLEEP_DIV;

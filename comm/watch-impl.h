@@ -12,10 +12,13 @@
  *
  * The first DV_WATCH_SPIN polls only pause the CPU (the hot path: a peer a
  * few microseconds late costs no system call); later ones go to
- * dv_comm_watch_idle, which yields the core, then sleeps in steps growing to
- * 1 ms, answers a peer's post-mortem, and fires the watchdog once the wait
- * has made no progress for the comm's timeout. dv_watch_progress restarts
- * the count when part of a wait completes.
+ * dv_comm_watch_idle, which yields the core for `yield_s` seconds (50 ms:
+ * long enough that a collective moving data, which MPI advances only when
+ * polled, is not slowed; the device side's waits on the GPU take 2 ms),
+ * then sleeps in steps growing to 1 ms (1/32 of the time waited so far),
+ * answers a peer's post-mortem, and fires the watchdog once the wait has
+ * made no progress for the comm's timeout. dv_watch_progress restarts the
+ * count when part of a wait completes.
  *
  * The collective kinds name the collective in the watchdog's message and
  * are what the sequence hash folds (dv_comm_sequence_hash).
@@ -57,6 +60,10 @@ typedef enum dv_coll {
  * some tens of microseconds, so ranks on idle cores meet without a system
  * call. */
 #define DV_WATCH_SPIN 1000
+/* Seconds a wait yields before it sleeps: collectives, and the device
+ * side's host waits on the GPU. */
+#define DV_WATCH_YIELD_S        0.05
+#define DV_WATCH_YIELD_DEVICE_S 0.002
 
 /* The watchdog's part of struct dv_comm. */
 typedef struct dv_watchdog {
@@ -81,10 +88,12 @@ typedef struct dv_watch {
     double last;       /* the previous poll */
     double last_probe; /* when it last looked for a peer's post-mortem */
     double lost;       /* seconds this rank did not run between two polls */
+    double yield_s;    /* how long it yields before it sleeps */
 } dv_watch;
 
 static inline void dv_watch_begin(dv_watch *w) {
     w->polls = 0;
+    w->yield_s = DV_WATCH_YIELD_S;
 }
 
 /* Part of the wait completed: the clock starts over, and so does the spin. */
