@@ -31,6 +31,12 @@ static inline uint64_t dv_rand_hash_inl(uint64_t seed, uint64_t counter) {
     return dv_mix64(seed ^ dv_mix64(counter + 0x9e3779b97f4a7c15ULL));
 }
 
+/* One element's term of the `fingerprint` op: the bits of x at position
+ * i, mixed. The CUDA backend repeats these exact steps. */
+static inline uint64_t dv_fingerprint_term(uint32_t bits, uint64_t i) {
+    return dv_mix64((uint64_t)bits ^ dv_mix64(i + 0x9e3779b97f4a7c15ULL));
+}
+
 /* 24 bits fill a float mantissa exactly, so the result is < 1. */
 static inline float dv_rand_uniform_inl(uint64_t seed, uint64_t counter) {
     return (float)(dv_rand_hash_inl(seed, counter) >> 40) * (1.0f / 16777216.0f);

@@ -98,17 +98,21 @@ static dv_config_kv *find_kv(const dv_config_section *s, const char *key) {
     return NULL;
 }
 
-static int put_kv(dv_config_section *s, const char *key, const char *value, int line) {
-    dv_config_kv *kv = find_kv(s, key);
+/* Sets key in the list (kv, n, cap): replaces its value, or appends it. */
+static dv_config_kv *put_in(dv_config_kv **kv_list, int *n, int *cap, const char *key,
+                            const char *value, int line) {
+    dv_config_kv *kv = NULL;
+    for (int i = 0; i < *n && !kv; i++)
+        if (!strcmp((*kv_list)[i].key, key)) kv = &(*kv_list)[i];
     if (!kv) {
-        if (s->nkv == s->cap) {
-            int cap = s->cap ? s->cap * 2 : 8;
-            dv_config_kv *n = realloc(s->kv, sizeof(*n) * (size_t)cap);
-            if (!n) return -1;
-            s->kv = n;
-            s->cap = cap;
+        if (*n == *cap) {
+            int c = *cap ? *cap * 2 : 8;
+            dv_config_kv *grown = realloc(*kv_list, sizeof(*grown) * (size_t)c);
+            if (!grown) return NULL;
+            *kv_list = grown;
+            *cap = c;
         }
-        kv = &s->kv[s->nkv++];
+        kv = &(*kv_list)[(*n)++];
         memset(kv, 0, sizeof(*kv));
         snprintf(kv->key, sizeof(kv->key), "%s", key);
     } else {
@@ -116,7 +120,24 @@ static int put_kv(dv_config_section *s, const char *key, const char *value, int 
     }
     kv->value = strdup(value);
     kv->line = line;
-    return kv->value ? 0 : -1;
+    return kv->value ? kv : NULL;
+}
+
+static int put_kv(dv_config_section *s, const char *key, const char *value, int line) {
+    return put_in(&s->kv, &s->nkv, &s->cap, key, value, line) ? 0 : -1;
+}
+
+/* Records what a getter read (for dv_config_resolved_text). Out of memory
+ * loses the entry, which can only make ranks look different, never alike. */
+static void resolve(dv_config_section *s, const char *key, const char *fmt, ...) DV_PRINTF(3, 4);
+static void resolve(dv_config_section *s, const char *key, const char *fmt, ...) {
+    if (!s) return;
+    char buf[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    put_in(&s->res, &s->nres, &s->rescap, key, buf, 0);
 }
 
 static int on_key(void *user, const char *section, const char *name, const char *value) {
@@ -253,6 +274,9 @@ void dv_config_free(dv_config *cfg) {
         for (int j = 0; j < cfg->sec[i].nkv; j++)
             free(cfg->sec[i].kv[j].value);
         free(cfg->sec[i].kv);
+        for (int j = 0; j < cfg->sec[i].nres; j++)
+            free(cfg->sec[i].res[j].value);
+        free(cfg->sec[i].res);
     }
     free(cfg->sec);
     memset(cfg, 0, sizeof(*cfg));
@@ -357,6 +381,22 @@ char *dv_config_text(const dv_config *cfg) {
     return t;
 }
 
+char *dv_config_resolved_text(const dv_config *cfg) {
+    size_t cap = 1;
+    for (int i = 0; i < cfg->nsec; i++)
+        for (int j = 0; j < cfg->sec[i].nres; j++)
+            cap += strlen(cfg->sec[i].name) + strlen(cfg->sec[i].res[j].key) +
+                   strlen(cfg->sec[i].res[j].value) + 8;
+    char *t = malloc(cap), *p = t;
+    if (!t) return NULL;
+    *p = 0;
+    for (int i = 0; i < cfg->nsec; i++)
+        for (int j = 0; j < cfg->sec[i].nres; j++)
+            p += sprintf(p, "[%s] %s\t%s\n", cfg->sec[i].name, cfg->sec[i].res[j].key,
+                         cfg->sec[i].res[j].value);
+    return t;
+}
+
 /* Where a section, or a key of it, is: "file:line: [section] key = value"
  * (the value when the key holds one), or "--set section.key = value" for a
  * value from the command line. */
@@ -434,10 +474,13 @@ void dv_config_sub_done(dv_config *cfg, const dv_config *sub) {
     for (int i = 0; i < sub->nsec; i++) {
         const dv_config_section *s = &sub->sec[i];
         if (s->origin < 0 || s->origin >= cfg->nsec) continue;
+        dv_config_section *o = &cfg->sec[s->origin];
         for (int k = 0; k < s->nkv; k++) {
-            dv_config_kv *kv = find_kv(&cfg->sec[s->origin], s->kv[k].key);
+            dv_config_kv *kv = find_kv(o, s->kv[k].key);
             if (kv && s->kv[k].used) kv->used = 1;
         }
+        for (int k = 0; k < s->nres; k++)
+            put_in(&o->res, &o->nres, &o->rescap, s->res[k].key, s->res[k].value, 0);
     }
 }
 
@@ -456,10 +499,12 @@ dv_status dv_config_str(const dv_config *cfg, dv_config_section *s, const char *
     dv_config_kv *kv = get(s, key);
     if (!kv) {
         *out = def;
+        resolve(s, key, "%s", def ? def : "(none)");
         return DV_OK;
     }
     if (!kv->value[0]) return DV_CONFIG_ERROR(err, cfg, s, key, "empty value");
     *out = kv->value;
+    resolve(s, key, "%s", kv->value);
     return DV_OK;
 }
 
@@ -468,6 +513,7 @@ dv_status dv_config_int(const dv_config *cfg, dv_config_section *s, const char *
     dv_config_kv *kv = get(s, key);
     if (!kv) {
         *out = def;
+        resolve(s, key, "%ld", def);
         return DV_OK;
     }
     char *end;
@@ -480,7 +526,16 @@ dv_status dv_config_int(const dv_config *cfg, dv_config_section *s, const char *
     if (v < min || v > max)
         return DV_CONFIG_ERROR(err, cfg, s, key, "must be between %ld and %ld", min, max);
     *out = v;
+    resolve(s, key, "%ld", v);
     return DV_OK;
+}
+
+/* The shortest of %.15g and %.17g that reads back as v. */
+static void resolve_float(dv_config_section *s, const char *key, double v) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "%.15g", v);
+    if (strtod(buf, NULL) != v) snprintf(buf, sizeof buf, "%.17g", v);
+    resolve(s, key, "%s", buf);
 }
 
 dv_status dv_config_float(const dv_config *cfg, dv_config_section *s, const char *key, double def,
@@ -488,6 +543,7 @@ dv_status dv_config_float(const dv_config *cfg, dv_config_section *s, const char
     dv_config_kv *kv = get(s, key);
     if (!kv) {
         *out = def;
+        resolve_float(s, key, def);
         return DV_OK;
     }
     char *end;
@@ -500,6 +556,7 @@ dv_status dv_config_float(const dv_config *cfg, dv_config_section *s, const char
     if (v < min || v > max)
         return DV_CONFIG_ERROR(err, cfg, s, key, "must be between %g and %g", min, max);
     *out = v;
+    resolve_float(s, key, v);
     return DV_OK;
 }
 
@@ -545,5 +602,9 @@ dv_status dv_config_ints(const dv_config *cfg, dv_config_section *s, const char 
             return DV_CONFIG_ERROR(err, cfg, s, key, "expected integers separated by commas");
     }
     if (!*n) return DV_CONFIG_ERROR(err, cfg, s, key, "empty value");
+    char list[1024] = "";
+    for (int i = 0; i < *n; i++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%d", i ? "," : "", vals[i]);
+    resolve(s, key, "%s", list);
     return DV_OK;
 }

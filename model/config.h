@@ -39,6 +39,12 @@ typedef struct dv_config_section {
     int origin; /* a sub-config's section: index of its section in the whole config, or -1 */
     dv_config_kv *kv;
     int nkv, cap;
+    /* What the typed getters read, defaults included, as normalized text
+     * (integers in decimal, numbers in 15 digits or 17 where 15 do not
+     * read back exactly, lists "1,28,28"): the effective config that
+     * dv_config_resolved_text lists. */
+    dv_config_kv *res;
+    int nres, rescap;
 } dv_config_section;
 
 typedef struct dv_config {
@@ -65,6 +71,15 @@ int dv_config_has(const dv_config_section *s, const char *key);
 void dv_config_unset(dv_config *cfg, const char *section, const char *key);
 /* The effective config as INI text (malloc'd), overrides applied. */
 char *dv_config_text(const dv_config *cfg);
+/* The effective config as the typed getters read it, defaults included:
+ * a line "[section] key<TAB>value" per key read (sections in file order,
+ * keys in the order they were first read; a GAN model's sections under
+ * their prefixed names once dv_config_sub_done ran). Values are
+ * normalized, so `lr = 1e-3` and `lr = 0.001`, or a default and the same
+ * value written out, give the same line. Keys of a section the config
+ * lacks (read with s == NULL) are not listed. malloc'd; NULL when out of
+ * memory. */
+char *dv_config_resolved_text(const dv_config *cfg);
 /* Fails naming file:line for the first key nothing read. */
 dv_status dv_config_check_used(const dv_config *cfg, char *err);
 

@@ -684,7 +684,10 @@ dv_status dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume, int *stop_s
     char ckpt[1200];
     dv_status rc = dv_run_begin(c, &r->st, resume, ckpt, sizeof(ckpt), r->err);
     if (!rc && ckpt[0]) rc = gan_resume(r, ckpt, &ts);
-    if (dv_agree(c, rc, r->err)) {
+    char plan[2048] = "";
+    dv_plan_split(plan, sizeof plan, "train", r->train);
+    dv_plan_resume(plan, sizeof plan, ckpt, &ts);
+    if (dv_agree(c, rc, r->err) || dv_run_agree(c, cfg, plan, r->err)) {
         gan_free(r);
         return DV_ERR;
     }
@@ -717,10 +720,13 @@ dv_status dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume, int *stop_s
                                               "samples_per_s,epoch_time_s");
     r->live = dv_progress_live(&r->st, c);
     r->steps = steps;
+    dv_model *const models[] = {r->g.m, r->d.m, r->ge};
     dv_loop loop = {.comm = c,
                     .st = &r->st,
                     .loader = r->tl,
                     .live = r->live,
+                    .models = models,
+                    .nmodels = 2 + (r->ge != NULL),
                     .ctx = r,
                     .step = loop_step,
                     .flush = loop_flush,

@@ -43,6 +43,120 @@ static int stop_signal_agreed(dv_comm *c, int64_t step, int every) {
     return (int)sig;
 }
 
+/* ---- divergence ------------------------------------------------------------------ */
+
+/* What a replica is at this step: the fingerprint of every model's
+ * parameters, and comm's hash of the collectives called so far. */
+typedef struct replica_id {
+    uint64_t params, calls;
+} replica_id;
+
+static replica_id replica_now(const dv_loop *l) {
+    replica_id id = {0, dv_comm_sequence_hash(l->comm)};
+    for (int i = 0; i < l->nmodels; i++) {
+        const dv_model *m = l->models[i];
+        if (!m) continue;
+        id.params =
+            id.params * 0x100000001b3ULL + m->be->fingerprint(m->be->ctx, m->params, m->nparams);
+    }
+    return id;
+}
+
+/* Rank 0's account of which ranks differ from the majority of `all`
+ * (world ids; field 0: parameters, 1: collectives), appended to msg. A tie
+ * goes to rank 0's value. Returns how many differ. */
+static int name_outliers(const replica_id *all, int world, int field, char *msg, size_t len) {
+    uint64_t best = field ? all[0].calls : all[0].params;
+    int best_n = 0;
+    for (int r = 0; r < world; r++) {
+        uint64_t v = field ? all[r].calls : all[r].params;
+        int n = 0;
+        for (int q = 0; q < world; q++)
+            n += (field ? all[q].calls : all[q].params) == v;
+        if (n > best_n) best = v, best_n = n;
+    }
+    int out = 0;
+    size_t at = strlen(msg);
+    for (int r = 0; r < world && at < len; r++) {
+        if ((field ? all[r].calls : all[r].params) == best) continue;
+        if (out++ < 8) at += (size_t)snprintf(msg + at, len - at, "%s%d", out > 1 ? "," : "", r);
+    }
+    if (out > 8 && at < len) snprintf(msg + at, len - at, " and %d more", out - 8);
+    return out;
+}
+
+/* DV_OK when every rank holds the same parameters and called the same
+ * collectives; else rank 0 names the ranks that differ (agreed DV_ERR).
+ * last_saved: the step of the newest checkpoint this run wrote or resumed
+ * from (-1: none); *agreed: the step last found agreed (checked once).
+ * Collective. */
+static dv_status replicas_agree(const dv_loop *l, int64_t step, int64_t last_saved, int64_t *agreed,
+                                char *err) {
+    dv_comm *c = l->comm;
+    const int world = dv_comm_size(c), rank = dv_comm_rank(c);
+    if (world == 1 || !l->nmodels || *agreed == step) return DV_OK;
+    replica_id mine = replica_now(l);
+    if (dv_comm_all_equal(c, &mine, sizeof mine)) {
+        *agreed = step;
+        return DV_OK;
+    }
+    replica_id *all = rank == 0 ? malloc(sizeof(*all) * (size_t)world) : NULL;
+    if (rank == 0 && !all) dv_comm_abort(c, 1, "out of memory naming the diverged replicas");
+    for (int r = 0; r < world; r++) {
+        replica_id id = mine;
+        if (dv_comm_bcast(c, &id, sizeof id, r, err)) dv_comm_abort(c, 1, err);
+        if (rank == 0) all[r] = id;
+    }
+    if (rank == 0) {
+        char msg[DV_ERR_LEN - 128] = "", who[256] = "";
+        int n = name_outliers(all, world, 0, who, sizeof who);
+        if (n)
+            snprintf(msg, sizeof msg, "the parameters of rank%s %s differ from the other ranks'",
+                     n > 1 ? "s" : "", who);
+        who[0] = 0;
+        n = name_outliers(all, world, 1, who, sizeof who);
+        if (n)
+            snprintf(msg + strlen(msg), sizeof msg - strlen(msg),
+                     "%srank%s %s called other collectives than the other ranks",
+                     msg[0] ? "; " : "", n > 1 ? "s" : "", who);
+        if (!msg[0]) snprintf(msg, sizeof msg, "no majority among the ranks' parameters");
+        char saved[1200];
+        if (last_saved >= 0)
+            snprintf(saved, sizeof saved, "%s/last.h5 holds step %lld, the last agreed checkpoint",
+                     l->st->run_dir, (long long)last_saved);
+        else
+            snprintf(saved, sizeof saved, "no checkpoint was written");
+        DV_ERROR(err,
+                 "the replicas diverged by step %lld: %s (a faulty rank or GPU, or a "
+                 "non-deterministic kernel); nothing of this step was saved: %s",
+                 (long long)step, msg, saved);
+        dv_error_print("dive: error", err);
+    } else {
+        DV_ERROR(err, "the replicas diverged (rank 0 says how)");
+    }
+    free(all);
+    return DV_ERR;
+}
+
+/* DIVE_TEST_PERTURB=RANK:STEP: this rank's step from which the hook
+ * perturbs, or -1. */
+static int64_t perturb_from(dv_comm *c) {
+    const char *s = getenv("DIVE_TEST_PERTURB");
+    long long r, step;
+    if (!s || sscanf(s, "%lld:%lld", &r, &step) != 2 || r != dv_comm_rank(c)) return -1;
+    return step;
+}
+
+/* Adds 1e-3 to the middle parameter of the first model. */
+static void perturb(const dv_loop *l) {
+    const dv_model *m = l->models[0];
+    float v;
+    float *p = m->params + m->nparams / 2;
+    m->be->to_host(m->be->ctx, &v, p, sizeof v);
+    v += 1e-3f;
+    m->be->to_device(m->be->ctx, p, &v, sizeof v);
+}
+
 /* ---- the epochs --------------------------------------------------------------- */
 
 dv_status dv_loop_run(const dv_loop *l, dv_train_state *ts, int *stop_signal_out) {
@@ -53,6 +167,8 @@ dv_status dv_loop_run(const dv_loop *l, dv_train_state *ts, int *stop_signal_out
     const int64_t steps = dv_loader_steps(l->loader);
     const int64_t log_every = st->log_every ? st->log_every : (steps >= 10 ? steps / 10 : 1);
     int stop = 0, stop_signal = 0;
+    const int64_t perturb_step = l->nmodels ? perturb_from(c) : -1;
+    int64_t last_saved = ts->step > 0 ? ts->step : -1, agreed = -1;
     stop_signals_catch();
     for (int64_t epoch = ts->epoch; epoch < st->epochs && !stop; epoch++) {
         double t0 = dv_now(), t_train = 0, last_print = 0;
@@ -64,6 +180,10 @@ dv_status dv_loop_run(const dv_loop *l, dv_train_state *ts, int *stop_signal_out
             if (dv_loader_next(l->loader, &b, err)) dv_comm_abort(c, 1, err);
             l->step(l->ctx, &b, ts, s, first);
             ts->step++;
+            if (perturb_step >= 0 && ts->step >= perturb_step) perturb(l);
+            if (st->check_every && ts->step % st->check_every == 0 &&
+                replicas_agree(l, ts->step, last_saved, &agreed, err))
+                return DV_ERR;
             ts->step_in_epoch = s + 1;
             done++;
             double t1 = dv_now();
@@ -88,7 +208,9 @@ dv_status dv_loop_run(const dv_loop *l, dv_train_state *ts, int *stop_signal_out
                 dv_train_state g;
                 l->flush(l->ctx, ts);
                 l->global(l->ctx, ts, &g, 0);
-                if (l->save(l->ctx, &g, 0)) return DV_ERR;
+                if (replicas_agree(l, ts->step, last_saved, &agreed, err) || l->save(l->ctx, &g, 0))
+                    return DV_ERR;
+                last_saved = ts->step;
             }
         }
         if (l->live) printf("\r%100s\r", "");
@@ -105,11 +227,14 @@ dv_status dv_loop_run(const dv_loop *l, dv_train_state *ts, int *stop_signal_out
                        stop_signal ? strsignal(stop_signal) : "max_steps", (long long)epoch + 1,
                        (long long)ts->step_in_epoch, (long long)steps);
             l->stopped(l->ctx, &g, rate);
-            if (l->save(l->ctx, &g, 0)) return DV_ERR;
+            if (replicas_agree(l, ts->step, last_saved, &agreed, err) || l->save(l->ctx, &g, 0))
+                return DV_ERR;
             break;
         }
+        if (replicas_agree(l, ts->step, last_saved, &agreed, err)) return DV_ERR;
         int end = l->epoch_end(l->ctx, ts, &g, epoch, rate, t0);
         if (end < 0 || l->save(l->ctx, ts, end & DV_LOOP_BEST)) return DV_ERR;
+        last_saved = ts->step;
         if (end & DV_LOOP_STOP) break;
     }
     if (stop_signal && rank0)

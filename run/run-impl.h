@@ -37,6 +37,19 @@ dv_status dv_device_comm_open(dv_comm *c, const dv_settings *st, const dv_backen
  * and memory budget; streams: the stateful-RNN order (DV_ORDER_STREAMS). */
 dv_status dv_run_loader_create(dv_split *s, const dv_settings *st, dv_comm *c, int batch, int eval,
                                int streams, const dv_backend *be, dv_loader **out, char *err);
+/* The ranks agree on the run before its first step (agree.c): the
+ * effective config cfg (dv_config_resolved_text, less the per-rank
+ * settings) and `plan` (lines "KEY<TAB>VALUE": the data plan and the resume
+ * point) must be the same on every rank. Else rank 0 prints which entry
+ * differs first and which ranks hold which value, and every rank gets
+ * DV_ERR. Agreed. Collective. */
+dv_status dv_run_agree(dv_comm *c, const dv_config *cfg, const char *plan, char *err);
+/* Append to plan (len bytes, NUL-terminated) the entries of a split (its
+ * samples, sample shape and targets per sample; nothing for NULL), named
+ * by `what` ("train", "val"), and of the resume point (ckpt's path and
+ * the step ts holds, or a new run for ""). */
+void dv_plan_split(char *plan, size_t len, const char *what, const dv_split *s);
+void dv_plan_resume(char *plan, size_t len, const char *ckpt, const dv_train_state *ts);
 /* Ends the job unless every rank holds the same parameters of m (same seed,
  * same checkpoint). Collective. */
 void dv_replicas_check(dv_comm *c, const dv_model *m);
@@ -92,6 +105,10 @@ typedef struct dv_loop {
     const dv_settings *st;
     dv_loader *loader;
     int live; /* rank 0 rewrites one progress line (dv_progress_live) */
+    /* the replicas the divergence check compares every check_every steps
+     * and before every checkpoint (their parameters) */
+    dv_model *const *models;
+    int nmodels;
     void *ctx;
     /* one optimizer step on b, adding its metrics to ts (ts->step is its
      * number); s is its index in the epoch, first the first one this run
@@ -120,6 +137,12 @@ typedef struct dv_loop {
 /* Trains from ts's position to [train] epochs, max_steps, a stop signal or
  * early stopping. DV_OK, with *stop_signal the signal that stopped it (0:
  * none; its checkpoint is written), or DV_ERR after a failure (agreed).
+ * Every check_every steps, and before every checkpoint, the ranks compare
+ * a fingerprint of the models' parameters and comm's collective sequence
+ * hash; replicas that differ end the run (DV_ERR, agreed) before anything
+ * of the step is saved, naming the ranks that differ from the majority.
+ * DIVE_TEST_PERTURB=RANK:STEP (testing only) adds 1e-3 to one parameter
+ * on rank RANK after every step from STEP on, as a faulty rank would.
  * Collective. */
 dv_status dv_loop_run(const dv_loop *l, dv_train_state *ts, int *stop_signal);
 /* Whether rank 0's progress is one live line ([train] progress, a

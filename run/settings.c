@@ -111,6 +111,8 @@ dv_status dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
     DV_TRY(dv_config_int(cfg, t, "keep", 3, 0, 1000000, &st->keep, err));
     DV_TRY(dv_config_int(cfg, t, "checkpoint_every", 0, 0, 1L << 40, &st->checkpoint_every, err));
     DV_TRY(dv_config_int(cfg, t, "log_every", 0, 0, 1L << 40, &st->log_every, err));
+    DV_TRY(dv_config_int(cfg, t, "check_every", 200, 0, 1L << 40, &st->check_every, err));
+    DV_TRY(dv_config_float(cfg, t, "comm_timeout", -1, 0, 1e9, &st->comm_timeout, err));
     DV_TRY(dv_config_int(cfg, t, "threads", 0, 0, 4096, &st->threads, err));
     DV_TRY(dv_config_int(cfg, t, "max_steps", 0, 0, 1L << 50, &st->max_steps, err));
     READ_ENUM("lr_schedule", "constant", dv_sched_names, &st->schedule);

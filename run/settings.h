@@ -60,6 +60,8 @@ typedef struct dv_settings {
     long prefetch;
     /* [train] */
     long epochs, batch, seed, patience, keep, checkpoint_every, log_every, threads, max_steps;
+    long check_every;    /* steps between the replicas' divergence checks; 0: none */
+    double comm_timeout; /* the watchdog's seconds (0: forever); -1: DIVE_COMM_TIMEOUT's */
     long warmup_steps, lr_step_epochs;
     double lr, lr_min, lr_gamma, momentum, beta1, beta2, eps, weight_decay, clip_norm, bucket_mb;
     double peak_tflops; /* per device, for MFU; 0: the backend's, if it knows */

@@ -369,7 +369,11 @@ dv_status dv_train_run(dv_comm *c, dv_config *cfg, const char *resume_from, int 
     char ckpt[1200];
     dv_status rc = dv_run_begin(c, &r->st, resume_from, ckpt, sizeof(ckpt), r->err);
     if (!rc && ckpt[0]) rc = resume(r, ckpt, &ts);
-    if (dv_agree(c, rc, r->err)) {
+    char plan[2048] = "";
+    dv_plan_split(plan, sizeof plan, "train", r->train);
+    dv_plan_split(plan, sizeof plan, "val", r->val);
+    dv_plan_resume(plan, sizeof plan, ckpt, &ts);
+    if (dv_agree(c, rc, r->err) || dv_run_agree(c, cfg, plan, r->err)) {
         dv_classifier_free(r);
         return DV_ERR;
     }
@@ -386,10 +390,13 @@ dv_status dv_train_run(dv_comm *c, dv_config *cfg, const char *resume_from, int 
                                                  "val_acc,samples_per_s,epoch_time_s,tflops,mfu");
     r->live = dv_progress_live(&r->st, c);
     r->lr = r->st.lr;
+    dv_model *const models[] = {r->m};
     dv_loop loop = {.comm = c,
                     .st = &r->st,
                     .loader = r->tl,
                     .live = r->live,
+                    .models = models,
+                    .nmodels = 1,
                     .ctx = r,
                     .step = loop_step,
                     .flush = stats_flush,

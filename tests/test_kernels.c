@@ -112,6 +112,24 @@ static void test_backend_basics(void **state) {
     be->scale(be->ctx, y, 2.0f, 1000);   /* y = 6 */
     assert_true(y[0] == 6.0f && y[999] == 6.0f);
     assert_true(fabs(be->sumsq(be->ctx, y, 1000) - 36000.0) < 1e-6);
+    /* the fingerprint sees every bit and every position */
+    uint64_t f0 = be->fingerprint(be->ctx, y, 1000);
+    assert_true(f0 == be->fingerprint(be->ctx, y, 1000));
+    assert_true(be->fingerprint(be->ctx, y, 0) == 0);
+    uint32_t bits;
+    memcpy(&bits, &y[517], sizeof bits);
+    bits ^= 1u; /* the lowest mantissa bit of one element */
+    memcpy(&y[517], &bits, sizeof bits);
+    assert_true(be->fingerprint(be->ctx, y, 1000) != f0);
+    bits ^= 1u;
+    memcpy(&y[517], &bits, sizeof bits);
+    assert_true(be->fingerprint(be->ctx, y, 1000) == f0);
+    y[3] = 7.0f; /* the same values in swapped places */
+    uint64_t f1 = be->fingerprint(be->ctx, y, 1000);
+    y[3] = 6.0f;
+    y[4] = 7.0f;
+    assert_true(be->fingerprint(be->ctx, y, 1000) != f1);
+    y[4] = 6.0f;
     float h[3] = {1, 2, 3}, back[3] = {0};
     be->to_device(be->ctx, y, h, sizeof h);
     be->to_host(be->ctx, back, y, sizeof back);

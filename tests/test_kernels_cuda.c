@@ -261,6 +261,11 @@ static void test_blas1(void **state) {
         double sc = cpu->sumsq(cpu->ctx, x.h + 1, n), sg = G->sumsq(G->ctx, x.d + 1, n);
         if (!(fabs(sg - sc) <= 1e-6 * sc))
             fail_msg("sumsq n=%zu: cuda %.12g, cpu %.12g", n, sg, sc);
+        uint64_t fc = cpu->fingerprint(cpu->ctx, x.h + 1, n),
+                 fg = G->fingerprint(G->ctx, x.d + 1, n);
+        if (fc != fg)
+            fail_msg("fingerprint n=%zu: cuda %016llx, cpu %016llx", n, (unsigned long long)fg,
+                     (unsigned long long)fc);
 
         cpu->scale(cpu->ctx, x.h + 1, 0.75f, n);
         G->scale(G->ctx, x.d + 1, 0.75f, n);

@@ -203,6 +203,75 @@ static void test_config_text_round_trip(void **state) {
     dv_config_free(&b);
 }
 
+/* The effective config: what the getters read, defaults included and
+ * normalized, so two spellings of one value read the same. */
+static void test_config_resolved(void **state) {
+    (void)state;
+    dv_config a, b;
+    char err[DV_ERR_LEN];
+    assert_int_equal(dv_config_load_text(&a, "a.cfg",
+                                         "[train]\nlr = 0.001\nbatch = 8\nopt = adam\n\n"
+                                         "[input]\nshape = 1, 28,28\n",
+                                         err),
+                     0);
+    assert_int_equal(dv_config_load_text(&b, "b.cfg",
+                                         "[train]\nlr = 1e-3\nopt = adam\n\n"
+                                         "[input]\nshape = 1,28,28\n",
+                                         err),
+                     0);
+    dv_config *both[2] = {&a, &b};
+    char *text[2];
+    for (int i = 0; i < 2; i++) {
+        dv_config *c = both[i];
+        dv_config_section *t = dv_config_find(c, "train");
+        double lr;
+        long batch;
+        const char *opt;
+        int shape[4], n;
+        assert_int_equal(dv_config_float(c, t, "lr", 0.1, 0, 1, &lr, err), 0);
+        assert_int_equal(dv_config_int(c, t, "batch", 8, 1, 99, &batch, err), 0);
+        assert_int_equal(dv_config_str(c, t, "opt", "sgd", &opt, err), 0);
+        assert_int_equal(dv_config_float(c, t, "eps", 0.1, 0, 1, &lr, err), 0);
+        assert_int_equal(dv_config_ints(c, dv_config_find(c, "input"), "shape", shape, 4, &n, err),
+                         0);
+        /* read twice: listed once */
+        assert_int_equal(dv_config_float(c, t, "lr", 0.1, 0, 1, &lr, err), 0);
+        text[i] = dv_config_resolved_text(c);
+        assert_non_null(text[i]);
+    }
+    assert_string_equal(text[0], "[train] lr\t0.001\n[train] batch\t8\n[train] opt\tadam\n"
+                                 "[train] eps\t0.1\n[input] shape\t1,28,28\n");
+    assert_string_equal(text[0], text[1]);
+    free(text[1]);
+    /* a value that 15 digits do not carry keeps 17 */
+    assert_int_equal(dv_config_set(&b, "train.lr=0.10000000000000002", err), 0);
+    double lr;
+    assert_int_equal(dv_config_float(&b, dv_config_find(&b, "train"), "lr", 0, 0, 1, &lr, err), 0);
+    text[1] = dv_config_resolved_text(&b);
+    assert_non_null(strstr(text[1], "[train] lr\t0.10000000000000002\n"));
+    free(text[0]);
+    free(text[1]);
+    dv_config_free(&a);
+    dv_config_free(&b);
+
+    /* a GAN model's keys under their prefixed sections */
+    dv_config cfg, g;
+    assert_int_equal(dv_config_load_text(
+                         &cfg, "g.cfg", "[gan]\nlatent = 3\n\n[generator.dense]\nunits = 4\n", err),
+                     0);
+    const int lat = 3;
+    assert_int_equal(dv_config_sub(&cfg, "generator", &lat, 1, &g, err), 0);
+    long units;
+    assert_int_equal(dv_config_int(&g, &g.sec[1], "units", 0, 1, 99, &units, err), 0);
+    assert_int_equal(dv_config_int(&g, &g.sec[1], "stride", 1, 1, 99, &units, err), 0);
+    dv_config_sub_done(&cfg, &g);
+    char *t = dv_config_resolved_text(&cfg);
+    assert_string_equal(t, "[generator.dense_1] units\t4\n[generator.dense_1] stride\t1\n");
+    free(t);
+    dv_config_free(&g);
+    dv_config_free(&cfg);
+}
+
 static dv_model *build(const char *text, dv_backend *be, dv_loss loss, int B) {
     return test_model_build(text, be, loss, B, 0);
 }
@@ -628,6 +697,7 @@ int main(void) {
         cmocka_unit_test(test_config_sections_in_order),
         cmocka_unit_test(test_config_errors_name_line),
         cmocka_unit_test(test_config_text_round_trip),
+        cmocka_unit_test(test_config_resolved),
         cmocka_unit_test(test_config_sub),
         cmocka_unit_test(test_model_shapes),
         cmocka_unit_test(test_model_train_flops),

@@ -88,6 +88,17 @@ DV_HOT double dv_cpu_sumsq(void *ctx, const float *restrict x, size_t n) {
     return s;
 }
 
+uint64_t dv_cpu_fingerprint(void *ctx, const float *restrict x, size_t n) {
+    (void)ctx;
+    uint64_t h = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], sizeof bits);
+        h += dv_fingerprint_term(bits, i);
+    }
+    return h;
+}
+
 /* ---- bias ------------------------------------------------------------- */
 
 DV_HOT void dv_cpu_bias_forward(void *ctx, float *restrict y, const float *restrict bias, int B,

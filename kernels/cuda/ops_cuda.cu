@@ -1050,6 +1050,74 @@ double dv_cuda_sumsq(void *ctx, const float *x, size_t n) {
     return *cx->host_sum;
 }
 
+/* The fingerprint's grid is sumsq's: at most 1024 blocks, each leaving
+ * its partial sum (modulo 2^64, so any order gives the same bits). */
+static __device__ unsigned long long block_sum_u64(unsigned long long v) {
+    __shared__ unsigned long long sh[33];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(FULL_MASK, v, o);
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? sh[lane] : 0ull;
+        for (int o = 16; o > 0; o >>= 1)
+            v += __shfl_xor_sync(FULL_MASK, v, o);
+        if (lane == 0) sh[32] = v;
+    }
+    __syncthreads();
+    v = sh[32];
+    __syncthreads();
+    return v;
+}
+
+/* part[blockIdx.x] = this block's sum of dv_fingerprint_term (kernels-impl.h). */
+static __global__ void fingerprint_kernel(const float *__restrict__ x, size_t n,
+                                          unsigned long long *__restrict__ part) {
+    const size_t step = (size_t)gridDim.x * blockDim.x;
+    unsigned long long acc = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
+        const uint64_t bits = (uint64_t)__float_as_uint(x[i]);
+        acc += dv_cuda_mix64(bits ^ dv_cuda_mix64((uint64_t)i + 0x9e3779b97f4a7c15ULL));
+    }
+    acc = block_sum_u64(acc);
+    if (threadIdx.x == 0) part[blockIdx.x] = acc;
+}
+
+/* *out = sum of part (n), one block. */
+static __global__ void sum_u64_kernel(const unsigned long long *__restrict__ part, int n,
+                                      unsigned long long *__restrict__ out) {
+    unsigned long long acc = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        acc += part[i];
+    acc = block_sum_u64(acc);
+    if (threadIdx.x == 0) *out = acc;
+}
+
+/* 0 when it could not be had (the error is recorded for check). */
+uint64_t dv_cuda_fingerprint(void *ctx, const float *x, size_t n) {
+    dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
+    if (n == 0) return 0;
+    size_t nb = (n + SUMSQ_ELEMS_PER_BLOCK - 1) / SUMSQ_ELEMS_PER_BLOCK;
+    if (nb > SUMSQ_MAX_BLOCKS) nb = SUMSQ_MAX_BLOCKS;
+    const int blocks = (int)nb;
+    unsigned long long *part = (unsigned long long *)dv_cuda_scratch(
+        cx, ((size_t)blocks + 1) * sizeof(unsigned long long));
+    if (!part) return 0;
+    fingerprint_kernel<<<(unsigned)blocks, DV_CUDA_THREADS, 0, cx->stream>>>(x, n, part);
+    if (DV_CUDA_LAUNCHED(cx, "fingerprint_kernel")) return 0;
+    sum_u64_kernel<<<1, DV_CUDA_THREADS, 0, cx->stream>>>(part, blocks, part + blocks);
+    if (DV_CUDA_LAUNCHED(cx, "sum_u64_kernel")) return 0;
+    /* host_sum is 8 pinned bytes: sumsq's double, here the 64-bit sum */
+    if (DV_CUDA_CHECK(cx, cudaMemcpyAsync(cx->host_sum, part + blocks, sizeof(uint64_t),
+                                          cudaMemcpyDeviceToHost, cx->stream)))
+        return 0;
+    if (DV_CUDA_CHECK(cx, cudaStreamSynchronize(cx->stream))) return 0;
+    uint64_t h;
+    memcpy(&h, cx->host_sum, sizeof h);
+    return h;
+}
+
 /* y += a*x, unfused as the CPU. */
 static __global__ void axpy_kernel(float a, const float *__restrict__ x, float *__restrict__ y,
                                    size_t n) {

@@ -27,6 +27,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* ---- qualifiers --------------------------------------------------------- */
 
@@ -110,6 +111,19 @@ static inline double __dadd_rn(double a, double b) {
 static inline double __dmul_rn(double a, double b) {
     return a * b;
 }
+/* ---- bit casts ----------------------------------------------------------- */
+
+static inline unsigned int __float_as_uint(float x) {
+    unsigned int u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+static inline float __uint_as_float(unsigned int u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
 /* Not here: __expf, __logf and the other fast approximations (glibc
  * declares functions of those names); add them, as the host's expf ..., if
  * a kernel starts to use them. */
