@@ -59,17 +59,27 @@ dv_status dv_h5_scan_range(hid_t d, int64_t n, const char *file, const char *pat
 
 /* ---- writing (import.c), shared by the importers --------------------- */
 
-/* Opens out_file for writing, creating it if missing, and removes the
- * objects `replace[0..nreplace)` (absolute paths) where present, so an
- * import replaces what it writes and keeps everything else. NULL, with the
- * message in err, on failure. */
-dv_h5 *dv_import_open(const char *out_file, const char *const *replace, int nreplace, char *err);
-
-/* Closes h; when st is not DV_OK first removes `written`, so a failed
- * import never leaves data that looks complete. Returns st, or DV_ERR if
- * the close fails (disk full). */
-dv_status dv_import_close(dv_h5 *h, const char *const *written, int nwritten, dv_status st,
-                          char *err);
+/* An import's output, written beside the file it replaces and swapped in
+ * whole: dv_import_open copies out_file (when it exists) to a temporary
+ * file in the same directory, `<out_file>.tmp.<pid>` (created with O_EXCL,
+ * never through a symlink), and removes there the objects
+ * `replace[0..nreplace)` (absolute paths) where present; the importer
+ * writes into `h`; dv_import_close renames the temporary over out_file
+ * only when the import succeeded, so a failed import (a bad input found
+ * half-way, a full disk, a crash) leaves out_file as it was. Where
+ * out_file is a symbolic link, the file it points to is replaced. */
+typedef struct dv_import_out {
+    dv_h5 *h;
+    char path[4096]; /* the file to replace (out_file, its links resolved) */
+    char tmp[4200];  /* the temporary beside it; "" once renamed or removed */
+} dv_import_out;
+dv_status dv_import_open(dv_import_out *o, const char *out_file, const char *const *replace,
+                         int nreplace, char *err);
+/* Closes o->h; with st == DV_OK syncs the temporary to disk and renames
+ * it over the file (then syncs the directory), else removes it. Returns st,
+ * or DV_ERR when the close, sync or rename fails (the file is then
+ * unchanged too). */
+dv_status dv_import_close(dv_import_out *o, dv_status st, char *err);
 
 /* ---- the vocabulary (tokens.c), shared with the text importer -------- */
 

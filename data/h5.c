@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <hdf5.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -819,6 +820,35 @@ hid_t dv_h5_open_cached(hid_t fid, const char *path, size_t bytes) {
     return d;
 }
 
+/* A dataset's declared shape is trusted only as far as the file backs it:
+ * a sample (a row) of at most 2^31 - 1 elements, a size that does not
+ * overflow, and stored bytes that could hold it (deflate, the strongest
+ * filter HDF5 ships, compresses at most about 1032:1, so a dataset stored
+ * in fewer than 1/1100 of its bytes is truncated or was never written,
+ * whatever its fill value reads as). */
+static dv_status check_extent(hid_t d, const char *file, const char *path, int rank,
+                              const hsize_t *dims, size_t elem, char *err) {
+    uint64_t row = 1, bytes = elem;
+    for (int i = 1; i < rank; i++)
+        if (__builtin_mul_overflow(row, (uint64_t)dims[i], &row) || row > INT32_MAX)
+            return DV_ERROR(err,
+                            "%s: %s: samples of more than 2^31 - 1 elements (shape dimension %d "
+                            "is %llu)",
+                            file, path, i, (unsigned long long)dims[i]);
+    if (__builtin_mul_overflow(bytes, row, &bytes) ||
+        __builtin_mul_overflow(bytes, (uint64_t)dims[0], &bytes))
+        return DV_ERROR(err, "%s: %s declares %llu rows of %llu elements: too large", file, path,
+                        (unsigned long long)dims[0], (unsigned long long)row);
+    const uint64_t stored = H5Dget_storage_size(d);
+    if (bytes > 0 && stored < bytes / 1100)
+        return DV_ERROR(err,
+                        "%s: %s declares %llu rows (%llu bytes) but the file stores %llu bytes "
+                        "of it: a truncated or never written dataset",
+                        file, path, (unsigned long long)dims[0], (unsigned long long)bytes,
+                        (unsigned long long)stored);
+    return DV_OK;
+}
+
 dv_status dv_h5_open_dataset(hid_t fid, const char *file, const char *path, hid_t *out, int *rank,
                              hsize_t *dims, H5T_class_t *cls, char *err) {
     *out = H5I_INVALID_HID;
@@ -851,6 +881,7 @@ dv_status dv_h5_open_dataset(hid_t fid, const char *file, const char *path, hid_
     } else {
         H5Sget_simple_extent_dims(space, dims, NULL);
         *rank = r;
+        st = check_extent(d, file, path, r, dims, H5Tget_size(type), err);
     }
     H5Sclose(space);
     H5Tclose(type);

@@ -2,27 +2,36 @@
  * Dive's HDF5 layout: /<split>/x and /<split>/y, chunked and gzip-compressed
  * so h5py and every HDF5 tool read them.
  *
- * Both inputs are validated before the output file is touched where that is
- * possible (IDX headers, the whole CSV), and a split that fails half-way is
- * removed again, so a bad input never leaves a split that looks complete.
- * IDX is streamed in blocks, so its size is bounded only by the disk; a CSV
- * is parsed into memory first (CSV data sets are small).
+ * Inputs are validated before anything is written: an IDX file's size must
+ * be what its header promises (read through once, so no header is trusted
+ * with an allocation), and a CSV is parsed whole. Every importer writes
+ * into a copy of the output file beside it and renames the copy over the
+ * file only once the import succeeded (dv_import_open / dv_import_close),
+ * so a failed import, or a crash in the middle of one, leaves the file as
+ * it was. IDX is streamed in blocks, so its size is bounded only by the
+ * disk; a CSV is parsed into memory first (CSV data sets are small).
  */
 #include "data-impl.h"
 #include "h5.h"
 #include "import.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #define IDX_IMAGES_MAGIC 0x00000803u
 #define IDX_LABELS_MAGIC 0x00000801u
 #define IDX_CHUNK_ROWS   64
 #define IDX_BLOCK_ROWS   8192
+#define IDX_BLOCK_BYTES  (64u << 20) /* a block holds at most this, or one image */
+#define IDX_MAX_PIXELS   (1u << 26)  /* 8192 x 8192 */
 /* CSV chunks hold about this many elements (1 MiB of float32). */
 #define CSV_CHUNK_ELEMS (1 << 18)
 
@@ -39,24 +48,114 @@ static int norm_split(const char *split, char *buf, size_t len) {
     return n > 1;
 }
 
-dv_h5 *dv_import_open(const char *out_file, const char *const *replace, int nreplace, char *err) {
-    dv_h5 *h = NULL;
-    if (dv_h5_open(&h, out_file, DV_H5_WRITE, err) != DV_OK) return NULL;
-    for (int i = 0; i < nreplace; i++) {
-        if (dv_h5_delete(h, replace[i], err) != DV_OK) {
-            DV_ERROR(err, "%s: cannot replace the existing %s", out_file, replace[i]);
-            dv_h5_close(h, NULL);
-            return NULL;
-        }
+/* Copies the file src to a new file dst (created with O_EXCL|O_NOFOLLOW,
+ * mode 0644 less the umask) and syncs it. */
+static dv_status copy_file(const char *src, const char *dst, char *err) {
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0) return DV_ERROR(err, "%s: cannot open: %s", src, strerror(errno));
+    int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (out < 0) {
+        int e = errno;
+        close(in);
+        return DV_ERROR(err, "%s: cannot create: %s", dst, strerror(e));
     }
-    return h;
+    char buf[1 << 16];
+    dv_status st = DV_OK;
+    for (;;) {
+        ssize_t got = read(in, buf, sizeof buf);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            st = DV_ERROR(err, "%s: read error: %s", src, strerror(errno));
+            break;
+        }
+        if (got == 0) break;
+        for (ssize_t done = 0; done < got;) {
+            ssize_t put = write(out, buf + done, (size_t)(got - done));
+            if (put < 0 && errno == EINTR) continue;
+            if (put < 0) {
+                st = DV_ERROR(err, "%s: cannot write: %s", dst, strerror(errno));
+                break;
+            }
+            done += put;
+        }
+        if (st) break;
+    }
+    if (!st && fsync(out)) st = DV_ERROR(err, "%s: cannot sync: %s", dst, strerror(errno));
+    close(in);
+    if (close(out) && !st) st = DV_ERROR(err, "%s: cannot write: %s", dst, strerror(errno));
+    return st;
 }
 
-dv_status dv_import_close(dv_h5 *h, const char *const *written, int nwritten, dv_status st,
-                          char *err) {
-    for (int i = 0; st != DV_OK && i < nwritten; i++)
-        dv_h5_delete(h, written[i], NULL);
-    if (dv_h5_close(h, st == DV_OK ? err : NULL) != DV_OK) st = DV_ERR;
+/* fsync of a file or directory by path; 0 on success. */
+static int sync_path(const char *path, int dir) {
+    int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+dv_status dv_import_open(dv_import_out *o, const char *out_file, const char *const *replace,
+                         int nreplace, char *err) {
+    memset(o, 0, sizeof(*o));
+    struct stat sb;
+    int exists = stat(out_file, &sb) == 0;
+    if (exists && !S_ISREG(sb.st_mode)) return DV_ERROR(err, "%s: not a regular file", out_file);
+    if (exists) {
+        if (!realpath(out_file, o->path))
+            return DV_ERROR(err, "%s: cannot resolve: %s", out_file, strerror(errno));
+    } else if (strlen(out_file) >= sizeof(o->path)) {
+        return DV_ERROR(err, "%.100s...: path too long", out_file);
+    } else {
+        snprintf(o->path, sizeof(o->path), "%s", out_file);
+    }
+    if (exists) { /* an output that is not HDF5 is named as itself, and left alone */
+        dv_h5 *check = NULL;
+        DV_TRY(dv_h5_open(&check, o->path, DV_H5_READ, err));
+        DV_TRY(dv_h5_close(check, err));
+    }
+    snprintf(o->tmp, sizeof(o->tmp), "%s.tmp.%ld", o->path, (long)getpid());
+    unlink(o->tmp); /* left by a killed import of a process with this pid */
+    dv_status st = exists ? copy_file(o->path, o->tmp, err) : DV_OK;
+    if (!st)
+        st =
+            exists ? dv_h5_open(&o->h, o->tmp, DV_H5_WRITE, err) : dv_h5_create(&o->h, o->tmp, err);
+    for (int i = 0; !st && i < nreplace; i++)
+        if (dv_h5_delete(o->h, replace[i], err) != DV_OK)
+            st = DV_ERROR(err, "%s: cannot replace the existing %s", out_file, replace[i]);
+    if (st) {
+        dv_h5_close(o->h, NULL);
+        o->h = NULL;
+        unlink(o->tmp);
+        o->tmp[0] = 0;
+    }
+    return st;
+}
+
+dv_status dv_import_close(dv_import_out *o, dv_status st, char *err) {
+    if (dv_h5_close(o->h, st == DV_OK ? err : NULL) != DV_OK) st = DV_ERR;
+    o->h = NULL;
+    if (!o->tmp[0]) return DV_ERR;
+    if (st == DV_OK && sync_path(o->tmp, 0))
+        st = DV_ERROR(err, "%s: cannot sync: %s", o->tmp, strerror(errno));
+    if (st == DV_OK && rename(o->tmp, o->path))
+        st = DV_ERROR(err, "%s: cannot replace it with %s: %s", o->path, o->tmp, strerror(errno));
+    if (st != DV_OK) {
+        unlink(o->tmp);
+    } else {
+        /* the rename itself reaches the disk with the directory */
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s", o->path);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir)
+            slash[1] = 0;
+        else if (slash)
+            *slash = 0;
+        else
+            snprintf(dir, sizeof(dir), ".");
+        sync_path(dir, 1);
+    }
+    o->tmp[0] = 0;
     return st;
 }
 
@@ -77,6 +176,43 @@ static int read_full(gzFile gz, void *buf, size_t len) {
 
 static uint32_t be32(const unsigned char *b) {
     return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+/* The bytes of a file after gzip decompression (a plain file as it is):
+ * read through once, so the check below trusts no header; -1 on a read
+ * error. */
+static int64_t content_bytes(const char *path) {
+    gzFile gz = gzopen(path, "rb");
+    if (!gz) return -1;
+    char buf[1 << 16];
+    int64_t n = 0;
+    int got;
+    while ((got = gzread(gz, buf, sizeof buf)) > 0)
+        n += got;
+    int bad = got < 0;
+    gzclose(gz);
+    return bad ? -1 : n;
+}
+
+/* Whether an IDX file holds exactly what its header (of `header` bytes)
+ * promises: `count` items of `item` bytes. */
+static dv_status idx_check_size(const char *path, int header, uint64_t count, uint64_t item,
+                                const char *what, char *err) {
+    int64_t have = content_bytes(path);
+    if (have < 0) return DV_ERROR(err, "%s: read error (a damaged gzip file?)", path);
+    const uint64_t body = (uint64_t)(have - header); /* have >= header: the header was read */
+    if (body == count * item) return DV_OK;
+    if (body < count * item)
+        return DV_ERROR(err,
+                        "%s: truncated: its header promises %llu %s of %llu bytes but it holds "
+                        "%llu whole %s (%llu bytes after the header)",
+                        path, (unsigned long long)count, what, (unsigned long long)item,
+                        (unsigned long long)(body / item), what, (unsigned long long)body);
+    return DV_ERROR(err,
+                    "%s: %llu bytes after its header, more than the %llu %s of %llu bytes it "
+                    "promises: not an IDX file of this header",
+                    path, (unsigned long long)body, (unsigned long long)count, what,
+                    (unsigned long long)item);
 }
 
 /* Opens an IDX file and reads its header; dims receives ndims sizes. */
@@ -118,7 +254,10 @@ static dv_status idx_write(dv_h5 *h, const char *group, gzFile gi, gzFile gl, co
     snprintf(ypath, sizeof(ypath), "%s/y", group);
     int64_t xd[3] = {id[0], id[1], id[2]}, yd[1] = {id[0]};
     size_t row = (size_t)id[1] * id[2];
-    unsigned char *xb = malloc(row * IDX_BLOCK_ROWS), *yb = malloc(IDX_BLOCK_ROWS);
+    int64_t block = IDX_BLOCK_BYTES / row;
+    if (block > IDX_BLOCK_ROWS) block = IDX_BLOCK_ROWS;
+    if (block < 1) block = 1;
+    unsigned char *xb = malloc(row * (size_t)block), *yb = malloc((size_t)block);
     dv_status st = DV_ERR;
     if (dv_h5_create_dataset(h, xpath, DV_H5_U8, 3, xd, IDX_CHUNK_ROWS, err) != DV_OK ||
         dv_h5_create_dataset(h, ypath, DV_H5_U8, 1, yd, IDX_CHUNK_ROWS * 16, err) != DV_OK)
@@ -127,16 +266,17 @@ static dv_status idx_write(dv_h5 *h, const char *group, gzFile gi, gzFile gl, co
         DV_ERROR(err, "%s: out of memory", out_file);
         goto done;
     }
-    for (int64_t at = 0; at < id[0]; at += IDX_BLOCK_ROWS) {
-        int64_t c = id[0] - at < IDX_BLOCK_ROWS ? id[0] - at : IDX_BLOCK_ROWS;
+    for (int64_t at = 0; at < id[0]; at += block) {
+        int64_t c = id[0] - at < block ? id[0] - at : block;
+        /* the sizes were checked: a short read here means the file changed */
         if (read_full(gi, xb, row * (size_t)c) != 0) {
-            DV_ERROR(err, "%s: truncated: ends before image %llu of %u", images,
-                     (unsigned long long)at, id[0]);
+            DV_ERROR(err, "%s: ends inside images %llu..%llu of %u (changed while importing?)",
+                     images, (unsigned long long)at + 1, (unsigned long long)(at + c), id[0]);
             goto done;
         }
         if (read_full(gl, yb, (size_t)c) != 0) {
-            DV_ERROR(err, "%s: truncated: ends before label %llu of %u", labels,
-                     (unsigned long long)at, id[0]);
+            DV_ERROR(err, "%s: ends inside labels %llu..%llu of %u (changed while importing?)",
+                     labels, (unsigned long long)at + 1, (unsigned long long)(at + c), id[0]);
             goto done;
         }
         char why[DV_ERR_LEN];
@@ -164,15 +304,20 @@ static dv_status import_idx_group(const char *images, const char *labels, const 
         return DV_ERR;
     }
     dv_status st = DV_ERR;
+    const uint64_t row = (uint64_t)id[1] * id[2];
     if (id[0] != ld[0]) {
         DV_ERROR(err, "%s has %u images but %s has %u labels", images, id[0], labels, ld[0]);
     } else if (id[0] == 0 || id[1] == 0 || id[2] == 0) {
         DV_ERROR(err, "%s: no images (dimensions %u x %u x %u)", images, id[0], id[1], id[2]);
-    } else {
-        dv_h5 *h = dv_import_open(out_file, &group, 1, err);
-        if (h) {
-            st = idx_write(h, group, gi, gl, id, images, labels, out_file, err);
-            st = dv_import_close(h, &group, 1, st, err);
+    } else if (row > IDX_MAX_PIXELS) {
+        DV_ERROR(err, "%s: images of %u x %u pixels; at most %u pixels an image", images, id[1],
+                 id[2], IDX_MAX_PIXELS);
+    } else if (idx_check_size(images, 16, id[0], row, "images", err) == DV_OK &&
+               idx_check_size(labels, 8, ld[0], 1, "labels", err) == DV_OK) {
+        dv_import_out o;
+        if (dv_import_open(&o, out_file, &group, 1, err) == DV_OK) {
+            st = idx_write(o.h, group, gi, gl, id, images, labels, out_file, err);
+            st = dv_import_close(&o, st, err);
         }
     }
     gzclose(gi);
@@ -296,8 +441,14 @@ static dv_status csv_parse(const char *csv, int label_col, int header, csv_data 
     size_t cap = 0;
     long lineno = 0, width_line = 0;
     dv_status st = DV_OK;
-    while (getline(&line, &cap, f) > 0) {
+    ssize_t len;
+    while ((len = getline(&line, &cap, f)) > 0) {
         lineno++;
+        if (memchr(line, 0, (size_t)len)) {
+            DV_ERROR(err, "%s:%ld: a NUL byte: not a text CSV file", csv, lineno);
+            st = DV_ERR;
+            break;
+        }
         if ((header && lineno == 1) || blank(line)) continue;
         st = csv_row(d, line, csv, lineno, label_col, &width_line, err);
         if (st != DV_OK) break;
@@ -316,8 +467,9 @@ static dv_status csv_parse(const char *csv, int label_col, int header, csv_data 
 }
 
 static dv_status csv_write(const csv_data *d, const char *out_file, const char *group, char *err) {
-    dv_h5 *h = dv_import_open(out_file, &group, 1, err);
-    if (!h) return DV_ERR;
+    dv_import_out o;
+    DV_TRY(dv_import_open(&o, out_file, &group, 1, err));
+    dv_h5 *h = o.h;
     char xpath[300], ypath[300], why[DV_ERR_LEN];
     snprintf(xpath, sizeof(xpath), "%s/x", group);
     snprintf(ypath, sizeof(ypath), "%s/y", group);
@@ -331,7 +483,7 @@ static dv_status csv_write(const csv_data *d, const char *out_file, const char *
         DV_ERROR(err, "%s: writing %s failed (disk full?)", out_file, group);
         st = DV_ERR;
     }
-    return dv_import_close(h, &group, 1, st, err);
+    return dv_import_close(&o, st, err);
 }
 
 dv_status dv_import_csv(const char *csv, int label_col, int header, const char *out_file,

@@ -3,7 +3,9 @@
  * /<split>/x, /<split>/y, and text into a token file (/train/tokens,
  * /val/tokens, /vocab). Outputs are chunked and gzip-compressed so h5py and
  * every HDF5 tool read them; an import replaces what it writes, keeps the
- * rest of the file, and never leaves a half-written split behind.
+ * rest of the file, and is atomic: it writes a copy of the file beside it
+ * and swaps the copy in only when everything was read, validated and
+ * written, so a failed import leaves the file as it was.
  */
 #ifndef DV_IMPORT_H
 #define DV_IMPORT_H

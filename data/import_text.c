@@ -272,8 +272,9 @@ static const char *const written[] = {"/train/tokens", "/val/tokens", "/vocab"};
 
 static dv_status write_out(file_list *l, const dv_text_options *opt, const int32_t *codepoints,
                            int64_t v, writer *w, int64_t n, const char *out_file, char *err) {
-    w->h = dv_import_open(out_file, written, 3, err);
-    if (!w->h) return DV_ERR;
+    dv_import_out o;
+    DV_TRY(dv_import_open(&o, out_file, written, 3, err));
+    w->h = o.h;
     dv_status st = DV_ERR;
     int64_t dt[1] = {w->n_train}, dv[1] = {n - w->n_train};
     if (dv_h5_create_dataset(w->h, written[0], DV_H5_I32, 1, dt, TOKEN_CHUNK, err) != DV_OK ||
@@ -304,7 +305,7 @@ static dv_status write_out(file_list *l, const dv_text_options *opt, const int32
     dv_vocab vocab = {opt->vocab, v, (int32_t *)codepoints};
     st = dv_vocab_write_to(w->h, &vocab, err);
 done:
-    st = dv_import_close(w->h, written, 3, st, err);
+    st = dv_import_close(&o, st, err);
     w->h = NULL;
     return st;
 }

@@ -1,74 +1,29 @@
-/* config.c — Dive's INI configs: parsing with libinih, `--set` overrides,
- * typed getters that name file:line on a bad value, and the check that
- * every key was read (an unknown key is an error, not a silent default).
+/* config.c — Dive's INI configs: parsing, `--set` overrides, typed getters
+ * that name file:line on a bad value, and the check that every key was read
+ * (an unknown key is an error, not a silent default).
  *
- * Debian's libinih has no new-section callback, so two `[dense]` sections in
- * a row, or a `[flatten]` with no keys, would never reach the handler as
- * separate sections. The reader below gives every section header a unique
- * tag and follows it with a marker key, and it counts the true line numbers
- * of the file for messages.
+ * The parser is Dive's own (docs/config.md, "File format"): lines of any
+ * length, every section header a new section (two `[dense]` in a row are
+ * two layers, an empty `[flatten]` is one), section types and keys checked
+ * as identifiers, layer names as plain identifiers, and nothing truncated:
+ * a name too long for DV_NAME_LEN is an error. Sections and names are
+ * looked up through a hash table while naming, so a config of many
+ * sections loads in linear time.
  */
 #include <ctype.h>
 #include <errno.h>
-#include <ini.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "config.h"
 
-#define MARKER_KEY "__dv_section__"
-
-typedef struct reader {
-    const char *text; /* the whole file */
-    size_t pos;
-    int line;      /* true line number of the last line handed out */
-    int nsections; /* headers seen so far */
-    int pending;   /* a marker line is due */
-    int section_line;
-} reader;
-
-static char *read_line(char *str, int num, void *stream) {
-    reader *r = stream;
-    if (r->pending) {
-        snprintf(str, (size_t)num, "%s = %d\n", MARKER_KEY, r->section_line);
-        r->pending = 0;
-        return str;
-    }
-    if (!r->text[r->pos]) return NULL;
-    const char *start = r->text + r->pos;
-    const char *nl = strchr(start, '\n');
-    size_t len = nl ? (size_t)(nl - start + 1) : strlen(start);
-    r->pos += len;
-    r->line++;
-    /* A header "[type]" becomes "[type\x1fN]" so each is a new section. */
-    const char *p = start;
-    while (p < start + len && (*p == ' ' || *p == '\t'))
-        p++;
-    if (*p == '[') {
-        const char *close = memchr(p, ']', (size_t)(start + len - p));
-        if (close) {
-            r->nsections++;
-            r->pending = 1;
-            r->section_line = r->line;
-            snprintf(str, (size_t)num, "%.*s\x1f%d]\n", (int)(close - start), start, r->nsections);
-            return str;
-        }
-    }
-    size_t n = len < (size_t)num - 1 ? len : (size_t)num - 1;
-    memcpy(str, start, n);
-    str[n] = 0;
-    return str;
-}
-
-typedef struct parse_ctx {
-    dv_config *cfg;
-    reader *rd;
-    char err[DV_ERR_LEN];
-    int failed;
-    char current[DV_NAME_LEN * 2];
-} parse_ctx;
+/* The largest config file read (a config is a few KB; this stops a
+ * device such as /dev/zero, or a wrong file, from being read forever). */
+#define MAX_CONFIG_BYTES (16u << 20)
 
 static void trim(char *s) {
     size_t n = strlen(s);
@@ -81,9 +36,13 @@ static void trim(char *s) {
 }
 
 static dv_config_section *add_section(dv_config *cfg, const char *type, int line) {
-    dv_config_section *ns = realloc(cfg->sec, sizeof(*ns) * (size_t)(cfg->nsec + 1));
-    if (!ns) return NULL;
-    cfg->sec = ns;
+    if (cfg->nsec == cfg->seccap) {
+        int cap = cfg->seccap ? 2 * cfg->seccap : 16;
+        dv_config_section *ns = realloc(cfg->sec, sizeof(*ns) * (size_t)cap);
+        if (!ns) return NULL;
+        cfg->sec = ns;
+        cfg->seccap = cap;
+    }
     dv_config_section *s = &cfg->sec[cfg->nsec++];
     memset(s, 0, sizeof(*s));
     snprintf(s->type, sizeof(s->type), "%s", type);
@@ -140,85 +99,197 @@ static void resolve(dv_config_section *s, const char *key, const char *fmt, ...)
     put_in(&s->res, &s->nres, &s->rescap, key, buf, 0);
 }
 
-static int on_key(void *user, const char *section, const char *name, const char *value) {
-    parse_ctx *pc = user;
-    dv_config *cfg = pc->cfg;
-    if (pc->failed) return 0;
-    if (strcmp(section, pc->current)) {
-        snprintf(pc->current, sizeof(pc->current), "%s", section);
-        char type[DV_NAME_LEN];
-        const char *tag = strchr(section, '\x1f');
-        size_t n = tag ? (size_t)(tag - section) : strlen(section);
-        if (n >= sizeof(type)) n = sizeof(type) - 1;
-        memcpy(type, section, n);
-        type[n] = 0;
-        trim(type);
-        if (!type[0]) {
-            pc->failed = 1;
-            DV_ERROR(pc->err, "%s:%d: empty section name", cfg->path, pc->rd->line);
-            return 0;
-        }
-        if (!add_section(cfg, type, pc->rd->section_line)) return 0;
-    }
-    if (!strcmp(name, MARKER_KEY)) return 1;
-    if (!cfg->nsec) {
-        pc->failed = 1;
-        DV_ERROR(pc->err, "%s:%d: key '%s' outside of any section", cfg->path, pc->rd->line, name);
-        return 0;
-    }
-    dv_config_section *s = &cfg->sec[cfg->nsec - 1];
-    if (find_kv(s, name)) {
-        pc->failed = 1;
-        DV_ERROR(pc->err, "%s:%d: key '%s' given twice in [%s]", cfg->path, pc->rd->line, name,
-                 s->type);
-        return 0;
-    }
-    if (put_kv(s, name, value, pc->rd->line)) return 0;
+/* A section type: letters, digits, '_' and '.' (generator.dense), not
+ * starting with a digit or '.'. */
+static int is_type(const char *s) {
+    if (!isalpha((unsigned char)*s) && *s != '_') return 0;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '_' && *s != '.') return 0;
     return 1;
+}
+
+/* A key or a layer name: letters, digits and '_', not starting with a digit. */
+static int is_ident(const char *s) {
+    if (!isalpha((unsigned char)*s) && *s != '_') return 0;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '_') return 0;
+    return 1;
+}
+
+/* A string -> int map for naming sections (open addressing, linear probing;
+ * keys are borrowed). */
+typedef struct name_map {
+    const char **key;
+    int *val;
+    size_t cap; /* a power of two, at least twice the entries */
+} name_map;
+
+static int map_init(name_map *m, int n) {
+    m->cap = 16;
+    while (m->cap < 2 * (size_t)n + 2)
+        m->cap *= 2;
+    m->key = calloc(m->cap, sizeof(*m->key));
+    m->val = calloc(m->cap, sizeof(*m->val));
+    return m->key && m->val ? 0 : -1;
+}
+
+static void map_free(name_map *m) {
+    free(m->key);
+    free(m->val);
+}
+
+/* The slot of key: its own, or the empty one where it would go. */
+static size_t map_slot(const name_map *m, const char *key) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (const char *c = key; *c; c++)
+        h = (h ^ (unsigned char)*c) * 0x100000001b3ULL;
+    size_t i = (size_t)h & (m->cap - 1);
+    while (m->key[i] && strcmp(m->key[i], key))
+        i = (i + 1) & (m->cap - 1);
+    return i;
 }
 
 /* Layer names: the `name` key, or <type>_<k> counting sections of a type. */
 static dv_status name_sections(dv_config *cfg, char *err) {
-    for (int i = 0; i < cfg->nsec; i++) {
+    name_map types = {0}, names = {0};
+    if (map_init(&types, cfg->nsec) || map_init(&names, cfg->nsec)) {
+        map_free(&types);
+        map_free(&names);
+        return DV_ERROR(err, "%s: out of memory", cfg->path);
+    }
+    dv_status rc = DV_OK;
+    for (int i = 0; i < cfg->nsec && !rc; i++) {
         dv_config_section *s = &cfg->sec[i];
         dv_config_kv *kv = find_kv(s, "name");
         int fixed = !strcmp(s->type, "data") || !strcmp(s->type, "train") ||
                     !strcmp(s->type, "input") || !strcmp(s->type, "gan");
-        if (kv && fixed)
-            return DV_ERROR(err, "%s:%d: [%s] cannot be renamed: 'name' is for layer sections",
-                            cfg->path, kv->line, s->type);
-        if (kv) {
+        size_t t = map_slot(&types, s->type);
+        types.key[t] = s->type;
+        const int k = ++types.val[t];
+        if (kv && fixed) {
+            rc = DV_ERROR(err, "%s:%d: [%s] cannot be renamed: 'name' is for layer sections",
+                          cfg->path, kv->line, s->type);
+        } else if (kv) {
             kv->used = 1;
-            snprintf(s->name, sizeof(s->name), "%s", kv->value);
-            continue;
-        }
-        if (fixed) {
+            if (!is_ident(kv->value))
+                rc = DV_ERROR(err,
+                              "%s:%d: [%s] name = %s: a layer name is letters, digits and '_', "
+                              "starting with a letter (it names the layer's group in "
+                              "checkpoints)",
+                              cfg->path, kv->line, s->type, kv->value);
+            else if (strlen(kv->value) >= DV_NAME_LEN)
+                rc = DV_ERROR(err, "%s:%d: [%s] name: at most %d characters", cfg->path, kv->line,
+                              s->type, DV_NAME_LEN - 1);
+            else
+                snprintf(s->name, sizeof(s->name), "%s", kv->value);
+        } else if (fixed) {
             snprintf(s->name, sizeof(s->name), "%s", s->type);
-            continue;
+        } else if (snprintf(s->name, sizeof(s->name), "%s_%d", s->type, k) >= DV_NAME_LEN) {
+            rc = DV_ERROR(err, "%s:%d: [%s]: the section name is too long to number", cfg->path,
+                          s->line, s->type);
         }
-        int k = 0;
-        for (int j = 0; j <= i; j++)
-            k += !strcmp(cfg->sec[j].type, s->type);
-        snprintf(s->name, sizeof(s->name), "%.50s_%d", s->type, k);
+        if (rc) break;
+        size_t j = map_slot(&names, s->name);
+        if (names.key[j]) {
+            rc = DV_ERROR(err, "%s:%d: section name '%s' is already used at line %d", cfg->path,
+                          s->line, s->name, cfg->sec[names.val[j]].line);
+            break;
+        }
+        names.key[j] = s->name;
+        names.val[j] = i;
     }
-    for (int i = 0; i < cfg->nsec; i++)
-        for (int j = 0; j < i; j++)
-            if (!strcmp(cfg->sec[i].name, cfg->sec[j].name))
-                return DV_ERROR(err, "%s:%d: section name '%s' is already used at line %d",
-                                cfg->path, cfg->sec[i].line, cfg->sec[i].name, cfg->sec[j].line);
+    map_free(&types);
+    map_free(&names);
+    return rc;
+}
+
+/* One line of a config (NUL-terminated, no newline) at `line`. */
+static dv_status parse_line(dv_config *cfg, char *p, int line, char *err) {
+    size_t n = strlen(p);
+    while (n && isspace((unsigned char)p[n - 1]))
+        p[--n] = 0;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (!*p || *p == ';' || *p == '#') return DV_OK;
+    if (*p == '[') {
+        char *close = strchr(p, ']');
+        if (!close) return DV_ERROR(err, "%s:%d: section header without ']'", cfg->path, line);
+        char *rest = close + 1;
+        while (isspace((unsigned char)*rest))
+            rest++;
+        if (*rest && *rest != ';' && *rest != '#')
+            return DV_ERROR(err, "%s:%d: text after the section header: '%s'", cfg->path, line,
+                            rest);
+        *close = 0;
+        char *type = p + 1;
+        trim(type);
+        if (!*type) return DV_ERROR(err, "%s:%d: empty section name", cfg->path, line);
+        if (!is_type(type))
+            return DV_ERROR(err,
+                            "%s:%d: [%s]: a section name is letters, digits, '_' and '.', "
+                            "starting with a letter",
+                            cfg->path, line, type);
+        if (strlen(type) >= DV_NAME_LEN)
+            return DV_ERROR(err, "%s:%d: [%.40s...]: a section name has at most %d characters",
+                            cfg->path, line, type, DV_NAME_LEN - 1);
+        if (!add_section(cfg, type, line)) return DV_ERROR(err, "%s: out of memory", cfg->path);
+        return DV_OK;
+    }
+    char *sep = p + strcspn(p, "=:");
+    if (!*sep)
+        return DV_ERROR(err, "%s:%d: expected 'key = value', a [section] or a comment: '%s'",
+                        cfg->path, line, p);
+    char *value = sep + 1;
+    *sep = 0;
+    trim(p);
+    if (!is_ident(p))
+        return DV_ERROR(err,
+                        "%s:%d: '%s': a key is letters, digits and '_', starting with a letter",
+                        cfg->path, line, p);
+    if (strlen(p) >= DV_NAME_LEN)
+        return DV_ERROR(err, "%s:%d: key '%.40s...' is longer than %d characters", cfg->path, line,
+                        p, DV_NAME_LEN - 1);
+    /* an inline comment starts at a ';' after whitespace */
+    for (char *c = value; *c; c++)
+        if (*c == ';' && c > value && isspace((unsigned char)c[-1])) {
+            *c = 0;
+            break;
+        }
+    trim(value);
+    if (!cfg->nsec)
+        return DV_ERROR(err, "%s:%d: key '%s' outside of any section", cfg->path, line, p);
+    dv_config_section *s = &cfg->sec[cfg->nsec - 1];
+    if (find_kv(s, p))
+        return DV_ERROR(err, "%s:%d: key '%s' given twice in [%s]", cfg->path, line, p, s->type);
+    if (put_kv(s, p, value, line)) return DV_ERROR(err, "%s: out of memory", cfg->path);
     return DV_OK;
 }
 
 static dv_status parse_text(dv_config *cfg, const char *text, char *err) {
-    reader rd = {.text = text};
-    parse_ctx pc = {.cfg = cfg, .rd = &rd};
-    int rc = ini_parse_stream(read_line, &rd, on_key, &pc);
-    if (pc.failed) {
-        memcpy(err, pc.err, DV_ERR_LEN);
-        return DV_ERR;
+    char *buf = NULL;
+    size_t cap = 0;
+    int line = 0;
+    dv_status rc = DV_OK;
+    for (const char *p = text; *p && !rc;) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        line++;
+        if (len + 1 > cap) {
+            cap = len + 1 > 2 * cap ? len + 1 : 2 * cap;
+            char *b = realloc(buf, cap);
+            if (!b) {
+                rc = DV_ERROR(err, "%s: out of memory", cfg->path);
+                break;
+            }
+            buf = b;
+        }
+        memcpy(buf, p, len);
+        buf[len] = 0;
+        rc = parse_line(cfg, buf, line, err);
+        p += len + (nl != NULL);
     }
-    if (rc > 0) return DV_ERROR(err, "%s:%d: cannot parse this line", cfg->path, rd.line);
-    if (rc < 0) return DV_ERROR(err, "%s: out of memory while parsing", cfg->path);
+    free(buf);
+    DV_TRY(rc);
     return name_sections(cfg, err);
 }
 
@@ -230,14 +301,27 @@ dv_status dv_config_load_text(dv_config *cfg, const char *label, const char *tex
 
 dv_status dv_config_load(dv_config *cfg, const char *path, char *err) {
     memset(cfg, 0, sizeof(*cfg));
+    if (strlen(path) >= sizeof(cfg->path))
+        return DV_ERROR(err, "%.100s...: the config's path is longer than %zu characters", path,
+                        sizeof(cfg->path) - 1);
     snprintf(cfg->path, sizeof(cfg->path), "%s", path);
     FILE *f = fopen(path, "rb");
     if (!f) return DV_ERROR(err, "%s: cannot open config: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return DV_ERROR(err, "%s: is a directory, not a config", path);
+    }
     size_t cap = 4096, n = 0;
     char *text = malloc(cap);
+    int too_big = 0;
     for (;;) {
         if (!text) break;
         if (n + 1024 > cap) {
+            if (cap > MAX_CONFIG_BYTES) {
+                too_big = 1;
+                break;
+            }
             char *t = realloc(text, cap * 2);
             if (!t) {
                 free(text);
@@ -255,15 +339,20 @@ dv_status dv_config_load(dv_config *cfg, const char *path, char *err) {
     fclose(f);
     if (!text) return DV_ERROR(err, "%s: out of memory", path);
     text[n] = 0;
-    if (bad) {
-        free(text);
-        return DV_ERROR(err, "%s: read error", path);
+    dv_status rc = DV_OK;
+    const char *nul = memchr(text, 0, n);
+    if (too_big) {
+        rc = DV_ERROR(err, "%s: larger than %u MiB: not a config", path, MAX_CONFIG_BYTES >> 20);
+    } else if (bad) {
+        rc = DV_ERROR(err, "%s: read error", path);
+    } else if (nul) {
+        int line = 1;
+        for (const char *c = text; c < nul; c++)
+            line += *c == '\n';
+        rc = DV_ERROR(err, "%s:%d: a NUL byte: not a text file", path, line);
+    } else {
+        rc = parse_text(cfg, text, err);
     }
-    if (memchr(text, 0, n)) {
-        free(text);
-        return DV_ERROR(err, "%s: not a text file", path);
-    }
-    int rc = parse_text(cfg, text, err);
     free(text);
     return rc;
 }
@@ -296,7 +385,7 @@ dv_status dv_config_set(dv_config *cfg, const char *assignment, char *err) {
     /* a section name may hold dots itself (generator.dense_1): take the
      * longest one that names a section */
     for (const char *p = eq - 1; p > dot; p--) {
-        if (*p != '.') continue;
+        if (*p != '.' || p - assignment >= DV_NAME_LEN) continue;
         char name[DV_NAME_LEN];
         snprintf(name, sizeof(name), "%.*s", (int)(p - assignment), assignment);
         int known = dv_config_find(cfg, name) != NULL;
@@ -308,11 +397,18 @@ dv_status dv_config_set(dv_config *cfg, const char *assignment, char *err) {
         }
     }
     if (eq == dot + 1) return DV_ERROR(err, "--set %s: expected section.key=value", assignment);
+    if (dot - assignment >= DV_NAME_LEN || eq - dot - 1 >= DV_NAME_LEN)
+        return DV_ERROR(err, "--set %.100s: a section or key name has at most %d characters",
+                        assignment, DV_NAME_LEN - 1);
     char sec[DV_NAME_LEN], key[DV_NAME_LEN];
     snprintf(sec, sizeof(sec), "%.*s", (int)(dot - assignment), assignment);
     snprintf(key, sizeof(key), "%.*s", (int)(eq - dot - 1), dot + 1);
     trim(sec);
     trim(key);
+    if (!is_ident(key))
+        return DV_ERROR(err,
+                        "--set %s: '%s': a key is letters, digits and '_', starting with a letter",
+                        assignment, key);
     dv_config_section *s = dv_config_find(cfg, sec);
     if (!s) {
         int count = 0;

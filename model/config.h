@@ -51,7 +51,7 @@ typedef struct dv_config {
     char path[1024];
     char prefix[DV_NAME_LEN]; /* a sub-config's "generator." as its messages name sections */
     dv_config_section *sec;
-    int nsec;
+    int nsec, seccap;
 } dv_config;
 
 /* Parses an INI file (every section seen in order, even empty or repeated

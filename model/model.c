@@ -123,7 +123,11 @@ static dv_status read_input(dv_model *m, dv_config *cfg, dv_config_section *in, 
     DV_TRY(dv_config_ints(cfg, in, "shape", m->in_shape, 3, &m->in_ndim, err));
     m->in_elems = 1;
     for (int i = 0; i < m->in_ndim; i++)
-        m->in_elems *= (size_t)m->in_shape[i];
+        if (__builtin_mul_overflow(m->in_elems, (size_t)m->in_shape[i], &m->in_elems) ||
+            m->in_elems > DV_MAX_SAMPLE_ELEMS)
+            return DV_CONFIG_ERROR(err, cfg, in, "shape",
+                                   "a sample of more than %d elements (2^31 - 1)",
+                                   DV_MAX_SAMPLE_ELEMS);
     if (seq && m->in_ndim != 2)
         return DV_CONFIG_ERROR(err, cfg, in, NULL,
                                "sequence = true needs shape = T,F (steps, features)");
@@ -175,7 +179,12 @@ static dv_status build_layers(dv_model *m, dv_config *cfg, char *err) {
         DV_TRY(dv_layer_init(l, cfg, s, m, err));
         l->out_elems = 1;
         for (int k = 0; k < l->out_ndim; k++)
-            l->out_elems *= (size_t)l->out_shape[k];
+            if (l->out_shape[k] < 1 ||
+                __builtin_mul_overflow(l->out_elems, (size_t)l->out_shape[k], &l->out_elems) ||
+                l->out_elems > DV_MAX_SAMPLE_ELEMS)
+                return DV_CONFIG_ERROR(err, cfg, s, NULL,
+                                       "puts out more than %d elements (2^31 - 1) a sample",
+                                       DV_MAX_SAMPLE_ELEMS);
         in_ndim = l->out_ndim;
         memcpy(in_shape, l->out_shape, sizeof(in_shape));
         in_elems = l->out_elems;
@@ -228,6 +237,9 @@ static dv_status place_params(dv_model *m, uint64_t seed, char *err) {
                 p->offset = m->nbuffers;
                 m->nbuffers += p->count;
             }
+            if (p->count > DV_MODEL_MAX_FLOATS || m->nparams > DV_MODEL_MAX_FLOATS ||
+                m->nbuffers > DV_MODEL_MAX_FLOATS)
+                return DV_ERROR(err, "%s: more than 2^40 parameters: too large a model", l->name);
         }
         l->grad_end = m->nparams;
     }

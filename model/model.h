@@ -42,6 +42,13 @@ typedef struct dv_model dv_model;
 
 #define DV_MAX_PARAMS 16
 
+/* Sizes a config may ask for, checked where they are computed (products of
+ * shapes overflow-checked): the elements of one sample at any layer (so
+ * every per-sample count fits an int), and the floats of a model's
+ * parameters or buffers (2^40: 4 TiB). */
+#define DV_MAX_SAMPLE_ELEMS 2147483647
+#define DV_MODEL_MAX_FLOATS ((size_t)1 << 40)
+
 /* DV_INIT_NORMAL: normal(0, std) with the param's `std`; DV_INIT_UNIFORM:
  * uniform(-std, std) (PyTorch's RNN init uses std = 1/sqrt(hidden)). */
 typedef enum dv_init {

@@ -54,6 +54,12 @@ static dv_status split_paths(const dv_config *cfg, dv_config_section *s, const c
                                px ? ky : kx, name);
     *present = group || (px && py);
     if (!*present) return DV_OK;
+    /* dataset paths are kept in 256 bytes, GROUP with "/tokens" after it */
+    if (group && strlen(group) + sizeof "/tokens" > 256)
+        return DV_CONFIG_ERROR(err, cfg, s, name, "a group path has at most 248 characters");
+    if ((px && strlen(px) >= 256) || (py && strlen(py) >= 256))
+        return DV_CONFIG_ERROR(err, cfg, s, px && strlen(px) >= 256 ? kx : ky,
+                               "a dataset path has at most 255 characters");
     snprintf(tok, 256, "%s/tokens", group && strcmp(group, "/") ? group : "");
     if (px)
         snprintf(x, 256, "%s", px);
@@ -107,6 +113,9 @@ dv_status dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
     DV_TRY(dv_config_int(cfg, t, "seed", 42, 0, 1L << 62, &st->seed, err));
     READ_ENUM("loss", "cross_entropy", dv_loss_names, &st->loss);
     DV_TRY(dv_config_str(cfg, t, "run_dir", "runs/default", &st->run_dir, err));
+    if (strlen(st->run_dir) > DV_RUN_DIR_MAX)
+        return DV_CONFIG_ERROR(err, cfg, t, "run_dir", "a path of %zu characters; at most %d",
+                               strlen(st->run_dir), DV_RUN_DIR_MAX);
     DV_TRY(dv_config_int(cfg, t, "patience", 0, 0, 1000000, &st->patience, err));
     DV_TRY(dv_config_int(cfg, t, "keep", 3, 0, 1000000, &st->keep, err));
     DV_TRY(dv_config_int(cfg, t, "checkpoint_every", 0, 0, 1L << 40, &st->checkpoint_every, err));

@@ -49,6 +49,10 @@ extern const char *const dv_progress_names[DV_PROGRESS_COUNT + 1];
 extern const char *const dv_precision_names[DV_PRECISION_COUNT + 1];
 extern const char *const dv_comm_device_mode_names[DV_COMM_DEVICE_COUNT + 1];
 
+/* The longest [train] run_dir: the run directory's file names (of up to
+ * 1200 bytes with the directory) must never be cut. */
+#define DV_RUN_DIR_MAX 1000
+
 typedef struct dv_settings {
     /* [data] */
     const char *file;

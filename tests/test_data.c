@@ -21,6 +21,7 @@
 
 #include "data.h"
 #include "data-impl.h"
+#include "h5.h"
 #include "import.h"
 #include "tokens.h"
 
@@ -1341,6 +1342,138 @@ static void test_import_text_errors(void **state) {
     assert_has(err, "not_h5.h5: not an HDF5 file");
 }
 
+/* ---- data safety: imports keep what exists, sizes are checked -------------- */
+
+/* The whole file at path (malloc'd) and its size; NULL when missing. */
+static char *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)len + 1);
+    *n = fread(b, 1, (size_t)len, f);
+    fclose(f);
+    return b;
+}
+
+/* Nothing named *.tmp.* is left in the test directory. */
+static void assert_no_temporaries(void) {
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "ls '%s' | grep -q '\\.tmp\\.'", tmp_dir);
+    assert_int_not_equal(system(cmd), 0);
+}
+
+/* A failed import (found half-way or up front) leaves the output byte for
+ * byte as it was; a symbolic link to the output keeps pointing at it. */
+static void test_import_keeps_existing(void **state) {
+    (void)state;
+    enum { N = 300 };
+    uint8_t *img = calloc(N * 20, 1), lab[N] = {0};
+    uint32_t id[3] = {N, 4, 5}, ld[1] = {N};
+    write_idx("k_img.idx", 0x803, 3, id, img, N * 20, 0);
+    write_idx("k_lab.idx", 0x801, 1, ld, lab, N, 0);
+    write_idx("k_short.idx", 0x803, 3, id, img, 100 * 20, 0); /* header N, 100 images */
+    write_idx("k_short.idx.gz", 0x803, 3, id, img, 100 * 20 + 7, 1);
+    uint32_t huge[3] = {60000, 100000, 100000};
+    write_idx("k_huge.idx", 0x803, 3, huge, img, 64, 0);
+    uint32_t big[3] = {60000, 28, 28}; /* a sane image, a header asking for 47 MB */
+    write_idx("k_big.idx", 0x803, 3, big, img, 64, 0);
+    write_idx("k_biglab.idx", 0x801, 1, big, lab, N, 0);
+    write_text("k_bad.csv", "1,2,0\n3,4,1\n5,x,0\n");
+    FILE *f = fopen(tpath("k_nul.csv"), "wb");
+    fwrite("1,2,0\n3,\0004,1\n5,6,0\n", 1, 18, f);
+    fclose(f);
+
+    char err[DV_ERR_LEN], out[512];
+    snprintf(out, sizeof(out), "%s", tpath("keep.h5"));
+    unlink(out);
+    if (dv_import_idx(tpath("k_img.idx"), tpath("k_lab.idx"), out, "train", err) != DV_OK)
+        fail_msg("%s", err);
+    size_t n0, n1;
+    char *before = slurp(out, &n0);
+    assert_non_null(before);
+
+    dv_status st = DV_OK;
+    ASSERT_SILENT(st = dv_import_idx(tpath("k_short.idx"), tpath("k_lab.idx"), out, "train", err));
+    assert_int_equal(st, DV_ERR);
+    assert_has(err, "k_short.idx: truncated: its header promises 300 images of 20 bytes but it "
+                    "holds 100 whole images");
+    ASSERT_SILENT(
+        st = dv_import_idx(tpath("k_short.idx.gz"), tpath("k_lab.idx"), out, "train", err));
+    assert_int_equal(st, DV_ERR);
+    assert_has(err, "k_short.idx.gz: truncated");
+    assert_has(err, "holds 100 whole images");
+    ASSERT_SILENT(st =
+                      dv_import_idx(tpath("k_huge.idx"), tpath("k_biglab.idx"), out, "train", err));
+    assert_int_equal(st, DV_ERR);
+    assert_has(err, "images of 100000 x 100000 pixels");
+    ASSERT_SILENT(st = dv_import_idx(tpath("k_big.idx"), tpath("k_biglab.idx"), out, "train", err));
+    assert_int_equal(st, DV_ERR);
+    assert_has(err, "k_big.idx: truncated: its header promises 60000 images of 784 bytes but it "
+                    "holds 0 whole images");
+    ASSERT_SILENT(st = dv_import_csv(tpath("k_bad.csv"), -1, 0, out, "train", err));
+    assert_int_equal(st, DV_ERR);
+    assert_has(err, "k_bad.csv:3: field 2");
+    ASSERT_SILENT(st = dv_import_csv(tpath("k_nul.csv"), -1, 0, out, "train", err));
+    assert_int_equal(st, DV_ERR);
+    assert_has(err, "k_nul.csv:2: a NUL byte");
+    char *after = slurp(out, &n1);
+    assert_int_equal(n0, n1);
+    assert_memory_equal(before, after, n0);
+    free(after);
+    assert_no_temporaries();
+
+    /* a link to the output: the file behind it is replaced, the link kept */
+    char link[512];
+    snprintf(link, sizeof(link), "%s", tpath("keep_link.h5"));
+    unlink(link);
+    assert_int_equal(symlink(out, link), 0);
+    write_text("k_ok.csv", "1,2,0\n3,4,1\n");
+    if (dv_import_csv(tpath("k_ok.csv"), -1, 0, link, "val", err) != DV_OK) fail_msg("%s", err);
+    struct stat sb;
+    assert_int_equal(lstat(link, &sb), 0);
+    assert_true(S_ISLNK(sb.st_mode));
+    dv_split *s = NULL;
+    if (dv_split_open(&s, out, "/val/x", "/val/y", err) != DV_OK) fail_msg("%s", err);
+    assert_int_equal(dv_split_info_get(s)->n, 2);
+    dv_split_free(s);
+    if (dv_split_open(&s, out, "/train/x", "/train/y", err) != DV_OK) fail_msg("%s", err);
+    assert_int_equal(dv_split_info_get(s)->n, N);
+    dv_split_free(s);
+    assert_no_temporaries();
+    free(before);
+    free(img);
+}
+
+/* A declared shape is trusted only as far as the file backs it. */
+static void test_split_declared_sizes(void **state) {
+    (void)state;
+    char err[DV_ERR_LEN];
+    dv_h5 *h = NULL;
+    if (dv_h5_create(&h, tpath("sizes.h5"), err) != DV_OK) fail_msg("%s", err);
+    /* 10^12 rows, chunked, never written: the file is a few KB */
+    int64_t rows[2] = {1000000000000LL, 4}, labels[1] = {1000000000000LL};
+    if (dv_h5_create_dataset(h, "/ghost/x", DV_H5_F32, 2, rows, 64, err) != DV_OK ||
+        dv_h5_create_dataset(h, "/ghost/y", DV_H5_I32, 1, labels, 64, err) != DV_OK)
+        fail_msg("%s", err);
+    /* samples of 2^20 * 2^20 * 5 elements */
+    int64_t wide[4] = {2, 1 << 20, 1 << 20, 5}, two[1] = {2};
+    if (dv_h5_create_dataset(h, "/wide/x", DV_H5_U8, 4, wide, 0, err) != DV_OK ||
+        dv_h5_create_dataset(h, "/wide/y", DV_H5_I32, 1, two, 2, err) != DV_OK)
+        fail_msg("%s", err);
+    if (dv_h5_close(h, err) != DV_OK) fail_msg("%s", err);
+    dv_split *s = NULL;
+    dv_status st = DV_OK;
+    ASSERT_SILENT(st = dv_split_open(&s, tpath("sizes.h5"), "/ghost/x", "/ghost/y", err));
+    assert_int_equal(st, DV_ERR);
+    assert_has(err, "/ghost/x declares 1000000000000 rows");
+    assert_has(err, "a truncated or never written dataset");
+    ASSERT_SILENT(st = dv_split_open(&s, tpath("sizes.h5"), "/wide/x", "/wide/y", err));
+    assert_int_equal(st, DV_ERR);
+    assert_has(err, "/wide/x: samples of more than 2^31 - 1 elements");
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 static int setup(void **state) {
@@ -1381,6 +1514,8 @@ int main(void) {
         cmocka_unit_test(test_token_split_loader),
         cmocka_unit_test(test_vocab_errors),
         cmocka_unit_test(test_import_text_errors),
+        cmocka_unit_test(test_import_keeps_existing),
+        cmocka_unit_test(test_split_declared_sizes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -9,7 +9,7 @@
  * Assumes: host memory, contracts of ops.def; every unit (b, j) is read
  * before it is written, so in place use that maps a unit onto itself (for
  * instance dc_prev == dc, dgates == gates) is harmless. Each loop over j
- * carries `#pragma GCC ivdep`: no unit depends on another, which GCC cannot
+ * carries `DV_IVDEP`: no unit depends on another, which GCC cannot
  * prove for these possibly aliased pointers, and without it the loops stay
  * scalar (an unvectorized LSTM cell was 20% of a fortunes_lstm step).
  */
@@ -26,7 +26,7 @@ DV_HOT void dv_cpu_lstm_cell_forward(void *ctx, int B, int H, float *gates, cons
     for (int b = 0; b < B; b++) {
         float *gr = gates + (size_t)b * 4 * H;
         const size_t row = (size_t)b * H;
-#pragma GCC ivdep
+        DV_IVDEP
         for (int j = 0; j < H; j++) {
             const float ig = dv_fast_sigmoidf(gr[j]);
             const float fg = dv_fast_sigmoidf(gr[H + j]);
@@ -62,7 +62,7 @@ DV_HOT void dv_cpu_lstm_cell_backward(void *ctx, int B, int H, const float *gate
         const float *gr = gates + (size_t)b * 4 * H;
         float *dr = dgates + (size_t)b * 4 * H;
         const size_t row = (size_t)b * H;
-#pragma GCC ivdep
+        DV_IVDEP
         for (int j = 0; j < H; j++) {
             const float ig = gr[j], fg = gr[H + j], gg = gr[2 * H + j], og = gr[3 * H + j];
             const float cp = c_prev ? c_prev[row + j] : 0.0f;
@@ -93,7 +93,7 @@ DV_HOT void dv_cpu_gru_cell_forward(void *ctx, int B, int H, const float *gi, co
         const float *xi = gi + (size_t)b * 3 * H, *xh = gh + (size_t)b * 3 * H;
         float *sr = save + (size_t)b * 4 * H;
         const size_t row = (size_t)b * H;
-#pragma GCC ivdep
+        DV_IVDEP
         for (int j = 0; j < H; j++) {
             const float r = dv_fast_sigmoidf(xi[j] + xh[j]);
             const float z = dv_fast_sigmoidf(xi[H + j] + xh[H + j]);
@@ -127,7 +127,7 @@ DV_HOT void dv_cpu_gru_cell_backward(void *ctx, int B, int H, const float *save,
         const float *sr = save + (size_t)b * 4 * H;
         float *di = dgi + (size_t)b * 3 * H, *dg = dgh + (size_t)b * 3 * H;
         const size_t row = (size_t)b * H;
-#pragma GCC ivdep
+        DV_IVDEP
         for (int j = 0; j < H; j++) {
             const float r = sr[j], z = sr[H + j], n = sr[2 * H + j], ghn = sr[3 * H + j];
             const float hp = h_prev ? h_prev[row + j] : 0.0f;

@@ -282,7 +282,7 @@ DV_HOT void dv_cpu_gelu_forward(void *ctx, const float *x, float *y, size_t n) {
  * x s (1 - s) u'. dx == dy is allowed: each element is read first. */
 DV_HOT void dv_cpu_gelu_backward(void *ctx, const float *x, const float *dy, float *dx, size_t n) {
     (void)ctx;
-#pragma GCC ivdep
+    DV_IVDEP
     for (size_t i = 0; i < n; i++) {
         const float v = x[i], sv = gelu_s(v);
         const float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);
