@@ -71,10 +71,4 @@ dv_h5 *dv_import_open(const char *out_file, const char *const *replace, int nrep
 dv_status dv_import_close(dv_h5 *h, const char *const *written, int nwritten, dv_status st,
                           char *err);
 
-/* ---- the vocabulary (tokens.c), shared with the text importer -------- */
-
-/* Writes v as /vocab of the open file h (replacing an existing /vocab):
- * the codepoints dataset and the attributes kind and size. */
-dv_status dv_vocab_write_to(dv_h5 *h, const dv_vocab *v, char *err);
-
 #endif
