@@ -15,15 +15,27 @@ const char *dv_version(void) {
 }
 
 static const char train_help[] =
-    "usage: dive train CONFIG [--set section.key=value]... [--resume PATH|auto]\n"
+    "usage: dive train CONFIG [--set section.key=value]... [--resume PATH|auto [--resume-force]]\n"
+    "                  [--overwrite]\n"
     "\n"
     "Trains the model of CONFIG (an INI file, see docs/config.md) on every MPI\n"
     "rank: mpirun -np N dive train CONFIG. [train] batch is the global batch.\n"
     "\n"
     "  --set s.k=v     override a key (s: data, train, input, a layer name such as\n"
     "                  dense_2, or a layer type that appears once)\n"
-    "  --resume PATH   continue from a checkpoint; 'auto' uses <run_dir>/last.h5\n"
-    "                  when it exists and starts fresh otherwise\n";
+    "  --resume PATH   continue from a checkpoint. 'auto': from the newest checkpoint\n"
+    "                  of run_dir that verifies (last.h5, then ckpt-<step>.h5 from the\n"
+    "                  newest; each one skipped is named), or a new run when run_dir\n"
+    "                  holds none; never a new run while it holds one, readable or not\n"
+    "  --resume-force  resume even though the optimizer, the loss or the training data\n"
+    "                  differ from the run that wrote the checkpoint (a warning names\n"
+    "                  what changed; without it, that is an error)\n"
+    "  --overwrite     start a new run in a run_dir that holds an earlier run's\n"
+    "                  checkpoints: deletes its ckpt-*.h5, last.h5, best.h5,\n"
+    "                  metrics.csv and samples-epoch-*.png first (without it, that\n"
+    "                  is an error)\n"
+    "\n"
+    "Checkpoints carry checksums that every load verifies; docs/checkpoints.md.\n";
 
 static const char eval_help[] =
     "usage: dive eval CONFIG --checkpoint PATH [--split GROUP] [--json] [--set s.k=v]...\n"
@@ -54,7 +66,7 @@ int dv_cli_wants_help(int argc, char **argv) {
 typedef struct opts {
     const char *config, *checkpoint, *resume, *split, *out, *input, *x;
     const char *sets[256];
-    int nsets, json, score;
+    int nsets, json, score, force, overwrite;
     char err[DV_ERR_LEN];
 } opts;
 
@@ -81,6 +93,10 @@ static dv_status parse_opts(int argc, char **argv, opts *o) {
         }
         if (!strcmp(a, "--score")) {
             o->score = 1;
+            continue;
+        }
+        if (!strcmp(a, "--resume-force") || !strcmp(a, "--overwrite")) {
+            *(a[2] == 'r' ? &o->force : &o->overwrite) = 1;
             continue;
         }
         if (!strcmp(a, "--checkpoint"))
@@ -146,15 +162,35 @@ static dv_status no_score(opts *o) {
     return DV_OK;
 }
 
+static dv_status need_train(opts *o) {
+    DV_TRY(no_score(o));
+    if (o->overwrite && o->resume)
+        return DV_ERROR(o->err, "--overwrite starts a new run: it cannot go with --resume");
+    if (o->force && !o->resume)
+        return DV_ERROR(o->err, "--resume-force goes with --resume PATH|auto");
+    return DV_OK;
+}
+
+/* The options only dive train takes. */
+static dv_status not_train(opts *o) {
+    if (o->force || o->overwrite || o->resume)
+        return DV_ERROR(o->err, "%s is an option of dive train",
+                        o->resume  ? "--resume"
+                        : o->force ? "--resume-force"
+                                   : "--overwrite");
+    return DV_OK;
+}
+
 int dv_cli_train(int argc, char **argv) {
     opts o;
     dv_comm *comm = NULL;
     dv_config cfg = {0};
-    int rc = start(argc, argv, train_help, &o, &comm, &cfg, no_score);
+    int rc = start(argc, argv, train_help, &o, &comm, &cfg, need_train);
     if (!rc) {
         int stop = 0;
-        dv_status st = dv_config_find(&cfg, "gan") ? dv_gan_run(comm, &cfg, o.resume, &stop)
-                                                   : dv_train_run(comm, &cfg, o.resume, &stop);
+        const dv_train_opts to = {.resume = o.resume, .force = o.force, .overwrite = o.overwrite};
+        dv_status st = dv_config_find(&cfg, "gan") ? dv_gan_run(comm, &cfg, &to, &stop)
+                                                   : dv_train_run(comm, &cfg, &to, &stop);
         /* a run stopped by a signal saved its step and exits as killed by it */
         rc = st ? 1 : stop ? 128 + stop : 0;
     }
@@ -168,6 +204,7 @@ static dv_status need_checkpoint(opts *o) {
 
 static dv_status need_eval(opts *o) {
     if (o->score) return DV_ERROR(o->err, "--score is an option of dive predict");
+    DV_TRY(not_train(o));
     return need_checkpoint(o);
 }
 
@@ -181,7 +218,7 @@ int dv_cli_eval(int argc, char **argv) {
 }
 
 static dv_status need_predict(opts *o) {
-    if (need_checkpoint(o)) return DV_ERR;
+    if (need_checkpoint(o) || not_train(o)) return DV_ERR;
     if (!o->out) return DV_ERROR(o->err, "missing -o OUT.h5|OUT.csv (see --help)");
     return DV_OK;
 }

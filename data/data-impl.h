@@ -81,10 +81,4 @@ dv_status dv_import_open(dv_import_out *o, const char *out_file, const char *con
  * unchanged too). */
 dv_status dv_import_close(dv_import_out *o, dv_status st, char *err);
 
-/* ---- the vocabulary (tokens.c), shared with the text importer -------- */
-
-/* Writes v as /vocab of the open file h (replacing an existing /vocab):
- * the codepoints dataset and the attributes kind and size. */
-dv_status dv_vocab_write_to(dv_h5 *h, const dv_vocab *v, char *err);
-
 #endif

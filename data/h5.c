@@ -29,7 +29,18 @@
 struct dv_h5 {
     hid_t fid;
     char *path;
+    int checked; /* dv_h5_create_checked: checksums on everything written */
 };
+
+/* A checked file's float datasets are cut into chunks of at most this many
+ * bytes, each with its own Fletcher32 checksum (HDF5 caps a chunk at 4 GiB). */
+#define CHECKED_CHUNK_BYTES ((size_t)8 << 20)
+/* Scalars and strings up to this size are stored compact, inside their
+ * object header, which a checked file's format checksums. */
+#define COMPACT_BYTES 60000
+/* A checked file's groups keep this many attributes in their (checksummed)
+ * object header before HDF5 would move them to a separate heap. */
+#define COMPACT_ATTRS 64
 
 /* ---- the lock and the error stack ----------------------------------------- */
 
@@ -53,6 +64,20 @@ void dv_h5_leave(dv_h5_quiet *q) {
     H5Eclear2(H5E_DEFAULT);
     H5Eset_auto2(H5E_DEFAULT, q->func, q->data);
     dv_h5_unlock();
+}
+
+/* 1 when the error stack HDF5 left says a checksum did not match: the
+ * Fletcher32 filter's on a dataset's data, or a metadata checksum. */
+static herr_t find_checksum(unsigned n, const H5E_error2_t *e, void *data) {
+    (void)n;
+    if (e->desc && (strstr(e->desc, "checksum") || strstr(e->desc, "Fletcher32"))) *(int *)data = 1;
+    return 0;
+}
+
+static int checksum_failed(void) {
+    int found = 0;
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, find_checksum, &found);
+    return found;
 }
 
 hid_t dv_h5_id(const dv_h5 *h) {
@@ -140,6 +165,33 @@ dv_status dv_h5_create(dv_h5 **out, const char *path, char *err) {
     return DV_OK;
 }
 
+dv_status dv_h5_create_checked(dv_h5 **out, const char *path, char *err) {
+    *out = NULL;
+    dv_h5 *h = h5_new(path, err);
+    if (!h) return DV_ERR;
+    dv_h5_quiet q;
+    dv_h5_enter(&q);
+    /* the 1.8 format: object headers, B-trees and heaps carry checksums, and
+     * every HDF5 since 1.8 reads it */
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl >= 0) H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18);
+    errno = 0;
+    h->fid = H5Fcreate(path, H5F_ACC_EXCL, H5P_DEFAULT, fapl >= 0 ? fapl : H5P_DEFAULT);
+    int e = errno;
+    if (fapl >= 0) H5Pclose(fapl);
+    dv_h5_leave(&q);
+    if (h->fid < 0) {
+        h5_free(h);
+        if (e == EEXIST)
+            return DV_ERROR(err, "%s: cannot create: something (a file or a link) is there", path);
+        return DV_ERROR(err, "%s: cannot create HDF5 file (%s)", path,
+                        e ? strerror(e) : "HDF5 error");
+    }
+    h->checked = 1;
+    *out = h;
+    return DV_OK;
+}
+
 dv_status dv_h5_flush(dv_h5 *h, char *err) {
     dv_h5_quiet q;
     dv_h5_enter(&q);
@@ -214,7 +266,11 @@ static dv_status group_locked(dv_h5 *h, const char *path, char *err) {
     if (k == H5I_GROUP) return DV_OK;
     if (k != H5I_BADID) return DV_ERROR(err, "%s: %s exists and is not a group", h->path, path);
     hid_t lcpl = make_parents();
-    hid_t g = H5Gcreate2(h->fid, path, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t gcpl = H5P_DEFAULT;
+    if (h->checked && (gcpl = H5Pcreate(H5P_GROUP_CREATE)) >= 0)
+        H5Pset_attr_phase_change(gcpl, COMPACT_ATTRS, COMPACT_ATTRS);
+    hid_t g = H5Gcreate2(h->fid, path, lcpl, gcpl >= 0 ? gcpl : H5P_DEFAULT, H5P_DEFAULT);
+    if (gcpl >= 0 && gcpl != H5P_DEFAULT) H5Pclose(gcpl);
     H5Pclose(lcpl);
     if (g < 0) return DV_ERROR(err, "%s: cannot create group %s", h->path, path);
     H5Gclose(g);
@@ -281,7 +337,11 @@ static hid_t open_ds(dv_h5 *h, const char *path, char *err) {
         return H5I_INVALID_HID;
     }
     hid_t d = H5Dopen2(h->fid, path, H5P_DEFAULT);
-    if (d < 0) DV_ERROR(err, "%s: cannot open dataset %s", h->path, path);
+    if (d < 0)
+        DV_ERROR(err, "%s: cannot open dataset %s%s", h->path, path,
+                 checksum_failed()
+                     ? ": its header does not match its checksum (the file is damaged)"
+                     : "");
     return d;
 }
 
@@ -309,6 +369,32 @@ dv_status dv_h5_shape(dv_h5 *h, const char *path, int *ndim, int64_t *dims, int 
     return st;
 }
 
+/* The creation list of a checked file's dataset of shape dims[0..ndim) and
+ * `elem`-byte elements: chunks of whole rows (at most CHECKED_CHUNK_BYTES
+ * where a row allows it) with a Fletcher32 checksum each; a scalar is
+ * compact instead (HDF5 chunks only arrays), inside its checksummed header. */
+static hid_t checked_dcpl(int ndim, const hsize_t *dims, size_t elem) {
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    if (dcpl < 0) return H5P_DEFAULT;
+    if (ndim == 0) {
+        H5Pset_layout(dcpl, H5D_COMPACT);
+        return dcpl;
+    }
+    hsize_t chunk[DV_H5_MAX_DIMS];
+    size_t row = elem;
+    for (int i = 1; i < ndim; i++) {
+        chunk[i] = dims[i] ? dims[i] : 1;
+        row *= (size_t)chunk[i];
+    }
+    hsize_t rows = (hsize_t)(CHECKED_CHUNK_BYTES / row);
+    chunk[0] = dims[0] ? dims[0] : 1;
+    if (rows < 1) rows = 1;
+    if (chunk[0] > rows) chunk[0] = rows;
+    H5Pset_chunk(dcpl, ndim, chunk);
+    H5Pset_fletcher32(dcpl);
+    return dcpl;
+}
+
 static dv_status write_floats_locked(dv_h5 *h, const char *path, int ndim, const int64_t *dims,
                                      const float *data, char *err) {
     if (ndim < 0 || ndim > DV_H5_MAX_DIMS)
@@ -319,9 +405,11 @@ static dv_status write_floats_locked(dv_h5 *h, const char *path, int ndim, const
         hd[i] = (hsize_t)dims[i];
     hid_t sp = ndim ? H5Screate_simple(ndim, hd, NULL) : H5Screate(H5S_SCALAR);
     hid_t lcpl = make_parents();
-    hid_t d = H5Dcreate2(h->fid, path, H5T_IEEE_F32LE, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t dcpl = h->checked ? checked_dcpl(ndim, hd, sizeof(float)) : H5P_DEFAULT;
+    hid_t d = H5Dcreate2(h->fid, path, H5T_IEEE_F32LE, sp, lcpl, dcpl, H5P_DEFAULT);
     herr_t e = d < 0 ? -1 : H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
     if (d >= 0) H5Dclose(d);
+    if (dcpl != H5P_DEFAULT) H5Pclose(dcpl);
     H5Pclose(lcpl);
     H5Sclose(sp);
     if (d < 0) return DV_ERROR(err, "%s: cannot create %s", h->path, path);
@@ -338,6 +426,15 @@ dv_status dv_h5_write_floats(dv_h5 *h, const char *path, int ndim, const int64_t
     return st;
 }
 
+/* The message of a failed read of dataset `path`: its checksum, when HDF5
+ * says so, else a damaged or truncated file. */
+static dv_status read_failed(dv_h5 *h, const char *path, char *err) {
+    if (checksum_failed())
+        return DV_ERROR(err, "%s: %s is damaged: its data does not match its checksum", h->path,
+                        path);
+    return DV_ERROR(err, "%s: reading %s failed (corrupt or truncated file?)", h->path, path);
+}
+
 static dv_status read_floats_locked(dv_h5 *h, const char *path, float *out, size_t count,
                                     char *err) {
     hid_t d = open_ds(h, path, err);
@@ -352,7 +449,7 @@ static dv_status read_floats_locked(dv_h5 *h, const char *path, float *out, size
         st = DV_ERROR(err, "%s: %s has %lld values; expected %zu", h->path, path, (long long)n,
                       count);
     else if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
-        st = DV_ERROR(err, "%s: reading %s failed (corrupt or truncated file?)", h->path, path);
+        st = read_failed(h, path, err);
     H5Sclose(sp);
     H5Tclose(t);
     H5Dclose(d);
@@ -384,6 +481,7 @@ static dv_status create_dataset_locked(dv_h5 *h, const char *path, dv_h5_type ty
     if (chunk_rows > 0) {
         H5Pset_chunk(dcpl, ndim, chunk);
         H5Pset_deflate(dcpl, GZIP_LEVEL);
+        if (h->checked) H5Pset_fletcher32(dcpl);
     }
     hid_t d = H5Dcreate2(h->fid, path, file_type(type), sp, lcpl, dcpl, H5P_DEFAULT);
     H5Pclose(dcpl);
@@ -452,9 +550,13 @@ static dv_status write_string_locked(dv_h5 *h, const char *path, const char *tex
     H5Tset_strpad(t, H5T_STR_NULLTERM);
     hid_t sp = H5Screate(H5S_SCALAR);
     hid_t lcpl = make_parents();
-    hid_t d = H5Dcreate2(h->fid, path, t, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t dcpl = H5P_DEFAULT;
+    if (h->checked && strlen(text) < COMPACT_BYTES && (dcpl = H5Pcreate(H5P_DATASET_CREATE)) >= 0)
+        H5Pset_layout(dcpl, H5D_COMPACT); /* in its checksummed header */
+    hid_t d = H5Dcreate2(h->fid, path, t, sp, lcpl, dcpl >= 0 ? dcpl : H5P_DEFAULT, H5P_DEFAULT);
     herr_t e = d < 0 ? -1 : H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, text);
     if (d >= 0) H5Dclose(d);
+    if (dcpl >= 0 && dcpl != H5P_DEFAULT) H5Pclose(dcpl);
     H5Pclose(lcpl);
     H5Sclose(sp);
     H5Tclose(t);
@@ -483,7 +585,7 @@ static dv_status read_string_locked(dv_h5 *h, const char *path, char **text, cha
         if (!s)
             DV_ERROR(err, "%s: out of memory reading %s", h->path, path);
         else if (H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, s) < 0)
-            DV_ERROR(err, "%s: reading %s failed (corrupt or truncated file?)", h->path, path);
+            read_failed(h, path, err);
         else
             *text = s, s = NULL, st = DV_OK;
         free(s);
@@ -720,7 +822,10 @@ static herr_t visit_one(hid_t obj, const char *name, const H5O_info_t *info, voi
             d.dims[i] = (int64_t)dims[i];
     }
     type_name(ty, d.type, sizeof(d.type));
-    if (H5Pget_layout(pl) == H5D_CHUNKED) {
+    H5D_layout_t layout = H5Pget_layout(pl);
+    /* compact data lives in the object header, checksummed from format 1.8 on */
+    d.checksum = layout == H5D_COMPACT && info->hdr.version >= 2;
+    if (layout == H5D_CHUNKED) {
         hsize_t ch[H5S_MAX_RANK];
         int cn = H5Pget_chunk(pl, H5S_MAX_RANK, ch);
         for (int i = 0; i < cn && i < DV_H5_MAX_DIMS; i++)
@@ -730,7 +835,14 @@ static herr_t visit_one(hid_t obj, const char *name, const H5O_info_t *info, voi
             unsigned flags, cd[8];
             size_t ncd = 8, at = strlen(d.filters);
             char fname[64] = "";
-            H5Pget_filter2(pl, (unsigned)i, &flags, &ncd, cd, sizeof(fname), fname, NULL);
+            H5Z_filter_t id =
+                H5Pget_filter2(pl, (unsigned)i, &flags, &ncd, cd, sizeof(fname), fname, NULL);
+            if (id == H5Z_FILTER_FLETCHER32) {
+                snprintf(fname, sizeof(fname), "fletcher32");
+                d.checksum = 1;
+            } else if (id == H5Z_FILTER_SHUFFLE) {
+                snprintf(fname, sizeof(fname), "shuffle");
+            }
             snprintf(d.filters + at, sizeof(d.filters) - at, "%s%s", at ? " " : "", fname);
         }
     }
@@ -746,7 +858,8 @@ dv_status dv_h5_visit(dv_h5 *h, int (*fn)(void *ctx, const dv_h5_dataset *d), vo
     visit_ctx v = {fn, ctx};
     dv_h5_quiet q;
     dv_h5_enter(&q);
-    herr_t e = H5Ovisit2(h->fid, H5_INDEX_NAME, H5_ITER_NATIVE, visit_one, &v, H5O_INFO_BASIC);
+    herr_t e =
+        H5Ovisit2(h->fid, H5_INDEX_NAME, H5_ITER_INC, visit_one, &v, H5O_INFO_BASIC | H5O_INFO_HDR);
     dv_h5_leave(&q);
     if (e < 0) return DV_ERROR(err, "%s: cannot list the objects (damaged HDF5 file?)", h->path);
     return DV_OK;

@@ -49,9 +49,17 @@ typedef enum dv_h5_mode {
  * says which failed: the file cannot be read ("cannot open: <errno>"), is
  * not HDF5, or is a damaged HDF5 file. */
 dv_status dv_h5_open(dv_h5 **out, const char *path, dv_h5_mode mode, char *err);
-/* Creates `path` for writing, truncating any file there (a checkpoint's
- * temporary file, predictions). */
+/* Creates `path` for writing, truncating any file there (predictions). */
 dv_status dv_h5_create(dv_h5 **out, const char *path, char *err);
+/* Creates `path` for writing where nothing is (no file, no link: a link is
+ * never followed), in HDF5's 1.8 format, whose metadata (object headers
+ * with their attributes, B-trees, heaps) carries checksums; and everything
+ * written through it carries one too: numeric datasets are chunked with a
+ * Fletcher32 checksum per chunk (dv_h5_create_dataset keeps its gzip), and
+ * scalars and strings are stored compact, inside their checksummed header.
+ * HDF5 verifies the checksums on every read: a mismatch is an error that
+ * says so (a checkpoint's file). */
+dv_status dv_h5_create_checked(dv_h5 **out, const char *path, char *err);
 /* Flushes the whole file to the operating system. */
 dv_status dv_h5_flush(dv_h5 *h, char *err);
 /* Closes h (NULL is a no-op); fails when the data cannot be written out
@@ -88,7 +96,8 @@ dv_status dv_h5_shape(dv_h5 *h, const char *path, int *ndim, int64_t *dims, int 
 dv_status dv_h5_write_floats(dv_h5 *h, const char *path, int ndim, const int64_t *dims,
                              const float *data, char *err);
 /* Reads the whole numeric dataset `path` as float32 into out, which holds
- * `count` elements: the dataset must have exactly that many. */
+ * `count` elements: the dataset must have exactly that many. Data that
+ * does not match its checksum is an error naming the dataset. */
 dv_status dv_h5_read_floats(dv_h5 *h, const char *path, float *out, size_t count, char *err);
 
 /* Creates an empty dataset of `type` and shape dims[0..ndim) (ndim >= 1),
@@ -142,7 +151,9 @@ typedef struct dv_h5_dataset {
     char type[16];  /* "uint8", "int32", "float32", "float64", "string", "other" */
     int chunk_ndim; /* 0: contiguous */
     int64_t chunk[DV_H5_MAX_DIMS];
-    char filters[128]; /* the names of its filters, space-separated ("deflate") */
+    char filters[128]; /* the names of its filters, space-separated ("deflate fletcher32") */
+    int checksum;      /* 1: HDF5 verifies its data on every read (a Fletcher32
+                          filter, or compact data in a checksummed header) */
 } dv_h5_dataset;
 
 /* Calls fn for every dataset of the file, in name order, depth first;

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "base.h"
+#include "h5.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -78,9 +79,11 @@ typedef struct dv_vocab {
  * chars strictly increasing in [0, 0x10FFFF]. Free with dv_vocab_free. */
 dv_status dv_vocab_read(dv_vocab *v, const char *file, const char *group, char *err);
 /* Writes v as /vocab of `file` (created if missing; an existing /vocab is
- * replaced, everything else kept), in the layout dv_vocab_read reads:
- * checkpoints of language models carry their vocabulary this way. */
+ * replaced, everything else kept), in the layout dv_vocab_read reads. */
 dv_status dv_vocab_write(const dv_vocab *v, const char *file, char *err);
+/* The same into the open file h (a checkpoint being written carries its
+ * language model's vocabulary this way, with h's checksums). */
+dv_status dv_vocab_write_to(dv_h5 *h, const dv_vocab *v, char *err);
 /* Frees v->codepoints and zeroes v (v may be NULL). */
 void dv_vocab_free(dv_vocab *v);
 

@@ -8,13 +8,15 @@
 static const char usage[] =
     "usage: dive COMMAND [ARGS]   (dive COMMAND --help for each)\n"
     "\n"
-    "  train CONFIG [--set s.k=v]... [--resume PATH|auto]   train (under mpirun for N ranks)\n"
+    "  train CONFIG [--set s.k=v]... [--resume PATH|auto]   train (under mpirun for N ranks);\n"
+    "        [--resume-force] [--overwrite]                   see dive train --help\n"
     "  eval CONFIG --checkpoint PATH [--split GROUP] [--json] evaluate a checkpoint\n"
     "  predict CONFIG --checkpoint PATH -o OUT                write predictions (HDF5 or CSV)\n"
     "  import idx|csv|text ...                                convert data to Dive's HDF5\n"
     "  sample CHECKPOINT [--prompt TEXT] [--tokens N] ...     generate text from a language model\n"
     "  plot RUN_DIR [-o OUT.png] [--x epoch|step]             draw metrics.csv as a PNG of curves\n"
-    "  info FILE.h5                                           summarise a dataset or checkpoint\n"
+    "  info [--verify] FILE.h5                                summarise a dataset or checkpoint;\n"
+    "                                                         --verify: check a checkpoint whole\n"
     "  version                                                print the version\n";
 
 int main(int argc, char **argv) {

@@ -17,13 +17,23 @@
  *   /streams                        stateful recurrent layers: each stream's
  *                                   carried state (global batch, floats)
  *
- * A checkpoint is written to a temporary file in the same directory,
- * flushed, fsync'd and renamed over its name, so a crash at any moment
- * leaves either the old file or the new one, never a torn one.
+ * A checkpoint is written to a new temporary file in the same directory
+ * (created where nothing is, so never through a link), flushed, fsync'd
+ * and renamed over its name, so a crash at any moment leaves either the
+ * old file or the new one, never a torn one.
+ *
+ * Verified: the file is HDF5's 1.8 format with every dataset chunked under
+ * a Fletcher32 checksum (strings compact, in checksummed headers; see
+ * dv_h5_create_checked), so HDF5 verifies every read. A load also refuses
+ * weights and optimizer state that are not finite, and /train attributes
+ * out of range (dv_train_state_check); dv_checkpoint_verify checks a whole
+ * file without a model. /train also records the run that wrote it
+ * (dv_run_ident: optimizer, loss, data set) and the format.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -35,6 +45,43 @@
 static const char *const train_attrs[] = {"step", "epoch",      "step_in_epoch", "world_size",
                                           "seed", "bad_epochs", "global_batch"};
 static const char *const train_dattrs[] = {"best_val_loss", "loss_sum", "correct_sum", "seen"};
+/* the run's identity (dv_run_ident), string attributes of /train */
+static const char *const ident_attrs[] = {"optimizer",  "loss",       "data_file",
+                                          "data_train", "data_shape", "data_hash"};
+
+/* The fields of ident in the order of ident_attrs, and their sizes. */
+static char *ident_field(dv_run_ident *id, int i, size_t *len) {
+    char *f[] = {id->optimizer,  id->loss,       id->data_file,
+                 id->data_train, id->data_shape, id->data_hash};
+    size_t n[] = {sizeof id->optimizer,  sizeof id->loss,       sizeof id->data_file,
+                  sizeof id->data_train, sizeof id->data_shape, sizeof id->data_hash};
+    *len = n[i];
+    return f[i];
+}
+
+/* The first value of x[0..n) that is not finite: its index, or n. */
+static size_t first_nonfinite(const float *x, size_t n, size_t *count) {
+    size_t first = n;
+    *count = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) {
+            if (first == n) first = i;
+            (*count)++;
+        }
+    return first;
+}
+
+/* DV_ERR naming dataset `name` of `path` when x[0..n) holds a NaN or an
+ * infinity. */
+static dv_status check_finite(const float *x, size_t n, const char *path, const char *name,
+                              char *err) {
+    size_t bad = 0, first = first_nonfinite(x, n, &bad);
+    if (!bad) return DV_OK;
+    return DV_ERROR(err,
+                    "%s: %s holds %zu value%s that %s NaN or infinite (the first at element %zu "
+                    "of %zu): a diverged or damaged checkpoint cannot be used",
+                    path, name, bad, bad > 1 ? "s" : "", bad > 1 ? "are" : "is", first, n);
+}
 
 /* Writes every param of the model under `root` (e.g. "/model"), taking the
  * values from `flat` (device, trainable layout) or the model's buffers. */
@@ -146,6 +193,13 @@ static dv_status write_state(dv_h5 *f, const dv_model *m, const dv_train_state *
         DV_TRY(dv_h5_attr_set_double(f, "/train", train_dattrs[i], dvals[i], err));
     if (ts->nsums)
         DV_TRY(dv_h5_attr_set_doubles(f, "/train", "sums", ts->sums, (size_t)ts->nsums, err));
+    DV_TRY(dv_h5_attr_set_int(f, "/train", "format", DV_CHECKPOINT_FORMAT, err));
+    dv_run_ident id = ts->ident;
+    for (int i = 0; i < (int)DV_ARRAY_LEN(ident_attrs); i++) {
+        size_t len;
+        const char *v = ident_field(&id, i, &len);
+        DV_TRY(dv_h5_attr_set_string(f, "/train", ident_attrs[i], v, err));
+    }
     DV_TRY(dv_h5_write_string(f, "/config", config_text ? config_text : "", err));
     if (m->stream_state) {
         int64_t dims[2] = {m->stream_rows, m->stream_cols};
@@ -165,7 +219,8 @@ static int save_locked(const char *path, int n, dv_model *const *models, const c
     float *host = malloc(most * sizeof(float));
     if (!host) return DV_ERROR(err, "%s: out of memory", path);
     dv_h5 *f = NULL;
-    if (dv_h5_create(&f, tmp, err) != DV_OK) {
+    unlink(tmp); /* a killed writer's of the same pid (or a link someone put there) */
+    if (dv_h5_create_checked(&f, tmp, err) != DV_OK) {
         free(host);
         return DV_ERR;
     }
@@ -176,9 +231,9 @@ static int save_locked(const char *path, int n, dv_model *const *models, const c
         rc = write_model(f, roots[i], models[i], host, why);
     if (!rc) rc = write_state(f, m, ts, config_text, why);
     free(host);
+    if (!rc && m->vocab_map && dv_vocab_write_to(f, m->vocab_map, why) != DV_OK) rc = -1;
     if (!rc) rc = dv_h5_flush(f, why);
     if (dv_h5_close(f, rc ? NULL : why) != DV_OK) rc = -1;
-    if (!rc && m->vocab_map && dv_vocab_write(m->vocab_map, tmp, why) != DV_OK) rc = -1;
     if (!rc && fsync_path(tmp, 0)) rc = -1;
     if (rc) {
         int e = errno;
@@ -215,10 +270,10 @@ static int read_tree(dv_h5 *f, const char *root, const char *path, dv_model *m, 
                                 "model?",
                                 path, name);
             int nd = 0;
-            int64_t dims[8] = {0};
-            if (dv_h5_shape(f, name, &nd, dims, 8, why) != DV_OK)
+            int64_t dims[DV_H5_MAX_DIMS] = {0};
+            if (dv_h5_shape(f, name, &nd, dims, DV_H5_MAX_DIMS, why) != DV_OK)
                 return DV_ERROR(err, "%s: %s is not a dataset", path, name);
-            int ok = nd == p->ndim && nd <= 8;
+            int ok = nd == p->ndim && nd <= DV_H5_MAX_DIMS;
             for (int d = 0; ok && d < nd; d++)
                 ok = dims[d] == p->shape[d];
             if (!ok) {
@@ -231,8 +286,8 @@ static int read_tree(dv_h5 *f, const char *root, const char *path, dv_model *m, 
                                 "(expected %s)",
                                 path, name, want);
             }
-            if (dv_h5_read_floats(f, name, host, p->count, why) != DV_OK)
-                return DV_ERROR(err, "%s: cannot read %s", path, name);
+            if (dv_h5_read_floats(f, name, host, p->count, err) != DV_OK) return DV_ERR;
+            DV_TRY(check_finite(host, p->count, path, name, err));
             float *dst = p->trainable ? flat + p->offset : m->buffers + p->offset;
             m->be->to_device(m->be->ctx, dst, host, p->count * sizeof(float));
         }
@@ -272,7 +327,70 @@ static int read_state(dv_h5 *f, const char *path, dv_train_state *ts, char *err)
             return DV_ERROR(err, "%s: /train attribute 'sums' is damaged", path);
         ts->nsums = (int)n;
     }
-    return 0;
+    int64_t format = 0;
+    if (dv_h5_attr_exists(f, "/train", "format") &&
+        dv_h5_attr_get_int(f, "/train", "format", &format, why) != DV_OK)
+        return DV_ERROR(err, "%s: /train attribute 'format' is damaged", path);
+    if (format < 0 || format > DV_CHECKPOINT_FORMAT)
+        return DV_ERROR(err,
+                        "%s: /train format = %lld: written by a newer Dive (this one reads "
+                        "formats up to %d)",
+                        path, (long long)format, DV_CHECKPOINT_FORMAT);
+    ts->format = (int)format;
+    for (int i = 0; i < (int)DV_ARRAY_LEN(ident_attrs); i++) {
+        size_t len;
+        char *v = ident_field(&ts->ident, i, &len);
+        if (dv_h5_attr_exists(f, "/train", ident_attrs[i]) &&
+            dv_h5_attr_get_string(f, "/train", ident_attrs[i], v, len, why) != DV_OK)
+            return DV_ERROR(err, "%s: /train attribute '%s' is damaged", path, ident_attrs[i]);
+    }
+    return dv_train_state_check(ts, path, err);
+}
+
+dv_status dv_train_state_check(const dv_train_state *ts, const char *path, char *err) {
+    /* int64 attributes: name, value, smallest and largest allowed */
+    const struct {
+        const char *name;
+        int64_t v, lo, hi;
+    } iv[] = {
+        {"step", ts->step, 0, INT64_MAX / 2},
+        {"step_in_epoch", ts->step_in_epoch, 0, ts->step},
+        {"epoch", ts->epoch, 0, ts->step - ts->step_in_epoch},
+        {"world_size", ts->world_size, 1, 1 << 24},
+        {"global_batch", ts->global_batch, 1, INT32_MAX},
+        {"bad_epochs", ts->bad_epochs, 0, ts->epoch},
+    };
+    for (int i = 0; i < (int)DV_ARRAY_LEN(iv); i++) {
+        if (iv[i].v >= iv[i].lo && iv[i].v <= iv[i].hi) continue;
+        if (i == 2 && iv[i].v > 0)
+            return DV_ERROR(err,
+                            "%s: /train epoch = %lld does not fit step = %lld, step_in_epoch = "
+                            "%lld (every finished epoch takes at least one step): the checkpoint "
+                            "is damaged",
+                            path, (long long)ts->epoch, (long long)ts->step,
+                            (long long)ts->step_in_epoch);
+        return DV_ERROR(err,
+                        "%s: /train %s = %lld is out of range (%lld to %lld): the checkpoint is "
+                        "damaged",
+                        path, iv[i].name, (long long)iv[i].v, (long long)iv[i].lo,
+                        (long long)(iv[i].hi < iv[i].lo ? iv[i].lo : iv[i].hi));
+    }
+    const struct {
+        const char *name;
+        double v;
+    } dv[] = {{"loss_sum", ts->loss_sum}, {"correct_sum", ts->correct_sum}, {"seen", ts->seen}};
+    for (int i = 0; i < (int)DV_ARRAY_LEN(dv); i++)
+        if (!isfinite(dv[i].v) || (i == 2 && dv[i].v < 0))
+            return DV_ERROR(err, "%s: /train %s = %g is out of range: the checkpoint is damaged",
+                            path, dv[i].name, dv[i].v);
+    if (isnan(ts->best_val_loss))
+        return DV_ERROR(err, "%s: /train best_val_loss is NaN: the checkpoint is damaged", path);
+    for (int i = 0; i < ts->nsums; i++)
+        if (!isfinite(ts->sums[i]))
+            return DV_ERROR(err,
+                            "%s: /train sums[%d] = %g is not finite: the checkpoint is damaged",
+                            path, i, ts->sums[i]);
+    return DV_OK;
 }
 
 static int load_locked(const char *path, const char *root, dv_model *m, dv_train_state *ts,
@@ -346,8 +464,10 @@ static int streams_locked(const char *path, float **out, int *rows, int *cols, c
             *out = malloc(count * sizeof(float) + 1);
             if (!*out)
                 rc = DV_ERROR(err, "%s: out of memory", path);
-            else if (dv_h5_read_floats(f, "/streams", *out, count, why) != DV_OK)
-                rc = DV_ERROR(err, "%s: cannot read /streams", path);
+            else if (dv_h5_read_floats(f, "/streams", *out, count, err) != DV_OK)
+                rc = DV_ERR;
+            else
+                rc = check_finite(*out, count, path, "/streams", err);
             *rows = (int)dims[0], *cols = (int)dims[1];
         }
     }
@@ -364,4 +484,91 @@ int dv_checkpoint_streams(const char *path, float **out, int *rows, int *cols, c
     int rc = streams_locked(path, out, rows, cols, err);
     dv_h5_unlock();
     return rc;
+}
+
+/* ---- verifying a whole file --------------------------------------------- */
+
+typedef struct ds_list {
+    int n, cap;
+    struct ds_entry {
+        char *path; /* absolute */
+        char type[16];
+        size_t count;
+        int checksum;
+    } * e;
+} ds_list;
+
+static int list_dataset(void *ctx, const dv_h5_dataset *d) {
+    ds_list *l = ctx;
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 64;
+        struct ds_entry *e = realloc(l->e, (size_t)cap * sizeof(*e));
+        if (!e) return 1;
+        l->e = e, l->cap = cap;
+    }
+    struct ds_entry *e = &l->e[l->n];
+    size_t count = 1;
+    for (int i = 0; i < d->ndim && i < DV_H5_MAX_DIMS; i++)
+        count *= (size_t)d->dims[i];
+    size_t len = strlen(d->path) + 2;
+    if (!(e->path = malloc(len))) return 1;
+    snprintf(e->path, len, "/%s", d->path);
+    snprintf(e->type, sizeof e->type, "%s", d->type);
+    e->count = count;
+    e->checksum = d->checksum;
+    l->n++;
+    return 0;
+}
+
+/* Reads dataset e whole (HDF5 verifies its checksum) and, for floats,
+ * checks that every value is finite. */
+static dv_status verify_dataset(dv_h5 *f, const char *path, const struct ds_entry *e,
+                                dv_checkpoint_report *rep, char *err) {
+    if (!strcmp(e->type, "string")) {
+        char *text = NULL;
+        dv_status st = dv_h5_read_string(f, e->path, &text, err);
+        free(text);
+        return st;
+    }
+    if (!strcmp(e->type, "other")) return DV_OK; /* nothing Dive writes */
+    float *x = malloc((e->count ? e->count : 1) * sizeof(float));
+    if (!x) return DV_ERROR(err, "%s: out of memory reading %s", path, e->path);
+    dv_status st = dv_h5_read_floats(f, e->path, x, e->count, err);
+    if (!st && !strncmp(e->type, "float", 5)) st = check_finite(x, e->count, path, e->path, err);
+    free(x);
+    if (!st) rep->values += (double)e->count;
+    return st;
+}
+
+static dv_status verify_locked(const char *path, dv_checkpoint_report *rep, char *err) {
+    dv_h5 *f = open_checkpoint(path, err);
+    if (!f) return DV_ERR;
+    dv_status st = DV_OK;
+    if (!dv_h5_exists(f, "/train") ||
+        (!dv_h5_exists(f, "/model") && !dv_h5_exists(f, "/generator")))
+        st = DV_ERROR(err, "%s: not a Dive checkpoint (no /train, or no /model or /generator)",
+                      path);
+    ds_list l = {0};
+    if (!st && dv_h5_visit(f, list_dataset, &l, err) != DV_OK) st = DV_ERR;
+    for (int i = 0; !st && i < l.n; i++) {
+        st = verify_dataset(f, path, &l.e[i], rep, err);
+        rep->datasets += !st;
+        rep->checksummed += !st && l.e[i].checksum;
+    }
+    for (int i = 0; i < l.n; i++)
+        free(l.e[i].path);
+    free(l.e);
+    if (!st) st = read_state(f, path, &rep->ts, err);
+    dv_h5_close(f, NULL);
+    return st;
+}
+
+dv_status dv_checkpoint_verify(const char *path, dv_checkpoint_report *rep, char *err) {
+    dv_checkpoint_report mine;
+    if (!rep) rep = &mine;
+    memset(rep, 0, sizeof(*rep));
+    dv_h5_lock();
+    dv_status st = verify_locked(path, rep, err);
+    dv_h5_unlock();
+    return st;
 }

@@ -644,7 +644,8 @@ static dv_status gan_save(void *ctx, const dv_train_state *ts, int best) {
                        best, r->err);
 }
 
-static dv_status gan_resume(gan *r, const char *ckpt, dv_train_state *ts) {
+static dv_status gan_resume(gan *r, const char *ckpt, const dv_run_ident *now, int force,
+                            dv_train_state *ts) {
     dv_status rc = dv_checkpoint_load_model(ckpt, "/generator", r->g.m, ts, 1, r->err);
     if (!rc) rc = dv_checkpoint_load_model(ckpt, "/discriminator", r->d.m, NULL, 1, r->err);
     /* a run that turns on ema averages from the generator it resumes */
@@ -655,8 +656,17 @@ static dv_status gan_resume(gan *r, const char *ckpt, dv_train_state *ts) {
     if (!rc && ts->nsums != NSUMS)
         rc = DV_ERROR(r->err, "%s: not a GAN checkpoint of this Dive (no GAN metrics in /train)",
                       ckpt);
-    if (!rc) rc = dv_resume_state(r->comm, ckpt, &r->st, ts, r->err);
+    if (!rc)
+        rc = dv_resume_state(r->comm, ckpt, &r->st, now, dv_loader_steps(r->tl), force, ts, r->err);
     return rc;
+}
+
+/* This run's identity (dv_run_ident): both optimizers and the images. */
+static dv_status gan_ident(gan *r, dv_run_ident *id) {
+    char opt[96];
+    snprintf(opt, sizeof opt, "generator %s, discriminator %s", dv_opt_names[r->g.st.optimizer],
+             dv_opt_names[r->d.st.optimizer]);
+    return dv_run_ident_make(id, opt, "gan", &r->st, r->st.train_x, r->train, r->err);
 }
 
 /* ---- the loop's callbacks (dv_loop) ---------------------------------------- */
@@ -669,7 +679,7 @@ static void loop_step(void *ctx, const dv_batch *b, dv_train_state *ts, int64_t 
     ts->seen += b->count;
 }
 
-dv_status dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume, int *stop_signal) {
+dv_status dv_gan_run(dv_comm *c, dv_config *cfg, const dv_train_opts *o, int *stop_signal) {
     *stop_signal = 0;
     gan R, *r = &R;
     if (gan_setup(r, c, cfg)) {
@@ -681,13 +691,19 @@ dv_status dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume, int *stop_s
                          .seed = r->st.seed,
                          .best_val_loss = INFINITY,
                          .nsums = NSUMS};
-    char ckpt[1200];
-    dv_status rc = dv_run_begin(c, &r->st, resume, ckpt, sizeof(ckpt), r->err);
-    if (!rc && ckpt[0]) rc = gan_resume(r, ckpt, &ts);
+    dv_run_dir rd;
+    dv_status rc = dv_run_begin(c, &r->st, o, &rd, r->err);
+    const char *ckpt = rd.ckpt;
+    dv_run_ident now;
+    if (!rc) rc = gan_ident(r, &now);
+    if (!rc) ts.ident = now;
+    if (!rc && ckpt[0]) rc = gan_resume(r, ckpt, &now, o->force, &ts);
     char plan[2048] = "";
     dv_plan_split(plan, sizeof plan, "train", r->train);
+    if (!rc) dv_plan_ident(plan, sizeof plan, &now);
     dv_plan_resume(plan, sizeof plan, ckpt, &ts);
     if (dv_agree(c, rc, r->err) || dv_run_agree(c, cfg, plan, r->err)) {
+        dv_run_dir_free(&rd);
         gan_free(r);
         return DV_ERR;
     }
@@ -709,15 +725,20 @@ dv_status dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume, int *stop_s
         fflush(stdout);
     }
     if (r->cls && score_real(r, r->real)) {
+        dv_run_dir_free(&rd);
         gan_free(r);
         return DV_ERR;
     }
-    r->metrics = dv_run_metrics_open(c, &r->st, ckpt[0] != 0,
-                                     r->cls ? "epoch,step,lr,d_loss,g_loss,d_real_acc,d_fake_acc,"
-                                              "samples_per_s,epoch_time_s,score,confidence,class_"
-                                              "entropy"
-                                            : "epoch,step,lr,d_loss,g_loss,d_real_acc,d_fake_acc,"
-                                              "samples_per_s,epoch_time_s");
+    if (dv_run_start(c, &r->st, &rd, &ts,
+                     r->cls ? "epoch,step,lr,d_loss,g_loss,d_real_acc,d_fake_acc,"
+                              "samples_per_s,epoch_time_s,score,confidence,class_"
+                              "entropy"
+                            : "epoch,step,lr,d_loss,g_loss,d_real_acc,d_fake_acc,"
+                              "samples_per_s,epoch_time_s",
+                     &r->metrics, r->err)) {
+        gan_free(r);
+        return DV_ERR;
+    }
     r->live = dv_progress_live(&r->st, c);
     r->steps = steps;
     dv_model *const models[] = {r->g.m, r->d.m, r->ge};

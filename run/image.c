@@ -1,12 +1,16 @@
 /* image.c — pictures for people to look at: PNG files (libpng) and grids
  * of image samples (a GAN's).
  *
- * PNGs are written to PATH.tmp and renamed over PATH, so a reader never
- * sees half a file and a failed write leaves the old one.
+ * PNGs are written to PATH.tmp, a new file (created exclusively: never
+ * through a link someone put there), and renamed over PATH, so a reader
+ * never sees half a file, a failed write leaves the old one, and a link at
+ * PATH is replaced, not written through.
  */
 #include "image.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <math.h>
 #include <png.h>
 #include <stdio.h>
@@ -22,8 +26,14 @@ dv_status dv_png_write(const char *path, int w, int h, int channels, const uint8
     char tmp[4200];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
         return DV_ERROR(err, "%s: path too long", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return DV_ERROR(err, "%s: cannot create: %s", tmp, strerror(errno));
+    unlink(tmp); /* a killed writer's */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "wb");
+    if (!f) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return DV_ERROR(err, "%s: cannot create: %s", tmp, strerror(e));
+    }
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     if (!png || !info) {

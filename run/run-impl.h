@@ -63,33 +63,80 @@ void dv_device_sync(dv_comm *c, const dv_backend *be, int device_comm, int keep)
  * to do for n = 0 or one rank). */
 void dv_average_on_device(dv_comm *c, const dv_backend *be, int device_comm, float *x, size_t n);
 
-/* ---- the run directory (rundir.c) ---------------------------------------- */
+/* ---- the run directory (rundir.c) ----------------------------------------
+ * docs/checkpoints.md: what a run directory holds and how it is written;
+ * nothing in it is written through a link, and nothing that exists in it
+ * is lost. */
 
-/* A training run's start, on every rank: run_dir made (and cleaned by rank
- * 0) and the checkpoint --resume names in ckpt ("" for a new run; it says
- * so when --resume auto finds none). */
-dv_status dv_run_begin(dv_comm *c, const dv_settings *st, const char *resume, char *ckpt,
-                       size_t len, char *err);
-/* Checks the train state loaded from ckpt against this run (the global
- * batch and seed must stay), prints "resuming from ..." on rank 0 and makes
- * ts this rank's: today's world size, the epoch's running sums on rank 0
- * only. */
-dv_status dv_resume_state(dv_comm *c, const char *ckpt, const dv_settings *st, dv_train_state *ts,
+/* Where a run starts, as dv_run_begin decided it. */
+typedef struct dv_run_dir {
+    char ckpt[1200]; /* the checkpoint the run resumes from; "" for a new run */
+    int overwrite;   /* a new run replacing an earlier one's files (--overwrite) */
+    char *aside;     /* rank 0: the damaged checkpoints --resume auto skipped
+                        (names, one a line), set aside when the run starts */
+} dv_run_dir;
+
+/* A training run's start, on every rank: run_dir made, then rank 0 cleans
+ * it and decides (every rank learns it): with o->resume NULL a new run,
+ * which stops if run_dir holds another run's checkpoints unless
+ * o->overwrite; with a path, that checkpoint; with "auto", the newest
+ * checkpoint of run_dir that verifies (last.h5, then ckpt-<step>.h5 from
+ * the newest; each one skipped is named on stderr with the reason), a new
+ * run where run_dir holds none (it says so), and an error, nothing touched,
+ * where it holds some and none verifies. A link where Dive writes (but its
+ * own last.h5) is an error naming it. Not agreed: rank 0's message, the
+ * others' "rank 0 says why" (dv_agree prints rank 0's). */
+dv_status dv_run_begin(dv_comm *c, const dv_settings *st, const dv_train_opts *o, dv_run_dir *d,
+                       char *err);
+/* The run's start once the ranks agreed on it: rank 0 removes the earlier
+ * run's files (d->overwrite: checkpoints, metrics.csv, sample grids), sets
+ * the damaged checkpoints --resume auto skipped aside as <name>.damaged,
+ * and opens metrics.csv in *metrics: appended to on resume (its rows after
+ * ts->step dropped), else new with `header` (one line, no newline); NULL on
+ * other ranks. Frees d's list. Agreed. */
+dv_status dv_run_start(dv_comm *c, const dv_settings *st, dv_run_dir *d, const dv_train_state *ts,
+                       const char *header, FILE **metrics, char *err);
+/* Frees what d holds (after a failure before dv_run_start). */
+void dv_run_dir_free(dv_run_dir *d);
+/* Checks the train state loaded from ckpt against this run: the global
+ * batch and seed must stay; the run's identity (`now`) must match the one
+ * it recorded (dv_run_ident_check; force: a warning only); its position in
+ * the epoch must lie inside this run's epochs of `steps` steps (force: the
+ * next epoch starts). Prints "resuming from ..." on rank 0 and makes ts
+ * this rank's: today's world size and identity, the epoch's running sums
+ * on rank 0 only. */
+dv_status dv_resume_state(dv_comm *c, const char *ckpt, const dv_settings *st,
+                          const dv_run_ident *now, int64_t steps, int force, dv_train_state *ts,
                           char *err);
 /* Rank 0 writes the checkpoint of ts->step (ckpt-<step>.h5, or last.h5 when
- * keep = 0) of the n models under their roots, then publishes it:
- * last.h5 and, for a new best, best.h5 become hard links to it, and only
- * the newest `keep` ckpt-*.h5 stay. Agreed. */
+ * keep = 0) of the n models under their roots, then publishes it: last.h5
+ * becomes a symbolic link to it, a new best is copied to best.h5, and only
+ * the newest `keep` ckpt-*.h5 up to this step stay. Agreed. */
 dv_status dv_run_save(dv_comm *c, const dv_settings *st, int n, dv_model *const *models,
                       const char *const *roots, const dv_train_state *ts, const char *config_text,
                       int best, char *err);
 /* Rank 0's last line: "done: N steps; checkpoints in run_dir (last.h5[,
  * best.h5])" and `also`. */
 void dv_run_done(dv_comm *c, const dv_settings *st, int64_t step, const char *also);
-/* Rank 0's metrics.csv in run_dir: appended to when the run resumes and
- * the file exists, else started with `header` (one line, no newline).
- * NULL on other ranks, or when it cannot be opened. */
-FILE *dv_run_metrics_open(dv_comm *c, const dv_settings *st, int resumed, const char *header);
+
+/* ---- what a checkpoint records of its run (ident.c) ------------------------ */
+
+/* This run's identity: the optimizer's and the loss's names, [data] file,
+ * `datasets` (the training datasets' paths in it), the shape of the
+ * training split s and a hash of up to 64 of its rows (read as stored). */
+dv_status dv_run_ident_make(dv_run_ident *id, const char *optimizer, const char *loss,
+                            const dv_settings *st, const char *datasets, dv_split *s, char *err);
+/* Appends the data hash of id to a plan (dv_run_agree), so ranks that read
+ * different contents under the same shape disagree. */
+void dv_plan_ident(char *plan, size_t len, const dv_run_ident *id);
+/* DV_OK when the identity a checkpoint recorded (ckpt, read from `path`)
+ * matches this run's (now): the optimizer, the loss, the data file's name
+ * (not its directory), the training datasets, their shape and the hash of
+ * their sample. A checkpoint of an older Dive recorded none: rank 0 notes
+ * it. Else the message names every difference; with force it is rank 0's
+ * warning on stderr instead, and DV_OK. */
+dv_status dv_run_ident_check(dv_comm *c, const char *path, const dv_run_ident *ckpt,
+                             const dv_run_ident *now, int force, char *err);
 
 /* ---- the epochs (loop.c) ---------------------------------------------------
  * The epochs of a training loop: what is the same for every kind of model

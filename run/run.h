@@ -19,13 +19,23 @@ extern "C" {
  * prints its err and every rank returns DV_ERR; else DV_OK. Collective. */
 dv_status dv_agree(dv_comm *c, dv_status st, const char *err);
 
+/* How `dive train` starts (docs/checkpoints.md, "Resume"). */
+typedef struct dv_train_opts {
+    const char *resume; /* NULL: a new run; "auto": the newest checkpoint of
+                           run_dir that verifies (a new run if it holds none);
+                           else a checkpoint's path */
+    int force;          /* --resume-force: resume a run whose optimizer, loss or
+                           data changed, with a warning */
+    int overwrite;      /* --overwrite: a new run deletes an earlier run's
+                           checkpoints and metrics.csv in run_dir */
+} dv_train_opts;
+
 /* dive train of a single model (classifier, regressor, language model) or
- * of a GAN ([gan] section): from a new run, or from the checkpoint
- * `resume` names ("auto": run_dir/last.h5 if there is one; NULL: a new
- * run). DV_OK when it ran to its end or was stopped by a signal: then
+ * of a GAN ([gan] section): a new run, or a resumed one, as o says.
+ * DV_OK when it ran to its end or was stopped by a signal: then
  * *stop_signal is that signal and a checkpoint of the step is written. */
-dv_status dv_train_run(dv_comm *c, dv_config *cfg, const char *resume, int *stop_signal);
-dv_status dv_gan_run(dv_comm *c, dv_config *cfg, const char *resume, int *stop_signal);
+dv_status dv_train_run(dv_comm *c, dv_config *cfg, const dv_train_opts *o, int *stop_signal);
+dv_status dv_gan_run(dv_comm *c, dv_config *cfg, const dv_train_opts *o, int *stop_signal);
 /* dive eval: the checkpoint's loss and accuracy on the val split (or the
  * group `split`), as text or one JSON object. */
 dv_status dv_eval_run(dv_comm *c, dv_config *cfg, const char *ckpt, const char *split, int json);

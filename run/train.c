@@ -299,12 +299,14 @@ static int loop_epoch_end(void *ctx, dv_train_state *ts, const dv_train_state *g
 
 /* ---- the run --------------------------------------------------------------- */
 
-/* Resumes from ckpt: the model and optimizer, the train state, and the
- * stateful layers' streams (re-sharded when the number of ranks changed). */
-static dv_status resume(run *r, const char *ckpt, dv_train_state *ts) {
+/* Resumes from ckpt: the model and optimizer, the train state (checked
+ * against this run, `now`), and the stateful layers' streams (re-sharded
+ * when the number of ranks changed). */
+static dv_status resume(run *r, const char *ckpt, const dv_run_ident *now, int force,
+                        dv_train_state *ts) {
     dv_model *m = r->m;
     DV_TRY(dv_checkpoint_load(ckpt, m, ts, 1, r->err));
-    DV_TRY(dv_resume_state(r->comm, ckpt, &r->st, ts, r->err));
+    DV_TRY(dv_resume_state(r->comm, ckpt, &r->st, now, dv_loader_steps(r->tl), force, ts, r->err));
     const size_t cols = stream_cols(m);
     if (!cols) return DV_OK;
     float *table = NULL;
@@ -355,7 +357,19 @@ static void print_plan(const run *r, int64_t steps) {
     fflush(stdout);
 }
 
-dv_status dv_train_run(dv_comm *c, dv_config *cfg, const char *resume_from, int *stop_signal) {
+/* This run's identity (dv_run_ident): the optimizer, the loss and the
+ * training data. */
+static dv_status ident_make(run *r, dv_run_ident *id) {
+    char sets[600];
+    if (r->tokens)
+        snprintf(sets, sizeof sets, "%s", r->st.train_tokens);
+    else
+        snprintf(sets, sizeof sets, "%s %s", r->st.train_x, r->st.train_y);
+    return dv_run_ident_make(id, dv_opt_names[r->st.optimizer], dv_loss_names[r->st.loss], &r->st,
+                             sets, r->train, r->err);
+}
+
+dv_status dv_train_run(dv_comm *c, dv_config *cfg, const dv_train_opts *o, int *stop_signal) {
     *stop_signal = 0;
     run R, *r = &R;
     if (dv_classifier_setup(r, c, cfg, 1)) {
@@ -366,14 +380,20 @@ dv_status dv_train_run(dv_comm *c, dv_config *cfg, const char *resume_from, int 
                          .global_batch = r->st.batch,
                          .seed = r->st.seed,
                          .best_val_loss = INFINITY};
-    char ckpt[1200];
-    dv_status rc = dv_run_begin(c, &r->st, resume_from, ckpt, sizeof(ckpt), r->err);
-    if (!rc && ckpt[0]) rc = resume(r, ckpt, &ts);
+    dv_run_dir rd;
+    dv_status rc = dv_run_begin(c, &r->st, o, &rd, r->err);
+    const char *ckpt = rd.ckpt;
+    dv_run_ident now;
+    if (!rc) rc = ident_make(r, &now);
+    if (!rc) ts.ident = now;
+    if (!rc && ckpt[0]) rc = resume(r, ckpt, &now, o->force, &ts);
     char plan[2048] = "";
     dv_plan_split(plan, sizeof plan, "train", r->train);
     dv_plan_split(plan, sizeof plan, "val", r->val);
+    if (!rc) dv_plan_ident(plan, sizeof plan, &now);
     dv_plan_resume(plan, sizeof plan, ckpt, &ts);
     if (dv_agree(c, rc, r->err) || dv_run_agree(c, cfg, plan, r->err)) {
+        dv_run_dir_free(&rd);
         dv_classifier_free(r);
         return DV_ERR;
     }
@@ -381,13 +401,17 @@ dv_status dv_train_run(dv_comm *c, dv_config *cfg, const char *resume_from, int 
     r->steps = dv_loader_steps(r->tl);
     r->flops = dv_model_train_flops(r->m);
     r->peak = r->st.peak_tflops > 0 ? r->st.peak_tflops * 1e12 : r->be->peak_flops(r->be->ctx);
+    if (dv_run_start(c, &r->st, &rd, &ts,
+                     r->tokens ? "epoch,step,lr,train_loss,train_acc,val_loss,"
+                                 "val_acc,samples_per_s,epoch_time_s,tokens_per_"
+                                 "s,train_ppl,val_ppl,tflops,mfu"
+                               : "epoch,step,lr,train_loss,train_acc,val_loss,"
+                                 "val_acc,samples_per_s,epoch_time_s,tflops,mfu",
+                     &r->metrics, r->err)) {
+        dv_classifier_free(r);
+        return DV_ERR;
+    }
     if (r->rank == 0) print_plan(r, r->steps);
-    r->metrics = dv_run_metrics_open(c, &r->st, ckpt[0] != 0,
-                                     r->tokens ? "epoch,step,lr,train_loss,train_acc,val_loss,"
-                                                 "val_acc,samples_per_s,epoch_time_s,tokens_per_"
-                                                 "s,train_ppl,val_ppl,tflops,mfu"
-                                               : "epoch,step,lr,train_loss,train_acc,val_loss,"
-                                                 "val_acc,samples_per_s,epoch_time_s,tflops,mfu");
     r->live = dv_progress_live(&r->st, c);
     r->lr = r->st.lr;
     dv_model *const models[] = {r->m};

@@ -191,13 +191,16 @@ expect_fail "np 2: --resume auto with another model" "good/last.h5: /model/dense
 e2e_ranks 2 "$D" train base.cfg --resume corrupt.h5
 expect_fail "np 2: --resume a corrupt checkpoint" "corrupt.h5:"
 
-# A run_dir whose last.h5 is damaged: the error names it, best.h5 is kept.
+# A run_dir whose checkpoints are all damaged: the error names each, best.h5
+# and metrics.csv are kept. (A damaged last.h5 beside an older good
+# checkpoint resumes from that one: e2e_ckpt.sh.)
 cp -r good damaged
-head -c 3000 /dev/urandom >damaged/last.h5
+for f in damaged/ckpt-*.h5; do head -c 3000 /dev/urandom >"$f"; done
 SAVED=$SNAPSHOT_DIR
 snapshot_take "$WORK/damaged"
 e2e_run "$D" train base.cfg --set train.run_dir="$WORK/damaged" --resume auto
-expect_fail "--resume auto with a damaged last.h5 (best.h5 kept)" "damaged/last.h5:"
+expect_fail "--resume auto with every checkpoint damaged (best.h5 kept)" \
+    "no checkpoint of $WORK/damaged verifies" "last.h5: "
 snapshot_take "$SAVED"
 
 touch afile

@@ -1,5 +1,7 @@
 /* test_h5.c — unit tests of data/h5.h, Dive's one door to HDF5: floats,
  * attributes, strings, chunked slabs and the walk over a file round-trip;
+ * a checked file (a checkpoint's) carries checksums that catch a flipped
+ * byte, and is never created over a file or through a link;
  * a missing dataset is a dv_status error whose message names the file and
  * the path; and no helper, failing or not, leaves HDF5's automatic error
  * handler changed (it is silenced only for the helper's own call). Every
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "h5.h"
 
@@ -256,6 +259,103 @@ static void test_h5_errors(void **state) {
     assert_has(err, "no/such/dir.h5");
 }
 
+/* ---- checked files: checksums on everything, verified on read ------------- */
+
+typedef struct checked_listing {
+    int n, with_checksum;
+    char filters[8][128];
+} checked_listing;
+
+static int list_checked(void *ctx, const dv_h5_dataset *d) {
+    checked_listing *l = ctx;
+    if (l->n < 8) snprintf(l->filters[l->n], sizeof(l->filters[0]), "%s", d->filters);
+    l->n++;
+    l->with_checksum += d->checksum;
+    return 0;
+}
+
+/* Flips `n` bytes of dataset `name`'s first chunk in place, behind HDF5. */
+static void flip_bytes(const char *file, const char *name, int n) {
+    hid_t f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    hid_t sp = H5Dget_space(d);
+    hsize_t off[8], size = 0;
+    haddr_t addr = 0;
+    unsigned mask;
+    assert_true(H5Dget_chunk_info(d, sp, 0, off, &mask, &addr, &size) >= 0);
+    H5Sclose(sp);
+    H5Dclose(d);
+    H5Fclose(f);
+    FILE *raw = fopen(file, "r+b");
+    assert_non_null(raw);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(fseek(raw, (long)(addr + (hsize_t)i), SEEK_SET), 0);
+        int b = fgetc(raw);
+        assert_int_equal(fseek(raw, (long)(addr + (hsize_t)i), SEEK_SET), 0);
+        fputc(b ^ 0xff, raw);
+    }
+    fclose(raw);
+}
+
+static void test_h5_checked(void **state) {
+    (void)state;
+    char err[DV_ERR_LEN];
+    const char *file = tpath("checked.h5");
+    dv_h5 *h = NULL;
+    CHECK(dv_h5_create_checked(&h, file, err));
+    float w[600];
+    for (int i = 0; i < 600; i++)
+        w[i] = (float)i / 7;
+    int64_t wd[2] = {20, 30}, big[2] = {2200000, 1}; /* 8.8 MB: two chunks */
+    CHECK(dv_h5_write_floats(h, "/model/w", 2, wd, w, err));
+    CHECK(dv_h5_write_floats(h, "/scalar", 0, NULL, w, err));
+    CHECK(dv_h5_write_string(h, "/config", "[train]\nlr = 0.1\n", err));
+    CHECK(dv_h5_group(h, "/train", err));
+    for (int i = 0; i < 20; i++) { /* more than HDF5 keeps compact by default */
+        char name[16];
+        snprintf(name, sizeof name, "a%d", i);
+        CHECK(dv_h5_attr_set_int(h, "/train", name, i, err));
+    }
+    /* a dataset larger than one chunk: several chunks, each checksummed */
+    float *b = calloc(2200000, sizeof(float));
+    assert_non_null(b);
+    CHECK(dv_h5_write_floats(h, "/big", 2, big, b, err));
+    CHECK(dv_h5_close(h, err));
+
+    /* every dataset verifies on read; Fletcher32 is listed */
+    checked_listing l = {0};
+    CHECK(dv_h5_open(&h, file, DV_H5_READ, err));
+    CHECK(dv_h5_visit(h, list_checked, &l, err));
+    assert_int_equal(l.n, 4);
+    assert_int_equal(l.with_checksum, 4);
+    assert_string_equal(l.filters[0], "fletcher32"); /* /big */
+    assert_string_equal(l.filters[1], "");           /* /config: compact, in its header */
+    float back[600];
+    CHECK(dv_h5_read_floats(h, "/model/w", back, 600, err));
+    assert_memory_equal(back, w, sizeof w);
+    CHECK(dv_h5_read_floats(h, "/big", b, 2200000, err));
+    int64_t v = 0;
+    CHECK(dv_h5_attr_get_int(h, "/train", "a19", &v, err));
+    assert_int_equal(v, 19);
+    CHECK(dv_h5_close(h, err));
+    free(b);
+
+    /* a flipped byte in the data: the read fails, naming the dataset */
+    flip_bytes(file, "/model/w", 3);
+    CHECK(dv_h5_open(&h, file, DV_H5_READ, err));
+    assert_int_equal(dv_h5_read_floats(h, "/model/w", back, 600, err), DV_ERR);
+    assert_has(err, "checked.h5: /model/w is damaged: its data does not match its checksum");
+    CHECK(dv_h5_close(h, err));
+
+    /* it never creates over something, a link included */
+    assert_int_equal(dv_h5_create_checked(&h, file, err), DV_ERR);
+    assert_null(h);
+    assert_has(err, "something (a file or a link) is there");
+    assert_int_equal(symlink(tpath("target.h5"), tpath("link.h5")), 0);
+    assert_int_equal(dv_h5_create_checked(&h, tpath("link.h5"), err), DV_ERR);
+    assert_int_equal(access(tpath("target.h5"), F_OK), -1); /* not created through the link */
+}
+
 /* ---- the error handler is the caller's before and after ------------------- */
 
 static int handler_calls;
@@ -346,6 +446,7 @@ int main(void) {
         cmocka_unit_test(test_h5_roundtrip),
         cmocka_unit_test(test_h5_errors),
         cmocka_unit_test(test_h5_error_handler_kept),
+        cmocka_unit_test(test_h5_checked),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -80,14 +80,17 @@ static void write_config(const char *path, const char *data, const char *optimiz
     fclose(f);
 }
 
-/* Runs dive train on np ranks (0: without mpirun); returns the exit code. */
+/* Runs dive train on np ranks (0: without mpirun); returns the exit code.
+ * A new run (no --resume in extra) replaces what an earlier case left in
+ * run_dir (--overwrite). */
 static int train(int np, const char *cfg, const char *run_dir, const char *extra) {
     char cmd[2048];
     char launcher[128] = "";
     if (np) snprintf(launcher, sizeof(launcher), "mpirun --oversubscribe -np %d ", np);
+    const char *fresh = extra && strstr(extra, "--resume") ? "" : "--overwrite";
     snprintf(cmd, sizeof(cmd),
-             "%s%s train %s --set train.run_dir=%s --set train.threads=1 %s > %s.log 2>&1",
-             launcher, dive, cfg, run_dir, extra ? extra : "", run_dir);
+             "%s%s train %s --set train.run_dir=%s --set train.threads=1 %s %s > %s.log 2>&1",
+             launcher, dive, cfg, run_dir, extra ? extra : "", fresh, run_dir);
     int rc = system(cmd);
     if (rc) {
         char cat[600];
