@@ -186,7 +186,8 @@ dv_status dv_classifier_setup(dv_classifier *r, dv_comm *c, dv_config *cfg, int 
                       cfg->path, r->st.batch, r->world, r->world);
     DV_TRY(dv_agree(c, rc, err));
     r->local_batch = (int)(r->st.batch / r->world);
-    r->eval_batch = r->local_batch > 256 ? r->local_batch : 256;
+    r->eval_batch = dv_settings_eval_batch(&r->st, cfg, r->local_batch);
+    if (r->st.comm_timeout >= 0) dv_comm_set_timeout(c, r->st.comm_timeout);
     DV_TRY(dv_agree(c, setup_model(r, c, cfg, err), err));
     DV_TRY(dv_backend_agree(c, &r->st, r->be, err));
     DV_TRY(dv_agree(c, setup_data(r, cfg, need_train, err), err));

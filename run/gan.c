@@ -289,7 +289,8 @@ static dv_status gan_setup(gan *r, dv_comm *c, dv_config *cfg) {
                       cfg->path, r->st.batch, r->world, r->world);
     if (dv_agree(c, rc, err)) return DV_ERR;
     r->local_batch = (int)(r->st.batch / r->world);
-    r->eval_batch = r->local_batch > 256 ? r->local_batch : 256;
+    r->eval_batch = dv_settings_eval_batch(&r->st, cfg, r->local_batch);
+    if (r->st.comm_timeout >= 0) dv_comm_set_timeout(c, r->st.comm_timeout);
     rc = dv_backend_open(c, &r->st, &r->be, err);
     /* the images alone: a GAN reads no labels */
     if (!rc) rc = dv_split_open(&r->train, r->st.file, r->st.train_x, NULL, err);

@@ -178,6 +178,7 @@ dv_status dv_loop_run(const dv_loop *l, dv_train_state *ts, int *stop_signal_out
             double ts0 = dv_now();
             dv_batch b;
             if (dv_loader_next(l->loader, &b, err)) dv_comm_abort(c, 1, err);
+            dv_comm_set_step(c, (long)ts->step + 1);
             l->step(l->ctx, &b, ts, s, first);
             ts->step++;
             if (perturb_step >= 0 && ts->step >= perturb_step) perturb(l);

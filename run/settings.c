@@ -121,6 +121,7 @@ dv_status dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
     DV_TRY(dv_config_int(cfg, t, "checkpoint_every", 0, 0, 1L << 40, &st->checkpoint_every, err));
     DV_TRY(dv_config_int(cfg, t, "log_every", 0, 0, 1L << 40, &st->log_every, err));
     DV_TRY(dv_config_int(cfg, t, "check_every", 200, 0, 1L << 40, &st->check_every, err));
+    DV_TRY(dv_config_int(cfg, t, "eval_batch", 0, 0, 1 << 24, &st->eval_batch, err));
     DV_TRY(dv_config_float(cfg, t, "comm_timeout", -1, 0, 1e9, &st->comm_timeout, err));
     DV_TRY(dv_config_int(cfg, t, "threads", 0, 0, 4096, &st->threads, err));
     DV_TRY(dv_config_int(cfg, t, "max_steps", 0, 0, 1L << 50, &st->max_steps, err));
@@ -136,6 +137,18 @@ dv_status dv_settings_read(dv_config *cfg, dv_settings *st, char *err) {
     READ_ENUM("precision", "fp32", dv_precision_names, &st->precision);
     READ_ENUM("comm", "auto", dv_comm_device_mode_names, &st->comm);
     return DV_OK;
+}
+
+int dv_settings_eval_batch(const dv_settings *st, const dv_config *cfg, int local_batch) {
+    long want = st->eval_batch;
+    if (!want) {
+        /* a token model's rows are T positions each: no more than training */
+        const dv_config_section *in = NULL;
+        for (int i = 0; i < cfg->nsec && !in; i++)
+            if (!strcmp(cfg->sec[i].name, "input")) in = &cfg->sec[i];
+        want = in && dv_config_has(in, "tokens") ? local_batch : 256;
+    }
+    return want > local_batch ? (int)want : local_batch;
 }
 
 dv_status dv_settings_read_optimizer(dv_config *cfg, dv_config_section *t, dv_settings *st,

@@ -65,6 +65,7 @@ typedef struct dv_settings {
     /* [train] */
     long epochs, batch, seed, patience, keep, checkpoint_every, log_every, threads, max_steps;
     long check_every;    /* steps between the replicas' divergence checks; 0: none */
+    long eval_batch;     /* rows a rank evaluates at once; 0: auto (dv_settings_eval_batch) */
     double comm_timeout; /* the watchdog's seconds (0: forever); -1: DIVE_COMM_TIMEOUT's */
     long warmup_steps, lr_step_epochs;
     double lr, lr_min, lr_gamma, momentum, beta1, beta2, eps, weight_decay, clip_norm, bucket_mb;
@@ -86,6 +87,10 @@ dv_status dv_settings_read(dv_config *cfg, dv_settings *st, char *err);
  * or a GAN model's own [generator.train] on top of [train]. */
 dv_status dv_settings_read_optimizer(dv_config *cfg, dv_config_section *s, dv_settings *st,
                                      char *err);
+/* The rows a rank's model holds and evaluates at once: [train] eval_batch,
+ * or by default 256 (a token model: the training rows, since each row is T
+ * positions), never fewer than the training rows local_batch. */
+int dv_settings_eval_batch(const dv_settings *st, const dv_config *cfg, int local_batch);
 /* The optimizer step's hyper-parameters at learning rate lr, for the
  * 1-based step count `step`. */
 dv_opt_params dv_settings_opt_params(const dv_settings *st, double lr, long step);

@@ -272,6 +272,31 @@ static void test_config_resolved(void **state) {
     dv_config_free(&cfg);
 }
 
+/* The rows a rank evaluates at once: 256 by default, a token model's
+ * training rows, the key when given; never fewer than the training rows. */
+static void test_eval_batch(void **state) {
+    (void)state;
+    static const struct {
+        const char *text;
+        int local, want;
+    } cases[] = {
+        {"[data]\nfile = d.h5\n[input]\nshape = 4\n", 16, 256},
+        {"[data]\nfile = d.h5\n[input]\nshape = 4\n", 512, 512},
+        {"[data]\nfile = d.h5\n[input]\ntokens = 1024\n", 16, 16},
+        {"[data]\nfile = d.h5\n[train]\neval_batch = 32\n[input]\ntokens = 64\n", 8, 32},
+        {"[data]\nfile = d.h5\n[train]\neval_batch = 4\n[input]\nshape = 4\n", 8, 8},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dv_config cfg;
+        dv_settings st;
+        char err[DV_ERR_LEN];
+        assert_int_equal(dv_config_load_text(&cfg, "e.cfg", cases[i].text, err), 0);
+        if (dv_settings_read(&cfg, &st, err)) fail_msg("%s", err);
+        assert_int_equal(dv_settings_eval_batch(&st, &cfg, cases[i].local), cases[i].want);
+        dv_config_free(&cfg);
+    }
+}
+
 static dv_model *build(const char *text, dv_backend *be, dv_loss loss, int B) {
     return test_model_build(text, be, loss, B, 0);
 }
@@ -698,6 +723,7 @@ int main(void) {
         cmocka_unit_test(test_config_errors_name_line),
         cmocka_unit_test(test_config_text_round_trip),
         cmocka_unit_test(test_config_resolved),
+        cmocka_unit_test(test_eval_batch),
         cmocka_unit_test(test_config_sub),
         cmocka_unit_test(test_model_shapes),
         cmocka_unit_test(test_model_train_flops),
