@@ -121,6 +121,17 @@ void *dv_module_symbol(void *module, const char *symbol, char *err);
 /* Seconds on a monotonic clock. */
 double dv_now(void);
 
+/* FNV-1a over n bytes at p, continuing from h (start from DV_FNV1A_SEED):
+ * the one string and byte hash of the run's identity and agreement and of
+ * the config's name table. Not cryptographic. */
+#define DV_FNV1A_SEED 0xcbf29ce484222325ULL
+static inline unsigned long long dv_fnv1a(unsigned long long h, const void *p, size_t n) {
+    const unsigned char *b = (const unsigned char *)p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ULL;
+    return h;
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -140,9 +140,7 @@ static void map_free(name_map *m) {
 
 /* The slot of key: its own, or the empty one where it would go. */
 static size_t map_slot(const name_map *m, const char *key) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (const char *c = key; *c; c++)
-        h = (h ^ (unsigned char)*c) * 0x100000001b3ULL;
+    uint64_t h = dv_fnv1a(DV_FNV1A_SEED, key, strlen(key));
     size_t i = (size_t)h & (m->cap - 1);
     while (m->key[i] && strcmp(m->key[i], key))
         i = (i + 1) & (m->cap - 1);

@@ -87,13 +87,6 @@ static const entry *find(const entry *e, int n, const char *key) {
     return NULL;
 }
 
-static uint64_t hash_text(const char *t) {
-    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
-    for (; *t; t++)
-        h = (h ^ (unsigned char)*t) * 0x100000001b3ULL;
-    return h;
-}
-
 #define VALUE_LEN 256
 
 /* Rank 0's message once the ranks are known to differ: the first entry
@@ -195,7 +188,9 @@ static void explain(dv_comm *c, char *mine, char *err) {
     free(zero);
 }
 
-void dv_plan_split(char *plan, size_t len, const char *what, const dv_split *s) {
+/* Appends to plan (len bytes, NUL-terminated) the entries of a split: its
+ * samples, sample shape and targets per sample (nothing for NULL). */
+static void plan_split(char *plan, size_t len, const char *what, const dv_split *s) {
     if (!s) return;
     const dv_split_info *in = dv_split_info_get(s);
     size_t at = strlen(plan);
@@ -210,7 +205,8 @@ void dv_plan_split(char *plan, size_t len, const char *what, const dv_split *s) 
                  in->y_elems);
 }
 
-void dv_plan_resume(char *plan, size_t len, const char *ckpt, const dv_train_state *ts) {
+/* ... and of the resume point: ckpt's path and ts's step, or a new run. */
+static void plan_resume(char *plan, size_t len, const char *ckpt, const dv_train_state *ts) {
     size_t at = strlen(plan);
     if (at >= len) return;
     if (!ckpt[0])
@@ -223,7 +219,7 @@ dv_status dv_run_agree(dv_comm *c, const dv_config *cfg, const char *plan, char 
     if (dv_comm_size(c) == 1) return DV_OK;
     char *mine = run_text(cfg, plan);
     if (!mine) dv_comm_abort(c, 1, "out of memory hashing the config");
-    uint64_t h = hash_text(mine);
+    uint64_t h = dv_fnv1a(DV_FNV1A_SEED, mine, strlen(mine));
     dv_status rc = DV_OK;
     if (!dv_comm_all_equal(c, &h, sizeof h)) {
         err[0] = 0;
@@ -242,4 +238,16 @@ dv_status dv_run_agree(dv_comm *c, const dv_config *cfg, const char *plan, char 
     }
     free(mine);
     return rc;
+}
+
+dv_status dv_run_agree_start(dv_comm *c, dv_status rc, const dv_config *cfg, const dv_split *train,
+                             const dv_split *val, const dv_run_ident *id, const char *ckpt,
+                             const dv_train_state *ts, char *err) {
+    char plan[2048] = "";
+    plan_split(plan, sizeof plan, "train", train);
+    plan_split(plan, sizeof plan, "val", val);
+    if (!rc) dv_plan_ident(plan, sizeof plan, id);
+    plan_resume(plan, sizeof plan, ckpt, ts);
+    DV_TRY(dv_agree(c, rc, err));
+    return dv_run_agree(c, cfg, plan, err);
 }

@@ -17,13 +17,6 @@
 #define HASH_ROWS 64 /* rows of the training split a data hash reads */
 #define HASH_READ 8  /* rows read at a time */
 
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 0x100000001b3ULL;
-    return h;
-}
-
 /* A hash of up to HASH_ROWS rows of s spread evenly over it, the first and
  * the last included: their inputs as float32 (unscaled) and their targets. */
 static dv_status split_hash(dv_split *s, uint64_t *out, char *err) {
@@ -33,7 +26,7 @@ static dv_status split_hash(dv_split *s, uint64_t *out, char *err) {
     float *x = malloc(HASH_READ * xe * sizeof(float));
     float *t = malloc(HASH_READ * ye * sizeof(float));
     int32_t *lab = malloc(HASH_READ * ye * sizeof(int32_t));
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = DV_FNV1A_SEED;
     dv_status st = x && t && lab ? DV_OK : DV_ERROR(err, "out of memory hashing the data");
     for (int64_t k = 0; !st && k < m; k += HASH_READ) {
         int64_t idx[HASH_READ];
@@ -44,9 +37,9 @@ static dv_status split_hash(dv_split *s, uint64_t *out, char *err) {
         const int floats = in->y_elems && in->y_kind == DV_TARGET_FLOATS;
         st = dv_split_read(s, idx, count, 1.0f, x, labels ? lab : NULL, floats ? t : NULL, err);
         if (st) break;
-        h = fnv1a(h, x, (size_t)count * in->x_elems * sizeof(float));
-        if (labels) h = fnv1a(h, lab, (size_t)count * in->y_elems * sizeof(int32_t));
-        if (floats) h = fnv1a(h, t, (size_t)count * in->y_elems * sizeof(float));
+        h = dv_fnv1a(h, x, (size_t)count * in->x_elems * sizeof(float));
+        if (labels) h = dv_fnv1a(h, lab, (size_t)count * in->y_elems * sizeof(int32_t));
+        if (floats) h = dv_fnv1a(h, t, (size_t)count * in->y_elems * sizeof(float));
     }
     free(x);
     free(t);

@@ -44,12 +44,7 @@ dv_status dv_run_loader_create(dv_split *s, const dv_settings *st, dv_comm *c, i
  * differs first and which ranks hold which value, and every rank gets
  * DV_ERR. Agreed. Collective. */
 dv_status dv_run_agree(dv_comm *c, const dv_config *cfg, const char *plan, char *err);
-/* Append to plan (len bytes, NUL-terminated) the entries of a split (its
- * samples, sample shape and targets per sample; nothing for NULL), named
- * by `what` ("train", "val"), and of the resume point (ckpt's path and
- * the step ts holds, or a new run for ""). */
-void dv_plan_split(char *plan, size_t len, const char *what, const dv_split *s);
-void dv_plan_resume(char *plan, size_t len, const char *ckpt, const dv_train_state *ts);
+
 /* Ends the job unless every rank holds the same parameters of m (same seed,
  * same checkpoint). Collective. */
 void dv_replicas_check(dv_comm *c, const dv_model *m);
@@ -129,6 +124,14 @@ dv_status dv_run_ident_make(dv_run_ident *id, const char *optimizer, const char 
 /* Appends the data hash of id to a plan (dv_run_agree), so ranks that read
  * different contents under the same shape disagree. */
 void dv_plan_ident(char *plan, size_t len, const dv_run_ident *id);
+/* A training run's start on every rank: agrees on rc (dv_agree), then on
+ * the run (dv_run_agree) with the plan of the training split, the
+ * validation split (NULL: none), the data identity id (read only when rc
+ * is DV_OK) and the resume point (ckpt, "" for a new run, at ts's step).
+ * Agreed. Collective. */
+dv_status dv_run_agree_start(dv_comm *c, dv_status rc, const dv_config *cfg, const dv_split *train,
+                             const dv_split *val, const dv_run_ident *id, const char *ckpt,
+                             const dv_train_state *ts, char *err);
 /* DV_OK when the identity a checkpoint recorded (ckpt, read from `path`)
  * matches this run's (now): the optimizer, the loss, the data file's name
  * (not its directory), the training datasets, their shape and the hash of

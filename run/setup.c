@@ -94,13 +94,10 @@ dv_status dv_run_loader_create(dv_split *s, const dv_settings *st, dv_comm *c, i
 }
 
 void dv_replicas_check(dv_comm *c, const dv_model *m) {
-    const dv_backend *be = m->be;
-    float *host = malloc(m->nparams * sizeof(float) + 1);
-    if (!host) dv_comm_abort(c, 1, "out of memory");
-    be->to_host(be->ctx, host, m->params, m->nparams * sizeof(float));
-    int same = dv_comm_all_equal(c, host, m->nparams * sizeof(float));
-    free(host);
-    if (!same) dv_comm_abort(c, 1, "the model replicas differ across ranks at start-up");
+    /* the backend's fingerprint: one pass on the device, no host copy */
+    const uint64_t f = m->be->fingerprint(m->be->ctx, m->params, m->nparams);
+    if (!dv_comm_all_equal(c, &f, sizeof f))
+        dv_comm_abort(c, 1, "the model replicas differ across ranks at start-up");
 }
 
 void dv_device_sync(dv_comm *c, const dv_backend *be, int device_comm, int keep) {

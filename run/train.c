@@ -387,12 +387,7 @@ dv_status dv_train_run(dv_comm *c, dv_config *cfg, const dv_train_opts *o, int *
     if (!rc) rc = ident_make(r, &now);
     if (!rc) ts.ident = now;
     if (!rc && ckpt[0]) rc = resume(r, ckpt, &now, o->force, &ts);
-    char plan[2048] = "";
-    dv_plan_split(plan, sizeof plan, "train", r->train);
-    dv_plan_split(plan, sizeof plan, "val", r->val);
-    if (!rc) dv_plan_ident(plan, sizeof plan, &now);
-    dv_plan_resume(plan, sizeof plan, ckpt, &ts);
-    if (dv_agree(c, rc, r->err) || dv_run_agree(c, cfg, plan, r->err)) {
+    if (dv_run_agree_start(c, rc, cfg, r->train, r->val, &now, ckpt, &ts, r->err)) {
         dv_run_dir_free(&rd);
         dv_classifier_free(r);
         return DV_ERR;

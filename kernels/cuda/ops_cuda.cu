@@ -992,6 +992,12 @@ void dv_cuda_opt_step(void *ctx, const dv_opt_params *o, float *params, const fl
 #define SUMSQ_ELEMS_PER_BLOCK 4096
 #define SUMSQ_MAX_BLOCKS      1024
 
+/* The grid of sumsq and fingerprint for n (> 0) elements. */
+static int sumsq_blocks(size_t n) {
+    size_t nb = (n + SUMSQ_ELEMS_PER_BLOCK - 1) / SUMSQ_ELEMS_PER_BLOCK;
+    return nb > SUMSQ_MAX_BLOCKS ? SUMSQ_MAX_BLOCKS : (int)nb;
+}
+
 /* part[blockIdx.x] = this block's sum of x*x in double; float4 loads when
  * x is 16-byte aligned (vec), the tail (or everything) scalar. */
 static __global__ void sumsq_kernel(const float *__restrict__ x, size_t n, int vec,
@@ -1033,9 +1039,7 @@ static __global__ void sum_d_kernel(const double *__restrict__ part, int n,
 double dv_cuda_sumsq(void *ctx, const float *x, size_t n) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
     if (n == 0) return 0.0;
-    size_t nb = (n + SUMSQ_ELEMS_PER_BLOCK - 1) / SUMSQ_ELEMS_PER_BLOCK;
-    if (nb > SUMSQ_MAX_BLOCKS) nb = SUMSQ_MAX_BLOCKS;
-    const int blocks = (int)nb;
+    const int blocks = sumsq_blocks(n);
     double *part = (double *)dv_cuda_scratch(cx, ((size_t)blocks + 1) * sizeof(double));
     if (!part) return NAN;
     const int vec = ((uintptr_t)x & 15) == 0;
@@ -1098,9 +1102,7 @@ static __global__ void sum_u64_kernel(const unsigned long long *__restrict__ par
 uint64_t dv_cuda_fingerprint(void *ctx, const float *x, size_t n) {
     dv_cuda_ctx *cx = (dv_cuda_ctx *)ctx;
     if (n == 0) return 0;
-    size_t nb = (n + SUMSQ_ELEMS_PER_BLOCK - 1) / SUMSQ_ELEMS_PER_BLOCK;
-    if (nb > SUMSQ_MAX_BLOCKS) nb = SUMSQ_MAX_BLOCKS;
-    const int blocks = (int)nb;
+    const int blocks = sumsq_blocks(n);
     unsigned long long *part = (unsigned long long *)dv_cuda_scratch(
         cx, ((size_t)blocks + 1) * sizeof(unsigned long long));
     if (!part) return 0;
